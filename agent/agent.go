@@ -1,0 +1,431 @@
+// Package agent is cmx-agent's daemon: the MQTT session, one state machine per endpoint, and the
+// bbolt store that holds applied state, pending offers and the outbox of answers.
+//
+// The order of durable steps for one configuration, and why a crash between any two of them loses
+// nothing, is written down in docs/durability.md; the code below marks each step with the name of the
+// test pause point (Options.Pause) that stops the agent there.
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cmx-agent/cmx-agent/apply"
+	"github.com/cmx-agent/cmx-agent/cmx"
+	"github.com/cmx-agent/cmx-agent/config"
+)
+
+// Pause points: the durable steps of one configuration, in order. Options.Pause is called with each.
+const (
+	StepReceived  = "received"  // offer committed to the store, not yet acknowledged to the broker
+	StepSynced    = "synced"    // new file written and fsynced under its temporary name
+	StepRenamed   = "renamed"   // file renamed into place and its folder fsynced, result not committed
+	StepCommitted = "committed" // result and answer committed, answer not yet published
+	StepPublished = "published" // answer acknowledged by the broker, not yet deleted from the outbox
+)
+
+// Options are the agent's collaborators; the zero value of each field is a sensible default.
+type Options struct {
+	Logger *slog.Logger
+	// Pause, when set, is called at each durable step (the Step* names); crash tests make it block so
+	// they can kill the process exactly there.
+	Pause func(step string)
+	// Now is the wall clock, used only for timestamps shown to people.
+	Now func() time.Time
+	// LockTimeout bounds the wait for the database lock (default 1 s).
+	LockTimeout time.Duration
+	// PullTimeout is how long an unanswered request waits before it is repeated (default 30 s,
+	// doubling to 10 min).
+	PullTimeout time.Duration
+	// HandledIDs bounds the remembered ids per endpoint (default 1000).
+	HandledIDs int
+}
+
+// Agent is one running cmx-agent.
+type Agent struct {
+	cfg   *config.Config
+	log   *slog.Logger
+	opt   Options
+	store *Store
+	dia   dialect
+
+	mu        sync.RWMutex
+	endpoints map[string]*endpoint // by key
+
+	applySem chan struct{} // bounds parallel applies across endpoints
+	recvSem  chan struct{} // bounds messages being committed at once
+	outWake  chan struct{}
+	sess     *session
+}
+
+type endpoint struct {
+	key    string // token, or token/name for a named configuration
+	cfg    config.Endpoint
+	prefix string
+	wake   chan struct{}
+	// answered is set when a configuration message arrives, so unanswered requests are repeated.
+	answered atomic.Bool
+
+	// mu orders the receive transaction against the worker picking an offer, so a new offer never
+	// supersedes one that is already being written.
+	mu       sync.Mutex
+	inflight uint64 // seq of the offer being applied, 0 when idle
+}
+
+func (e *endpoint) poke() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// New opens the state database and prepares the agent; it does not connect.
+func New(cfg *config.Config, opt Options) (*Agent, error) {
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.Pause == nil {
+		opt.Pause = func(string) {}
+	}
+	if opt.LockTimeout <= 0 {
+		opt.LockTimeout = time.Second
+	}
+	if opt.PullTimeout <= 0 {
+		opt.PullTimeout = 30 * time.Second
+	}
+	var d dialect
+	switch cfg.Kaa.Dialect {
+	case config.DialectCMX3:
+		d = cmx3{limits: cmx.DefaultLimits(int(cfg.Agent.MaxPayload))}
+	default:
+		return nil, fmt.Errorf("dialect %q is not supported yet", cfg.Kaa.Dialect)
+	}
+	st, err := OpenStore(cfg.Agent.StateDir, opt.LockTimeout, opt.HandledIDs)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		cfg:       cfg,
+		log:       opt.Logger,
+		opt:       opt,
+		store:     st,
+		dia:       d,
+		endpoints: map[string]*endpoint{},
+		applySem:  make(chan struct{}, 16),
+		recvSem:   make(chan struct{}, 64),
+		outWake:   make(chan struct{}, 1),
+	}
+	for _, ec := range cfg.Endpoints {
+		ep := &endpoint{
+			key:    endpointKey(ec),
+			cfg:    ec,
+			prefix: cmx.Prefix(cfg.Kaa.AppVersion, cfg.Kaa.Extension, ec.Token),
+			wake:   make(chan struct{}, 1),
+		}
+		a.endpoints[ep.key] = ep
+	}
+	return a, nil
+}
+
+func endpointKey(ec config.Endpoint) string {
+	if ec.Name == "" {
+		return ec.Token
+	}
+	return ec.Token + "/" + ec.Name
+}
+
+// Close releases the database. Call it after Run has returned.
+func (a *Agent) Close() error { return a.store.Close() }
+
+// Run applies what a crash left pending, then connects and serves until ctx ends. It returns nil on
+// a clean stop.
+func (a *Agent) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, ep := range a.endpointList() {
+		if n, err := apply.RemoveTemps(ep.cfg.Output); err != nil {
+			a.log.Warn("cannot remove temporary files", "endpoint", ep.key, "err", err)
+		} else if n > 0 {
+			a.log.Info("removed temporary files left by a crash", "endpoint", ep.key, "count", n)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.worker(ctx, ep)
+		}()
+		ep.poke() // finish a pending apply first
+	}
+	a.sess = newSession(a)
+	err := a.sess.run(ctx)
+	wg.Wait()
+	return err
+}
+
+func (a *Agent) endpointList() []*endpoint {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	out := make([]*endpoint, 0, len(a.endpoints))
+	for _, ep := range a.endpoints {
+		out = append(out, ep)
+	}
+	return out
+}
+
+func (a *Agent) endpointByToken(token string) []*endpoint {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	var out []*endpoint
+	for _, ep := range a.endpoints {
+		if ep.cfg.Token == token {
+			out = append(out, ep)
+		}
+	}
+	return out
+}
+
+func (a *Agent) wakeOutbox() {
+	select {
+	case a.outWake <- struct{}{}:
+	default:
+	}
+}
+
+// receive commits a configuration message for ep. This is the first durable step: only after it
+// returns nil may the message be acknowledged to the broker.
+func (a *Agent) receive(ep *endpoint, topic string, qos byte, payload []byte) error {
+	in := a.dia.decode(ep, topic, qos, payload)
+	if in.offer == nil {
+		return nil
+	}
+	o := in.offer
+	o.Received = a.opt.Now()
+	var (
+		logMsg  string
+		logArgs []any
+	)
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	err := a.store.Update(func(tx *Tx) error {
+		logMsg, logArgs = "", nil
+		if o.ID != "" {
+			status, seen, err := tx.Handled(ep.key, o.ID)
+			if err != nil {
+				return err
+			}
+			if seen {
+				logMsg, logArgs = "duplicate id confirmed again", []any{"status", status}
+				return a.enqueueAnswer(tx, ep, o, result{Status: status, Code: codeOf(status)})
+			}
+		}
+		if in.reject != nil {
+			logMsg, logArgs = "configuration refused", []any{"reason", in.reject.Status}
+			if o.ID != "" {
+				if err := tx.SetHandled(ep.key, o.ID, in.reject.Status); err != nil {
+					return err
+				}
+			}
+			return a.enqueueAnswer(tx, ep, o, *in.reject)
+		}
+		cur, err := tx.Slot(ep.key, SlotCurrent)
+		if err != nil {
+			return err
+		}
+		next, err := tx.Slot(ep.key, SlotNext)
+		if err != nil {
+			return err
+		}
+		if o.ID != "" && (cur != nil && cur.ID == o.ID || next != nil && next.ID == o.ID) {
+			logMsg = "redelivered configuration already pending"
+			return nil
+		}
+		if next != nil && next.Seq == ep.inflight && cur == nil {
+			// The waiting offer is being written right now: it finishes, the new one waits.
+			if err := tx.SetSlot(ep.key, SlotCurrent, next); err != nil {
+				return err
+			}
+		} else if next != nil {
+			r := a.dia.superseded(o)
+			if next.ID != "" {
+				if err := tx.SetHandled(ep.key, next.ID, r.Status); err != nil {
+					return err
+				}
+			}
+			if err := a.enqueueAnswer(tx, ep, next, r); err != nil {
+				return err
+			}
+			logMsg, logArgs = "configuration superseded", []any{"superseded", next.Text}
+		}
+		seq, err := tx.NextSeq()
+		if err != nil {
+			return err
+		}
+		o.Seq = seq
+		return tx.SetSlot(ep.key, SlotNext, o)
+	})
+	if err != nil {
+		return fmt.Errorf("store received configuration: %w", err)
+	}
+	if logMsg != "" {
+		a.log.Warn(logMsg, append([]any{"endpoint", ep.key, "id", o.Text, "topic", topic}, logArgs...)...)
+	}
+	a.log.Debug("configuration received", "endpoint", ep.key, "id", o.Text, "topic", topic, "qos", qos, "bytes", len(payload))
+	ep.poke()
+	a.wakeOutbox()
+	return nil
+}
+
+// codeOf recovers a result code for a stored status text.
+func codeOf(status string) int {
+	if status == cmx.StatusOK {
+		return 200
+	}
+	return 400
+}
+
+func (a *Agent) enqueueAnswer(tx *Tx, ep *endpoint, o *Offer, r result) error {
+	m, ok := a.dia.answer(ep, o, r)
+	if !ok {
+		return nil
+	}
+	_, err := tx.Enqueue(m)
+	return err
+}
+
+// worker applies an endpoint's offers one at a time, newest wins.
+func (a *Agent) worker(ctx context.Context, ep *endpoint) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ep.wake:
+		}
+		for ctx.Err() == nil {
+			o, err := a.pick(ep)
+			if err != nil {
+				a.log.Error("cannot read pending configuration", "endpoint", ep.key, "err", err)
+				break
+			}
+			if o == nil {
+				break
+			}
+			a.applyOffer(ctx, ep, o)
+		}
+	}
+}
+
+// pick returns the offer to apply next (the older slot first) and marks it in flight.
+func (a *Agent) pick(ep *endpoint) (*Offer, error) {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	var o *Offer
+	err := a.store.View(func(tx *Tx) error {
+		var err error
+		if o, err = tx.Slot(ep.key, SlotCurrent); err != nil || o != nil {
+			return err
+		}
+		o, err = tx.Slot(ep.key, SlotNext)
+		return err
+	})
+	if o != nil {
+		ep.inflight = o.Seq
+	}
+	return o, err
+}
+
+func hashOf(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// applyOffer puts o's body in place and commits the result with its answer.
+func (a *Agent) applyOffer(ctx context.Context, ep *endpoint, o *Offer) {
+	select {
+	case a.applySem <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	defer func() { <-a.applySem }()
+
+	var st EndpointState
+	if err := a.store.View(func(tx *Tx) error {
+		var err error
+		st, err = tx.State(ep.key)
+		return err
+	}); err != nil {
+		a.log.Error("cannot read endpoint state", "endpoint", ep.key, "err", err)
+		return
+	}
+	hash := hashOf(o.Body)
+	r := resultOK
+	if hash == st.AppliedHash {
+		a.log.Info("configuration unchanged", "endpoint", ep.key, "id", o.Text)
+	} else {
+		err := apply.WriteFile(ep.cfg.Output, o.Body, apply.Options{
+			Perm: fs.FileMode(ep.cfg.Mode),
+			Step: func(step string) {
+				switch step {
+				case apply.StepSynced:
+					a.opt.Pause(StepSynced)
+				case apply.StepRenamed:
+					a.opt.Pause(StepRenamed)
+				}
+			},
+		})
+		if err != nil {
+			r = result{Status: "write failed: " + err.Error(), Code: 500}
+		}
+	}
+	now := a.opt.Now()
+	ep.mu.Lock()
+	err := a.store.Update(func(tx *Tx) error {
+		st.LastText, st.LastStatus, st.LastAt = o.Text, r.Status, now
+		if r.ok() {
+			st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedAt = o.ID, o.Text, hash, now
+		}
+		if err := tx.SetState(ep.key, st); err != nil {
+			return err
+		}
+		if o.ID != "" {
+			if err := tx.SetHandled(ep.key, o.ID, r.Status); err != nil {
+				return err
+			}
+		}
+		if err := a.enqueueAnswer(tx, ep, o, r); err != nil {
+			return err
+		}
+		for _, s := range []Slot{SlotCurrent, SlotNext} {
+			cur, err := tx.Slot(ep.key, s)
+			if err != nil {
+				return err
+			}
+			if cur != nil && cur.Seq == o.Seq {
+				return tx.SetSlot(ep.key, s, nil)
+			}
+		}
+		return nil
+	})
+	ep.inflight = 0
+	ep.mu.Unlock()
+	if err != nil {
+		// The offer stays pending and is applied again after a restart; retrying now would most
+		// likely fail the same way.
+		a.log.Error("cannot record applied configuration", "endpoint", ep.key, "id", o.Text, "err", err)
+		return
+	}
+	if r.ok() {
+		a.log.Info("configuration applied", "endpoint", ep.key, "id", o.Text, "output", ep.cfg.Output, "bytes", len(o.Body))
+	} else {
+		a.log.Error("configuration not applied", "endpoint", ep.key, "id", o.Text, "status", r.Status)
+	}
+	a.opt.Pause(StepCommitted)
+	a.wakeOutbox()
+}

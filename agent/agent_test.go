@@ -1,0 +1,410 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+)
+
+const (
+	app     = "app-v1"
+	waitFor = 10 * time.Second
+)
+
+// harness runs one in-process agent against a real mosquitto and watches everything on kp1/# from a
+// separate client, as the server would.
+type harness struct {
+	t      *testing.T
+	broker *mqtttest.Broker
+	dir    string
+	cfg    *config.Config
+	server *mqtttest.Client
+	all    *mqtttest.Sub // kp1/# at QoS 2, so each message shows the QoS it was published with
+	pause  func(string)
+
+	agent  *Agent
+	cancel context.CancelFunc
+	done   chan error
+	logs   *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newHarness(t *testing.T, tokens ...string) *harness {
+	t.Helper()
+	if len(tokens) == 0 {
+		tokens = []string{"gw-001"}
+	}
+	b := mqtttest.Start(t)
+	dir := t.TempDir()
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "[broker]\nservers = [%q]\nkeepalive = \"5s\"\n[kaa]\napp_version = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\nmax_payload = \"64KiB\"\n", b.URL, app)
+	for _, tok := range tokens {
+		fmt.Fprintf(&sb, "[[endpoint]]\ntoken = %q\noutput = \"out/%s.json\"\n", tok, tok)
+	}
+	cfg, err := config.Parse(filepath.Join(dir, "agent.toml"), []byte(sb.String()))
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	h := &harness{t: t, broker: b, dir: dir, cfg: cfg}
+	h.server = b.Client(t)
+	h.all = h.server.Subscribe(t, "kp1/#", 2)
+	t.Cleanup(h.stop)
+	return h
+}
+
+func (h *harness) output(token string) string { return filepath.Join(h.dir, "out", token+".json") }
+
+func (h *harness) prefix(token string) string { return "kp1/" + app + "/cmx/" + token }
+
+func (h *harness) start() {
+	h.t.Helper()
+	h.logs = &syncBuffer{}
+	a, err := New(h.cfg, Options{
+		Logger: slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Pause:  h.pause,
+	})
+	if err != nil {
+		h.t.Fatalf("New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.agent, h.cancel, h.done = a, cancel, make(chan error, 1)
+	go func() { h.done <- a.Run(ctx) }()
+}
+
+func (h *harness) stop() {
+	if h.agent == nil {
+		return
+	}
+	h.cancel()
+	select {
+	case err := <-h.done:
+		if err != nil {
+			h.t.Errorf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		h.t.Errorf("agent did not stop within 5s")
+	}
+	h.agent.Close()
+	h.agent = nil
+	if h.t.Failed() {
+		h.t.Logf("agent log:\n%s", h.logs.String())
+	}
+}
+
+// pulled waits for the agent's next pull request for token and returns its id.
+func (h *harness) pulled(token string) uint64 {
+	h.t.Helper()
+	m := h.all.NextMatching(h.t, waitFor, func(m mqtttest.Message) bool { return m.Topic == h.prefix(token)+"/pull/json" })
+	if m.QoS != 1 {
+		h.t.Errorf("pull QoS = %d, want 1", m.QoS)
+	}
+	var p struct {
+		ID *uint64 `json:"id"`
+	}
+	if err := json.Unmarshal(m.Payload, &p); err != nil || p.ID == nil || *p.ID == 0 {
+		h.t.Fatalf("pull payload %s: want {\"id\": positive integer}", m.Payload)
+	}
+	return *p.ID
+}
+
+// confirmed waits for the confirmation published at topic.
+func (h *harness) confirmed(topic string) (mqtttest.Message, map[string]json.RawMessage) {
+	h.t.Helper()
+	m := h.all.NextMatching(h.t, waitFor, func(m mqtttest.Message) bool { return m.Topic == topic })
+	var c map[string]json.RawMessage
+	if err := json.Unmarshal(m.Payload, &c); err != nil {
+		h.t.Fatalf("confirmation %s is not a JSON object: %v", m.Payload, err)
+	}
+	return m, c
+}
+
+func (h *harness) waitFile(path string, want []byte) {
+	h.t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for {
+		got, err := os.ReadFile(path)
+		if err == nil && bytes.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("%s = %q (err %v), want %q", path, got, err, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func status(t *testing.T, c map[string]json.RawMessage) string {
+	t.Helper()
+	var s string
+	if err := json.Unmarshal(c["status"], &s); err != nil {
+		t.Fatalf("status %s: %v", c["status"], err)
+	}
+	return s
+}
+
+func TestBoot_PullsAfterSubscribing(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	id := h.pulled("gw-001")
+	// The answer to the pull is published only now; on a first connect the broker keeps nothing for
+	// the agent, so it arrives only if the subscription was in place before the pull went out.
+	h.server.Publish(t, h.prefix("gw-001")+"/json", 1, []byte(`{"id":1,"entries":[{"boot":true}]}`))
+	h.waitFile(h.output("gw-001"), []byte(`[{"boot":true}]`))
+	if id != 1 {
+		t.Errorf("first pull id = %d, want 1", id)
+	}
+}
+
+func TestPush_WritesFileAndConfirms(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	h.pulled("gw-001")
+	cases := []struct {
+		name    string
+		topic   string
+		qos     byte
+		payload string
+		body    string
+		id      string // JSON of the expected id; "" = no id key
+	}{
+		{"number id qos1", "/json", 1, `{"id":42,"entries":[{"key":"value"},15,["an","array",13]]}`, `[{"key":"value"},15,["an","array",13]]`, `42`},
+		{"string id qos1", "/json", 1, `{"id":"cfg-7","entries":[1]}`, `[1]`, `"cfg-7"`},
+		{"no id qos1", "/json", 1, `{"entries":[ 15 ]}`, `[ 15 ]`, ``},
+		{"number id qos0", "/json", 0, `{"id":43,"entries":[0]}`, `[0]`, `43`},
+		{"request id in topic", "/json/77", 1, `{"id":"r","entries":[true]}`, `[true]`, `"r"`},
+		{"request id qos0", "/json/78", 0, `{"entries":[null]}`, `[null]`, ``},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			topic := h.prefix("gw-001") + tc.topic
+			h.server.Publish(t, topic, tc.qos, []byte(tc.payload))
+			m, c := h.confirmed(topic + "/status")
+			if m.QoS != tc.qos {
+				t.Errorf("confirmation QoS = %d, want %d (the push's)", m.QoS, tc.qos)
+			}
+			if got := status(t, c); got != "ok" {
+				t.Errorf("status = %q, want ok", got)
+			}
+			if tc.id == "" {
+				if _, ok := c["id"]; ok {
+					t.Errorf("confirmation %s has an id, want none", m.Payload)
+				}
+			} else if string(c["id"]) != tc.id {
+				t.Errorf("confirmation id = %s, want %s", c["id"], tc.id)
+			}
+			got, err := os.ReadFile(h.output("gw-001"))
+			if err != nil || string(got) != tc.body {
+				t.Errorf("file = %q (%v), want %q", got, err, tc.body)
+			}
+		})
+	}
+}
+
+func TestPush_BadInputGetsErrorStatusAndChangesNothing(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	h.pulled("gw-001")
+	topic := h.prefix("gw-001") + "/json"
+	h.server.Publish(t, topic, 1, []byte(`{"id":1,"entries":["good"]}`))
+	h.confirmed(topic + "/status")
+	good := []byte(`["good"]`)
+	h.waitFile(h.output("gw-001"), good)
+
+	cases := []struct {
+		name    string
+		payload []byte
+		status  string
+		id      string
+	}{
+		{"not JSON", []byte(`{"id":2,"entries":[`), "invalid payload: not JSON", ""},
+		{"not an object", []byte(`[1,2]`), "invalid payload: payload must be a JSON object, got array", ""},
+		{"entries missing", []byte(`{"id":3}`), "invalid payload: entries missing", "3"},
+		{"entries not an array", []byte(`{"id":4,"entries":{"a":1}}`), "invalid payload: entries must be an array, got object", "4"},
+		{"id of a wrong type", []byte(`{"id":[5],"entries":[]}`), "invalid payload: id must be a string or a number, got array", ""},
+		{"oversized", append(append([]byte(`{"id":6,"entries":["`), bytes.Repeat([]byte("x"), 70<<10)...), `"]}`...), "invalid payload: payload too large: 71703 bytes, limit 65536", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h.server.Publish(t, topic, 1, tc.payload)
+			m, c := h.confirmed(topic + "/status")
+			if got := status(t, c); !strings.HasPrefix(got, tc.status) {
+				t.Errorf("status = %q, want prefix %q", got, tc.status)
+			}
+			if string(c["id"]) != tc.id {
+				t.Errorf("id = %s, want %q (payload %s)", c["id"], tc.id, m.Payload)
+			}
+			got, _ := os.ReadFile(h.output("gw-001"))
+			if !bytes.Equal(got, good) {
+				t.Errorf("file changed to %q", got)
+			}
+		})
+	}
+	if n := strings.Count(h.logs.String(), "configuration refused"); n != len(cases) {
+		t.Errorf("%d log lines say a configuration was refused, want one per bad push (%d)", n, len(cases))
+	}
+}
+
+func TestPush_DuplicateIDIsReconfirmed(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	h.pulled("gw-001")
+	topic := h.prefix("gw-001") + "/json"
+	h.server.Publish(t, topic, 1, []byte(`{"id":9,"entries":["first"]}`))
+	_, c := h.confirmed(topic + "/status")
+	if status(t, c) != "ok" {
+		t.Fatalf("first push: %v", c)
+	}
+	// Same id, other body: confirmed with the stored status and not applied.
+	h.server.Publish(t, topic, 1, []byte(`{"id":9,"entries":["second"]}`))
+	_, c = h.confirmed(topic + "/status")
+	if status(t, c) != "ok" || string(c["id"]) != "9" {
+		t.Errorf("duplicate confirmation = %v, want id 9 status ok", c)
+	}
+	// The string "9" is another id.
+	h.server.Publish(t, topic, 1, []byte(`{"id":"9","entries":["third"]}`))
+	_, c = h.confirmed(topic + "/status")
+	if string(c["id"]) != `"9"` || status(t, c) != "ok" {
+		t.Errorf("string id confirmation = %v", c)
+	}
+	h.waitFile(h.output("gw-001"), []byte(`["third"]`))
+	if n := strings.Count(h.logs.String(), "configuration applied"); n != 2 {
+		t.Errorf("applied %d times, want 2 (the duplicate must not be applied)", n)
+	}
+}
+
+func TestPush_BurstIsCoalesced(t *testing.T) {
+	h := newHarness(t)
+	blocked := make(chan struct{})
+	release := make(chan struct{})
+	var once sync.Once
+	h.pause = func(step string) {
+		if step == StepSynced {
+			once.Do(func() {
+				close(blocked)
+				<-release
+			})
+		}
+	}
+	h.start()
+	h.pulled("gw-001")
+	topic := h.prefix("gw-001") + "/json"
+	h.server.Publish(t, topic, 1, []byte(`{"id":1,"entries":[1]}`))
+	<-blocked // push 1 is being written
+	for i := 2; i <= 4; i++ {
+		h.server.Publish(t, topic, 1, []byte(fmt.Sprintf(`{"id":%d,"entries":[%d]}`, i, i)))
+	}
+	// 2 and 3 were waiting when a newer push came: superseded without being applied.
+	want := map[string]string{"2": "superseded by 3", "3": "superseded by 4"}
+	for range 2 {
+		_, c := h.confirmed(topic + "/status")
+		if w := want[string(c["id"])]; w == "" || status(t, c) != w {
+			t.Errorf("confirmation %v, want one of %v", c, want)
+		}
+		delete(want, string(c["id"]))
+	}
+	close(release)
+	got := map[string]string{}
+	for range 2 {
+		_, c := h.confirmed(topic + "/status")
+		got[string(c["id"])] = status(t, c)
+	}
+	if got["1"] != "ok" || got["4"] != "ok" {
+		t.Errorf("confirmations after release = %v, want 1 and 4 ok", got)
+	}
+	h.waitFile(h.output("gw-001"), []byte(`[4]`))
+	if n := strings.Count(h.logs.String(), "configuration applied"); n != 2 {
+		t.Errorf("applied %d times, want 2", n)
+	}
+}
+
+func TestBrokerRestart_PullsAgainWithNewID(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	first := h.pulled("gw-001")
+	h.broker.Restart(t)
+	second := h.pulled("gw-001")
+	if second <= first {
+		t.Errorf("pull id after reconnect = %d, want > %d", second, first)
+	}
+	// The session survived: a push after the reconnect is applied and confirmed.
+	topic := h.prefix("gw-001") + "/json"
+	h.server.Publish(t, topic, 1, []byte(`{"id":"after","entries":[2]}`))
+	_, c := h.confirmed(topic + "/status")
+	if status(t, c) != "ok" {
+		t.Errorf("status after reconnect = %v", c)
+	}
+}
+
+func TestRestart_KeepsIDCounter(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	first := h.pulled("gw-001")
+	h.stop()
+	h.start()
+	second := h.pulled("gw-001")
+	if second != first+1 {
+		t.Errorf("pull id after restart = %d, want %d", second, first+1)
+	}
+}
+
+func TestPushWhileAgentDown_IsAppliedAfterRestart(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	h.pulled("gw-001")
+	h.stop()
+	topic := h.prefix("gw-001") + "/json/5"
+	h.server.Publish(t, topic, 1, []byte(`{"id":"offline","entries":["queued"]}`))
+	h.start()
+	m, c := h.confirmed(topic + "/status")
+	if status(t, c) != "ok" || m.QoS != 1 {
+		t.Errorf("confirmation %s qos %d", m.Payload, m.QoS)
+	}
+	h.waitFile(h.output("gw-001"), []byte(`["queued"]`))
+}
+
+func TestEndpoints_AreIndependent(t *testing.T) {
+	h := newHarness(t, "dev-a", "dev-b")
+	h.start()
+	h.pulled("dev-a")
+	for _, tok := range []string{"dev-a", "dev-b"} {
+		h.server.Publish(t, h.prefix(tok)+"/json", 1, []byte(`{"id":1,"entries":["`+tok+`"]}`))
+	}
+	got := map[string]string{}
+	for range 2 {
+		m := h.all.NextMatching(t, waitFor, func(m mqtttest.Message) bool { return strings.HasSuffix(m.Topic, "/json/status") })
+		got[m.Topic] = string(m.Payload)
+	}
+	for _, tok := range []string{"dev-a", "dev-b"} {
+		h.waitFile(h.output(tok), []byte(`["`+tok+`"]`))
+		if c := got[h.prefix(tok)+"/json/status"]; c != `{"id":1,"status":"ok"}` {
+			t.Errorf("%s confirmation = %q", tok, c)
+		}
+	}
+}

@@ -1,0 +1,440 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/cmx-agent/cmx-agent/cmx"
+)
+
+// session owns the MQTT client. It connects with its own backoff loop (paho's auto-reconnect has no
+// jitter, and a fleet reconnecting after a broker failover must spread out), subscribes, asks for the
+// latest configuration and drains the outbox.
+//
+// Each successful connection has a generation number. A publish counts as acknowledged only when its
+// token completes without error while the generation it was sent on is still current: paho completes
+// tokens of an earlier connection without error when it resumes a session, whether or not the broker
+// ever had them, so such completions are not trusted and the message is sent again.
+type session struct {
+	a      *Agent
+	client mqtt.Client
+
+	mu      sync.Mutex
+	gen     uint64        // current connection generation; 0 while disconnected
+	genDone chan struct{} // closed when the current generation ends
+	server  string        // broker of the current connection
+	lastErr string        // last connection error, logged once per change
+
+	lost     chan error    // connection lost, from paho's handler
+	genWake  chan struct{} // the generation changed
+	sentDone chan sentResult
+	nextGen  uint64
+
+	attempted atomic.Value // string: the broker of the latest connection attempt
+}
+
+type sentResult struct {
+	gen   uint64
+	seq   uint64
+	acked bool
+}
+
+func newSession(a *Agent) *session {
+	return &session{
+		a:        a,
+		lost:     make(chan error, 1),
+		genWake:  make(chan struct{}, 1),
+		sentDone: make(chan sentResult, 64),
+	}
+}
+
+// Connected reports whether the agent has a live broker connection, and which broker.
+func (s *session) connected() (bool, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen != 0, s.server
+}
+
+func (s *session) current() (uint64, chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen, s.genDone
+}
+
+func (s *session) up(server string) uint64 {
+	s.mu.Lock()
+	s.nextGen++
+	s.gen = s.nextGen
+	s.genDone = make(chan struct{})
+	s.server = server
+	s.lastErr = ""
+	gen := s.gen
+	s.mu.Unlock()
+	s.poke()
+	return gen
+}
+
+func (s *session) down(gen uint64) {
+	s.mu.Lock()
+	if s.gen == gen && gen != 0 {
+		s.gen = 0
+		close(s.genDone)
+		s.genDone = nil
+	}
+	s.mu.Unlock()
+	s.poke()
+}
+
+func (s *session) poke() {
+	select {
+	case s.genWake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *session) run(ctx context.Context) error {
+	opts, err := s.a.clientOptions()
+	if err != nil {
+		return err
+	}
+	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { s.onMessage(ctx, m) })
+	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		select {
+		case s.lost <- err:
+		default:
+		}
+	})
+	s.attempted.Store("")
+	opts.SetConnectionAttemptHandler(func(u *url.URL, cfg *tls.Config) *tls.Config {
+		s.attempted.Store(u.Redacted())
+		return cfg
+	})
+	s.client = mqtt.NewClient(opts)
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.sendLoop(ctx)
+	}()
+
+	bo := backoff{min: time.Second, max: 60 * time.Second}
+	for ctx.Err() == nil {
+		select { // a loss from an earlier connection must not end the next one
+		case <-s.lost:
+		default:
+		}
+		tok := s.client.Connect()
+		if !waitToken(ctx, tok) {
+			break
+		}
+		if err := tok.Error(); err != nil {
+			s.noteConnectError(err)
+			sleepCtx(ctx, bo.next())
+			continue
+		}
+		server := s.attempted.Load().(string)
+		gen := s.up(server)
+		s.a.log.Info("connected to broker", "server", server, "client_id", s.a.cfg.Broker.ClientID)
+		if err := s.subscribeAndRequest(ctx, gen); err != nil {
+			if ctx.Err() != nil {
+				s.down(gen)
+				break
+			}
+			s.a.log.Error("cannot subscribe; reconnecting", "err", err)
+			s.client.Disconnect(0)
+			s.down(gen)
+			sleepCtx(ctx, bo.next())
+			continue
+		}
+		bo.reset()
+		select {
+		case <-ctx.Done():
+		case err := <-s.lost:
+			s.a.log.Warn("connection to broker lost", "server", server, "err", err)
+		}
+		s.down(gen)
+		if ctx.Err() == nil {
+			sleepCtx(ctx, bo.next())
+		}
+	}
+	s.down(s.genOrZero())
+	s.client.Disconnect(250)
+	wg.Wait()
+	return nil
+}
+
+func (s *session) genOrZero() uint64 {
+	g, _ := s.current()
+	return g
+}
+
+func (s *session) noteConnectError(err error) {
+	s.mu.Lock()
+	changed := s.lastErr != err.Error()
+	s.lastErr = err.Error()
+	s.mu.Unlock()
+	if changed {
+		s.a.log.Warn("cannot connect to broker; retrying with backoff", "servers", s.a.cfg.Broker.Servers, "err", err)
+	} else {
+		s.a.log.Debug("cannot connect to broker", "err", err)
+	}
+}
+
+// subscribeAndRequest subscribes every endpoint's topics, waits for the SUBACK, then asks for the
+// latest configuration of each endpoint, so that the answer cannot arrive before the subscription.
+func (s *session) subscribeAndRequest(ctx context.Context, gen uint64) error {
+	eps := s.a.endpointList()
+	filters := map[string]byte{}
+	for _, ep := range eps {
+		for _, f := range s.a.dia.filters(ep) {
+			filters[f] = 1
+		}
+	}
+	tok := s.client.SubscribeMultiple(filters, nil)
+	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if !waitToken(tctx, tok) {
+		return fmt.Errorf("subscribe: no SUBACK within 30s")
+	}
+	if err := tok.Error(); err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	if st, ok := tok.(*mqtt.SubscribeToken); ok {
+		for f, code := range st.Result() {
+			if code == 0x80 {
+				return fmt.Errorf("subscribe %s: refused by the broker (not authorised?)", f)
+			}
+		}
+	}
+	s.request(eps)
+	go s.repeatRequests(ctx, gen, eps)
+	return nil
+}
+
+// request asks for the latest configuration of eps with fresh message ids.
+func (s *session) request(eps []*endpoint) {
+	if len(eps) == 0 {
+		return
+	}
+	var first uint64
+	states := make([]EndpointState, len(eps))
+	err := s.a.store.Update(func(tx *Tx) error {
+		var err error
+		if first, err = tx.NextIDs(len(eps)); err != nil {
+			return err
+		}
+		for i, ep := range eps {
+			if states[i], err = tx.State(ep.key); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.a.log.Error("cannot request configuration", "err", err)
+		return
+	}
+	for i, ep := range eps {
+		ep.answered.Store(false)
+		topic, payload := s.a.dia.request(ep, first+uint64(i), states[i])
+		s.client.Publish(topic, 1, false, payload)
+		s.a.log.Debug("requested latest configuration", "endpoint", ep.key, "topic", topic, "msg_id", first+uint64(i))
+	}
+}
+
+// repeatRequests asks again, with a growing interval, for endpoints whose request got no answer: a
+// lost answer must not park an endpoint until the next reconnect.
+func (s *session) repeatRequests(ctx context.Context, gen uint64, eps []*endpoint) {
+	wait := s.a.opt.PullTimeout
+	for {
+		_, done := s.current()
+		if done == nil {
+			return
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-done:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if g, _ := s.current(); g != gen {
+			return
+		}
+		var again []*endpoint
+		for _, ep := range eps {
+			if !ep.answered.Load() {
+				again = append(again, ep)
+			}
+		}
+		if len(again) == 0 {
+			return
+		}
+		s.a.log.Info("no answer to configuration request; asking again", "endpoints", len(again), "waited", wait)
+		s.request(again)
+		wait = min(2*wait, 10*time.Minute)
+	}
+}
+
+func (s *session) onMessage(ctx context.Context, m mqtt.Message) {
+	a := s.a
+	// paho runs each message in its own goroutine (order off); this bounds how many wait on the
+	// store. QoS 0 promises nothing, so under overload it is dropped rather than queued.
+	if m.Qos() == 0 {
+		select {
+		case a.recvSem <- struct{}{}:
+		default:
+			a.log.Warn("overloaded; QoS 0 message dropped", "topic", m.Topic())
+			return
+		}
+	} else {
+		select {
+		case a.recvSem <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+	}
+	defer func() { <-a.recvSem }()
+
+	t, ok := cmx.SplitTopic(m.Topic(), a.cfg.Kaa.AppVersion, a.cfg.Kaa.Extension)
+	if ok {
+		for _, ep := range a.endpointByToken(t.Token) {
+			if !a.dia.isConfig(ep, t.Rest) {
+				continue
+			}
+			ep.answered.Store(true)
+			if err := a.receive(ep, m.Topic(), m.Qos(), m.Payload()); err != nil {
+				// Not acknowledged: the broker delivers it again after the next connect.
+				a.log.Error("cannot store configuration; it stays unacknowledged", "endpoint", ep.key, "topic", m.Topic(), "err", err)
+				return
+			}
+			a.opt.Pause(StepReceived)
+			break
+		}
+	}
+	m.Ack()
+}
+
+// sendLoop publishes the outbox while connected. Each message is published once per connection
+// generation and deleted only when the broker acknowledged it on that same generation.
+func (s *session) sendLoop(ctx context.Context) {
+	const maxInflight = 256
+	var (
+		curGen   uint64
+		inflight = map[uint64]bool{}
+	)
+	for {
+		gen, done := s.current()
+		if gen != curGen {
+			curGen = gen
+			clear(inflight)
+		}
+		if gen != 0 && len(inflight) < maxInflight {
+			var msgs []OutMsg
+			err := s.a.store.View(func(tx *Tx) error {
+				var err error
+				msgs, err = tx.Outbox(maxInflight + len(inflight))
+				return err
+			})
+			if err != nil {
+				s.a.log.Error("cannot read outbox", "err", err)
+			}
+			for _, m := range msgs {
+				if inflight[m.Seq] || len(inflight) >= maxInflight {
+					continue
+				}
+				inflight[m.Seq] = true
+				tok := s.client.Publish(m.Topic, m.QoS, false, m.Payload)
+				go s.await(ctx, gen, done, m, tok)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.a.outWake:
+		case <-s.genWake:
+		case r := <-s.sentDone:
+			if r.gen == curGen && r.acked {
+				delete(inflight, r.seq)
+			}
+		}
+	}
+}
+
+func (s *session) await(ctx context.Context, gen uint64, done chan struct{}, m OutMsg, tok mqtt.Token) {
+	report := func(acked bool) {
+		select {
+		case s.sentDone <- sentResult{gen: gen, seq: m.Seq, acked: acked}:
+		case <-ctx.Done():
+		}
+	}
+	select {
+	case <-tok.Done():
+	case <-done:
+		return
+	case <-ctx.Done():
+		return
+	}
+	if err := tok.Error(); err != nil {
+		s.a.log.Warn("publish failed; will resend after reconnect", "topic", m.Topic, "err", err)
+		return
+	}
+	if g, _ := s.current(); g != gen {
+		return // completed by a later connection: not proof of delivery
+	}
+	s.a.opt.Pause(StepPublished)
+	if err := s.a.store.Batch(func(tx *Tx) error { return tx.DeleteOutbox(m.Seq) }); err != nil {
+		s.a.log.Error("cannot delete sent message from outbox", "err", err)
+		return
+	}
+	s.a.log.Debug("answer delivered", "endpoint", m.Endpoint, "topic", m.Topic, "qos", m.QoS)
+	report(true)
+}
+
+func waitToken(ctx context.Context, tok mqtt.Token) bool {
+	select {
+	case <-tok.Done():
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// backoff is exponential with jitter: each delay is drawn from [d/2, d] where d doubles from min to
+// max.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(2*b.cur, b.max)
+	}
+	half := b.cur / 2
+	return half + time.Duration(rand.Int64N(int64(half)+1))
+}
+
+func (b *backoff) reset() { b.cur = 0 }

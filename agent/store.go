@@ -1,0 +1,383 @@
+package agent
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+// DBName is the file name of the state database inside state_dir.
+const DBName = "agent.db"
+
+// Bucket and key names. The layout:
+//
+//	meta/counter                 last message id handed out (uint64, big endian)
+//	outbox/<seq>                 OutMsg, in the order it must be sent
+//	endpoints/<ep>/state         EndpointState
+//	endpoints/<ep>/current       Offer being applied when a newer one arrived
+//	endpoints/<ep>/next          Offer waiting (or, while the worker applies it, being applied)
+//	endpoints/<ep>/handled/<id>  handledRec: status of a handled id
+//	endpoints/<ep>/handledseq/<seq> id, to evict the oldest handled ids
+var (
+	bucketMeta      = []byte("meta")
+	bucketOutbox    = []byte("outbox")
+	bucketEndpoints = []byte("endpoints")
+	bucketHandled   = []byte("handled")
+	bucketHandSeq   = []byte("handledseq")
+	keyCounter      = []byte("counter")
+	keyState        = []byte("state")
+	keyHandledN     = []byte("handled_n")
+)
+
+// Slot names an endpoint's pending offers.
+type Slot string
+
+const (
+	// SlotCurrent holds the offer that was being applied when a newer one arrived.
+	SlotCurrent Slot = "current"
+	// SlotNext holds the newest offer not yet applied.
+	SlotNext Slot = "next"
+)
+
+// Offer is a configuration received for an endpoint and not yet applied: everything needed to apply it
+// and to answer for it after a crash.
+type Offer struct {
+	Seq        uint64    `json:"seq"`             // arrival order, unique per database
+	ID         string    `json:"id,omitempty"`    // the dedupe key (typed JSON text in cmx3); "" = none
+	Text       string    `json:"text,omitempty"`  // the id as people and hooks read it
+	Body       []byte    `json:"body"`            // the bytes that go into the output
+	ReplyTopic string    `json:"reply_topic"`     // where the answer goes
+	ReplyQoS   byte      `json:"reply_qos"`       // the QoS the answer is sent with
+	Received   time.Time `json:"received"`        // wall clock, for people only
+	RequestID  uint64    `json:"rid,omitempty"`   // dialect data: request id the offer answered
+	Extra      string    `json:"extra,omitempty"` // dialect data
+}
+
+// EndpointState is what the agent knows of an endpoint's applied configuration.
+type EndpointState struct {
+	AppliedID   string    `json:"applied_id,omitempty"`
+	AppliedText string    `json:"applied_text,omitempty"`
+	AppliedHash string    `json:"applied_hash,omitempty"` // hex sha256 of the applied body
+	AppliedAt   time.Time `json:"applied_at,omitzero"`
+	LastText    string    `json:"last_text,omitempty"` // id of the last offer handled, whatever its result
+	LastStatus  string    `json:"last_status,omitempty"`
+	LastAt      time.Time `json:"last_at,omitzero"`
+}
+
+// OutMsg is a message in the outbox: stored before it is sent, deleted once the broker has it.
+type OutMsg struct {
+	Seq      uint64 `json:"-"`
+	Endpoint string `json:"ep"`
+	Topic    string `json:"topic"`
+	QoS      byte   `json:"qos"`
+	Payload  []byte `json:"payload"`
+}
+
+type handledRec struct {
+	Seq    uint64 `json:"seq"`
+	Status string `json:"status"`
+}
+
+// Store is the agent's bbolt database.
+type Store struct {
+	db         *bolt.DB
+	handledMax int
+}
+
+// OpenStore opens (or creates) dir/agent.db. The folder is made 0700 and the file 0600 whatever the
+// umask. A database locked by another process is an error after lockTimeout, never a hang.
+func OpenStore(dir string, lockTimeout time.Duration, handledMax int) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state folder: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state folder: %w", err)
+	}
+	path := filepath.Join(dir, DBName)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("open %s: locked by another process (is another cmx-agent running with this state_dir?)", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("state database: %w", err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMeta, bucketOutbox, bucketEndpoints} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("init %s: %w", path, err)
+	}
+	if handledMax <= 0 {
+		handledMax = 1000
+	}
+	return &Store{db: db, handledMax: handledMax}, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Path is the database file.
+func (s *Store) Path() string { return s.db.Path() }
+
+// Update runs fn in a read-write transaction and commits (fsync) before it returns.
+func (s *Store) Update(fn func(*Tx) error) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx, max: s.handledMax}) })
+}
+
+// Batch is Update grouped with concurrent callers into one commit. fn may run more than once, so it
+// must not have effects outside the transaction.
+func (s *Store) Batch(fn func(*Tx) error) error {
+	return s.db.Batch(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx, max: s.handledMax}) })
+}
+
+// View runs fn in a read-only transaction.
+func (s *Store) View(fn func(*Tx) error) error {
+	return s.db.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx, max: s.handledMax}) })
+}
+
+// Tx is a transaction on the store with typed accessors.
+type Tx struct {
+	tx  *bolt.Tx
+	max int
+}
+
+func u64(v uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, v)
+	return b
+}
+
+// NextIDs reserves n message ids and returns the first; they are never handed out again, across
+// restarts included.
+func (t *Tx) NextIDs(n int) (uint64, error) {
+	b := t.tx.Bucket(bucketMeta)
+	var last uint64
+	if v := b.Get(keyCounter); len(v) == 8 {
+		last = binary.BigEndian.Uint64(v)
+	}
+	if err := b.Put(keyCounter, u64(last+uint64(n))); err != nil {
+		return 0, fmt.Errorf("message id counter: %w", err)
+	}
+	return last + 1, nil
+}
+
+// NextSeq returns a new sequence number for an offer.
+func (t *Tx) NextSeq() (uint64, error) {
+	return t.tx.Bucket(bucketEndpoints).NextSequence()
+}
+
+func (t *Tx) endpoint(ep string, create bool) (*bolt.Bucket, error) {
+	root := t.tx.Bucket(bucketEndpoints)
+	if !create || !t.tx.Writable() {
+		return root.Bucket([]byte(ep)), nil
+	}
+	b, err := root.CreateBucketIfNotExists([]byte(ep))
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %s: %w", ep, err)
+	}
+	return b, nil
+}
+
+func getJSON(b *bolt.Bucket, key []byte, v any) (bool, error) {
+	if b == nil {
+		return false, nil
+	}
+	raw := b.Get(key)
+	if raw == nil {
+		return false, nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return false, fmt.Errorf("decode %s: %w", key, err)
+	}
+	return true, nil
+}
+
+func putJSON(b *bolt.Bucket, key []byte, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", key, err)
+	}
+	return b.Put(key, raw)
+}
+
+// State returns an endpoint's state; the zero value when nothing was applied.
+func (t *Tx) State(ep string) (EndpointState, error) {
+	var st EndpointState
+	b, err := t.endpoint(ep, false)
+	if err != nil {
+		return st, err
+	}
+	_, err = getJSON(b, keyState, &st)
+	return st, err
+}
+
+// SetState stores an endpoint's state.
+func (t *Tx) SetState(ep string, st EndpointState) error {
+	b, err := t.endpoint(ep, true)
+	if err != nil {
+		return err
+	}
+	return putJSON(b, keyState, st)
+}
+
+// Slot returns the offer in an endpoint's slot, nil when empty.
+func (t *Tx) Slot(ep string, slot Slot) (*Offer, error) {
+	b, err := t.endpoint(ep, false)
+	if err != nil {
+		return nil, err
+	}
+	var o Offer
+	ok, err := getJSON(b, []byte(slot), &o)
+	if !ok || err != nil {
+		return nil, err
+	}
+	return &o, nil
+}
+
+// SetSlot stores o in an endpoint's slot; nil empties it.
+func (t *Tx) SetSlot(ep string, slot Slot, o *Offer) error {
+	b, err := t.endpoint(ep, true)
+	if err != nil {
+		return err
+	}
+	if o == nil {
+		return b.Delete([]byte(slot))
+	}
+	return putJSON(b, []byte(slot), o)
+}
+
+// Handled returns the stored status of an id the endpoint has handled.
+func (t *Tx) Handled(ep, id string) (string, bool, error) {
+	b, err := t.endpoint(ep, false)
+	if err != nil || b == nil {
+		return "", false, err
+	}
+	var rec handledRec
+	ok, err := getJSON(b.Bucket(bucketHandled), []byte(id), &rec)
+	return rec.Status, ok, err
+}
+
+// SetHandled records the status of a handled id. The set is bounded: past the store's limit the
+// oldest ids are forgotten.
+func (t *Tx) SetHandled(ep, id, status string) error {
+	b, err := t.endpoint(ep, true)
+	if err != nil {
+		return err
+	}
+	h, err := b.CreateBucketIfNotExists(bucketHandled)
+	if err != nil {
+		return fmt.Errorf("handled ids: %w", err)
+	}
+	hs, err := b.CreateBucketIfNotExists(bucketHandSeq)
+	if err != nil {
+		return fmt.Errorf("handled ids: %w", err)
+	}
+	n := 0
+	if v := b.Get(keyHandledN); len(v) == 8 {
+		n = int(binary.BigEndian.Uint64(v))
+	}
+	var old handledRec
+	if ok, err := getJSON(h, []byte(id), &old); err != nil {
+		return err
+	} else if ok {
+		if err := hs.Delete(u64(old.Seq)); err != nil {
+			return err
+		}
+		n--
+	}
+	seq, err := hs.NextSequence()
+	if err != nil {
+		return err
+	}
+	if err := putJSON(h, []byte(id), handledRec{Seq: seq, Status: status}); err != nil {
+		return err
+	}
+	if err := hs.Put(u64(seq), []byte(id)); err != nil {
+		return err
+	}
+	n++
+	c := hs.Cursor()
+	for k, v := c.First(); k != nil && n > t.max; k, v = c.First() {
+		if err := h.Delete(v); err != nil {
+			return err
+		}
+		if err := c.Delete(); err != nil {
+			return err
+		}
+		n--
+	}
+	return b.Put(keyHandledN, u64(uint64(n)))
+}
+
+// Enqueue adds a message to the outbox and returns its sequence number.
+func (t *Tx) Enqueue(m OutMsg) (uint64, error) {
+	b := t.tx.Bucket(bucketOutbox)
+	seq, err := b.NextSequence()
+	if err != nil {
+		return 0, fmt.Errorf("outbox: %w", err)
+	}
+	if err := putJSON(b, u64(seq), m); err != nil {
+		return 0, fmt.Errorf("outbox: %w", err)
+	}
+	return seq, nil
+}
+
+// DeleteOutbox removes sent messages from the outbox.
+func (t *Tx) DeleteOutbox(seqs ...uint64) error {
+	b := t.tx.Bucket(bucketOutbox)
+	for _, s := range seqs {
+		if err := b.Delete(u64(s)); err != nil {
+			return fmt.Errorf("outbox: %w", err)
+		}
+	}
+	return nil
+}
+
+// Outbox lists the messages waiting to be sent, oldest first, at most limit (0 = all).
+func (t *Tx) Outbox(limit int) ([]OutMsg, error) {
+	var out []OutMsg
+	c := t.tx.Bucket(bucketOutbox).Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		var m OutMsg
+		if err := json.Unmarshal(v, &m); err != nil {
+			return nil, fmt.Errorf("outbox entry %x: %w", k, err)
+		}
+		m.Seq = binary.BigEndian.Uint64(k)
+		out = append(out, m)
+		if limit > 0 && len(out) == limit {
+			break
+		}
+	}
+	return out, nil
+}
+
+// PendingByEndpoint counts the outbox messages of each endpoint.
+func (t *Tx) PendingByEndpoint() (map[string]int, error) {
+	n := map[string]int{}
+	err := t.tx.Bucket(bucketOutbox).ForEach(func(k, v []byte) error {
+		var m OutMsg
+		if err := json.Unmarshal(v, &m); err != nil {
+			return fmt.Errorf("outbox entry %x: %w", k, err)
+		}
+		n[m.Endpoint]++
+		return nil
+	})
+	return n, err
+}

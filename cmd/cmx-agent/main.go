@@ -1,0 +1,180 @@
+// Command cmx-agent is the gateway side of the Kaa Configuration Management Extension: it receives
+// configurations over MQTT, writes them to files atomically and durably, and confirms each one.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/cmx-agent/cmx-agent/agent"
+	"github.com/cmx-agent/cmx-agent/config"
+)
+
+// Stamped by the packaging build with -ldflags "-X main.version=... -X main.commit=...".
+var (
+	version = "dev"
+	commit  = ""
+)
+
+const defaultConfig = "/etc/cmx-agent/agent.toml"
+
+// pauseEnv names a durable step at which the agent stops and waits to be killed. Crash tests use it
+// to kill the process at an exact point; it has no other use.
+const pauseEnv = "CMX_AGENT_TEST_PAUSE"
+
+const usage = `usage: cmx-agent <command> [flags]
+
+commands:
+  run    [--config PATH] [--log-format text|json] [--log-level debug|info|warn|error]
+         run the agent in the foreground
+  check  [--config PATH]   validate a configuration file (exit 0 valid, 2 invalid)
+  version                  print version, commit and Go version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(args[1:], stderr)
+	case "check":
+		return cmdCheck(args[1:], stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintf(stdout, "cmx-agent %s (commit %s, %s)\n", version, commitID(), runtime.Version())
+		return 0
+	case "help", "--help", "-h":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "cmx-agent: unknown command %q\n%s", args[0], usage)
+		return 2
+	}
+}
+
+func commitID() string {
+	if commit != "" {
+		return commit
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				return s.Value
+			}
+		}
+	}
+	return "unknown"
+}
+
+// loadConfig prints every problem of an invalid file and returns exit code 2 with it.
+func loadConfig(path string, stderr io.Writer) (*config.Config, int) {
+	cfg, err := config.Load(path)
+	if err == nil {
+		return cfg, 0
+	}
+	var probs config.Problems
+	if errors.As(err, &probs) {
+		for _, p := range probs {
+			fmt.Fprintln(stderr, p.String())
+		}
+	} else {
+		fmt.Fprintf(stderr, "%s: %v\n", path, err)
+	}
+	return nil, 2
+}
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", defaultConfig, "configuration file")
+	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+		return 2
+	}
+	cfg, code := loadConfig(*path, stderr)
+	if cfg == nil {
+		return code
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d endpoints, dialect %s)\n", *path, len(cfg.Endpoints), cfg.Kaa.Dialect)
+	return 0
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
+}
+
+func cmdRun(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", defaultConfig, "configuration file")
+	format := fs.String("log-format", "text", "log format: text or json")
+	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+		return 2
+	}
+	log, err := newLogger(stderr, *format, *level)
+	if err != nil {
+		fmt.Fprintln(stderr, "cmx-agent:", err)
+		return 2
+	}
+	cfg, code := loadConfig(*path, stderr)
+	if cfg == nil {
+		return code
+	}
+	opts := agent.Options{Logger: log}
+	if step := os.Getenv(pauseEnv); step != "" {
+		opts.Pause = func(s string) {
+			if s == step {
+				fmt.Fprintf(stderr, "cmx-agent: test pause at %s\n", s)
+				select {} // until killed
+			}
+		}
+	}
+	a, err := agent.New(cfg, opts)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	defer a.Close()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			log.Warn("SIGHUP: live reload of the configuration is not available in this version; restart to apply changes")
+		}
+	}()
+	log.Info("cmx-agent started", "version", version, "config", cfg.Path, "endpoints", len(cfg.Endpoints), "dialect", cfg.Kaa.Dialect)
+	if err := a.Run(ctx); err != nil {
+		log.Error("agent stopped", "err", err)
+		return 1
+	}
+	log.Info("cmx-agent stopped")
+	return 0
+}

@@ -1,0 +1,664 @@
+package config
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// The file is decoded by toml into plain maps and then read key by key here
+// rather than straight into Config: toml stops at the first type error and
+// matches keys case-insensitively, and a strict `check` needs every problem
+// and exact key names.
+
+type decoder struct {
+	file  string // as named by the caller, for problems
+	dir   string // folder relative paths are resolved against; "" = keep relative
+	lines lineIndex
+	probs Problems
+}
+
+func (d *decoder) add(at []seg, format string, args ...any) {
+	d.probs = append(d.probs, Problem{Path: d.file, Line: d.lines.line(at...), Msg: fmt.Sprintf(format, args...)})
+}
+
+// table is one TOML table being read, with how problems name its keys.
+type table struct {
+	d      *decoder
+	m      map[string]any
+	at     []seg
+	prefix string // "broker." for the keys of [broker]
+	suffix string // " (endpoint #2)" for the keys of one [[endpoint]]
+	label  string // "broker." or "endpoint #2 ", put before a key in messages
+}
+
+func (t table) path(key string, more ...seg) []seg {
+	p := append(append([]seg(nil), t.at...), keySeg(key))
+	return append(p, more...)
+}
+
+func (t table) has(key string) bool {
+	_, ok := t.m[key]
+	return ok
+}
+
+// unknown reports every key not in allowed, in file order.
+func (t table) unknown(allowed ...string) {
+	keys := slices.Collect(maps.Keys(t.m))
+	slices.SortFunc(keys, func(a, b string) int {
+		return cmp.Or(cmp.Compare(t.d.lines.line(t.path(a)...), t.d.lines.line(t.path(b)...)), cmp.Compare(a, b))
+	})
+	for _, k := range keys {
+		if slices.Contains(allowed, k) {
+			continue
+		}
+		hint := ""
+		for _, a := range allowed {
+			if strings.EqualFold(a, k) {
+				hint = fmt.Sprintf(" (did you mean %s%s?)", t.prefix, a)
+			}
+		}
+		t.d.add(t.path(k), "unknown key %s%s%s%s", t.prefix, quoteKey(k), t.suffix, hint)
+	}
+}
+
+// quoteKey quotes a key the way TOML would need it written, so that messages
+// name odd keys unambiguously.
+func quoteKey(k string) string {
+	if k != "" && strings.IndexFunc(k, func(r rune) bool { return r > 127 || !isBareKeyByte(byte(r)) }) < 0 {
+		return k
+	}
+	return strconv.Quote(k)
+}
+
+func tomlType(v any) string {
+	switch v.(type) {
+	case string:
+		return "string"
+	case int64:
+		return "integer"
+	case float64:
+		return "float"
+	case bool:
+		return "boolean"
+	case []any:
+		return "array"
+	case []map[string]any:
+		return "array of tables"
+	case map[string]any:
+		return "table"
+	case time.Time:
+		return "datetime"
+	}
+	return fmt.Sprintf("%T", v)
+}
+
+func (t table) wrongType(key string, want string, v any) {
+	t.d.add(t.path(key), "%s%s: must be %s, not %s", t.label, key, want, tomlType(v))
+}
+
+// str stores key's string into dst and reports whether it did.
+func (t table) str(key string, dst *string) bool {
+	v, ok := t.m[key]
+	if !ok {
+		return false
+	}
+	s, ok := v.(string)
+	if !ok {
+		t.wrongType(key, "a string", v)
+		return false
+	}
+	*dst = s
+	return true
+}
+
+// nonEmpty is str for keys where "" has no meaning.
+func (t table) nonEmpty(key string, dst *string) bool {
+	var s string
+	if !t.str(key, &s) {
+		return false
+	}
+	if s == "" {
+		t.d.add(t.path(key), "%s%s: must not be empty", t.label, key)
+		return false
+	}
+	*dst = s
+	return true
+}
+
+func (t table) boolean(key string, dst *bool) bool {
+	v, ok := t.m[key]
+	if !ok {
+		return false
+	}
+	b, ok := v.(bool)
+	if !ok {
+		t.wrongType(key, "true or false", v)
+		return false
+	}
+	*dst = b
+	return true
+}
+
+// strs stores an array of strings, reporting each bad element at its line.
+func (t table) strs(key string, dst *[]string) bool {
+	v, ok := t.m[key]
+	if !ok {
+		return false
+	}
+	arr, ok := v.([]any)
+	if !ok {
+		t.wrongType(key, "an array of strings", v)
+		return false
+	}
+	out := make([]string, 0, len(arr))
+	good := true
+	for i, e := range arr {
+		s, ok := e.(string)
+		if !ok {
+			t.d.add(t.path(key, idxSeg(i)), "%s%s[%d]: must be a string, not %s", t.label, key, i, tomlType(e))
+			good = false
+			continue
+		}
+		out = append(out, s)
+	}
+	if good {
+		*dst = out
+	}
+	return good
+}
+
+// duration stores a positive Go duration.
+func (t table) duration(key string, dst *Duration) bool {
+	v, ok := t.m[key]
+	if !ok {
+		return false
+	}
+	s, ok := v.(string)
+	if !ok {
+		t.wrongType(key, `a duration string such as "30s"`, v)
+		return false
+	}
+	var dur Duration
+	if err := dur.UnmarshalText([]byte(s)); err != nil {
+		t.d.add(t.path(key), "%s%s: bad duration %q, want Go syntax such as \"30s\" or \"1m30s\"", t.label, key, s)
+		return false
+	}
+	if dur.Duration <= 0 {
+		t.d.add(t.path(key), "%s%s: must be positive, not %q", t.label, key, s)
+		return false
+	}
+	*dst = dur
+	return true
+}
+
+// size stores a positive size given as a string with a unit or as an
+// integer of bytes.
+func (t table) size(key string, dst *Size) bool {
+	v, ok := t.m[key]
+	if !ok {
+		return false
+	}
+	var sz Size
+	switch v := v.(type) {
+	case int64:
+		sz = Size(v)
+	case string:
+		var err error
+		if sz, err = parseSize(v); err != nil {
+			t.d.add(t.path(key), "%s%s: bad size %q, want a number of bytes with a unit such as \"512KiB\", \"1MiB\" or \"2MB\"", t.label, key, v)
+			return false
+		}
+	default:
+		t.wrongType(key, `a size such as "1MiB" or an integer of bytes`, v)
+		return false
+	}
+	if sz <= 0 {
+		t.d.add(t.path(key), "%s%s: must be positive, not %v", t.label, key, v)
+		return false
+	}
+	*dst = sz
+	return true
+}
+
+func (t table) mode(key string, dst *FileMode) bool {
+	v, ok := t.m[key]
+	if !ok {
+		return false
+	}
+	s, ok := v.(string)
+	if !ok {
+		// An integer is refused rather than guessed at: 644 and 0o644 are
+		// different numbers and a file mode is no place for surprises.
+		t.wrongType(key, `a string of octal digits such as "0644"`, v)
+		return false
+	}
+	m, err := parseFileMode(s)
+	if err != nil {
+		t.d.add(t.path(key), "%s%s: bad mode %q, want octal permission bits no larger than \"0777\", such as \"0644\"", t.label, key, s)
+		return false
+	}
+	*dst = m
+	return true
+}
+
+// filePath stores a path resolved against the config's folder. With
+// optional, "" is accepted and stays "".
+func (t table) filePath(key string, dst *string, optional bool) bool {
+	var s string
+	if optional {
+		if !t.str(key, &s) {
+			return false
+		}
+	} else if !t.nonEmpty(key, &s) {
+		return false
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		t.d.add(t.path(key), "%s%s: path contains a NUL byte", t.label, key)
+		return false
+	}
+	*dst = t.d.resolve(s)
+	return true
+}
+
+// readableFile is filePath for files the agent reads: when set they must be
+// readable regular files now, so that a typo fails `check`, not the first
+// connection hours later.
+func (t table) readableFile(key string, dst *string) bool {
+	if !t.filePath(key, dst, true) || *dst == "" {
+		return false
+	}
+	if err := checkReadable(*dst); err != nil {
+		t.d.add(t.path(key), "%s%s: %v", t.label, key, err)
+		return false
+	}
+	return true
+}
+
+func checkReadable(path string) error {
+	// Stat first: opening a FIFO for reading would block until a writer
+	// comes.
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+func (d *decoder) resolve(p string) string {
+	if p == "" {
+		return ""
+	}
+	if d.dir != "" && !filepath.IsAbs(p) {
+		return filepath.Join(d.dir, p)
+	}
+	return filepath.Clean(p)
+}
+
+// argv stores a command line; when not empty its program must be named.
+func (t table) argv(key string, dst *[]string) bool {
+	var args []string
+	if !t.strs(key, &args) {
+		return false
+	}
+	good := true
+	if len(args) > 0 && args[0] == "" {
+		t.d.add(t.path(key, idxSeg(0)), "%s%s: the first element, the program to run, must not be empty", t.label, key)
+		good = false
+	}
+	for i, a := range args {
+		if strings.IndexByte(a, 0) >= 0 {
+			t.d.add(t.path(key, idxSeg(i)), "%s%s[%d]: contains a NUL byte", t.label, key, i)
+			good = false
+		}
+	}
+	if good {
+		*dst = args
+	}
+	return good
+}
+
+// topicLevel checks a value that becomes one level of an MQTT topic.
+func (t table) topicLevel(key, s string) bool {
+	if err := checkTopicLevel(s); err != nil {
+		t.d.add(t.path(key), "%s%s: %q is not a valid MQTT topic level: %v", t.label, key, s, err)
+		return false
+	}
+	return true
+}
+
+func checkTopicLevel(s string) error {
+	switch {
+	case s == "":
+		return fmt.Errorf("it is empty")
+	case len(s) > 256:
+		return fmt.Errorf("it is longer than 256 bytes")
+	case !utf8.ValidString(s):
+		return fmt.Errorf("it is not valid UTF-8")
+	case strings.IndexByte(s, 0) >= 0:
+		return fmt.Errorf("it contains a NUL byte")
+	}
+	if i := strings.IndexAny(s, "/+#"); i >= 0 {
+		return fmt.Errorf("it contains %q", s[i])
+	}
+	return nil
+}
+
+// sub returns the table at key of t, reporting a key of another type.
+func (t table) sub(key string) (table, bool) {
+	v, ok := t.m[key]
+	if !ok {
+		return table{}, false
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		t.d.add(t.path(key), "%s%s: must be a table ([%s]), not %s", t.prefix, key, key, tomlType(v))
+		return table{}, false
+	}
+	return table{d: t.d, m: m, at: t.path(key), prefix: key + ".", label: key + "."}, true
+}
+
+func (d *decoder) config(raw map[string]any, cfg *Config) {
+	root := table{d: d, m: raw}
+	root.unknown("broker", "kaa", "agent", "endpoint")
+
+	cfg.Broker = Broker{Servers: []string{DefaultServer}, Keepalive: Duration{DefaultKeepalive}}
+	if t, ok := root.sub("broker"); ok {
+		d.broker(t, &cfg.Broker)
+	}
+
+	cfg.Kaa = Kaa{Extension: DefaultExtension, Dialect: DefaultDialect}
+	dialectOK := true
+	if t, ok := root.sub("kaa"); ok {
+		dialectOK = d.kaa(t, &cfg.Kaa)
+	} else if !root.has("kaa") {
+		d.add(nil, "missing required key kaa.app_version (there is no [kaa] table)")
+	} else {
+		dialectOK = false
+	}
+
+	cfg.Agent = Agent{StateDir: d.resolve(DefaultStateDir), Socket: d.resolve(DefaultSocket), MaxPayload: DefaultMaxPayload}
+	if t, ok := root.sub("agent"); ok {
+		d.agent(t, &cfg.Agent)
+	}
+
+	cfg.Endpoints = d.endpoints(root, cfg, dialectOK)
+
+	if cfg.Broker.ClientID == "" && len(cfg.Endpoints) > 0 {
+		cfg.Broker.ClientID = DefaultClientPrefix + cfg.Endpoints[0].Token
+	}
+}
+
+func (d *decoder) broker(t table, b *Broker) {
+	t.unknown("servers", "client_id", "username", "password_file", "ca_file", "cert_file", "key_file", "keepalive", "clean_session")
+	if t.strs("servers", &b.Servers) {
+		if len(b.Servers) == 0 {
+			d.add(t.path("servers"), "broker.servers: must list at least one server, such as %q", DefaultServer)
+		}
+		for i, s := range b.Servers {
+			if err := checkServer(s); err != nil {
+				d.add(t.path("servers", idxSeg(i)), "broker.servers[%d]: %q: %v", i, s, err)
+			}
+		}
+	}
+	if t.str("client_id", &b.ClientID) {
+		if !utf8.ValidString(b.ClientID) || strings.IndexByte(b.ClientID, 0) >= 0 || len(b.ClientID) > 65535 {
+			d.add(t.path("client_id"), "broker.client_id: must be valid UTF-8 without NUL bytes, at most 65535 bytes")
+		}
+	}
+	t.str("username", &b.Username)
+	t.readableFile("password_file", &b.PasswordFile)
+	t.readableFile("ca_file", &b.CAFile)
+	t.readableFile("cert_file", &b.CertFile)
+	t.readableFile("key_file", &b.KeyFile)
+	if t.duration("keepalive", &b.Keepalive) {
+		// MQTT carries the keepalive as whole seconds in 16 bits: less than
+		// a second would silently turn it off.
+		if b.Keepalive.Duration < time.Second || b.Keepalive.Duration > 65535*time.Second {
+			d.add(t.path("keepalive"), "broker.keepalive: must be between 1s and %v (MQTT counts it in whole seconds, 16 bits), not %v", 65535*time.Second, b.Keepalive.Duration)
+		}
+	}
+	t.boolean("clean_session", &b.CleanSession)
+
+	// Judge the pairing on what the file says, not on whether the files
+	// were readable, which is reported on its own.
+	var certSet, keySet bool
+	if s, ok := t.m["cert_file"].(string); ok && s != "" {
+		certSet = true
+	}
+	if s, ok := t.m["key_file"].(string); ok && s != "" {
+		keySet = true
+	}
+	switch {
+	case certSet && !keySet:
+		d.add(t.path("cert_file"), "broker.cert_file: set without broker.key_file; mutual TLS needs both")
+	case keySet && !certSet:
+		d.add(t.path("key_file"), "broker.key_file: set without broker.cert_file; mutual TLS needs both")
+	}
+}
+
+func checkServer(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("not a URL: %w", err)
+	}
+	switch u.Scheme {
+	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
+	case "":
+		return fmt.Errorf("no scheme, want a URL such as %q", DefaultServer)
+	default:
+		return fmt.Errorf("unsupported scheme %q, want tcp, mqtt, ssl, tls, mqtts, ws or wss", u.Scheme)
+	}
+	if u.Opaque != "" || u.Hostname() == "" || u.Port() == "" {
+		return fmt.Errorf("want scheme://host:port, such as %q", DefaultServer)
+	}
+	if p, err := strconv.ParseUint(u.Port(), 10, 16); err != nil || p == 0 {
+		return fmt.Errorf("bad port %q", u.Port())
+	}
+	return nil
+}
+
+// kaa reads [kaa] and reports whether the dialect is known, which the
+// endpoints' name checks depend on.
+func (d *decoder) kaa(t table, k *Kaa) bool {
+	t.unknown("app_version", "extension", "dialect")
+	if !t.has("app_version") {
+		d.add(t.at, "missing required key kaa.app_version")
+	} else if t.str("app_version", &k.AppVersion) {
+		t.topicLevel("app_version", k.AppVersion)
+	}
+	if t.str("extension", &k.Extension) {
+		t.topicLevel("extension", k.Extension)
+	}
+	var dialect string
+	if !t.str("dialect", &dialect) {
+		return !t.has("dialect")
+	}
+	if dialect != DialectCMX3 && dialect != DialectCMP7 {
+		d.add(t.path("dialect"), "kaa.dialect: must be %q or %q, not %q", DialectCMX3, DialectCMP7, dialect)
+		return false
+	}
+	k.Dialect = dialect
+	return true
+}
+
+func (d *decoder) agent(t table, a *Agent) {
+	t.unknown("state_dir", "socket", "max_payload")
+	t.filePath("state_dir", &a.StateDir, false)
+	if t.filePath("socket", &a.Socket, false) && len(a.Socket) > 107 {
+		// sun_path holds 108 bytes with the terminating NUL.
+		d.add(t.path("socket"), "agent.socket: %s is longer than 107 bytes, the limit for a unix socket path", a.Socket)
+	}
+	t.size("max_payload", &a.MaxPayload)
+}
+
+// endpoints reads every [[endpoint]], then checks them against each other.
+func (d *decoder) endpoints(root table, cfg *Config, dialectOK bool) []Endpoint {
+	v, ok := root.m["endpoint"]
+	if !ok {
+		d.add(nil, "missing [[endpoint]]: at least one endpoint is required")
+		return nil
+	}
+	var tables []map[string]any
+	switch v := v.(type) {
+	case []map[string]any:
+		tables = v
+	case []any: // endpoint = [{...}, {...}]
+		for i, e := range v {
+			m, ok := e.(map[string]any)
+			if !ok {
+				d.add([]seg{keySeg("endpoint"), idxSeg(i)}, "endpoint #%d: must be a table, not %s", i+1, tomlType(e))
+				continue
+			}
+			tables = append(tables, m)
+		}
+	default:
+		d.add([]seg{keySeg("endpoint")}, "endpoint: must be an array of tables ([[endpoint]]), not %s", tomlType(v))
+		return nil
+	}
+	if len(tables) == 0 {
+		d.add([]seg{keySeg("endpoint")}, "missing [[endpoint]]: at least one endpoint is required")
+		return nil
+	}
+
+	type seen struct {
+		n    int // 1-based endpoint number
+		line int
+	}
+	outputs := map[string]seen{}
+	ids := map[string]seen{}
+	eps := make([]Endpoint, 0, len(tables))
+	for i, m := range tables {
+		n := i + 1
+		t := table{
+			d: d, m: m, at: []seg{keySeg("endpoint"), idxSeg(i)},
+			prefix: "endpoint.", suffix: fmt.Sprintf(" (endpoint #%d)", n), label: fmt.Sprintf("endpoint #%d ", n),
+		}
+		e := Endpoint{Mode: DefaultMode, HookTimeout: Duration{DefaultHookTimeout}, OnDrift: DefaultOnDrift}
+		t.unknown("token", "name", "output", "mode", "owner", "group", "template", "validate", "hook", "hook_timeout", "on_drift")
+
+		tokenOK := false
+		if !t.has("token") {
+			d.add(t.at, "endpoint #%d: missing required key token", n)
+		} else if t.str("token", &e.Token) {
+			tokenOK = t.topicLevel("token", e.Token)
+		}
+		nameOK := true
+		if t.has("name") {
+			nameOK = t.str("name", &e.Name)
+		}
+		if nameOK && e.Name != "" {
+			switch {
+			case !dialectOK:
+				nameOK = false // the dialect's own problem says enough
+			case cfg.Kaa.Dialect != DialectCMP7:
+				d.add(t.path("name"), "endpoint #%d name: only allowed with kaa.dialect = %q (named configurations are a 7/CMP feature)", n, DialectCMP7)
+				nameOK = false
+			default:
+				if err := checkConfigName(e.Name); err != nil {
+					d.add(t.path("name"), "endpoint #%d name: %q %v", n, e.Name, err)
+					nameOK = false
+				}
+			}
+		}
+		outputOK := false
+		if !t.has("output") {
+			d.add(t.at, "endpoint #%d: missing required key output", n)
+		} else if t.filePath("output", &e.Output, false) {
+			outputOK = d.checkOutput(t, n, e.Output, cfg.Agent)
+		}
+		t.mode("mode", &e.Mode)
+		t.str("owner", &e.Owner)
+		t.str("group", &e.Group)
+		t.readableFile("template", &e.Template)
+		t.argv("validate", &e.Validate)
+		t.argv("hook", &e.Hook)
+		t.duration("hook_timeout", &e.HookTimeout)
+		var drift string
+		if t.str("on_drift", &drift) {
+			switch drift {
+			case OnDriftRepair, OnDriftReport, OnDriftIgnore:
+				e.OnDrift = drift
+			default:
+				d.add(t.path("on_drift"), "endpoint #%d on_drift: must be %q, %q or %q, not %q", n, OnDriftRepair, OnDriftReport, OnDriftIgnore, drift)
+			}
+		}
+
+		if outputOK {
+			line := d.lines.line(t.path("output")...)
+			if first, dup := outputs[e.Output]; dup {
+				d.add(t.path("output"), "endpoint #%d output: %s is also the output of endpoint #%d (line %d)", n, e.Output, first.n, first.line)
+			} else {
+				outputs[e.Output] = seen{n, line}
+			}
+		}
+		if tokenOK && nameOK {
+			line := d.lines.line(t.path("token")...)
+			what := fmt.Sprintf("token %q", e.Token)
+			if e.Name != "" {
+				what += fmt.Sprintf(" with name %q", e.Name)
+			}
+			if first, dup := ids[e.Key()]; dup {
+				d.add(t.path("token"), "endpoint #%d: %s is also used by endpoint #%d (line %d)", n, what, first.n, first.line)
+			} else {
+				ids[e.Key()] = seen{n, line}
+			}
+		}
+		eps = append(eps, e)
+	}
+	return eps
+}
+
+// checkOutput refuses outputs that would overwrite the agent's own files.
+func (d *decoder) checkOutput(t table, n int, out string, a Agent) bool {
+	var what string
+	switch out {
+	case a.StateDir:
+		what = "agent.state_dir"
+	case a.Socket:
+		what = "agent.socket"
+	case filepath.Join(a.StateDir, "agent.db"):
+		what = "the agent's database in agent.state_dir"
+	default:
+		return true
+	}
+	d.add(t.path("output"), "endpoint #%d output: %s is %s", n, out, what)
+	return false
+}
+
+// checkConfigName applies 7/CMP's rule for configuration names; the result
+// completes a sentence that starts with the name.
+func checkConfigName(s string) error {
+	allDigits := true
+	for _, c := range []byte(s) {
+		switch {
+		case c >= '0' && c <= '9':
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '_', c == '-':
+			allDigits = false
+		default:
+			return fmt.Errorf("may only hold letters, digits, '_' and '-'")
+		}
+	}
+	switch {
+	case allDigits:
+		return fmt.Errorf("is all digits, which would read as a request id")
+	case s == "status" || s == "error":
+		return fmt.Errorf("is reserved by 7/CMP")
+	}
+	return nil
+}

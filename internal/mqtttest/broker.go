@@ -1,0 +1,439 @@
+// Package mqtttest runs a real mosquitto broker on a free loopback port for
+// integration tests, and provides a recording MQTT client to observe and drive
+// what goes over it.
+//
+// The broker is Debian's mosquitto (apt-get install mosquitto). A missing
+// binary fails the test instead of skipping it, so that a machine without the
+// broker cannot silently pass the integration tests.
+//
+// Every helper that waits does so for an event with a deadline; the only
+// fixed time window is Sub.None, which proves that something does not happen.
+package mqtttest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// DefaultMosquitto is where Debian's mosquitto package installs the broker.
+const DefaultMosquitto = "/usr/sbin/mosquitto"
+
+// Deadlines are generous because the machines running these tests are small
+// and shared: they bound a hang, they are not expected durations.
+const (
+	startTimeout = 10 * time.Second
+	stopTimeout  = 10 * time.Second
+	opTimeout    = 10 * time.Second
+	pollInterval = 5 * time.Millisecond
+)
+
+// portAttempts bounds how often Start picks another port when the one it
+// chose was taken between FreePort and mosquitto's bind.
+const portAttempts = 5
+
+// errAddrInUse marks a start that failed only because the port was taken.
+var errAddrInUse = errors.New("address already in use")
+
+// Broker is a mosquitto process listening on a loopback port. Its
+// configuration, log and persistence file live in a per-test temp folder, so
+// a Restart keeps persistent sessions and their queued messages.
+type Broker struct {
+	// Addr is "127.0.0.1:PORT".
+	Addr string
+	// URL is "tcp://127.0.0.1:PORT", ready for paho's AddBroker.
+	URL string
+	// Port is the TCP port; it stays the same across Stop and Start.
+	Port int
+	// Dir is the broker's temp folder (config, log, mosquitto.db).
+	Dir string
+
+	bin      string
+	confPath string
+	logPath  string
+
+	mu        sync.Mutex
+	proc      *process
+	clients   map[*Client]struct{}
+	clientSeq int
+}
+
+type process struct {
+	cmd    *exec.Cmd
+	output *lockedBuffer
+	done   chan struct{}
+	err    error // set before done is closed
+}
+
+// Start starts mosquitto on a free loopback port and waits until it accepts
+// connections. The broker is stopped when the test ends; if the test failed,
+// the tail of the broker's log is written to the test log.
+func Start(t testing.TB) *Broker {
+	t.Helper()
+	return start(t, DefaultMosquitto)
+}
+
+func start(t testing.TB, bin string) *Broker {
+	t.Helper()
+	path, err := findMosquitto(bin)
+	if err != nil {
+		t.Fatalf("mqtttest: %v: the integration tests need a real broker, install it with `apt-get install -y mosquitto`", err)
+	}
+	dir := t.TempDir()
+	b := &Broker{
+		Dir:      dir,
+		bin:      path,
+		confPath: filepath.Join(dir, "mosquitto.conf"),
+		logPath:  filepath.Join(dir, "mosquitto.log"),
+		clients:  make(map[*Client]struct{}),
+	}
+	t.Cleanup(func() { b.cleanup(t) })
+
+	for attempt := 1; ; attempt++ {
+		b.setPort(FreePort(t))
+		if err := b.writeConfig(); err != nil {
+			t.Fatalf("mqtttest: %v", err)
+		}
+		err := b.launch()
+		if err == nil {
+			return b
+		}
+		if !errors.Is(err, errAddrInUse) || attempt == portAttempts {
+			t.Fatalf("mqtttest: start mosquitto on %s: %v\n%s", b.Addr, err, b.logTail())
+		}
+	}
+}
+
+// findMosquitto prefers the given path and falls back to PATH, so a broker
+// installed elsewhere still works.
+func findMosquitto(bin string) (string, error) {
+	if _, err := os.Stat(bin); err == nil {
+		return bin, nil
+	}
+	path, err := exec.LookPath("mosquitto")
+	if err != nil {
+		return "", fmt.Errorf("mosquitto not found at %s nor in PATH", bin)
+	}
+	return path, nil
+}
+
+func (b *Broker) setPort(port int) {
+	b.Port = port
+	b.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	b.URL = "tcp://" + b.Addr
+}
+
+func (b *Broker) writeConfig() error {
+	// `user root`: started as root, mosquitto otherwise switches to user
+	// mosquitto and can no longer write its log and database in a root-only
+	// temp folder. It is ignored when not started as root.
+	conf := strings.Join([]string{
+		fmt.Sprintf("listener %d 127.0.0.1", b.Port),
+		"allow_anonymous true",
+		// Without it every request/response round trip on loopback costs ~44 ms.
+		"set_tcp_nodelay true",
+		"persistence true",
+		"persistence_location " + b.Dir,
+		"user root",
+		"log_dest file " + b.logPath,
+		"log_type all",
+		"connection_messages true",
+		"",
+	}, "\n")
+	if err := os.WriteFile(b.confPath, []byte(conf), 0o600); err != nil {
+		return fmt.Errorf("write mosquitto config: %w", err)
+	}
+	return nil
+}
+
+// Start starts the broker again on the same port after Stop, and waits until
+// it accepts connections and every Client of this broker has reconnected.
+func (b *Broker) Start(t testing.TB) {
+	t.Helper()
+	b.mu.Lock()
+	running := b.proc != nil
+	b.mu.Unlock()
+	if running {
+		t.Fatalf("mqtttest: Start: broker on %s is already running", b.Addr)
+	}
+	if err := b.launch(); err != nil {
+		t.Fatalf("mqtttest: restart mosquitto on %s: %v\n%s", b.Addr, err, b.logTail())
+	}
+	for _, c := range b.liveClients() {
+		if err := c.waitConnected(true, opTimeout); err != nil {
+			t.Fatalf("mqtttest: client %s after broker start: %v\n%s", c.ID, err, b.logTail())
+		}
+	}
+}
+
+// Stop sends SIGTERM and waits for mosquitto to exit, which is when it writes
+// its persistence file. It also waits until every Client of this broker has
+// noticed the lost connection, so that a later Start can wait for their
+// reconnection.
+func (b *Broker) Stop(t testing.TB) {
+	t.Helper()
+	if err := b.stop(); err != nil {
+		t.Fatalf("mqtttest: stop mosquitto on %s: %v\n%s", b.Addr, err, b.logTail())
+	}
+	for _, c := range b.liveClients() {
+		if err := c.waitConnected(false, opTimeout); err != nil {
+			t.Fatalf("mqtttest: client %s after broker stop: %v", c.ID, err)
+		}
+	}
+}
+
+// Restart is Stop followed by Start: persistent sessions, their
+// subscriptions and queued QoS 1/2 messages survive it.
+func (b *Broker) Restart(t testing.TB) {
+	t.Helper()
+	b.Stop(t)
+	b.Start(t)
+}
+
+// Running reports whether the broker process is up.
+func (b *Broker) Running() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.proc == nil {
+		return false
+	}
+	select {
+	case <-b.proc.done:
+		return false
+	default:
+		return true
+	}
+}
+
+func (b *Broker) launch() error {
+	runningBefore := countRunning(b.Log())
+
+	cmd := exec.Command(b.bin, "-c", b.confPath)
+	cmd.Dir = b.Dir
+	out := &lockedBuffer{}
+	cmd.Stdout = out
+	cmd.Stderr = out
+	cmd.SysProcAttr = sysProcAttr()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("run %s: %w", b.bin, err)
+	}
+	p := &process{cmd: cmd, output: out, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+
+	if err := b.waitAccepting(p, runningBefore); err != nil {
+		_ = cmd.Process.Kill()
+		<-p.done
+		return err
+	}
+	b.mu.Lock()
+	b.proc = p
+	b.mu.Unlock()
+	return nil
+}
+
+// waitAccepting waits for the "running" log line of this start, which
+// mosquitto writes only after its listener is bound (so a port taken by some
+// other process is not mistaken for ours), then for a TCP connection to work.
+func (b *Broker) waitAccepting(p *process, runningBefore int) error {
+	deadline := time.NewTimer(startTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.done:
+			msg := strings.TrimSpace(p.output.String())
+			if strings.Contains(b.Log(), "Address already in use") || strings.Contains(msg, "Address already in use") {
+				return fmt.Errorf("mosquitto exited: %w", errAddrInUse)
+			}
+			return fmt.Errorf("mosquitto exited before accepting connections (%v): %s", p.err, msg)
+		case <-deadline.C:
+			return fmt.Errorf("mosquitto did not accept connections within %v: %s", startTimeout, p.output.String())
+		case <-tick.C:
+			if countRunning(b.Log()) <= runningBefore {
+				continue
+			}
+			conn, err := net.DialTimeout("tcp", b.Addr, time.Second)
+			if err != nil {
+				continue
+			}
+			_ = conn.Close()
+			return nil
+		}
+	}
+}
+
+// countRunning counts "mosquitto version X running" lines: the log file is
+// appended to across restarts.
+func countRunning(log string) int {
+	n := 0
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "mosquitto version ") && strings.HasSuffix(line, " running") {
+			n++
+		}
+	}
+	return n
+}
+
+func (b *Broker) stop() error {
+	b.mu.Lock()
+	p := b.proc
+	b.proc = nil
+	b.mu.Unlock()
+	if p == nil {
+		return errors.New("broker is not running")
+	}
+	select {
+	case <-p.done:
+		return fmt.Errorf("mosquitto had exited on its own (%v): %s", p.err, p.output.String())
+	default:
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return fmt.Errorf("send SIGTERM: %w", err)
+	}
+	timer := time.NewTimer(stopTimeout)
+	defer timer.Stop()
+	select {
+	case <-p.done:
+	case <-timer.C:
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("mosquitto did not exit within %v of SIGTERM; killed", stopTimeout)
+	}
+	if p.err != nil {
+		return fmt.Errorf("mosquitto exited after SIGTERM: %w: %s", p.err, p.output.String())
+	}
+	return nil
+}
+
+func (b *Broker) cleanup(t testing.TB) {
+	b.mu.Lock()
+	running := b.proc != nil
+	b.mu.Unlock()
+	if running {
+		if err := b.stop(); err != nil {
+			t.Errorf("mqtttest: stop mosquitto on %s at test end: %v", b.Addr, err)
+		}
+	}
+	if t.Failed() {
+		t.Logf("mqtttest: mosquitto log (%s):\n%s", b.logPath, b.logTail())
+	}
+}
+
+// Log returns the broker's log so far, across restarts.
+func (b *Broker) Log() string {
+	data, err := os.ReadFile(b.logPath)
+	if err != nil {
+		return ""
+	}
+	return string(data)
+}
+
+const logTailLines = 200
+
+func (b *Broker) logTail() string {
+	lines := strings.Split(strings.TrimRight(b.Log(), "\n"), "\n")
+	if len(lines) <= logTailLines {
+		return strings.Join(lines, "\n")
+	}
+	return fmt.Sprintf("[%d earlier lines omitted]\n%s", len(lines)-logTailLines,
+		strings.Join(lines[len(lines)-logTailLines:], "\n"))
+}
+
+// Connects returns how many CONNECTs from clientID the broker accepted so far,
+// across restarts. Mosquitto logs the connection before it sends CONNACK, so
+// the count already includes a connection whose Connect call has returned.
+func (b *Broker) Connects(clientID string) int {
+	n := 0
+	marker := " as " + clientID + " ("
+	for _, line := range strings.Split(b.Log(), "\n") {
+		if strings.Contains(line, "New client connected from ") && strings.Contains(line, marker) {
+			n++
+		}
+	}
+	return n
+}
+
+// WaitLog waits until the broker's log contains substr at least n times, for
+// events only the broker sees, e.g. "Received SUBSCRIBE from cmx-agent-x".
+func (b *Broker) WaitLog(t testing.TB, substr string, n int, timeout time.Duration) {
+	t.Helper()
+	if err := b.waitLog(substr, n, timeout); err != nil {
+		t.Fatalf("mqtttest: %v\n%s", err, b.logTail())
+	}
+}
+
+func (b *Broker) waitLog(substr string, n int, timeout time.Duration) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		got := strings.Count(b.Log(), substr)
+		if got >= n {
+			return nil
+		}
+		select {
+		case <-deadline.C:
+			return fmt.Errorf("broker log has %q %d times, want at least %d within %v", substr, got, n, timeout)
+		case <-tick.C:
+		}
+	}
+}
+
+func (b *Broker) liveClients() []*Client {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cs := make([]*Client, 0, len(b.clients))
+	for c := range b.clients {
+		cs = append(cs, c)
+	}
+	return cs
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago. Another
+// process may take it before it is used; Start retries with another port.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("mqtttest: find a free port: %v", err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := l.Close(); err != nil {
+		t.Fatalf("mqtttest: release port %d: %v", port, err)
+	}
+	return port
+}
+
+// lockedBuffer collects a child's output while exec copies into it from its
+// own goroutine.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
