@@ -19,21 +19,21 @@ import (
 // jitter, and a fleet reconnecting after a broker failover must spread out), subscribes, asks for the
 // latest configuration and drains the outbox.
 //
-// Each successful connection has a generation number. A publish counts as acknowledged only when its
-// token completes without error while the generation it was sent on is still current: paho completes
-// tokens of an earlier connection without error when it resumes a session, whether or not the broker
-// ever had them, so such completions are not trusted and the message is sent again.
+// Each successful connection has a generation number and its own paho client. A publish counts as
+// acknowledged only when its token completes without error while the generation it was sent on is
+// still current. paho completes tokens of an earlier connection without error when it resumes a
+// session, whether or not the broker ever had them; a fresh client per connection avoids that replay,
+// and the generation check refuses any completion that comes after its connection ended.
 type session struct {
-	a      *Agent
-	client mqtt.Client
+	a *Agent
 
 	mu      sync.Mutex
+	client  mqtt.Client   // the live connection's client; nil while disconnected
 	gen     uint64        // current connection generation; 0 while disconnected
 	genDone chan struct{} // closed when the current generation ends
 	server  string        // broker of the current connection
 	lastErr string        // last connection error, logged once per change
 
-	lost     chan error    // connection lost, from paho's handler
 	genWake  chan struct{} // the generation changed
 	sentDone chan sentResult
 	nextGen  uint64
@@ -48,12 +48,13 @@ type sentResult struct {
 }
 
 func newSession(a *Agent) *session {
-	return &session{
+	s := &session{
 		a:        a,
-		lost:     make(chan error, 1),
 		genWake:  make(chan struct{}, 1),
 		sentDone: make(chan sentResult, 64),
 	}
+	s.attempted.Store("")
+	return s
 }
 
 // Connected reports whether the agent has a live broker connection, and which broker.
@@ -63,14 +64,15 @@ func (s *session) connected() (bool, string) {
 	return s.gen != 0, s.server
 }
 
-func (s *session) current() (uint64, chan struct{}) {
+func (s *session) current() (uint64, chan struct{}, mqtt.Client) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.gen, s.genDone
+	return s.gen, s.genDone, s.client
 }
 
-func (s *session) up(server string) uint64 {
+func (s *session) up(server string, client mqtt.Client) uint64 {
 	s.mu.Lock()
+	s.client = client
 	s.nextGen++
 	s.gen = s.nextGen
 	s.genDone = make(chan struct{})
@@ -86,6 +88,7 @@ func (s *session) down(gen uint64) {
 	s.mu.Lock()
 	if s.gen == gen && gen != 0 {
 		s.gen = 0
+		s.client = nil
 		close(s.genDone)
 		s.genDone = nil
 	}
@@ -101,24 +104,9 @@ func (s *session) poke() {
 }
 
 func (s *session) run(ctx context.Context) error {
-	opts, err := s.a.clientOptions()
-	if err != nil {
+	if _, err := s.a.clientOptions(); err != nil {
 		return err
 	}
-	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { s.onMessage(ctx, m) })
-	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
-		select {
-		case s.lost <- err:
-		default:
-		}
-	})
-	s.attempted.Store("")
-	opts.SetConnectionAttemptHandler(func(u *url.URL, cfg *tls.Config) *tls.Config {
-		s.attempted.Store(u.Redacted())
-		return cfg
-	})
-	s.client = mqtt.NewClient(opts)
-
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -128,11 +116,17 @@ func (s *session) run(ctx context.Context) error {
 
 	bo := backoff{min: time.Second, max: 60 * time.Second}
 	for ctx.Err() == nil {
-		select { // a loss from an earlier connection must not end the next one
-		case <-s.lost:
-		default:
+		// A fresh client for every connection: paho keeps the tokens and stored packets of a lost
+		// connection and replays them on the next (completing the old tokens without error, and
+		// racing with new publishes). The agent's outbox already resends what was not acknowledged,
+		// and the broker redelivers unacknowledged pushes to the persistent session.
+		client, lost, err := s.newClient(ctx)
+		if err != nil {
+			s.noteConnectError(err)
+			sleepCtx(ctx, bo.next())
+			continue
 		}
-		tok := s.client.Connect()
+		tok := client.Connect()
 		if !waitToken(ctx, tok) {
 			break
 		}
@@ -142,39 +136,52 @@ func (s *session) run(ctx context.Context) error {
 			continue
 		}
 		server := s.attempted.Load().(string)
-		gen := s.up(server)
+		gen := s.up(server, client)
 		s.a.log.Info("connected to broker", "server", server, "client_id", s.a.cfg.Broker.ClientID)
-		if err := s.subscribeAndRequest(ctx, gen); err != nil {
+		if err := s.subscribeAndRequest(ctx, gen, client); err != nil {
+			s.down(gen)
+			client.Disconnect(0)
 			if ctx.Err() != nil {
-				s.down(gen)
 				break
 			}
 			s.a.log.Error("cannot subscribe; reconnecting", "err", err)
-			s.client.Disconnect(0)
-			s.down(gen)
 			sleepCtx(ctx, bo.next())
 			continue
 		}
 		bo.reset()
 		select {
 		case <-ctx.Done():
-		case err := <-s.lost:
+			s.down(gen)
+			client.Disconnect(250)
+		case err := <-lost:
+			s.down(gen)
 			s.a.log.Warn("connection to broker lost", "server", server, "err", err)
-		}
-		s.down(gen)
-		if ctx.Err() == nil {
 			sleepCtx(ctx, bo.next())
 		}
 	}
-	s.down(s.genOrZero())
-	s.client.Disconnect(250)
 	wg.Wait()
 	return nil
 }
 
-func (s *session) genOrZero() uint64 {
-	g, _ := s.current()
-	return g
+// newClient builds a paho client for one connection; lost receives the reason it ended.
+func (s *session) newClient(ctx context.Context) (mqtt.Client, <-chan error, error) {
+	opts, err := s.a.clientOptions()
+	if err != nil {
+		return nil, nil, err
+	}
+	lost := make(chan error, 1)
+	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { s.onMessage(ctx, m) })
+	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		select {
+		case lost <- err:
+		default:
+		}
+	})
+	opts.SetConnectionAttemptHandler(func(u *url.URL, cfg *tls.Config) *tls.Config {
+		s.attempted.Store(u.Redacted())
+		return cfg
+	})
+	return mqtt.NewClient(opts), lost, nil
 }
 
 func (s *session) noteConnectError(err error) {
@@ -191,7 +198,7 @@ func (s *session) noteConnectError(err error) {
 
 // subscribeAndRequest subscribes every endpoint's topics, waits for the SUBACK, then asks for the
 // latest configuration of each endpoint, so that the answer cannot arrive before the subscription.
-func (s *session) subscribeAndRequest(ctx context.Context, gen uint64) error {
+func (s *session) subscribeAndRequest(ctx context.Context, gen uint64, client mqtt.Client) error {
 	eps := s.a.endpointList()
 	filters := map[string]byte{}
 	for _, ep := range eps {
@@ -199,7 +206,7 @@ func (s *session) subscribeAndRequest(ctx context.Context, gen uint64) error {
 			filters[f] = 1
 		}
 	}
-	tok := s.client.SubscribeMultiple(filters, nil)
+	tok := client.SubscribeMultiple(filters, nil)
 	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if !waitToken(tctx, tok) {
@@ -215,13 +222,13 @@ func (s *session) subscribeAndRequest(ctx context.Context, gen uint64) error {
 			}
 		}
 	}
-	s.request(eps)
+	s.request(client, eps)
 	go s.repeatRequests(ctx, gen, eps)
 	return nil
 }
 
 // request asks for the latest configuration of eps with fresh message ids.
-func (s *session) request(eps []*endpoint) {
+func (s *session) request(client mqtt.Client, eps []*endpoint) {
 	if len(eps) == 0 {
 		return
 	}
@@ -246,7 +253,7 @@ func (s *session) request(eps []*endpoint) {
 	for i, ep := range eps {
 		ep.answered.Store(false)
 		topic, payload := s.a.dia.request(ep, first+uint64(i), states[i])
-		s.client.Publish(topic, 1, false, payload)
+		client.Publish(topic, 1, false, payload)
 		s.a.log.Debug("requested latest configuration", "endpoint", ep.key, "topic", topic, "msg_id", first+uint64(i))
 	}
 }
@@ -256,7 +263,7 @@ func (s *session) request(eps []*endpoint) {
 func (s *session) repeatRequests(ctx context.Context, gen uint64, eps []*endpoint) {
 	wait := s.a.opt.PullTimeout
 	for {
-		_, done := s.current()
+		_, done, client := s.current()
 		if done == nil {
 			return
 		}
@@ -270,7 +277,7 @@ func (s *session) repeatRequests(ctx context.Context, gen uint64, eps []*endpoin
 			return
 		case <-t.C:
 		}
-		if g, _ := s.current(); g != gen {
+		if g, _, _ := s.current(); g != gen {
 			return
 		}
 		var again []*endpoint
@@ -283,7 +290,7 @@ func (s *session) repeatRequests(ctx context.Context, gen uint64, eps []*endpoin
 			return
 		}
 		s.a.log.Info("no answer to configuration request; asking again", "endpoints", len(again), "waited", wait)
-		s.request(again)
+		s.request(client, again)
 		wait = min(2*wait, 10*time.Minute)
 	}
 }
@@ -336,7 +343,7 @@ func (s *session) sendLoop(ctx context.Context) {
 		inflight = map[uint64]bool{}
 	)
 	for {
-		gen, done := s.current()
+		gen, done, client := s.current()
 		if gen != curGen {
 			curGen = gen
 			clear(inflight)
@@ -356,7 +363,7 @@ func (s *session) sendLoop(ctx context.Context) {
 					continue
 				}
 				inflight[m.Seq] = true
-				tok := s.client.Publish(m.Topic, m.QoS, false, m.Payload)
+				tok := client.Publish(m.Topic, m.QoS, false, m.Payload)
 				go s.await(ctx, gen, done, m, tok)
 			}
 		}
@@ -391,8 +398,8 @@ func (s *session) await(ctx context.Context, gen uint64, done chan struct{}, m O
 		s.a.log.Warn("publish failed; will resend after reconnect", "topic", m.Topic, "err", err)
 		return
 	}
-	if g, _ := s.current(); g != gen {
-		return // completed by a later connection: not proof of delivery
+	if g, _, _ := s.current(); g != gen {
+		return // completed after its connection ended: not proof of delivery
 	}
 	s.a.opt.Pause(StepPublished)
 	if err := s.a.store.Batch(func(tx *Tx) error { return tx.DeleteOutbox(m.Seq) }); err != nil {

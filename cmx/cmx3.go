@@ -128,6 +128,12 @@ func ParsePush(payload []byte, lim Limits) (Push, error) {
 func parseID(raw json.RawMessage, lim Limits) (ID, error) {
 	switch kind := jsonKind(raw); kind {
 	case "string":
+		// A decoder replaces invalid UTF-8 and unpaired surrogates by U+FFFD, which would make
+		// different ids one key (the later push skipped as already handled) and send back an id the
+		// server never sent.
+		if !exactString(raw) {
+			return ID{}, fmt.Errorf("id is not valid Unicode text")
+		}
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
 			return ID{}, fmt.Errorf("id: %w", err)

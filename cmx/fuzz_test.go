@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // The fuzz limits are small so that random inputs reach every limit; the seed corpus in
@@ -70,6 +71,11 @@ func FuzzParsePush(f *testing.F) {
 			return
 		}
 		checkIDKey(t, p.ID)
+		// A U+FFFD the server did not send means the decoder replaced something: a lossy key.
+		if strings.ContainsRune(p.ID.Key(), utf8.RuneError) &&
+			!bytes.Contains(payload, []byte("\uFFFD")) && !bytes.Contains(bytes.ToLower(payload), []byte(`\ufffd`)) {
+			t.Fatalf("id key %q has a replacement character that %q does not", p.ID.Key(), payload)
+		}
 		if len(p.ID.Key()) > fuzzMaxIDLen {
 			t.Fatalf("accepted id of %d bytes, limit %d", len(p.ID.Key()), fuzzMaxIDLen)
 		}

@@ -102,6 +102,9 @@ func TestParsePush_ID(t *testing.T) {
 		{"string with html characters kept", `{"id":"<a&b>","entries":[]}`, `"<a&b>"`, `<a&b>`, false},
 		{"string with newline escape", `{"id":"a\nb","entries":[]}`, `"a\nb"`, "a\nb", false},
 		{"string with non-ASCII", `{"id":"é","entries":[]}`, `"é"`, `é`, false},
+		{"string with a surrogate pair", `{"id":"\ud83d\uDE00","entries":[]}`, `"😀"`, `😀`, false},
+		{"string with an escaped replacement character", `{"id":"\ufffd","entries":[]}`, "\"\uFFFD\"", "\uFFFD", false},
+		{"string with a replacement character", "{\"id\":\"\uFFFD\",\"entries\":[]}", "\"\uFFFD\"", "\uFFFD", false},
 		{"missing", `{"entries":[]}`, ``, ``, true},
 		{"id after entries", `{"entries":[1],"id":7}`, `7`, `7`, false},
 	}
@@ -224,6 +227,13 @@ func TestParsePush_RefusesBadInput(t *testing.T) {
 		{"id object", `{"id":{"n":1},"entries":[]}`, "invalid payload: id must be a string or a number, got object", ""},
 		{"id array", `{"id":[1],"entries":[]}`, "invalid payload: id must be a string or a number, got array", ""},
 		{"id of wrong type and entries missing", `{"id":null}`, "invalid payload: id must be a string or a number, got null", ""},
+		// ids a decoder could only read by replacing characters with U+FFFD: different ids would become
+		// one key, and the confirmation would carry an id the server never sent
+		{"id with invalid UTF-8", "{\"id\":\"a\xffb\",\"entries\":[]}", "invalid payload: id is not valid Unicode text", ""},
+		{"id with a lone high surrogate", `{"id":"\ud800","entries":[]}`, "invalid payload: id is not valid Unicode text", ""},
+		{"id with a lone low surrogate", `{"id":"\udc00","entries":[]}`, "invalid payload: id is not valid Unicode text", ""},
+		{"id with a high surrogate before a non-surrogate", `{"id":"\ud83d\u0041","entries":[]}`, "invalid payload: id is not valid Unicode text", ""},
+		{"id with a high surrogate at the end", `{"id":"x\uD83D","entries":[]}`, "invalid payload: id is not valid Unicode text", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -406,6 +416,7 @@ func TestParseConfirmation_Refuses(t *testing.T) {
 		`{"id":true,"status":"ok"}`,
 		`{"id":[1],"status":"ok"}`,
 		`{"id":{},"status":"ok"}`,
+		`{"id":"\ud800","status":"ok"}`,
 	} {
 		if id, status, err := ParseConfirmation([]byte(payload)); err == nil {
 			t.Errorf("ParseConfirmation(%s) = %q, %q, nil; want an error", payload, id.Key(), status)

@@ -2,7 +2,10 @@ package cmx
 
 import (
 	"encoding/json"
+	"strconv"
 	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
 )
 
 // jsonKind names the JSON type of a value from its first byte; the value is assumed to be valid JSON.
@@ -109,4 +112,52 @@ func arrayLen(v []byte) int {
 		return 0
 	}
 	return commas + 1
+}
+
+// exactString reports whether a valid JSON string literal decodes without loss: valid UTF-8, and every
+// \u escape of a surrogate is half of a pair.
+func exactString(lit []byte) bool {
+	if !utf8.Valid(lit) {
+		return false
+	}
+	for i := 0; i < len(lit); i++ {
+		if lit[i] != '\\' {
+			continue
+		}
+		i++
+		if i >= len(lit) {
+			return false
+		}
+		if lit[i] != 'u' {
+			continue
+		}
+		r := hex4(lit[i+1:])
+		i += 4
+		if !utf16.IsSurrogate(r) {
+			continue
+		}
+		if r >= 0xdc00 { // a low surrogate with no high one before it
+			return false
+		}
+		if i+6 >= len(lit) || lit[i+1] != '\\' || lit[i+2] != 'u' {
+			return false
+		}
+		if low := hex4(lit[i+3:]); low < 0xdc00 || low > 0xdfff {
+			return false
+		}
+		i += 6
+	}
+	return true
+}
+
+// hex4 reads the four hex digits of a \u escape; -1 when they are not there.
+func hex4(b []byte) rune {
+	if len(b) < 4 {
+		return -1
+	}
+	n, err := strconv.ParseUint(string(b[:4]), 16, 16)
+	if err != nil {
+		return -1
+	}
+	return rune(n)
 }

@@ -99,3 +99,38 @@ func TestJSONKind(t *testing.T) {
 		}
 	}
 }
+
+func TestExactString(t *testing.T) {
+	tests := []struct {
+		name string
+		lit  string
+		want bool
+	}{
+		{"empty", `""`, true},
+		{"ASCII", `"abc"`, true},
+		{"non-ASCII", `"é😀"`, true},
+		{"simple escapes", `"\"\\\/\b\f\n\r\t"`, true},
+		{"BMP escape", `"\u0041\u00e9"`, true},
+		{"surrogate pair", `"\ud83d\ude00"`, true},
+		{"surrogate pair in upper case", `"\uD83D\uDE00"`, true},
+		{"replacement character escaped", `"\ufffd"`, true},
+		{"replacement character literal", "\"\uFFFD\"", true},
+		{"escaped backslash then u is text", `"\\ud800"`, true},
+		{"invalid UTF-8", "\"\xff\"", false},
+		{"truncated UTF-8", "\"\xc3\"", false},
+		{"lone high surrogate", `"\ud800"`, false},
+		{"lone low surrogate", `"\udc00"`, false},
+		{"high surrogate then text", `"\ud83dx"`, false},
+		{"high surrogate then a BMP escape", `"\ud83d\u0041"`, false},
+		{"two high surrogates", `"\ud83d\ud83d"`, false},
+		{"low then high", `"\ude00\ud83d"`, false},
+		{"high surrogate then another escape", `"\ud83d\n"`, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := exactString([]byte(tt.lit)); got != tt.want {
+				t.Fatalf("exactString(%q) = %v, want %v", tt.lit, got, tt.want)
+			}
+		})
+	}
+}

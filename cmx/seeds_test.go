@@ -77,6 +77,9 @@ func TestFuzzParsePushSeeds_ReachTheirPaths(t *testing.T) {
 		"id-string-too-long":                          "invalid payload: id longer than 32 bytes",
 		"id-number-too-long":                          "invalid payload: id longer than 32 bytes",
 		"too-many-entries":                            "invalid payload: too many entries: 17, limit 16",
+		"id-surrogate-pair":                           "",
+		"id-invalid-utf8":                             "invalid payload: id is not valid Unicode text",
+		"id-lone-surrogate":                           "invalid payload: id is not valid Unicode text",
 	}
 	lim := Limits{MaxPayload: fuzzMaxPayload, MaxDepth: fuzzMaxDepth, MaxIDLen: fuzzMaxIDLen, MaxEntries: fuzzMaxEntries}
 	for name, wantStatus := range want {

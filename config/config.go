@@ -1,5 +1,5 @@
 // Package config loads and validates the agent's TOML configuration file, as
-// fixed by section 2 of the contract (docs/CONTRACT.md in the shared notes).
+// fixed by section 2 of the project's outside contract (CONTRACT.md).
 //
 // Loading is strict and exhaustive: unknown keys, keys of the wrong type,
 // missing required keys and values that do not make sense are all errors,

@@ -36,6 +36,8 @@ const (
 	stopTimeout  = 10 * time.Second
 	opTimeout    = 10 * time.Second
 	pollInterval = 5 * time.Millisecond
+	// sigtermRepeat is how often Stop repeats SIGTERM until mosquitto exits.
+	sigtermRepeat = 100 * time.Millisecond
 )
 
 // portAttempts bounds how often Start picks another port when the one it
@@ -301,17 +303,26 @@ func (b *Broker) stop() error {
 		return fmt.Errorf("mosquitto had exited on its own (%v): %s", p.err, p.output.String())
 	default:
 	}
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		return fmt.Errorf("send SIGTERM: %w", err)
-	}
+	// mosquitto installs its SIGTERM handler, logs "running" and only then
+	// sets its run flag, so a SIGTERM right after start can be overwritten
+	// and lost. Repeating it is harmless: the handler only clears that flag.
 	timer := time.NewTimer(stopTimeout)
 	defer timer.Stop()
-	select {
-	case <-p.done:
-	case <-timer.C:
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		return fmt.Errorf("mosquitto did not exit within %v of SIGTERM; killed", stopTimeout)
+	resend := time.NewTicker(sigtermRepeat)
+	defer resend.Stop()
+	for stopped := false; !stopped; {
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			return fmt.Errorf("send SIGTERM: %w", err)
+		}
+		select {
+		case <-p.done:
+			stopped = true
+		case <-resend.C:
+		case <-timer.C:
+			_ = p.cmd.Process.Kill()
+			<-p.done
+			return fmt.Errorf("mosquitto did not exit within %v of SIGTERM; killed", stopTimeout)
+		}
 	}
 	if p.err != nil {
 		return fmt.Errorf("mosquitto exited after SIGTERM: %w: %s", p.err, p.output.String())

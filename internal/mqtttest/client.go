@@ -8,6 +8,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 )
 
 // reconnectInterval caps paho's reconnect backoff so that clients are back
@@ -67,12 +68,31 @@ func WithPersistentSession() ClientOption {
 	return func(c *clientConfig) { c.clean = false }
 }
 
+// discardStore is a paho Store that keeps nothing. paho's resume() after a
+// reconnect walks its store while new publishes are already going out and
+// sets the DUP flag on packets the writer is encoding: a data race
+// (eclipse-paho/paho.mqtt.golang#703) that a test publishing right after
+// Broker.Restart hits under -race. With nothing stored there is nothing to
+// resume; in-flight messages of a lost connection are not resent, as for any
+// clean session.
+type discardStore struct{}
+
+func (discardStore) Open()                             {}
+func (discardStore) Put(string, packets.ControlPacket) {}
+func (discardStore) Get(string) packets.ControlPacket  { return nil }
+func (discardStore) All() []string                     { return nil }
+func (discardStore) Del(string)                        {}
+func (discardStore) Close()                            {}
+func (discardStore) Reset()                            {}
+
 // Client is a paho MQTT 3.1.1 client connected to a Broker that records every
 // message it receives. By default it has a unique id and a clean session.
 //
 // It reconnects by itself after a broker Restart and, with a clean session,
 // subscribes again to its filters; Broker.Start returns only once it has.
-// Messages published while it was disconnected are lost to a clean session.
+// Messages published while it was disconnected are lost to a clean session,
+// and it keeps no outbound store: a publish whose acknowledgement was lost
+// with the connection is not resent.
 type Client struct {
 	// ID is the MQTT client id.
 	ID string
@@ -128,6 +148,7 @@ func (b *Broker) Client(t testing.TB, opts ...ClientOption) *Client {
 		SetAutoReconnect(true).
 		SetMaxReconnectInterval(reconnectInterval).
 		SetConnectTimeout(opTimeout).
+		SetStore(discardStore{}).
 		SetOnConnectHandler(c.onConnect).
 		SetConnectionLostHandler(func(mqtt.Client, error) { c.setConnected(false, nil) })
 	c.pc = mqtt.NewClient(o)
