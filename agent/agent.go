@@ -300,24 +300,32 @@ func (a *Agent) enqueueAnswer(tx *Tx, ep *endpoint, o *Offer, r result) error {
 	return err
 }
 
-// worker applies an endpoint's offers one at a time, newest wins.
+// worker applies an endpoint's offers one at a time, newest wins. A store failure is retried after
+// a pause instead of spinning on the same offer.
 func (a *Agent) worker(ctx context.Context, ep *endpoint) {
+	const retry = 5 * time.Second
+	var again <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-ep.wake:
+		case <-again:
 		}
+		again = nil
 		for ctx.Err() == nil {
 			o, err := a.pick(ep)
+			if err == nil && o == nil {
+				break
+			}
+			if err == nil {
+				err = a.applyOffer(ctx, ep, o)
+			}
 			if err != nil {
-				a.log.Error("cannot read pending configuration", "endpoint", ep.key, "err", err)
+				a.log.Error("cannot apply pending configuration; retrying", "endpoint", ep.key, "in", retry, "err", err)
+				again = time.After(retry)
 				break
 			}
-			if o == nil {
-				break
-			}
-			a.applyOffer(ctx, ep, o)
 		}
 	}
 }
@@ -347,11 +355,11 @@ func hashOf(b []byte) string {
 }
 
 // applyOffer puts o's body in place and commits the result with its answer.
-func (a *Agent) applyOffer(ctx context.Context, ep *endpoint, o *Offer) {
+func (a *Agent) applyOffer(ctx context.Context, ep *endpoint, o *Offer) error {
 	select {
 	case a.applySem <- struct{}{}:
 	case <-ctx.Done():
-		return
+		return nil
 	}
 	defer func() { <-a.applySem }()
 
@@ -361,8 +369,7 @@ func (a *Agent) applyOffer(ctx context.Context, ep *endpoint, o *Offer) {
 		st, err = tx.State(ep.key)
 		return err
 	}); err != nil {
-		a.log.Error("cannot read endpoint state", "endpoint", ep.key, "err", err)
-		return
+		return fmt.Errorf("read endpoint state: %w", err)
 	}
 	hash := hashOf(o.Body)
 	r := resultOK
@@ -416,10 +423,8 @@ func (a *Agent) applyOffer(ctx context.Context, ep *endpoint, o *Offer) {
 	ep.inflight = 0
 	ep.mu.Unlock()
 	if err != nil {
-		// The offer stays pending and is applied again after a restart; retrying now would most
-		// likely fail the same way.
-		a.log.Error("cannot record applied configuration", "endpoint", ep.key, "id", o.Text, "err", err)
-		return
+		// The offer stays pending: it is applied again, from the start, on the next try.
+		return fmt.Errorf("record result of %s: %w", o.Text, err)
 	}
 	if r.ok() {
 		a.log.Info("configuration applied", "endpoint", ep.key, "id", o.Text, "output", ep.cfg.Output, "bytes", len(o.Body))
@@ -428,4 +433,5 @@ func (a *Agent) applyOffer(ctx context.Context, ep *endpoint, o *Offer) {
 	}
 	a.opt.Pause(StepCommitted)
 	a.wakeOutbox()
+	return nil
 }

@@ -1,0 +1,58 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestCommands_ExitCodesAndOutput(t *testing.T) {
+	dir := t.TempDir()
+	valid := filepath.Join(dir, "valid.toml")
+	invalid := filepath.Join(dir, "invalid.toml")
+	os.WriteFile(valid, []byte("[kaa]\napp_version = \"a\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"out/t.json\"\n"), 0o644)
+	os.WriteFile(invalid, []byte("[kaa]\napp_version = \"a\"\ncolour = \"blue\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"o.json\"\nhook_timeout = \"soon\"\n"), 0o644)
+
+	cases := []struct {
+		name       string
+		args       []string
+		code       int
+		stdout     []string
+		stderr     []string
+		noStderror bool
+	}{
+		{"check valid", []string{"check", "--config", valid}, 0, []string{valid + ": ok (1 endpoints, dialect cmx3)"}, nil, true},
+		{"check invalid lists every problem with its line", []string{"check", "--config", invalid}, 2, nil,
+			[]string{invalid + ":3: unknown key kaa.colour", invalid + ":7: "}, false},
+		{"check missing file", []string{"check", "--config", filepath.Join(dir, "nope.toml")}, 2, nil, []string{"nope.toml"}, false},
+		{"run with invalid config", []string{"run", "--config", invalid}, 2, nil, []string{invalid + ":3: unknown key kaa.colour"}, false},
+		{"run with bad log format", []string{"run", "--config", valid, "--log-format", "xml"}, 2, nil, []string{"--log-format"}, false},
+		{"unknown command", []string{"frobnicate"}, 2, nil, []string{`unknown command "frobnicate"`}, false},
+		{"no command", nil, 2, nil, []string{"usage:"}, false},
+		{"version", []string{"version"}, 0, []string{"cmx-agent dev (commit "}, nil, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(tc.args, &out, &errb)
+			if code != tc.code {
+				t.Errorf("exit code = %d, want %d\nstdout: %s\nstderr: %s", code, tc.code, out.String(), errb.String())
+			}
+			for _, s := range tc.stdout {
+				if !strings.Contains(out.String(), s) {
+					t.Errorf("stdout %q lacks %q", out.String(), s)
+				}
+			}
+			for _, s := range tc.stderr {
+				if !strings.Contains(errb.String(), s) {
+					t.Errorf("stderr %q lacks %q", errb.String(), s)
+				}
+			}
+			if tc.noStderror && errb.Len() > 0 {
+				t.Errorf("unexpected stderr: %s", errb.String())
+			}
+		})
+	}
+}
