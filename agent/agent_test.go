@@ -408,3 +408,30 @@ func TestEndpoints_AreIndependent(t *testing.T) {
 		}
 	}
 }
+
+func TestOutbox_ConfirmationMadeWhileBrokerDownIsSentAfterReconnect(t *testing.T) {
+	h := newHarness(t)
+	blocked := make(chan struct{})
+	release := make(chan struct{})
+	var once sync.Once
+	h.pause = func(step string) {
+		if step == StepRenamed {
+			once.Do(func() {
+				close(blocked)
+				<-release
+			})
+		}
+	}
+	h.start()
+	h.pulled("gw-001")
+	topic := h.prefix("gw-001") + "/json/12"
+	h.server.Publish(t, topic, 1, []byte(`{"id":"outage","entries":["x"]}`))
+	<-blocked
+	h.broker.Stop(t)
+	close(release) // the confirmation is committed to the outbox while no broker is there
+	h.broker.Start(t)
+	m, c := h.confirmed(topic + "/status")
+	if status(t, c) != "ok" || string(c["id"]) != `"outage"` || m.QoS != 1 {
+		t.Errorf("confirmation after outage = %s (QoS %d)", m.Payload, m.QoS)
+	}
+}
