@@ -1,0 +1,136 @@
+package cmx
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+// The seed corpora in testdata/fuzz/FuzzParseConfigResponse and FuzzParseConfigError are written
+// against the fuzz limits of FuzzParsePush (4096 bytes, 16 levels, 32-byte ids).
+
+func fuzzLimits() Limits {
+	return Limits{MaxPayload: fuzzMaxPayload, MaxDepth: fuzzMaxDepth, MaxIDLen: fuzzMaxIDLen}
+}
+
+func FuzzParseConfigResponse(f *testing.F) {
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		in := bytes.Clone(payload)
+		r, err := ParseConfigResponse(payload, fuzzLimits())
+		if !bytes.Equal(payload, in) {
+			t.Fatalf("ParseConfigResponse modified its input")
+		}
+		if err != nil {
+			var ie *InputError
+			if !errors.As(err, &ie) {
+				t.Fatalf("error %T %v, want *InputError", err, err)
+			}
+			if ie.Reason == "" || !utf8.ValidString(ie.Status()) {
+				t.Fatalf("reason %q", ie.Reason)
+			}
+			// The reason goes into an applied report: it must encode and parse back.
+			a, perr := ParseAppliedReport(AppliedReport(ie.ID.Text(), 400, ie.Status()))
+			if perr != nil || a.ConfigID != ie.ID.Text() || a.ReasonPhrase != ie.Status() {
+				t.Fatalf("report for %q does not parse back: %+v %v", payload, a, perr)
+			}
+			return
+		}
+		if !json.Valid(payload) || jsonKind(payload) != "object" {
+			t.Fatalf("accepted %q, which is not a JSON object", payload)
+		}
+		if len(payload) > fuzzMaxPayload {
+			t.Fatalf("accepted %d bytes, limit %d", len(payload), fuzzMaxPayload)
+		}
+		if depth, _ := nestingDepth(payload); depth > fuzzMaxDepth {
+			t.Fatalf("accepted nesting %d, limit %d", depth, fuzzMaxDepth)
+		}
+		switch r.Kind {
+		case Unchanged, NoneAssigned:
+			if r.ConfigID != "" || r.Config != nil {
+				t.Fatalf("%v carries %q %q", r.Kind, r.ConfigID, r.Config)
+			}
+		case NewConfig:
+			if r.ConfigID == "" || !utf8.ValidString(r.ConfigID) || len(ConfigIDKey(r.ConfigID)) > fuzzMaxIDLen {
+				t.Fatalf("configId %q", r.ConfigID)
+			}
+			if !json.Valid(r.Config) || !bytes.Contains(payload, r.Config) {
+				t.Fatalf("config %q is not JSON taken from %q", r.Config, payload)
+			}
+			// The configId goes back in requests and reports unchanged.
+			if q, err := ParseConfigRequest(ConfigRequest(r.ConfigID, true)); err != nil || q.ConfigID != r.ConfigID {
+				t.Fatalf("request for %q parses back as %+v, %v", r.ConfigID, q, err)
+			}
+			if back, ok := ConfigIDFromKey(ConfigIDKey(r.ConfigID)); !ok || back != r.ConfigID {
+				t.Fatalf("key of %q reads back as %q", r.ConfigID, back)
+			}
+			if a, err := ParseAppliedReport(AppliedReport(r.ConfigID, 200, "")); err != nil || a.ConfigID != r.ConfigID || !a.OK() {
+				t.Fatalf("report for %q parses back as %+v, %v", r.ConfigID, a, err)
+			}
+		default:
+			t.Fatalf("kind %v", r.Kind)
+		}
+	})
+}
+
+func FuzzParseConfigError(f *testing.F) {
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		e, err := ParseConfigError(payload, fuzzLimits())
+		if e.StatusCode < 0 || e.StatusCode > 999 || len(e.ReasonPhrase) > maxReason || !utf8.ValidString(e.ReasonPhrase) {
+			t.Fatalf("ParseConfigError(%q) = %+v", payload, e)
+		}
+		if err != nil {
+			var ie *InputError
+			if !errors.As(err, &ie) || ie.Reason == "" {
+				t.Fatalf("error %T %v, want *InputError with a reason", err, err)
+			}
+			return
+		}
+		if !json.Valid(payload) {
+			t.Fatalf("accepted %q, which is not JSON", payload)
+		}
+		if len(e.ReasonPhrase) < maxReason {
+			back, err := ParseConfigError(ConfigErrorPayload(e.StatusCode, e.ReasonPhrase), Limits{})
+			if err != nil || back != e {
+				t.Fatalf("%+v parses back as %+v, %v", e, back, err)
+			}
+		}
+	})
+}
+
+func FuzzParseConfigTopic(f *testing.F) {
+	for _, s := range []string{"config/json/status", "config/json/42/status", "config/json/modbus/status",
+		"config/json/modbus/42/status", "config/json/modbus/42/error", "config/json/42", "config/json/007/status",
+		"config/json//status", "applied/json/modbus/43"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, rest string) {
+		levels := strings.Split(rest, "/")
+		r := ParseConfigTopic(levels)
+		if r.Kind == TopicOther {
+			if r != (ConfigRoute{}) {
+				t.Fatalf("ParseConfigTopic(%q) = %+v for another topic", rest, r)
+			}
+		} else {
+			if r.Name != "" && !ValidConfigName(r.Name) {
+				t.Fatalf("ParseConfigTopic(%q): name %q", rest, r.Name)
+			}
+			// The topic is exactly the one the agent builds for this route.
+			want := ConfigRequestTopic("P", r.Name, r.RequestID)
+			switch r.Kind {
+			case TopicResponse:
+				want = StatusTopic(want)
+			case TopicError:
+				want = ErrorTopic(want)
+			}
+			if want != "P/"+rest {
+				t.Fatalf("ParseConfigTopic(%q) = %+v, which rebuilds as %q", rest, r, want)
+			}
+		}
+		if name, rid, ok := ParseAppliedTopic(levels); ok && AppliedTopic("P", name, rid) != "P/"+rest {
+			t.Fatalf("ParseAppliedTopic(%q) = %q %d", rest, name, rid)
+		}
+	})
+}
