@@ -453,10 +453,6 @@ func TestCMP7_BrokerRestart_RequestCarriesTheAppliedConfigID(t *testing.T) {
 	rids := h.startCMP7()
 	h.respond(gwModbus, rids[gwModbus], `{"configId":"applied-1","config":{"v":1}}`)
 	h.applied(gwModbus)
-	// A configuration that fails to apply is not named: point dev-002's output into a file.
-	if err := os.WriteFile(filepath.Join(h.dir, "blocker"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	h.broker.Restart(t)
 	again, got := h.requestedAll(gwDefault, gwModbus, devEp)
 	for e, rid := range again {
