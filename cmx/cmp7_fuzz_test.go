@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -133,4 +134,87 @@ func FuzzParseConfigTopic(f *testing.F) {
 			t.Fatalf("ParseAppliedTopic(%q) = %q %d", rest, name, rid)
 		}
 	})
+}
+
+// Each named seed stays on the path its name promises, under the fuzz limits.
+func TestFuzzParseConfigResponseSeeds_ReachTheirPaths(t *testing.T) {
+	want := map[string]string{ // seed file -> kind when accepted, or the refusal's reason prefix
+		"config-object":        "config",
+		"config-spaced":        "config",
+		"config-null-with-id":  "config",
+		"config-string":        "config",
+		"extra-fields":         "config",
+		"escaped-id":           "config",
+		"duplicate-keys":       "config",
+		"unchanged":            "unchanged",
+		"unchanged-extra":      "unchanged",
+		"none-assigned":        "none assigned",
+		"config-missing":       "config missing",
+		"configid-missing":     "configId missing",
+		"empty-id-with-config": "configId is empty",
+		"number-id":            "configId must be a string",
+		"lossy-id":             "configId is not valid Unicode",
+		"invalid-utf8":         "configId is not valid Unicode",
+		"long-id":              "configId longer than 32 bytes",
+		"not-json":             "not JSON",
+		"array":                "payload must be a JSON object, got array",
+		"null":                 "payload must be a JSON object, got null",
+		"too-deep":             "nesting deeper than 16",
+		"too-large":            "payload too large",
+	}
+	checkSeeds(t, "FuzzParseConfigResponse", want, func(payload []byte) string {
+		r, err := ParseConfigResponse(payload, fuzzLimits())
+		if err != nil {
+			return err.(*InputError).Reason
+		}
+		return r.Kind.String()
+	})
+}
+
+func TestFuzzParseConfigErrorSeeds_ReachTheirPaths(t *testing.T) {
+	want := map[string]string{ // seed file -> "ok" when accepted, or the refusal's reason prefix
+		"spec":                "ok",
+		"extra-fields":        "ok",
+		"reason-long":         "ok",
+		"reason-invalid-utf8": "ok",
+		"code-missing":        "statusCode missing",
+		"reason-missing":      "reasonPhrase missing",
+		"code-string":         "statusCode must be an integer",
+		"code-float":          "statusCode must be an integer",
+		"code-exponent":       "statusCode must be an integer",
+		"code-negative":       "statusCode must be an integer",
+		"code-huge":           "statusCode must be an integer",
+		"reason-number":       "reasonPhrase must be a string",
+		"empty":               "statusCode missing; reasonPhrase missing",
+		"string":              "payload must be a JSON object, got string",
+		"not-json":            "not JSON",
+	}
+	checkSeeds(t, "FuzzParseConfigError", want, func(payload []byte) string {
+		if _, err := ParseConfigError(payload, fuzzLimits()); err != nil {
+			return err.(*InputError).Reason
+		}
+		return "ok"
+	})
+}
+
+func checkSeeds(t *testing.T, target string, want map[string]string, path func([]byte) string) {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join("testdata", "fuzz", target, "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != len(want) {
+		t.Errorf("%s has %d seeds, the table names %d", target, len(files), len(want))
+	}
+	for _, f := range files {
+		name := filepath.Base(f)
+		w, ok := want[name]
+		if !ok {
+			t.Errorf("seed %s is not in the table", name)
+			continue
+		}
+		if got := path(readFuzzSeed(t, f)); !strings.HasPrefix(got, w) {
+			t.Errorf("seed %s: %q, want %q", name, got, w)
+		}
+	}
 }
