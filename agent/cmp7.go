@@ -119,7 +119,7 @@ func (cmp7) superseded(newer *Offer) result {
 }
 
 // request observes the configuration, naming the applied one only when a configuration was really
-// applied (its id is a configId; a 3/CMX id left by a dialect switch is not one).
+// applied. Its key must read as a configId: a 3/CMX number id left by a dialect switch does not.
 func (cmp7) request(ep *endpoint, msgID uint64, st EndpointState) (string, []byte) {
 	ep.lastRID.Store(msgID)
 	applied, ok := cmx.ConfigIDFromKey(st.AppliedID)
