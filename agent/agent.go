@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,6 +73,10 @@ type endpoint struct {
 	wake   chan struct{}
 	// answered is set when a configuration message arrives, so unanswered requests are repeated.
 	answered atomic.Bool
+	// lastRID is the request id of the latest configuration request (cmp7: an error answering an
+	// older one is not repeated), and errRetry repeats a request the server refused.
+	lastRID  atomic.Uint64
+	errRetry errRetry
 
 	// mu orders the receive transaction against the worker picking an offer, so a new offer never
 	// supersedes one that is already being written.
@@ -107,6 +112,8 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 	switch cfg.Kaa.Dialect {
 	case config.DialectCMX3:
 		d = cmx3{limits: cmx.DefaultLimits(int(cfg.Agent.MaxPayload))}
+	case config.DialectCMP7:
+		d = newCMP7(cfg)
 	default:
 		return nil, fmt.Errorf("dialect %q is not supported yet", cfg.Kaa.Dialect)
 	}
@@ -203,6 +210,11 @@ func (a *Agent) wakeOutbox() {
 // returns nil may the message be acknowledged to the broker.
 func (a *Agent) receive(ep *endpoint, topic string, qos byte, payload []byte) error {
 	in := a.dia.decode(ep, topic, qos, payload)
+	if in.note != nil {
+		if err := a.noteServer(ep, topic, *in.note); err != nil {
+			return err
+		}
+	}
 	if in.offer == nil {
 		return nil
 	}
@@ -283,20 +295,27 @@ func (a *Agent) receive(ep *endpoint, topic string, qos byte, payload []byte) er
 	return nil
 }
 
-// codeOf recovers a result code for a stored status text.
+// codeOf recovers a result code for a stored status text (a duplicate is answered again with it).
 func codeOf(status string) int {
-	if status == cmx.StatusOK {
+	switch {
+	case status == cmx.StatusOK:
 		return 200
+	case strings.HasPrefix(status, "superseded"):
+		return 409
+	case strings.HasPrefix(status, "invalid"):
+		return 400
+	case strings.HasPrefix(status, "validate"), strings.HasPrefix(status, "rejected"):
+		return 422
 	}
-	return 400
+	return 500
 }
 
 func (a *Agent) enqueueAnswer(tx *Tx, ep *endpoint, o *Offer, r result) error {
-	m, ok := a.dia.answer(ep, o, r)
-	if !ok {
-		return nil
+	m, ok, err := a.dia.answer(tx, ep, o, r)
+	if err != nil || !ok {
+		return err
 	}
-	_, err := tx.Enqueue(m)
+	_, err = tx.Enqueue(m)
 	return err
 }
 

@@ -61,13 +61,21 @@ func newHarness(t *testing.T, tokens ...string) *harness {
 	if len(tokens) == 0 {
 		tokens = []string{"gw-001"}
 	}
+	var eps strings.Builder
+	for _, tok := range tokens {
+		fmt.Fprintf(&eps, "[[endpoint]]\ntoken = %q\noutput = \"out/%s.json\"\n", tok, tok)
+	}
+	return newHarnessConfig(t, config.DialectCMX3, eps.String())
+}
+
+// newHarnessConfig is newHarness with a dialect and the [[endpoint]] tables written out.
+func newHarnessConfig(t *testing.T, dialect, endpoints string) *harness {
+	t.Helper()
 	b := mqtttest.Start(t)
 	dir := t.TempDir()
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "[broker]\nservers = [%q]\nkeepalive = \"5s\"\n[kaa]\napp_version = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\nmax_payload = \"64KiB\"\n", b.URL, app)
-	for _, tok := range tokens {
-		fmt.Fprintf(&sb, "[[endpoint]]\ntoken = %q\noutput = \"out/%s.json\"\n", tok, tok)
-	}
+	fmt.Fprintf(&sb, "[broker]\nservers = [%q]\nkeepalive = \"5s\"\n[kaa]\napp_version = %q\ndialect = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\nmax_payload = \"64KiB\"\n", b.URL, app, dialect)
+	sb.WriteString(endpoints)
 	cfg, err := config.Parse(filepath.Join(dir, "agent.toml"), []byte(sb.String()))
 	if err != nil {
 		t.Fatalf("config: %v", err)
