@@ -233,7 +233,11 @@ func (a *Agent) receive(ep *endpoint, topic string, qos byte, payload []byte) er
 			if err != nil {
 				return err
 			}
-			if seen {
+			st, err := tx.State(ep.key)
+			if err != nil {
+				return err
+			}
+			if seen && !(in.reject == nil && a.dia.reapply(status, o, st)) {
 				logMsg, logArgs = "duplicate id confirmed again", []any{"status", status}
 				return a.enqueueAnswer(tx, ep, o, result{Status: status, Code: codeOf(status)})
 			}

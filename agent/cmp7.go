@@ -114,6 +114,13 @@ func (cmp7) answer(tx *Tx, ep *endpoint, o *Offer, r result) (OutMsg, bool, erro
 	}, true, nil
 }
 
+// reapply lets a server go back to a configuration it sent before: a configId that was applied
+// successfully but is no longer the applied one is applied again. A configId that failed is reported
+// again with its stored status instead of running validate and hooks again on every request.
+func (cmp7) reapply(status string, o *Offer, st EndpointState) bool {
+	return status == cmx.StatusOK && o.ID != st.AppliedID
+}
+
 func (cmp7) superseded(newer *Offer) result {
 	return result{Status: cmx.Superseded(cmx.IDFromKey(newer.ID)), Code: codeSuperseded}
 }

@@ -597,3 +597,19 @@ func maxRID(rids map[cmp7Ep]uint64) uint64 {
 	}
 	return m
 }
+
+func TestCMP7_ServerGoingBackToAnEarlierConfigIDIsApplied(t *testing.T) {
+	h := newCMP7Harness(t)
+	rids := h.startCMP7()
+	h.respond(gwDefault, rids[gwDefault], `{"configId":"x1","config":["one"]}`)
+	h.applied(gwDefault)
+	h.respond(gwDefault, 0, `{"configId":"x2","config":["two"]}`)
+	h.applied(gwDefault)
+	h.waitFile(h.out7(gwDefault), []byte(`["two"]`))
+	// A rollback on the server: x1 was applied once, is no longer the applied one, so it applies.
+	h.respond(gwDefault, 0, `{"configId":"x1","config":["one"]}`)
+	if m, a := h.applied(gwDefault); a.ConfigID != "x1" || !a.OK() {
+		t.Errorf("report = %s, want x1 applied", m.Payload)
+	}
+	h.waitFile(h.out7(gwDefault), []byte(`["one"]`))
+}
