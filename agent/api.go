@@ -276,7 +276,9 @@ func listenSocket(path string) (apiListener, error) {
 		return fail(fmt.Errorf("socket mode: %w", err))
 	}
 	if g, err := user.LookupGroup(APIGroup); err == nil {
-		if gid, err := strconv.Atoi(g.Gid); err == nil {
+		// Under the service the socket already has the agent's group; chown only when it differs,
+		// as a hardened unit may not allow the call at all.
+		if gid, err := strconv.Atoi(g.Gid); err == nil && gid != os.Getegid() {
 			if err := os.Chown(tmp, -1, gid); err != nil {
 				return fail(fmt.Errorf("socket group %s: %w", APIGroup, err))
 			}
