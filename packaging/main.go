@@ -191,13 +191,21 @@ func pack(format string, t target, version string, mtime time.Time, bin, changel
 		{Source: filepath.Join(bin, "cmxctl"), Destination: "/usr/bin/cmxctl", FileInfo: exec},
 		{Source: "systemd/cmx-agent.service", Destination: unitDir + "cmx-agent.service", FileInfo: doc()},
 		{Source: "systemd/cmx-agent.sysusers", Destination: "/usr/lib/sysusers.d/cmx-agent.conf", FileInfo: doc()},
-		{Source: "packaging/agent.toml", Destination: "/etc/cmx-agent/agent.toml", Type: files.TypeConfigNoReplace, FileInfo: &files.ContentFileInfo{Mode: 0o640, MTime: mtime}},
 		{Source: "examples/agent.toml", Destination: "/usr/share/doc/cmx-agent/agent.toml.example", FileInfo: doc()},
 		{Source: "README.md", Destination: "/usr/share/doc/cmx-agent/README.md", FileInfo: doc()},
 		{Source: "docs/operations.md", Destination: "/usr/share/doc/cmx-agent/operations.md", FileInfo: doc()},
 		{Source: "docs/durability.md", Destination: "/usr/share/doc/cmx-agent/durability.md", FileInfo: doc()},
 		{Source: "packaging/copyright", Destination: "/usr/share/doc/cmx-agent/copyright", FileInfo: doc()},
 	}
+	// The configuration may name credentials: 0640 root:cmx-agent. Debian policy wants 0644 in the
+	// archive, so there postinst narrows it once the group exists; rpm creates the user in %pre
+	// and can ship the final mode.
+	conf := &files.Content{Source: "packaging/agent.toml", Destination: "/etc/cmx-agent/agent.toml", Type: files.TypeConfigNoReplace,
+		FileInfo: &files.ContentFileInfo{Mode: 0o640, Group: "cmx-agent", MTime: mtime}}
+	if format == "deb" {
+		conf.FileInfo = doc()
+	}
+	contents = append(contents, conf)
 	if format == "deb" {
 		contents = append(contents,
 			&files.Content{Source: changelog, Destination: "/usr/share/doc/cmx-agent/changelog.gz", FileInfo: doc()},
