@@ -201,3 +201,20 @@ func TestPackages_LintianClean(t *testing.T) {
 		t.Errorf("lintian (%v):\n%s", err, out)
 	}
 }
+
+func TestDeb_InstallUpgradeRemovePurge(t *testing.T) {
+	needPackaging(t)
+	if os.Geteuid() != 0 {
+		t.Skip("dpkg in a private overlay of / needs root")
+	}
+	repoRoot(t)
+	old := buildPackages(t, "0.0.1")
+	cur := buildPackages(t, "0.0.2")
+	out, err := exec.Command("packaging/dpkg-test.sh", old.deb, cur.deb).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dpkg-test.sh: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "dpkg-test: install, upgrade (modified agent.toml kept), remove, purge: ok") {
+		t.Errorf("dpkg-test.sh output:\n%s", out)
+	}
+}
