@@ -47,6 +47,10 @@ type Options struct {
 	PullTimeout time.Duration
 	// HandledIDs bounds the remembered ids per endpoint (default 1000).
 	HandledIDs int
+	// OnChange, when set, is called after the broker connection comes up or goes down and after a
+	// configuration is applied, so the caller can report Status (systemd's STATUS=). It must not
+	// block.
+	OnChange func()
 }
 
 // Agent is one running cmx-agent.
@@ -157,6 +161,9 @@ func (a *Agent) Close() error { return a.store.Close() }
 // Run applies what a crash left pending, then connects and serves until ctx ends. It returns nil on
 // a clean stop.
 func (a *Agent) Run(ctx context.Context) error {
+	// The workers and the API stop with the session, even when it gives up on its own.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var wg sync.WaitGroup
 	for _, ep := range a.endpointList() {
 		if n, err := apply.RemoveTemps(ep.cfg.Output); err != nil {
@@ -171,8 +178,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 		ep.poke() // finish a pending apply first
 	}
-	a.sess = newSession(a)
-	err := a.sess.run(ctx)
+	sess := newSession(a)
+	a.mu.Lock()
+	a.sess = sess
+	a.mu.Unlock()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.serveAPI(ctx)
+	}()
+	err := sess.run(ctx)
+	cancel()
 	wg.Wait()
 	return err
 }
@@ -456,5 +472,6 @@ func (a *Agent) applyOffer(ctx context.Context, ep *endpoint, o *Offer) error {
 	}
 	a.opt.Pause(StepCommitted)
 	a.wakeOutbox()
+	a.changed()
 	return nil
 }

@@ -32,6 +32,8 @@ type harness struct {
 	server *mqtttest.Client
 	all    *mqtttest.Sub // kp1/# at QoS 2, so each message shows the QoS it was published with
 	pause  func(string)
+	// onChange, when set before start, becomes Options.OnChange.
+	onChange func()
 
 	agent  *Agent
 	cancel context.CancelFunc
@@ -95,8 +97,9 @@ func (h *harness) start() {
 	h.t.Helper()
 	h.logs = &syncBuffer{}
 	a, err := New(h.cfg, Options{
-		Logger: slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Pause:  h.pause,
+		Logger:   slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Pause:    h.pause,
+		OnChange: h.onChange,
 	})
 	if err != nil {
 		h.t.Fatalf("New: %v", err)

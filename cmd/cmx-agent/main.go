@@ -37,6 +37,9 @@ commands:
   run    [--config PATH] [--log-format text|json] [--log-level debug|info|warn|error]
          run the agent in the foreground
   check  [--config PATH]   validate a configuration file (exit 0 valid, 2 invalid)
+  status [--config PATH] [--json]
+                           ask the running agent for its connection and endpoints (exit 1: no agent)
+  sync   [--config PATH]   ask the running agent to request the latest configuration now
   version                  print version, commit and Go version
 `
 
@@ -54,6 +57,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stderr)
 	case "check":
 		return cmdCheck(args[1:], stdout, stderr)
+	case "status":
+		return cmdStatus(args[1:], stdout, stderr)
+	case "sync":
+		return cmdSync(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "cmx-agent %s (commit %s, %s)\n", version, commitID(), runtime.Version())
 		return 0
@@ -146,6 +153,14 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return code
 	}
 	opts := agent.Options{Logger: log}
+	changes := make(chan struct{}, 1)
+	opts.OnChange = func() {
+		select {
+		case changes <- struct{}{}:
+		default:
+		}
+	}
+	opts.Pause = func(string) {}
 	if step := os.Getenv(pauseEnv); step != "" {
 		opts.Pause = func(s string) {
 			if s == step {
@@ -160,6 +175,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer a.Close()
+	n := &notifier{log: log}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -167,11 +183,22 @@ func cmdRun(args []string, stderr io.Writer) int {
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
 		for range hup {
+			n.reloading()
 			log.Warn("SIGHUP: live reload of the configuration is not available in this version; restart to apply changes")
+			n.send("READY=1")
 		}
 	}()
+	// Ready once the configuration is loaded, the database open and SIGHUP handled (its default
+	// action would kill the process); not waiting for the broker, since a gateway must boot offline.
+	if st, err := a.Status(); err == nil {
+		n.ready(agent.StatusLine(st))
+	} else {
+		n.ready("starting")
+	}
 	log.Info("cmx-agent started", "version", version, "config", cfg.Path, "endpoints", len(cfg.Endpoints), "dialect", cfg.Kaa.Dialect)
-	if err := a.Run(ctx); err != nil {
+	runDone := make(chan error, 1)
+	go func() { runDone <- a.Run(ctx) }()
+	if err := supervise(ctx, a, n, changes, opts.Pause, runDone); err != nil {
 		log.Error("agent stopped", "err", err)
 		return 1
 	}
