@@ -11,7 +11,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -288,7 +287,7 @@ func codeOf(status string) int {
 	if status == cmx.StatusOK {
 		return 200
 	}
-	return 400
+	return pipelineCode(status)
 }
 
 func (a *Agent) enqueueAnswer(tx *Tx, ep *endpoint, o *Offer, r result) error {
@@ -364,32 +363,25 @@ func (a *Agent) applyOffer(ctx context.Context, ep *endpoint, o *Offer) {
 		a.log.Error("cannot read endpoint state", "endpoint", ep.key, "err", err)
 		return
 	}
-	hash := hashOf(o.Body)
-	r := resultOK
-	if hash == st.AppliedHash {
-		a.log.Info("configuration unchanged", "endpoint", ep.key, "id", o.Text)
-	} else {
-		err := apply.WriteFile(ep.cfg.Output, o.Body, apply.Options{
-			Perm: fs.FileMode(ep.cfg.Mode),
-			Step: func(step string) {
-				switch step {
-				case apply.StepSynced:
-					a.opt.Pause(StepSynced)
-				case apply.StepRenamed:
-					a.opt.Pause(StepRenamed)
-				}
-			},
-		})
-		if err != nil {
-			r = result{Status: "write failed: " + err.Error(), Code: 500}
-		}
+	out := a.pipeline(ctx, ep, o, st)
+	if out.abandoned {
+		// Stopping: the offer stays pending and is applied again from the start after the restart.
+		ep.mu.Lock()
+		ep.inflight = 0
+		ep.mu.Unlock()
+		a.log.Warn("stopping: configuration left pending", "endpoint", ep.key, "id", o.Text)
+		return
 	}
+	r := out.r
 	now := a.opt.Now()
 	ep.mu.Lock()
 	err := a.store.Update(func(tx *Tx) error {
 		st.LastText, st.LastStatus, st.LastAt = o.Text, r.Status, now
-		if r.ok() {
-			st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedAt = o.ID, o.Text, hash, now
+		if out.applied {
+			st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedAt = o.ID, o.Text, out.hash, now
+			if err := tx.SetBody(ep.key, out.body); err != nil {
+				return err
+			}
 		}
 		if err := tx.SetState(ep.key, st); err != nil {
 			return err
