@@ -16,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
 )
@@ -62,6 +61,8 @@ type Agent struct {
 	recvSem  chan struct{} // bounds messages being committed at once
 	outWake  chan struct{}
 	sess     *session
+
+	local // drift watching, reload and worker lifecycle (reload.go)
 }
 
 type endpoint struct {
@@ -76,6 +77,8 @@ type endpoint struct {
 	// supersedes one that is already being written.
 	mu       sync.Mutex
 	inflight uint64 // seq of the offer being applied, 0 when idle
+
+	lifecycle // drift checks and stopping the worker (reload.go)
 }
 
 func (e *endpoint) poke() {
@@ -125,12 +128,7 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 		outWake:   make(chan struct{}, 1),
 	}
 	for _, ec := range cfg.Endpoints {
-		ep := &endpoint{
-			key:    endpointKey(ec),
-			cfg:    ec,
-			prefix: cmx.Prefix(cfg.Kaa.AppVersion, cfg.Kaa.Extension, ec.Token),
-			wake:   make(chan struct{}, 1),
-		}
+		ep := a.newEndpoint(ec)
 		a.endpoints[ep.key] = ep
 	}
 	return a, nil
@@ -149,23 +147,12 @@ func (a *Agent) Close() error { return a.store.Close() }
 // Run applies what a crash left pending, then connects and serves until ctx ends. It returns nil on
 // a clean stop.
 func (a *Agent) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
+	sess := a.startLocal(ctx)
 	for _, ep := range a.endpointList() {
-		if n, err := apply.RemoveTemps(ep.cfg.Output); err != nil {
-			a.log.Warn("cannot remove temporary files", "endpoint", ep.key, "err", err)
-		} else if n > 0 {
-			a.log.Info("removed temporary files left by a crash", "endpoint", ep.key, "count", n)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.worker(ctx, ep)
-		}()
-		ep.poke() // finish a pending apply first
+		a.startWorker(ctx, ep)
 	}
-	a.sess = newSession(a)
-	err := a.sess.run(ctx)
-	wg.Wait()
+	err := sess.run(ctx)
+	a.stopLocal()
 	return err
 }
 
@@ -302,12 +289,17 @@ func (a *Agent) enqueueAnswer(tx *Tx, ep *endpoint, o *Offer, r result) error {
 // worker applies an endpoint's offers one at a time, newest wins.
 func (a *Agent) worker(ctx context.Context, ep *endpoint) {
 	for {
+		drift := false
 		select {
 		case <-ctx.Done():
 			return
+		case <-ep.quit:
+			return
 		case <-ep.wake:
+		case <-ep.drift:
+			drift = true
 		}
-		for ctx.Err() == nil {
+		for ctx.Err() == nil && !ep.stopping() {
 			o, err := a.pick(ep)
 			if err != nil {
 				a.log.Error("cannot read pending configuration", "endpoint", ep.key, "err", err)
@@ -317,6 +309,9 @@ func (a *Agent) worker(ctx context.Context, ep *endpoint) {
 				break
 			}
 			a.applyOffer(ctx, ep, o)
+		}
+		if drift && ctx.Err() == nil {
+			a.checkDrift(ep) // after pending offers, so a crashed apply is redone rather than repaired
 		}
 	}
 }
