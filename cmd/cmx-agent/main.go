@@ -154,26 +154,11 @@ func cmdRun(args []string, stderr io.Writer) int {
 			}
 		}
 	}
-	a, err := agent.New(cfg, opts)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-	defer a.Close()
-
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	go func() {
-		for range hup {
-			log.Warn("SIGHUP: live reload of the configuration is not available in this version; restart to apply changes")
-		}
-	}()
 	log.Info("cmx-agent started", "version", version, "config", cfg.Path, "endpoints", len(cfg.Endpoints), "dialect", cfg.Kaa.Dialect)
-	if err := a.Run(ctx); err != nil {
-		log.Error("agent stopped", "err", err)
-		return 1
+	if code := serve(ctx, cfg, opts, log); code != 0 {
+		return code
 	}
 	log.Info("cmx-agent stopped")
 	return 0
