@@ -37,6 +37,8 @@ commands:
   run    [--config PATH] [--log-format text|json] [--log-level debug|info|warn|error]
          run the agent in the foreground
   check  [--config PATH]   validate a configuration file (exit 0 valid, 2 invalid)
+  watch  [--debounce D] PATH [-- CMD ARGS...]
+         print time, size and sha256 of each version of PATH; run CMD after each new one
   version                  print version, commit and Go version
 `
 
@@ -54,6 +56,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stderr)
 	case "check":
 		return cmdCheck(args[1:], stdout, stderr)
+	case "watch":
+		return cmdWatch(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "cmx-agent %s (commit %s, %s)\n", version, commitID(), runtime.Version())
 		return 0
