@@ -112,7 +112,11 @@ func TestWatch_BurstNeverShowsAPartialFileAndEndsOnTheLast(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "cfg.json")
 	log := filepath.Join(dir, "cmd.log")
+	os.WriteFile(path, content(0), 0o644)
 	w := startWatch(t, path, "--", "/bin/sh", "-c", `echo "$CMX_WATCH_SIZE $CMX_WATCH_SHA256" >> `+log)
+	if got := w.next(t); got != versionOf(content(0)) {
+		t.Fatalf("first line %q, want the current version", got)
+	}
 	valid := map[string]int{}
 	for i := 1; i <= 100; i++ {
 		valid[versionOf(content(i))] = i
