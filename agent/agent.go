@@ -11,14 +11,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
 )
@@ -68,6 +66,8 @@ type Agent struct {
 	recvSem  chan struct{} // bounds messages being committed at once
 	outWake  chan struct{}
 	sess     *session
+
+	local // drift watching, reload and worker lifecycle (reload.go)
 }
 
 type endpoint struct {
@@ -86,6 +86,8 @@ type endpoint struct {
 	// supersedes one that is already being written.
 	mu       sync.Mutex
 	inflight uint64 // seq of the offer being applied, 0 when idle
+
+	lifecycle // drift checks and stopping the worker (reload.go)
 }
 
 func (e *endpoint) poke() {
@@ -137,12 +139,7 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 		outWake:   make(chan struct{}, 1),
 	}
 	for _, ec := range cfg.Endpoints {
-		ep := &endpoint{
-			key:    endpointKey(ec),
-			cfg:    ec,
-			prefix: cmx.Prefix(cfg.Kaa.AppVersion, cfg.Kaa.Extension, ec.Token),
-			wake:   make(chan struct{}, 1),
-		}
+		ep := a.newEndpoint(ec)
 		a.endpoints[ep.key] = ep
 	}
 	return a, nil
@@ -161,27 +158,14 @@ func (a *Agent) Close() error { return a.store.Close() }
 // Run applies what a crash left pending, then connects and serves until ctx ends. It returns nil on
 // a clean stop.
 func (a *Agent) Run(ctx context.Context) error {
-	// The workers and the API stop with the session, even when it gives up on its own.
+	// The workers, the drift watcher and the API stop with the session, even when it gives up on its own.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
+	sess := a.startLocal(ctx)
 	for _, ep := range a.endpointList() {
-		if n, err := apply.RemoveTemps(ep.cfg.Output); err != nil {
-			a.log.Warn("cannot remove temporary files", "endpoint", ep.key, "err", err)
-		} else if n > 0 {
-			a.log.Info("removed temporary files left by a crash", "endpoint", ep.key, "count", n)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.worker(ctx, ep)
-		}()
-		ep.poke() // finish a pending apply first
+		a.startWorker(ctx, ep)
 	}
-	sess := newSession(a)
-	a.mu.Lock()
-	a.sess = sess
-	a.mu.Unlock()
+	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -189,6 +173,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	err := sess.run(ctx)
 	cancel()
+	a.stopLocal()
 	wg.Wait()
 	return err
 }
@@ -345,14 +330,19 @@ func (a *Agent) worker(ctx context.Context, ep *endpoint) {
 	const retry = 5 * time.Second
 	var again <-chan time.Time
 	for {
+		drift := false
 		select {
 		case <-ctx.Done():
 			return
+		case <-ep.quit:
+			return
 		case <-ep.wake:
 		case <-again:
+		case <-ep.drift:
+			drift = true
 		}
 		again = nil
-		for ctx.Err() == nil {
+		for ctx.Err() == nil && !ep.stopping() {
 			o, err := a.pick(ep)
 			if err == nil && o == nil {
 				break
@@ -365,6 +355,9 @@ func (a *Agent) worker(ctx context.Context, ep *endpoint) {
 				again = time.After(retry)
 				break
 			}
+		}
+		if drift && ctx.Err() == nil {
+			a.checkDrift(ep) // after pending offers, so a crashed apply is redone rather than repaired
 		}
 	}
 }
@@ -410,32 +403,25 @@ func (a *Agent) applyOffer(ctx context.Context, ep *endpoint, o *Offer) error {
 	}); err != nil {
 		return fmt.Errorf("read endpoint state: %w", err)
 	}
-	hash := hashOf(o.Body)
-	r := resultOK
-	if hash == st.AppliedHash {
-		a.log.Info("configuration unchanged", "endpoint", ep.key, "id", o.Text)
-	} else {
-		err := apply.WriteFile(ep.cfg.Output, o.Body, apply.Options{
-			Perm: fs.FileMode(ep.cfg.Mode),
-			Step: func(step string) {
-				switch step {
-				case apply.StepSynced:
-					a.opt.Pause(StepSynced)
-				case apply.StepRenamed:
-					a.opt.Pause(StepRenamed)
-				}
-			},
-		})
-		if err != nil {
-			r = result{Status: "write failed: " + err.Error(), Code: 500}
-		}
+	out := a.pipeline(ctx, ep, o, st)
+	if out.abandoned {
+		// Stopping: the offer stays pending and is applied again from the start after the restart.
+		ep.mu.Lock()
+		ep.inflight = 0
+		ep.mu.Unlock()
+		a.log.Warn("stopping: configuration left pending", "endpoint", ep.key, "id", o.Text)
+		return nil
 	}
+	r := out.r
 	now := a.opt.Now()
 	ep.mu.Lock()
 	err := a.store.Update(func(tx *Tx) error {
 		st.LastText, st.LastStatus, st.LastAt = o.Text, r.Status, now
-		if r.ok() {
-			st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedAt = o.ID, o.Text, hash, now
+		if out.applied {
+			st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedAt = o.ID, o.Text, out.hash, now
+			if err := tx.SetBody(ep.key, out.body); err != nil {
+				return err
+			}
 		}
 		if err := tx.SetState(ep.key, st); err != nil {
 			return err

@@ -40,6 +40,8 @@ commands:
   status [--config PATH] [--json]
                            ask the running agent for its connection and endpoints (exit 1: no agent)
   sync   [--config PATH]   ask the running agent to request the latest configuration now
+  watch  [--debounce D] PATH [-- CMD ARGS...]
+         print time, size and sha256 of each version of PATH; run CMD after each new one
   version                  print version, commit and Go version
 `
 
@@ -61,6 +63,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdStatus(args[1:], stdout, stderr)
 	case "sync":
 		return cmdSync(args[1:], stdout, stderr)
+	case "watch":
+		return cmdWatch(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "cmx-agent %s (commit %s, %s)\n", version, commitID(), runtime.Version())
 		return 0
@@ -169,38 +173,10 @@ func cmdRun(args []string, stderr io.Writer) int {
 			}
 		}
 	}
-	a, err := agent.New(cfg, opts)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-	defer a.Close()
-	n := &notifier{log: log}
-
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	go func() {
-		for range hup {
-			n.reloading()
-			log.Warn("SIGHUP: live reload of the configuration is not available in this version; restart to apply changes")
-			n.send("READY=1")
-		}
-	}()
-	// Ready once the configuration is loaded, the database open and SIGHUP handled (its default
-	// action would kill the process); not waiting for the broker, since a gateway must boot offline.
-	if st, err := a.Status(); err == nil {
-		n.ready(agent.StatusLine(st))
-	} else {
-		n.ready("starting")
-	}
-	log.Info("cmx-agent started", "version", version, "config", cfg.Path, "endpoints", len(cfg.Endpoints), "dialect", cfg.Kaa.Dialect)
-	runDone := make(chan error, 1)
-	go func() { runDone <- a.Run(ctx) }()
-	if err := supervise(ctx, a, n, changes, opts.Pause, runDone); err != nil {
-		log.Error("agent stopped", "err", err)
-		return 1
+	if code := serve(ctx, cfg, opts, log, &notifier{log: log}, changes); code != 0 {
+		return code
 	}
 	log.Info("cmx-agent stopped")
 	return 0
