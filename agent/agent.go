@@ -134,6 +134,7 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 		}
 		a.endpoints[ep.key] = ep
 	}
+	a.sess = newSession(a)
 	return a, nil
 }
 
@@ -164,7 +165,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 		ep.poke() // finish a pending apply first
 	}
-	a.sess = newSession(a)
 	err := a.sess.run(ctx)
 	wg.Wait()
 	return err

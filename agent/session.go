@@ -27,12 +27,14 @@ import (
 type session struct {
 	a *Agent
 
-	mu      sync.Mutex
-	client  mqtt.Client   // the live connection's client; nil while disconnected
-	gen     uint64        // current connection generation; 0 while disconnected
-	genDone chan struct{} // closed when the current generation ends
-	server  string        // broker of the current connection
-	lastErr string        // last connection error, logged once per change
+	mu        sync.Mutex
+	client    mqtt.Client   // the live connection's client; nil while disconnected
+	gen       uint64        // current connection generation; 0 while disconnected
+	genDone   chan struct{} // closed when the current generation ends
+	server    string        // broker of the current connection
+	lastErr   string        // cause of the last failed connection attempt, logged once per change
+	lastErrAt time.Time     // when lastErr first happened
+	vagueSeen bool          // a reset without a cause was seen since the last connection
 
 	genWake  chan struct{} // the generation changed
 	sentDone chan sentResult
@@ -77,7 +79,7 @@ func (s *session) up(server string, client mqtt.Client) uint64 {
 	s.gen = s.nextGen
 	s.genDone = make(chan struct{})
 	s.server = server
-	s.lastErr = ""
+	s.lastErr, s.vagueSeen = "", false
 	gen := s.gen
 	s.mu.Unlock()
 	s.poke()
@@ -104,9 +106,9 @@ func (s *session) poke() {
 }
 
 func (s *session) run(ctx context.Context) error {
-	if _, err := s.a.clientOptions(); err != nil {
-		return err
-	}
+	// A missing certificate or a password file with a bad mode is not fatal: it is logged, retried
+	// with backoff and shown in status, so fixing the file on disk is enough and a gateway never
+	// restart-loops over it.
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -184,15 +186,35 @@ func (s *session) newClient(ctx context.Context) (mqtt.Client, <-chan error, err
 	return mqtt.NewClient(opts), lost, nil
 }
 
+// noteConnectError records a failed connection attempt. The cause, in plain words, is logged once per
+// change (a broker refusing every few seconds must not flood the journal) and kept for status.
 func (s *session) noteConnectError(err error) {
+	cause := connectCause(err)
 	s.mu.Lock()
-	changed := s.lastErr != err.Error()
-	s.lastErr = err.Error()
+	if vagueCause(err) {
+		switch {
+		case s.lastErr != "":
+			// Most likely the same refusal as before, seen through a reset: keep the clear cause.
+			cause = s.lastErr
+		case !s.vagueSeen:
+			// A bare reset names no cause; the next attempt usually does. Wait for it before
+			// calling the reset the cause.
+			s.vagueSeen = true
+			s.mu.Unlock()
+			s.a.log.Debug("cannot connect to broker", "cause", cause)
+			return
+		}
+	}
+	changed := s.lastErr != cause
+	s.lastErr = cause
+	if changed {
+		s.lastErrAt = s.a.opt.Now()
+	}
 	s.mu.Unlock()
 	if changed {
-		s.a.log.Warn("cannot connect to broker; retrying with backoff", "servers", s.a.cfg.Broker.Servers, "err", err)
+		s.a.log.Warn("cannot connect to broker; retrying with backoff", "servers", redactServers(s.a.cfg.Broker.Servers), "cause", cause, "err", err)
 	} else {
-		s.a.log.Debug("cannot connect to broker", "err", err)
+		s.a.log.Debug("cannot connect to broker", "cause", cause)
 	}
 }
 
