@@ -185,9 +185,9 @@ func (b *Broker) writeConfig() error {
 		// Without it every request/response round trip on loopback costs ~44 ms.
 		"set_tcp_nodelay true",
 		"persistence true",
-		"persistence_location " + b.Dir,
+		"persistence_location "+b.Dir,
 		"user root",
-		"log_dest file " + b.logPath,
+		"log_dest file "+b.logPath,
 		"log_type all",
 		"connection_messages true",
 	), "\n") + "\n"
