@@ -114,6 +114,10 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if r := st.Recovered(); r != nil {
+		opt.Logger.Error("state database was unreadable: moved aside, starting with fresh state; the latest configuration is requested at connect",
+			"moved_to", r.MovedTo, "cause", r.Cause)
+	}
 	a := &Agent{
 		cfg:       cfg,
 		log:       opt.Logger,
