@@ -25,8 +25,18 @@ type Recovery struct {
 // it maps; a truncated or overwritten page would otherwise fault or panic later, in the middle of
 // handling a push, and again after every restart.
 func openChecked(path string, lockTimeout time.Duration) (db *bolt.DB, err error) {
+	// A page past a truncated end faults as soon as bbolt touches it, Open included (it reads the
+	// free list): with this the fault is a panic, recovered below, instead of a fatal signal.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
+			if db != nil {
+				func() {
+					defer func() { _ = recover() }()
+					db.Close()
+				}()
+				db = nil
+			}
 			err = fmt.Errorf("%w: %v", errUnreadable, r)
 		}
 	}()
@@ -51,11 +61,9 @@ func openChecked(path string, lockTimeout time.Duration) (db *bolt.DB, err error
 	return db, nil
 }
 
-// walk reads every page the database references. A fault on the mapped file (a page past a
-// truncated end) becomes a panic here, recovered by openChecked.
+// walk reads every page the database references. It runs under openChecked's fault and panic
+// handling.
 func walk(db *bolt.DB, path string) error {
-	old := debug.SetPanicOnFault(true)
-	defer debug.SetPanicOnFault(old)
 	return db.View(func(tx *bolt.Tx) error {
 		fi, err := os.Stat(path)
 		if err != nil {
