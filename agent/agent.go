@@ -91,6 +91,7 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
+	opt.Logger = boundLogger(opt.Logger)
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -74,4 +75,13 @@ func (h *harness) pushAndConfirm(token, id, body string) {
 		break
 	}
 	h.waitFile(h.output(token), []byte(body))
+}
+
+type jsonRaw = json.RawMessage
+
+func decodeJSON(t *testing.T, s string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(s), v); err != nil {
+		t.Fatalf("decode %.100s: %v", s, err)
+	}
 }
