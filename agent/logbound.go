@@ -41,7 +41,9 @@ func (b boundedHandler) WithAttrs(as []slog.Attr) slog.Handler {
 	return boundedHandler{b.h.WithAttrs(out)}
 }
 
-func (b boundedHandler) WithGroup(name string) slog.Handler { return boundedHandler{b.h.WithGroup(name)} }
+func (b boundedHandler) WithGroup(name string) slog.Handler {
+	return boundedHandler{b.h.WithGroup(name)}
+}
 
 func boundAttr(a slog.Attr) slog.Attr {
 	v := a.Value.Resolve()
