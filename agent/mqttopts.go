@@ -37,7 +37,9 @@ func (a *Agent) clientOptions() (*mqtt.ClientOptions, error) {
 	// Explicit MQTT 3.1.1: otherwise paho retries every refused CONNECT with MQTT 3.1, which doubles
 	// the attempts a broker sees and hides the first refusal's reason.
 	o.SetProtocolVersion(4)
-	o.SetOrderMatters(false)
+	// Ordered, so that a burst is committed in the order the server sent it (newest wins); the
+	// handler only queues (see inbox), which keeps paho's router from blocking.
+	o.SetOrderMatters(true)
 	o.SetAutoReconnect(false)
 	o.SetConnectRetry(false)
 	o.SetAutoAckDisabled(true)

@@ -122,7 +122,7 @@ func (s *session) run(ctx context.Context) error {
 		// connection and replays them on the next (completing the old tokens without error, and
 		// racing with new publishes). The agent's outbox already resends what was not acknowledged,
 		// and the broker redelivers unacknowledged pushes to the persistent session.
-		client, lost, err := s.newClient(ctx)
+		client, lost, in, err := s.newClient(ctx)
 		if err != nil {
 			s.noteConnectError(err)
 			sleepCtx(ctx, bo.next())
@@ -130,9 +130,11 @@ func (s *session) run(ctx context.Context) error {
 		}
 		tok := client.Connect()
 		if !waitToken(ctx, tok) {
+			in.close()
 			break
 		}
 		if err := tok.Error(); err != nil {
+			in.close()
 			s.noteConnectError(err)
 			sleepCtx(ctx, bo.next())
 			continue
@@ -142,6 +144,7 @@ func (s *session) run(ctx context.Context) error {
 		s.a.log.Info("connected to broker", "server", server, "client_id", s.a.cfg.Broker.ClientID)
 		if err := s.subscribeAndRequest(ctx, gen, client); err != nil {
 			s.down(gen)
+			in.close()
 			client.Disconnect(0)
 			if ctx.Err() != nil {
 				break
@@ -154,9 +157,11 @@ func (s *session) run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			s.down(gen)
+			in.close()
 			client.Disconnect(250)
 		case err := <-lost:
 			s.down(gen)
+			in.close()
 			s.a.log.Warn("connection to broker lost", "server", server, "err", err)
 			sleepCtx(ctx, bo.next())
 		}
@@ -165,14 +170,21 @@ func (s *session) run(ctx context.Context) error {
 	return nil
 }
 
-// newClient builds a paho client for one connection; lost receives the reason it ended.
-func (s *session) newClient(ctx context.Context) (mqtt.Client, <-chan error, error) {
+// newClient builds a paho client for one connection; lost receives the reason it ended, and in
+// passes its messages to onMessage in the order they arrived until it is closed.
+func (s *session) newClient(ctx context.Context) (mqtt.Client, <-chan error, *inbox, error) {
 	opts, err := s.a.clientOptions()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	lost := make(chan error, 1)
-	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { s.onMessage(ctx, m) })
+	in := newInbox()
+	go in.run(ctx, func(m mqtt.Message) { s.onMessage(ctx, m) })
+	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
+		if !in.add(m) {
+			s.a.log.Warn("overloaded; QoS 0 message dropped", "topic", m.Topic())
+		}
+	})
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 		select {
 		case lost <- err:
@@ -183,7 +195,7 @@ func (s *session) newClient(ctx context.Context) (mqtt.Client, <-chan error, err
 		s.attempted.Store(u.Redacted())
 		return cfg
 	})
-	return mqtt.NewClient(opts), lost, nil
+	return mqtt.NewClient(opts), lost, in, nil
 }
 
 // noteConnectError records a failed connection attempt. The cause, in plain words, is logged once per
@@ -319,8 +331,8 @@ func (s *session) repeatRequests(ctx context.Context, gen uint64, eps []*endpoin
 
 func (s *session) onMessage(ctx context.Context, m mqtt.Message) {
 	a := s.a
-	// paho runs each message in its own goroutine (order off); this bounds how many wait on the
-	// store. QoS 0 promises nothing, so under overload it is dropped rather than queued.
+	// Messages come one at a time from the connection's inbox; the semaphore stays as a bound
+	// should they ever be handled in parallel again.
 	if m.Qos() == 0 {
 		select {
 		case a.recvSem <- struct{}{}:
