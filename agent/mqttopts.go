@@ -88,12 +88,8 @@ func tlsConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cert_file %s / key_file %s: %w", certFile, keyFile, err)
 		}
-		if now := time.Now(); cert.Leaf != nil && (now.After(cert.Leaf.NotAfter) || now.Before(cert.Leaf.NotBefore)) {
-			// Still offered: the broker decides, and its clock may be the right one. The refusal that
-			// follows is easier to understand with this in the same log line.
-			return nil, fmt.Errorf("cert_file %s: client certificate is valid from %s to %s only, not now", certFile,
-				cert.Leaf.NotBefore.UTC().Format(time.RFC3339), cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
-		}
+		// Its validity dates are not checked here: a gateway's clock may be wrong after boot (no
+		// RTC), and the broker, which decides, has the better clock.
 		tc.Certificates = []tls.Certificate{cert}
 	}
 	return tc, nil

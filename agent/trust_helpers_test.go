@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -84,4 +86,19 @@ func decodeJSON(t *testing.T, s string, v any) {
 	if err := json.Unmarshal([]byte(s), v); err != nil {
 		t.Fatalf("decode %.100s: %v", s, err)
 	}
+}
+
+// startWith is start with options of the test's choosing (the logger and pause are the harness's).
+func (h *harness) startWith(opt Options) {
+	h.t.Helper()
+	h.logs = &syncBuffer{}
+	opt.Logger = slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	opt.Pause = h.pause
+	a, err := New(h.cfg, opt)
+	if err != nil {
+		h.t.Fatalf("New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.agent, h.cancel, h.done = a, cancel, make(chan error, 1)
+	go func() { h.done <- a.Run(ctx) }()
 }
