@@ -217,9 +217,11 @@ func first(s []string, n int) []string { return s[:min(n, len(s))] }
 func (e *faultEnv) faultBrokerRestart() {
 	e.t.Helper()
 	e.faults["broker restart mid-burst"]++
+	requested := e.agent.count("requested latest configuration")
 	e.burst(10)
 	e.broker.Restart(e.t) // pushes 1..10 may be anywhere between broker, agent and disk
 	e.burst(10)
+	e.agent.waitLineN(e.t, "requested latest configuration", requested+1) // reconnected
 }
 
 func (e *faultEnv) faultBrokerFrozen() {
@@ -250,8 +252,11 @@ func (e *faultEnv) faultNetworkCut() {
 	e.cut()
 	e.burst(5) // the broker queues these for the agent's session
 	e.agent.waitLineN(e.t, "connection to broker lost", lost+1)
+	requested := e.agent.count("requested latest configuration")
 	e.heal()
 	e.burst(2)
+	// Connection attempts during the cut timed out and the backoff grew: this can take a while.
+	e.agent.waitLineN(e.t, "requested latest configuration", requested+1)
 }
 
 func (e *faultEnv) cut() {
@@ -534,7 +539,7 @@ func (p *proc) tail(n int) string {
 // waitLineN waits until n lines of stderr contain s.
 func (p *proc) waitLineN(t *testing.T, s string, n int) {
 	t.Helper()
-	deadline := time.NewTimer(40 * time.Second)
+	deadline := time.NewTimer(90 * time.Second)
 	defer deadline.Stop()
 	for p.count(s) < n {
 		select {
@@ -545,7 +550,7 @@ func (p *proc) waitLineN(t *testing.T, s string, n int) {
 			}
 			t.Fatalf("agent exited before logging %q %d times", s, n)
 		case <-deadline.C:
-			t.Fatalf("agent did not log %q %d times within 40s (%d so far)", s, n, p.count(s))
+			t.Fatalf("agent did not log %q %d times within 90s (%d so far)", s, n, p.count(s))
 		}
 	}
 }
