@@ -302,6 +302,9 @@ func (e *faultEnv) faultKill() {
 func (e *faultEnv) faultDiskFull() {
 	e.t.Helper()
 	e.faults["disk full"]++
+	// Pushes still being applied would fail too, correctly, with "write failed": let them finish
+	// so that exactly one push meets the full disk.
+	e.settle(60 * time.Second)
 	filler := filepath.Join(e.outDir, "filler")
 	f, err := os.Create(filler)
 	if err != nil {
