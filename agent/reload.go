@@ -83,8 +83,7 @@ func (a *Agent) startLocal(ctx context.Context) *session {
 		defer a.wg.Done()
 		a.drift.run(ctx)
 	}()
-	a.sess = newSession(a)
-	return a.sess
+	return a.sess // made by New, so Connection and Status have it before Run
 }
 
 // stopLocal waits for the workers and the drift watcher once ctx has ended.
