@@ -116,7 +116,7 @@ check "service active after install ($(prop cmx-agent ActiveState)/$(prop cmx-ag
 check "service enabled after install" test "$(ns systemctl is-enabled cmx-agent)" = enabled
 check "READY reached with the broker down (mosquitto $(ns systemctl is-active mosquitto), STATUS=\"$(prop cmx-agent StatusText)\")" \
 	bash -c "[ \"\$1\" != active ] && [[ \"\$2\" == 'not connected'* ]]" _ "$(ns systemctl is-active mosquitto)" "$(prop cmx-agent StatusText)"
-check "runs as user cmx-agent" test "$(ns ps -o user= -p "$(prop cmx-agent MainPID)")" = cmx-agent
+check "runs as user cmx-agent" test "$(ns stat -c %U "/proc/$(prop cmx-agent MainPID)")" = cmx-agent
 
 # 2. The broker comes up: the agent connects on its own, a push is applied and confirmed.
 ns systemctl start mosquitto || abort "systemctl start mosquitto"
