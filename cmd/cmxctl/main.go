@@ -169,7 +169,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.SetOutput(stderr)
 	var c common
 	c.register(fs)
-	configs := fs.String("configs", "", "folder of configurations, <token>.json each (required)")
+	configs := fs.String("configs", "", "folder of configurations, <token>.json each, <token>.<name>.json for a cmp7 named one (required)")
 	embedded := fs.String("embedded", "", "run an MQTT broker in this process on HOST:PORT (e.g. 127.0.0.1:1883) and use it")
 	share := fs.String("share", "", "subscribe as $share/GROUP/ so several servers split the work")
 	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {

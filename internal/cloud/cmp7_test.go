@@ -292,3 +292,10 @@ func TestCmp7Target_ReadsTokenAndNameFromTheFileName(t *testing.T) {
 		}
 	}
 }
+
+func TestDialect_UnknownIsAClearError(t *testing.T) {
+	_, err := Push(context.Background(), Options{AppVersion: testApp, Dialect: "cmx9"}, Target{Token: "gw"}, cmx.ID{}, []byte(`[]`), 0)
+	if err == nil || !strings.Contains(err.Error(), `unknown dialect "cmx9" (cmx3 or cmp7)`) {
+		t.Errorf("dialect cmx9: %v", err)
+	}
+}
