@@ -254,24 +254,7 @@ func (s *session) addEndpoints(ctx context.Context, eps []*endpoint) error {
 	if client == nil || len(eps) == 0 {
 		return nil
 	}
-	filters := map[string]byte{}
-	for _, ep := range eps {
-		for _, f := range s.a.dia.filters(ep) {
-			filters[f] = 1
-		}
-	}
-	tok := client.SubscribeMultiple(filters, nil)
-	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if !waitToken(tctx, tok) {
-		return fmt.Errorf("subscribe: no SUBACK within 30s")
-	}
-	if err := tok.Error(); err != nil {
-		return fmt.Errorf("subscribe: %w", err)
-	}
-	s.request(client, eps)
-	go s.repeatRequests(ctx, gen, eps)
-	return nil
+	return s.subscribeAndRequest(ctx, gen, client, eps)
 }
 
 // unsubscribe drops the topics of removed endpoints that no remaining endpoint needs.

@@ -144,7 +144,7 @@ func (s *session) run(ctx context.Context) error {
 		server := s.attempted.Load().(string)
 		gen := s.up(server, client)
 		s.a.log.Info("connected to broker", "server", server, "client_id", s.a.cfg.Broker.ClientID)
-		if err := s.subscribeAndRequest(ctx, gen, client); err != nil {
+		if err := s.subscribeAndRequest(ctx, gen, client, s.a.endpointList()); err != nil {
 			s.down(gen)
 			in.close()
 			client.Disconnect(0)
@@ -232,10 +232,9 @@ func (s *session) noteConnectError(err error) {
 	}
 }
 
-// subscribeAndRequest subscribes every endpoint's topics, waits for the SUBACK, then asks for the
-// latest configuration of each endpoint, so that the answer cannot arrive before the subscription.
-func (s *session) subscribeAndRequest(ctx context.Context, gen uint64, client mqtt.Client) error {
-	eps := s.a.endpointList()
+// subscribeAndRequest subscribes eps' topics, waits for the SUBACK, then asks for the latest
+// configuration of each, so that the answer cannot arrive before the subscription.
+func (s *session) subscribeAndRequest(ctx context.Context, gen uint64, client mqtt.Client, eps []*endpoint) error {
 	filters := map[string]byte{}
 	for _, ep := range eps {
 		for _, f := range s.a.dia.filters(ep) {
