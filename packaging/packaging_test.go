@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -94,11 +95,31 @@ type built struct {
 	version  string
 }
 
+// builds keeps the packages of each version built by this test process: building is most of what
+// these tests cost, and the tests only read the files.
+var builds struct {
+	sync.Mutex
+	dir  string
+	done map[string]bool
+}
+
 func buildPackages(t *testing.T, version string) built {
 	t.Helper()
-	out := t.TempDir()
-	if err := run([]string{"-arch", "amd64", "-out", out, "-version", version}); err != nil {
-		t.Fatal(err)
+	builds.Lock()
+	defer builds.Unlock()
+	if builds.done == nil {
+		dir, err := os.MkdirTemp("", "cmx-packages-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		builds.dir, builds.done = dir, map[string]bool{}
+	}
+	out := filepath.Join(builds.dir, version)
+	if !builds.done[version] {
+		if err := run([]string{"-arch", "amd64", "-out", out, "-version", version}); err != nil {
+			t.Fatal(err)
+		}
+		builds.done[version] = true
 	}
 	debs, _ := filepath.Glob(filepath.Join(out, "*.deb"))
 	rpms, _ := filepath.Glob(filepath.Join(out, "*.rpm"))
@@ -217,4 +238,12 @@ func TestDeb_InstallUpgradeRemovePurge(t *testing.T) {
 	if !strings.Contains(string(out), "dpkg-test: install, upgrade (modified agent.toml kept), remove, purge: ok") {
 		t.Errorf("dpkg-test.sh output:\n%s", out)
 	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builds.dir != "" {
+		os.RemoveAll(builds.dir)
+	}
+	os.Exit(code)
 }
