@@ -214,7 +214,7 @@ func (a *Agent) receive(ep *endpoint, topic string, qos byte, payload []byte) er
 	)
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
-	err := a.store.Update(func(tx *Tx) error {
+	err := a.store.Batch(func(tx *Tx) error {
 		logMsg, logArgs = "", nil
 		if o.ID != "" {
 			status, seen, err := tx.Handled(ep.key, o.ID)
@@ -393,7 +393,7 @@ func (a *Agent) applyOffer(ctx context.Context, ep *endpoint, o *Offer) error {
 	}
 	now := a.opt.Now()
 	ep.mu.Lock()
-	err := a.store.Update(func(tx *Tx) error {
+	err := a.store.Batch(func(tx *Tx) error {
 		st.LastText, st.LastStatus, st.LastAt = o.Text, r.Status, now
 		if r.ok() {
 			st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedAt = o.ID, o.Text, hash, now
