@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -53,7 +54,7 @@ type Offer struct {
 	Seq        uint64    `json:"seq"`             // arrival order, unique per database
 	ID         string    `json:"id,omitempty"`    // the dedupe key (typed JSON text in cmx3); "" = none
 	Text       string    `json:"text,omitempty"`  // the id as people and hooks read it
-	Body       []byte    `json:"body"`            // the bytes that go into the output
+	Body       []byte    `json:"body,omitempty"`  // the bytes that go into the output; stored apart, see SetSlot
 	ReplyTopic string    `json:"reply_topic"`     // where the answer goes
 	ReplyQoS   byte      `json:"reply_qos"`       // the QoS the answer is sent with
 	Received   time.Time `json:"received"`        // wall clock, for people only
@@ -330,8 +331,17 @@ func (t *Tx) Slot(ep string, slot Slot) (*Offer, error) {
 	if !ok || err != nil {
 		return nil, err
 	}
+	if o.Body == nil { // kept apart (see SetSlot); records of earlier versions hold it inline
+		if raw := b.Get(bodyKey(slot)); raw != nil {
+			o.Body = bytes.Clone(raw) // raw lives in the mmap only while the transaction is open
+		}
+	}
 	return &o, nil
 }
+
+// bodyKey holds the body of the offer in slot: raw bytes beside the offer's JSON record, so a large
+// configuration is neither base64-encoded (a third larger) nor built up in an encoder's buffer.
+func bodyKey(slot Slot) []byte { return []byte(string(slot) + ".body") }
 
 // SetSlot stores o in an endpoint's slot; nil empties it.
 func (t *Tx) SetSlot(ep string, slot Slot, o *Offer) error {
@@ -340,9 +350,21 @@ func (t *Tx) SetSlot(ep string, slot Slot, o *Offer) error {
 		return err
 	}
 	if o == nil {
+		if err := b.Delete(bodyKey(slot)); err != nil {
+			return err
+		}
 		return b.Delete([]byte(slot))
 	}
-	return putJSON(b, []byte(slot), o)
+	meta := *o
+	meta.Body = nil
+	if err := putJSON(b, []byte(slot), &meta); err != nil {
+		return err
+	}
+	body := o.Body
+	if body == nil {
+		body = []byte{}
+	}
+	return b.Put(bodyKey(slot), body)
 }
 
 // Handled returns the stored status of an id the endpoint has handled.
