@@ -19,6 +19,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -34,6 +36,7 @@ type params struct {
 	Dir       string `json:"-"`
 	Keep      bool   `json:"-"`
 	Out       string `json:"-"`
+	Only      string `json:"only,omitempty"`
 }
 
 func main() {
@@ -56,6 +59,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&p.Mosquitto, "mosquitto", "/usr/sbin/mosquitto", "mosquitto binary")
 	fs.StringVar(&p.Dir, "dir", "", "work folder (default: a new temporary folder); its disk is what is measured")
 	fs.BoolVar(&p.Keep, "keep", false, "keep the work folder (logs, databases, broker log)")
+	fs.StringVar(&p.Only, "only", "", "run only these parts, comma-separated: single (footprint, latency, large push), fanout, fleet")
 	fs.StringVar(&p.Out, "out", "dist/bench.json", "JSON report, relative to the repository root unless absolute")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -143,14 +147,17 @@ func bench(p params, logw io.Writer) (*report, error) {
 	defer func() { r.srv.close() }()
 
 	steps := []struct {
-		name string
-		fn   func() error
+		key, name string
+		fn        func() error
 	}{
-		{"footprint and latency, one endpoint", r.single},
-		{"fan-out", r.fanout},
-		{"fleet", r.fleet},
+		{"single", "footprint and latency, one endpoint", r.single},
+		{"fanout", "fan-out", r.fanout},
+		{"fleet", "fleet", r.fleet},
 	}
 	for _, s := range steps {
+		if p.Only != "" && !slices.Contains(strings.Split(p.Only, ","), s.key) {
+			continue
+		}
 		if err := s.fn(); err != nil {
 			rep.Machine.LoadAfter = loadavg()
 			return rep, fmt.Errorf("%s: %w", s.name, err)
