@@ -11,13 +11,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io/fs"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
 )
@@ -46,6 +45,10 @@ type Options struct {
 	PullTimeout time.Duration
 	// HandledIDs bounds the remembered ids per endpoint (default 1000).
 	HandledIDs int
+	// OnChange, when set, is called after the broker connection comes up or goes down and after a
+	// configuration is applied, so the caller can report Status (systemd's STATUS=). It must not
+	// block.
+	OnChange func()
 }
 
 // Agent is one running cmx-agent.
@@ -63,6 +66,8 @@ type Agent struct {
 	recvSem  chan struct{} // bounds messages being committed at once
 	outWake  chan struct{}
 	sess     *session
+
+	local // drift watching, reload and worker lifecycle (reload.go)
 }
 
 type endpoint struct {
@@ -72,11 +77,17 @@ type endpoint struct {
 	wake   chan struct{}
 	// answered is set when a configuration message arrives, so unanswered requests are repeated.
 	answered atomic.Bool
+	// lastRID is the request id of the latest configuration request (cmp7: an error answering an
+	// older one is not repeated), and errRetry repeats a request the server refused.
+	lastRID  atomic.Uint64
+	errRetry errRetry
 
 	// mu orders the receive transaction against the worker picking an offer, so a new offer never
 	// supersedes one that is already being written.
 	mu       sync.Mutex
 	inflight uint64 // seq of the offer being applied, 0 when idle
+
+	lifecycle // drift checks and stopping the worker (reload.go)
 }
 
 func (e *endpoint) poke() {
@@ -107,6 +118,8 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 	switch cfg.Kaa.Dialect {
 	case config.DialectCMX3:
 		d = cmx3{limits: cmx.DefaultLimits(int(cfg.Agent.MaxPayload))}
+	case config.DialectCMP7:
+		d = newCMP7(cfg)
 	default:
 		return nil, fmt.Errorf("dialect %q is not supported yet", cfg.Kaa.Dialect)
 	}
@@ -126,12 +139,7 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 		outWake:   make(chan struct{}, 1),
 	}
 	for _, ec := range cfg.Endpoints {
-		ep := &endpoint{
-			key:    endpointKey(ec),
-			cfg:    ec,
-			prefix: cmx.Prefix(cfg.Kaa.AppVersion, cfg.Kaa.Extension, ec.Token),
-			wake:   make(chan struct{}, 1),
-		}
+		ep := a.newEndpoint(ec)
 		a.endpoints[ep.key] = ep
 	}
 	return a, nil
@@ -150,22 +158,22 @@ func (a *Agent) Close() error { return a.store.Close() }
 // Run applies what a crash left pending, then connects and serves until ctx ends. It returns nil on
 // a clean stop.
 func (a *Agent) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
+	// The workers, the drift watcher and the API stop with the session, even when it gives up on its own.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sess := a.startLocal(ctx)
 	for _, ep := range a.endpointList() {
-		if n, err := apply.RemoveTemps(ep.cfg.Output); err != nil {
-			a.log.Warn("cannot remove temporary files", "endpoint", ep.key, "err", err)
-		} else if n > 0 {
-			a.log.Info("removed temporary files left by a crash", "endpoint", ep.key, "count", n)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.worker(ctx, ep)
-		}()
-		ep.poke() // finish a pending apply first
+		a.startWorker(ctx, ep)
 	}
-	a.sess = newSession(a)
-	err := a.sess.run(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.serveAPI(ctx)
+	}()
+	err := sess.run(ctx)
+	cancel()
+	a.stopLocal()
 	wg.Wait()
 	return err
 }
@@ -203,6 +211,11 @@ func (a *Agent) wakeOutbox() {
 // returns nil may the message be acknowledged to the broker.
 func (a *Agent) receive(ep *endpoint, topic string, qos byte, payload []byte) error {
 	in := a.dia.decode(ep, topic, qos, payload)
+	if in.note != nil {
+		if err := a.noteServer(ep, topic, *in.note); err != nil {
+			return err
+		}
+	}
 	if in.offer == nil {
 		return nil
 	}
@@ -221,7 +234,11 @@ func (a *Agent) receive(ep *endpoint, topic string, qos byte, payload []byte) er
 			if err != nil {
 				return err
 			}
-			if seen {
+			st, err := tx.State(ep.key)
+			if err != nil {
+				return err
+			}
+			if seen && !(in.reject == nil && a.dia.reapply(status, o, st)) {
 				logMsg, logArgs = "duplicate id confirmed again", []any{"status", status}
 				return a.enqueueAnswer(tx, ep, o, result{Status: status, Code: codeOf(status)})
 			}
@@ -283,20 +300,27 @@ func (a *Agent) receive(ep *endpoint, topic string, qos byte, payload []byte) er
 	return nil
 }
 
-// codeOf recovers a result code for a stored status text.
+// codeOf recovers a result code for a stored status text (a duplicate is answered again with it).
 func codeOf(status string) int {
-	if status == cmx.StatusOK {
+	switch {
+	case status == cmx.StatusOK:
 		return 200
+	case strings.HasPrefix(status, "superseded"):
+		return 409
+	case strings.HasPrefix(status, "invalid"):
+		return 400
+	case strings.HasPrefix(status, "validate"), strings.HasPrefix(status, "rejected"):
+		return 422
 	}
-	return 400
+	return 500
 }
 
 func (a *Agent) enqueueAnswer(tx *Tx, ep *endpoint, o *Offer, r result) error {
-	m, ok := a.dia.answer(ep, o, r)
-	if !ok {
-		return nil
+	m, ok, err := a.dia.answer(tx, ep, o, r)
+	if err != nil || !ok {
+		return err
 	}
-	_, err := tx.Enqueue(m)
+	_, err = tx.Enqueue(m)
 	return err
 }
 
@@ -306,14 +330,19 @@ func (a *Agent) worker(ctx context.Context, ep *endpoint) {
 	const retry = 5 * time.Second
 	var again <-chan time.Time
 	for {
+		drift := false
 		select {
 		case <-ctx.Done():
 			return
+		case <-ep.quit:
+			return
 		case <-ep.wake:
 		case <-again:
+		case <-ep.drift:
+			drift = true
 		}
 		again = nil
-		for ctx.Err() == nil {
+		for ctx.Err() == nil && !ep.stopping() {
 			o, err := a.pick(ep)
 			if err == nil && o == nil {
 				break
@@ -326,6 +355,9 @@ func (a *Agent) worker(ctx context.Context, ep *endpoint) {
 				again = time.After(retry)
 				break
 			}
+		}
+		if drift && ctx.Err() == nil {
+			a.checkDrift(ep) // after pending offers, so a crashed apply is redone rather than repaired
 		}
 	}
 }
@@ -371,32 +403,25 @@ func (a *Agent) applyOffer(ctx context.Context, ep *endpoint, o *Offer) error {
 	}); err != nil {
 		return fmt.Errorf("read endpoint state: %w", err)
 	}
-	hash := hashOf(o.Body)
-	r := resultOK
-	if hash == st.AppliedHash {
-		a.log.Info("configuration unchanged", "endpoint", ep.key, "id", o.Text)
-	} else {
-		err := apply.WriteFile(ep.cfg.Output, o.Body, apply.Options{
-			Perm: fs.FileMode(ep.cfg.Mode),
-			Step: func(step string) {
-				switch step {
-				case apply.StepSynced:
-					a.opt.Pause(StepSynced)
-				case apply.StepRenamed:
-					a.opt.Pause(StepRenamed)
-				}
-			},
-		})
-		if err != nil {
-			r = result{Status: "write failed: " + err.Error(), Code: 500}
-		}
+	out := a.pipeline(ctx, ep, o, st)
+	if out.abandoned {
+		// Stopping: the offer stays pending and is applied again from the start after the restart.
+		ep.mu.Lock()
+		ep.inflight = 0
+		ep.mu.Unlock()
+		a.log.Warn("stopping: configuration left pending", "endpoint", ep.key, "id", o.Text)
+		return nil
 	}
+	r := out.r
 	now := a.opt.Now()
 	ep.mu.Lock()
 	err := a.store.Batch(func(tx *Tx) error {
 		st.LastText, st.LastStatus, st.LastAt = o.Text, r.Status, now
-		if r.ok() {
-			st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedAt = o.ID, o.Text, hash, now
+		if out.applied {
+			st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedAt = o.ID, o.Text, out.hash, now
+			if err := tx.SetBody(ep.key, out.body); err != nil {
+				return err
+			}
 		}
 		if err := tx.SetState(ep.key, st); err != nil {
 			return err
@@ -433,5 +458,6 @@ func (a *Agent) applyOffer(ctx context.Context, ep *endpoint, o *Offer) error {
 	}
 	a.opt.Pause(StepCommitted)
 	a.wakeOutbox()
+	a.changed()
 	return nil
 }

@@ -32,6 +32,8 @@ type harness struct {
 	server *mqtttest.Client
 	all    *mqtttest.Sub // kp1/# at QoS 2, so each message shows the QoS it was published with
 	pause  func(string)
+	// onChange, when set before start, becomes Options.OnChange.
+	onChange func()
 
 	agent  *Agent
 	cancel context.CancelFunc
@@ -61,13 +63,21 @@ func newHarness(t *testing.T, tokens ...string) *harness {
 	if len(tokens) == 0 {
 		tokens = []string{"gw-001"}
 	}
+	var eps strings.Builder
+	for _, tok := range tokens {
+		fmt.Fprintf(&eps, "[[endpoint]]\ntoken = %q\noutput = \"out/%s.json\"\n", tok, tok)
+	}
+	return newHarnessConfig(t, config.DialectCMX3, eps.String())
+}
+
+// newHarnessConfig is newHarness with a dialect and the [[endpoint]] tables written out.
+func newHarnessConfig(t *testing.T, dialect, endpoints string) *harness {
+	t.Helper()
 	b := mqtttest.Start(t)
 	dir := t.TempDir()
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "[broker]\nservers = [%q]\nkeepalive = \"5s\"\n[kaa]\napp_version = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\nmax_payload = \"64KiB\"\n", b.URL, app)
-	for _, tok := range tokens {
-		fmt.Fprintf(&sb, "[[endpoint]]\ntoken = %q\noutput = \"out/%s.json\"\n", tok, tok)
-	}
+	fmt.Fprintf(&sb, "[broker]\nservers = [%q]\nkeepalive = \"5s\"\n[kaa]\napp_version = %q\ndialect = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\nmax_payload = \"64KiB\"\n", b.URL, app, dialect)
+	sb.WriteString(endpoints)
 	cfg, err := config.Parse(filepath.Join(dir, "agent.toml"), []byte(sb.String()))
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -87,8 +97,9 @@ func (h *harness) start() {
 	h.t.Helper()
 	h.logs = &syncBuffer{}
 	a, err := New(h.cfg, Options{
-		Logger: slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Pause:  h.pause,
+		Logger:   slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Pause:    h.pause,
+		OnChange: h.onChange,
 	})
 	if err != nil {
 		h.t.Fatalf("New: %v", err)

@@ -18,6 +18,9 @@ var resultOK = result{Status: cmx.StatusOK, Code: 200}
 type inbound struct {
 	offer  *Offer  // a configuration to apply; nil when the message was refused or carries nothing
 	reject *result // when set, answer the message with this result at once (offer carries id and reply route)
+	// note is what a server's answer says besides a configuration (cmp7: unchanged, none assigned, an
+	// error); it is recorded for status before the offer, if any, is handled.
+	note *serverNote
 }
 
 // dialect is the protocol-specific part of the agent: which topics to subscribe, how a received
@@ -31,10 +34,14 @@ type dialect interface {
 	isConfig(ep *endpoint, rest []string) bool
 	// decode turns a payload received at topic with qos into an offer or a rejection.
 	decode(ep *endpoint, topic string, qos byte, payload []byte) inbound
-	// answer builds the message that reports r for o; ok false means the dialect sends nothing.
-	answer(ep *endpoint, o *Offer, r result) (OutMsg, bool)
+	// answer builds the message that reports r for o, inside the transaction that stores it; ok false
+	// means the dialect sends nothing.
+	answer(tx *Tx, ep *endpoint, o *Offer, r result) (m OutMsg, ok bool, err error)
 	// superseded is the result of an offer replaced by newer before it was applied.
 	superseded(newer *Offer) result
+	// reapply reports whether an offer whose id was handled before, with status, is applied again
+	// rather than answered with the stored status.
+	reapply(status string, o *Offer, st EndpointState) bool
 	// request builds the message asking for the latest configuration.
 	request(ep *endpoint, msgID uint64, st EndpointState) (topic string, payload []byte)
 }
@@ -63,14 +70,17 @@ func (d cmx3) decode(ep *endpoint, topic string, qos byte, payload []byte) inbou
 	return inbound{offer: o}
 }
 
-func (cmx3) answer(ep *endpoint, o *Offer, r result) (OutMsg, bool) {
+func (cmx3) answer(_ *Tx, ep *endpoint, o *Offer, r result) (OutMsg, bool, error) {
 	return OutMsg{
 		Endpoint: ep.key,
 		Topic:    o.ReplyTopic,
 		QoS:      o.ReplyQoS,
 		Payload:  cmx.Confirmation(cmx.IDFromKey(o.ID), r.Status),
-	}, true
+	}, true, nil
 }
+
+// reapply is false: in 3/CMX a handled id is confirmed again, never applied again (contract §3).
+func (cmx3) reapply(string, *Offer, EndpointState) bool { return false }
 
 func (cmx3) superseded(newer *Offer) result {
 	return result{Status: cmx.Superseded(cmx.IDFromKey(newer.ID)), Code: 409}

@@ -81,6 +81,7 @@ func (s *session) up(server string, client mqtt.Client) uint64 {
 	gen := s.gen
 	s.mu.Unlock()
 	s.poke()
+	s.a.changed()
 	return gen
 }
 
@@ -94,6 +95,7 @@ func (s *session) down(gen uint64) {
 	}
 	s.mu.Unlock()
 	s.poke()
+	s.a.changed()
 }
 
 func (s *session) poke() {

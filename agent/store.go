@@ -80,6 +80,9 @@ type OutMsg struct {
 	Topic    string `json:"topic"`
 	QoS      byte   `json:"qos"`
 	Payload  []byte `json:"payload"`
+	// Replaces, when set, makes this message replace every unsent one with the same value: only the
+	// newest of them is worth sending (cmp7's applied report of an endpoint).
+	Replaces string `json:"replaces,omitempty"`
 }
 
 type handledRec struct {
@@ -430,9 +433,15 @@ func (t *Tx) SetHandled(ep, id, status string) error {
 	return b.Put(keyHandledN, u64(uint64(n)))
 }
 
-// Enqueue adds a message to the outbox and returns its sequence number.
+// Enqueue adds a message to the outbox and returns its sequence number. A message with Replaces set
+// first removes the waiting messages with the same Replaces.
 func (t *Tx) Enqueue(m OutMsg) (uint64, error) {
 	b := t.tx.Bucket(bucketOutbox)
+	if m.Replaces != "" {
+		if err := t.dropReplaced(b, m.Replaces); err != nil {
+			return 0, err
+		}
+	}
 	seq, err := b.NextSequence()
 	if err != nil {
 		return 0, fmt.Errorf("outbox: %w", err)
@@ -441,6 +450,29 @@ func (t *Tx) Enqueue(m OutMsg) (uint64, error) {
 		return 0, fmt.Errorf("outbox: %w", err)
 	}
 	return seq, nil
+}
+
+func (t *Tx) dropReplaced(b *bolt.Bucket, replaces string) error {
+	var old [][]byte
+	err := b.ForEach(func(k, v []byte) error {
+		var m OutMsg
+		if err := json.Unmarshal(v, &m); err != nil {
+			return fmt.Errorf("outbox entry %x: %w", k, err)
+		}
+		if m.Replaces == replaces {
+			old = append(old, k)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("outbox: %w", err)
+	}
+	for _, k := range old {
+		if err := b.Delete(k); err != nil {
+			return fmt.Errorf("outbox: %w", err)
+		}
+	}
+	return nil
 }
 
 // DeleteOutbox removes sent messages from the outbox.

@@ -11,16 +11,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-func openTestStore(t *testing.T) *Store {
-	t.Helper()
-	st, err := OpenStore(t.TempDir(), time.Second, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st
-}
-
 func TestBatch_ConcurrentCallersAreAllCommittedInFewerTransactions(t *testing.T) {
 	st := openTestStore(t)
 	const n = 200

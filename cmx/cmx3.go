@@ -203,7 +203,10 @@ func Superseded(newer ID) string {
 	if newer.IsZero() {
 		return "superseded by a newer push"
 	}
-	return "superseded by " + newer.Text()
+	if t := newer.Text(); t != "" {
+		return "superseded by " + t
+	}
+	return "superseded by " + newer.Key() // the empty string id, shown as ""
 }
 
 // PushTopic is the topic the server pushes to: P/json, or P/json/<requestID> when requestID > 0.

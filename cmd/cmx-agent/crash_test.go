@@ -310,3 +310,45 @@ func TestRun_SIGTERMStopsWithinFiveSeconds(t *testing.T) {
 	}
 	t.Logf("stopped in %v", time.Since(start))
 }
+
+func TestCrash_DuringTheHookRunsItAgainAfterRestart(t *testing.T) {
+	e := newCrashEnv(t)
+	hook := filepath.Join(e.dir, "hook.sh")
+	block := filepath.Join(e.dir, "block")
+	os.WriteFile(hook, []byte(`#!/bin/sh
+echo "$CMX_CONFIG_ID $(cat "$CMX_OUTPUT")" >> "$(dirname "$0")/hook.log"
+if [ -e "$(dirname "$0")/block" ]; then echo $$ > "$(dirname "$0")/hook.pid"; exec sleep 60; fi
+`), 0o755)
+	os.WriteFile(block, nil, 0o644)
+	cfg, _ := os.ReadFile(e.config)
+	os.WriteFile(e.config, append(cfg, []byte("hook = [\""+hook+"\"]\n")...), 0o644)
+	p := startAgent(t, e.config)
+	e.waitPull(t)
+	e.server.Publish(t, e.prefix+"/json", 1, []byte(`{"id":"h1","entries":[1]}`))
+	pidFile := filepath.Join(e.dir, "hook.pid")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if b, err := os.ReadFile(pidFile); err == nil && len(b) > 0 {
+			var pid int
+			fmt.Sscan(string(b), &pid)
+			t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("hook did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.kill(t) // in the middle of the hook
+	os.Remove(block)
+
+	startAgent(t, e.config)
+	if s := e.waitConfirmation(t, `"h1"`); s != "ok" {
+		t.Errorf("status after restart = %q", s)
+	}
+	e.checkFile(t, `[1]`)
+	b, _ := os.ReadFile(filepath.Join(e.dir, "hook.log"))
+	if got := string(b); got != "h1 [1]\nh1 [1]\n" {
+		t.Errorf("hook runs %q, want two for h1 (the crashed one and the redo)", got)
+	}
+}

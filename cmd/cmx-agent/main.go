@@ -37,6 +37,11 @@ commands:
   run    [--config PATH] [--log-format text|json] [--log-level debug|info|warn|error]
          run the agent in the foreground
   check  [--config PATH]   validate a configuration file (exit 0 valid, 2 invalid)
+  status [--config PATH] [--json]
+                           ask the running agent for its connection and endpoints (exit 1: no agent)
+  sync   [--config PATH]   ask the running agent to request the latest configuration now
+  watch  [--debounce D] PATH [-- CMD ARGS...]
+         print time, size and sha256 of each version of PATH; run CMD after each new one
   version                  print version, commit and Go version
 `
 
@@ -54,6 +59,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stderr)
 	case "check":
 		return cmdCheck(args[1:], stdout, stderr)
+	case "status":
+		return cmdStatus(args[1:], stdout, stderr)
+	case "sync":
+		return cmdSync(args[1:], stdout, stderr)
+	case "watch":
+		return cmdWatch(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "cmx-agent %s (commit %s, %s)\n", version, commitID(), runtime.Version())
 		return 0
@@ -146,6 +157,14 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return code
 	}
 	opts := agent.Options{Logger: log}
+	changes := make(chan struct{}, 1)
+	opts.OnChange = func() {
+		select {
+		case changes <- struct{}{}:
+		default:
+		}
+	}
+	opts.Pause = func(string) {}
 	if step := os.Getenv(pauseEnv); step != "" {
 		opts.Pause = func(s string) {
 			if s == step {
@@ -154,26 +173,10 @@ func cmdRun(args []string, stderr io.Writer) int {
 			}
 		}
 	}
-	a, err := agent.New(cfg, opts)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-	defer a.Close()
-
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	go func() {
-		for range hup {
-			log.Warn("SIGHUP: live reload of the configuration is not available in this version; restart to apply changes")
-		}
-	}()
-	log.Info("cmx-agent started", "version", version, "config", cfg.Path, "endpoints", len(cfg.Endpoints), "dialect", cfg.Kaa.Dialect)
-	if err := a.Run(ctx); err != nil {
-		log.Error("agent stopped", "err", err)
-		return 1
+	if code := serve(ctx, cfg, opts, log, &notifier{log: log}, changes); code != 0 {
+		return code
 	}
 	log.Info("cmx-agent stopped")
 	return 0

@@ -1,0 +1,332 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The local API: HTTP + JSON on the unix socket [agent] socket. `cmx-agent status` and `cmx-agent
+// sync` use it because the running agent holds the database lock; nothing else may open the
+// database while the agent runs.
+
+// APIGroup is the group given to the socket when it exists, so operators in that group can query
+// the agent without being root.
+const APIGroup = "cmx-agent"
+
+// Status is the agent's state as GET /v1/status returns it.
+type Status struct {
+	Connected bool   `json:"connected"`
+	Server    string `json:"server,omitempty"`     // broker of the live connection
+	LastError string `json:"last_error,omitempty"` // last connection error while disconnected
+	Dialect   string `json:"dialect"`
+	// Endpoints are sorted by key.
+	Endpoints []EndpointStatus `json:"endpoints"`
+}
+
+// EndpointStatus is one endpoint in Status.
+type EndpointStatus struct {
+	Key       string    `json:"key"` // token, or token/name for a named configuration
+	Token     string    `json:"token"`
+	Name      string    `json:"name,omitempty"`
+	Output    string    `json:"output"`
+	AppliedID string    `json:"applied_id,omitempty"` // as people read it; "" = none, or applied without an id
+	Applied   bool      `json:"applied"`              // a configuration has been applied
+	AppliedAt time.Time `json:"applied_at,omitzero"`
+	LastID    string    `json:"last_id,omitempty"` // the last configuration handled, whatever its result
+	LastOK    bool      `json:"last_ok"`
+	// LastStatus is the status sent for the last configuration handled.
+	LastStatus string    `json:"last_status,omitempty"`
+	LastAt     time.Time `json:"last_at,omitzero"`
+	// Waiting reports a received configuration not yet applied.
+	Waiting bool `json:"waiting"`
+	// Pending counts answers stored but not yet acknowledged by the broker.
+	Pending int `json:"pending"`
+}
+
+// SyncResult is the answer of POST /v1/sync.
+type SyncResult struct {
+	Requested int `json:"requested"` // endpoints asked for
+}
+
+// ErrNotConnected is returned by Sync while the agent has no broker connection.
+var ErrNotConnected = errors.New("not connected to the broker; the agent asks for the latest configuration as soon as it connects")
+
+func (a *Agent) session() *session {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.sess
+}
+
+// Status reports the connection and every endpoint's state. It only reads the store, so it is safe
+// to call at any time after New.
+func (a *Agent) Status() (Status, error) {
+	st := Status{Dialect: a.cfg.Kaa.Dialect, Endpoints: []EndpointStatus{}}
+	if s := a.session(); s != nil {
+		s.mu.Lock()
+		st.Connected, st.Server = s.gen != 0, s.server
+		if !st.Connected {
+			st.Server, st.LastError = "", s.lastErr
+		}
+		s.mu.Unlock()
+	}
+	eps := a.endpointList()
+	err := a.store.View(func(tx *Tx) error {
+		pending, err := tx.PendingByEndpoint()
+		if err != nil {
+			return err
+		}
+		for _, ep := range eps {
+			es, err := tx.State(ep.key)
+			if err != nil {
+				return err
+			}
+			waiting := false
+			for _, s := range []Slot{SlotCurrent, SlotNext} {
+				o, err := tx.Slot(ep.key, s)
+				if err != nil {
+					return err
+				}
+				waiting = waiting || o != nil
+			}
+			st.Endpoints = append(st.Endpoints, EndpointStatus{
+				Key:        ep.key,
+				Token:      ep.cfg.Token,
+				Name:       ep.cfg.Name,
+				Output:     ep.cfg.Output,
+				AppliedID:  es.AppliedText,
+				Applied:    es.AppliedHash != "",
+				AppliedAt:  es.AppliedAt,
+				LastID:     es.LastText,
+				LastOK:     es.LastStatus == resultOK.Status,
+				LastStatus: es.LastStatus,
+				LastAt:     es.LastAt,
+				Waiting:    waiting,
+				Pending:    pending[ep.key],
+			})
+		}
+		return nil
+	})
+	if err != nil {
+		return Status{}, fmt.Errorf("read state: %w", err)
+	}
+	sortEndpoints(st.Endpoints)
+	return st, nil
+}
+
+func sortEndpoints(es []EndpointStatus) {
+	slices.SortFunc(es, func(x, y EndpointStatus) int { return strings.Compare(x.Key, y.Key) })
+}
+
+// Sync asks the server for the latest configuration of every endpoint now, on the live connection.
+func (a *Agent) Sync() (SyncResult, error) {
+	s := a.session()
+	if s == nil {
+		return SyncResult{}, ErrNotConnected
+	}
+	gen, _, client := s.current()
+	if gen == 0 {
+		return SyncResult{}, ErrNotConnected
+	}
+	eps := a.endpointList()
+	s.request(client, eps)
+	a.log.Info("latest configuration requested on demand", "endpoints", len(eps))
+	return SyncResult{Requested: len(eps)}, nil
+}
+
+// Healthy reports whether the agent can still do its work: the store answers within ctx. The
+// service manager's watchdog is fed only while this holds.
+func (a *Agent) Healthy(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- a.store.View(func(*Tx) error { return nil }) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("state database: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("state database does not answer: %w", ctx.Err())
+	}
+}
+
+// changed tells Options.OnChange that the connection or an applied configuration changed.
+func (a *Agent) changed() {
+	if a.opt.OnChange != nil {
+		a.opt.OnChange()
+	}
+}
+
+// StatusLine is a one-line summary of st for the service manager (systemctl status shows it).
+func StatusLine(st Status) string {
+	var b strings.Builder
+	if st.Connected {
+		b.WriteString("connected to " + st.Server)
+	} else {
+		b.WriteString("not connected")
+	}
+	applied := 0
+	var latest *EndpointStatus
+	for i := range st.Endpoints {
+		e := &st.Endpoints[i]
+		if !e.Applied {
+			continue
+		}
+		applied++
+		if latest == nil || e.AppliedAt.After(latest.AppliedAt) {
+			latest = e
+		}
+	}
+	switch {
+	case len(st.Endpoints) == 1 && latest != nil:
+		fmt.Fprintf(&b, "; applied %s", idOrNone(latest.AppliedID))
+	case len(st.Endpoints) == 1:
+		b.WriteString("; nothing applied yet")
+	case latest != nil:
+		fmt.Fprintf(&b, "; %d/%d endpoints applied, latest %s %s", applied, len(st.Endpoints), latest.Key, idOrNone(latest.AppliedID))
+	default:
+		fmt.Fprintf(&b, "; 0/%d endpoints applied", len(st.Endpoints))
+	}
+	return b.String()
+}
+
+func idOrNone(id string) string {
+	if id == "" {
+		return "(no id)"
+	}
+	return id
+}
+
+// serveAPI listens on the configured socket until ctx ends. A socket that cannot be created is
+// logged and the agent goes on without its API: applying configurations matters more.
+func (a *Agent) serveAPI(ctx context.Context) {
+	path := a.cfg.Agent.Socket
+	if path == "" {
+		return
+	}
+	ln, err := listenSocket(path)
+	if err != nil {
+		a.log.Error("local API unavailable", "socket", path, "err", err)
+		return
+	}
+	srv := &http.Server{
+		Handler:           a.apiHandler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	a.log.Debug("local API listening", "socket", path)
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		a.log.Error("local API stopped", "socket", path, "err", err)
+	}
+	<-done
+	// Only remove the socket if it is still ours: a new agent may already have replaced it.
+	if fi, err := os.Stat(path); err == nil && ln.owns(fi) {
+		os.Remove(path)
+	}
+}
+
+type apiListener struct {
+	net.Listener
+	fi os.FileInfo
+}
+
+func (l apiListener) owns(fi os.FileInfo) bool { return os.SameFile(l.fi, fi) }
+
+// listenSocket binds under a temporary name, sets mode 0660 and the group, and only then renames
+// the socket into place: a client never sees it with the umask's permissions.
+func listenSocket(path string) (apiListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return apiListener{}, fmt.Errorf("socket folder: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return apiListener{}, fmt.Errorf("%s: another process answers on it", path)
+	}
+	tmp := path + ".tmp" + strconv.Itoa(os.Getpid())
+	os.Remove(tmp)
+	ln, err := net.Listen("unix", tmp)
+	if err != nil {
+		return apiListener{}, fmt.Errorf("listen: %w", err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	fail := func(err error) (apiListener, error) {
+		ln.Close()
+		os.Remove(tmp)
+		return apiListener{}, err
+	}
+	if err := os.Chmod(tmp, 0o660); err != nil {
+		return fail(fmt.Errorf("socket mode: %w", err))
+	}
+	if g, err := user.LookupGroup(APIGroup); err == nil {
+		// Under the service the socket already has the agent's group; chown only when it differs,
+		// as a hardened unit may not allow the call at all.
+		if gid, err := strconv.Atoi(g.Gid); err == nil && gid != os.Getegid() {
+			if err := os.Chown(tmp, -1, gid); err != nil {
+				return fail(fmt.Errorf("socket group %s: %w", APIGroup, err))
+			}
+		}
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fail(fmt.Errorf("socket: %w", err))
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fail(fmt.Errorf("socket: %w", err))
+	}
+	return apiListener{Listener: ln, fi: fi}, nil
+}
+
+func (a *Agent) apiHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		st, err := a.Status()
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, apiError{err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("POST /v1/sync", func(w http.ResponseWriter, r *http.Request) {
+		res, err := a.Sync()
+		if errors.Is(err, ErrNotConnected) {
+			writeJSON(w, http.StatusServiceUnavailable, apiError{err.Error()})
+			return
+		}
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, apiError{err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	})
+	return mux
+}
+
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}

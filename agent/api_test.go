@@ -1,0 +1,205 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cmx-agent/cmx-agent/cmx"
+	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+)
+
+func (h *harness) api() *APIClient { return NewAPIClient(h.cfg.Agent.Socket) }
+
+// waitStatus polls GET /v1/status until ok accepts it.
+func (h *harness) waitStatus(ok func(Status) bool) Status {
+	h.t.Helper()
+	deadline := time.Now().Add(waitFor)
+	var (
+		st  Status
+		err error
+	)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		st, err = h.api().Status(ctx)
+		cancel()
+		if err == nil && ok(st) {
+			return st
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	h.t.Fatalf("status never as wanted: last %+v (err %v)", st, err)
+	return st
+}
+
+func TestAPI_StatusReportsConnectionAppliedIDAndPending(t *testing.T) {
+	h := newHarness(t, "gw-001", "dev-2")
+	h.start()
+	h.pulled("gw-001")
+	st := h.waitStatus(func(s Status) bool { return s.Connected })
+	if st.Server != h.broker.URL || st.Dialect != "cmx3" || len(st.Endpoints) != 2 {
+		t.Fatalf("status = %+v, want connected to %s, cmx3, 2 endpoints", st, h.broker.URL)
+	}
+	if st.Endpoints[0].Key != "dev-2" || st.Endpoints[1].Key != "gw-001" {
+		t.Errorf("endpoints %q, %q: want sorted by key", st.Endpoints[0].Key, st.Endpoints[1].Key)
+	}
+	if st.Endpoints[1].Applied || st.Endpoints[1].AppliedID != "" {
+		t.Errorf("before any push: %+v, want nothing applied", st.Endpoints[1])
+	}
+
+	topic := h.prefix("gw-001") + "/json"
+	h.server.Publish(t, topic, 1, []byte(`{"id":"cfg-9","entries":[1]}`))
+	h.confirmed(topic + "/status")
+	st = h.waitStatus(func(s Status) bool { return s.Endpoints[1].Pending == 0 && s.Endpoints[1].Applied })
+	gw := st.Endpoints[1]
+	if gw.AppliedID != "cfg-9" || gw.LastStatus != "ok" || !gw.LastOK || gw.Waiting || gw.AppliedAt.IsZero() {
+		t.Errorf("gw-001 = %+v, want applied cfg-9, last status ok, nothing waiting", gw)
+	}
+	if gw.Output != h.output("gw-001") {
+		t.Errorf("output = %q, want %q", gw.Output, h.output("gw-001"))
+	}
+	if got := StatusLine(st); got != "connected to "+h.broker.URL+"; 1/2 endpoints applied, latest gw-001 cfg-9" {
+		t.Errorf("StatusLine = %q", got)
+	}
+
+	h.broker.Stop(t)
+	st = h.waitStatus(func(s Status) bool { return !s.Connected })
+	if st.Server != "" || st.Endpoints[1].AppliedID != "cfg-9" {
+		t.Errorf("offline status = %+v, want no server and the applied id kept", st)
+	}
+}
+
+func TestAPI_PendingCountsUnsentConfirmations(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	h.pulled("gw-001")
+	h.stop()
+	// An answer stored but never acknowledged (as after a crash before PUBACK) shows as pending.
+	if err := h.agentStore(func(tx *Tx) error {
+		_, err := tx.Enqueue(OutMsg{Endpoint: "gw-001", Topic: h.prefix("gw-001") + "/json/status", QoS: 1, Payload: []byte(`{"id":1,"status":"ok"}`)})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h.broker.Stop(t)
+	h.start()
+	st := h.waitStatus(func(Status) bool { return true })
+	if st.Connected || st.Endpoints[0].Pending != 1 {
+		t.Errorf("status = %+v, want disconnected with 1 pending confirmation", st)
+	}
+	if got := StatusLine(st); got != "not connected; nothing applied yet" {
+		t.Errorf("StatusLine = %q", got)
+	}
+}
+
+// agentStore opens the stopped agent's database for a test to prepare state.
+func (h *harness) agentStore(fn func(*Tx) error) error {
+	st, err := OpenStore(h.cfg.Agent.StateDir, time.Second, 0)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return st.Update(fn)
+}
+
+func TestAPI_SyncRequestsTheLatestConfigurationNow(t *testing.T) {
+	h := newHarness(t, "gw-001", "dev-2")
+	h.start()
+	h.waitStatus(func(s Status) bool { return s.Connected })
+	res, err := h.api().Sync(context.Background())
+	if err != nil || res.Requested != 2 {
+		t.Fatalf("Sync = %+v, %v; want 2 endpoints requested", res, err)
+	}
+	// A fresh database hands out ids 1 and 2 to the boot pulls; the sync asks again with new ones.
+	// Each token is looked for with its own cursor, as they may arrive in any order.
+	for sub, tok := range map[*mqtttest.Sub]string{h.all: "gw-001", h.server.Inbox(): "dev-2"} {
+		sub.NextMatching(t, waitFor, func(m mqtttest.Message) bool {
+			id, err := cmx.ParsePullRequest(m.Payload)
+			return m.Topic == h.prefix(tok)+"/pull/json" && err == nil && id > 2
+		})
+	}
+}
+
+func TestAPI_SyncWhileOfflineIsRefused(t *testing.T) {
+	h := newHarness(t)
+	h.broker.Stop(t)
+	h.start()
+	_, err := h.api().Sync(context.Background())
+	for i := 0; err != nil && !isAPIError(err, 503) && i < 1000; i++ {
+		// The socket appears shortly after Run starts.
+		time.Sleep(5 * time.Millisecond)
+		_, err = h.api().Sync(context.Background())
+	}
+	if !isAPIError(err, 503) || !strings.Contains(err.Error(), "not connected") {
+		t.Fatalf("Sync offline: %v, want 503 not connected", err)
+	}
+}
+
+func isAPIError(err error, code int) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Code == code
+}
+
+func TestAPI_SocketIsGroupOnlyAndRemovedOnStop(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	h.waitStatus(func(Status) bool { return true })
+	fi, err := os.Lstat(h.cfg.Agent.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o660 {
+		t.Errorf("socket mode = %v, want a socket with 0660", fi.Mode())
+	}
+	if leftovers, _ := filepath.Glob(h.cfg.Agent.Socket + ".tmp*"); len(leftovers) > 0 {
+		t.Errorf("temporary sockets left: %v", leftovers)
+	}
+	h.stop()
+	if _, err := os.Lstat(h.cfg.Agent.Socket); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket after stop: %v, want removed", err)
+	}
+	if _, err := h.api().Status(context.Background()); err == nil || !strings.Contains(err.Error(), "no agent answers") {
+		t.Errorf("Status with no agent: %v, want 'no agent answers'", err)
+	}
+}
+
+func TestAPI_StaleSocketIsReplaced(t *testing.T) {
+	h := newHarness(t)
+	// A socket file left by a killed agent: nobody answers on it.
+	if err := os.MkdirAll(filepath.Dir(h.cfg.Agent.Socket), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(h.cfg.Agent.Socket, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.start()
+	h.waitStatus(func(Status) bool { return true })
+}
+
+func TestOnChange_CalledOnConnectAndApply(t *testing.T) {
+	h := newHarness(t)
+	var calls atomic.Int32
+	h.onChange = func() { calls.Add(1) }
+	h.start()
+	h.pulled("gw-001")
+	h.waitStatus(func(s Status) bool { return s.Connected })
+	afterConnect := calls.Load()
+	if afterConnect < 1 {
+		t.Fatalf("OnChange calls after connect = %d, want >= 1", afterConnect)
+	}
+	topic := h.prefix("gw-001") + "/json"
+	h.server.Publish(t, topic, 1, []byte(`{"id":1,"entries":[]}`))
+	h.confirmed(topic + "/status")
+	deadline := time.Now().Add(waitFor)
+	for calls.Load() <= afterConnect {
+		if time.Now().After(deadline) {
+			t.Fatalf("OnChange not called after apply")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -1,0 +1,271 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/cmx-agent/cmx-agent/apply"
+	"github.com/cmx-agent/cmx-agent/config"
+)
+
+// Drift timing: events for one output are gathered for driftDebounce before a check (an editor
+// saves in several steps); folders that could not be watched are retried every driftRetry.
+const (
+	driftDebounce = 200 * time.Millisecond
+	driftRetry    = 500 * time.Millisecond
+)
+
+// driftWatcher notices local changes to the outputs. It watches each output's folder, not the file:
+// an atomic replacement (the agent's own, or an editor's) puts a new inode under the name, and a
+// watch on the old inode would see nothing more. It only schedules checks; the check itself runs in
+// the endpoint's worker, between applies, so the agent's own writes are never mistaken for drift.
+type driftWatcher struct {
+	a     *Agent
+	kickC chan struct{}
+
+	mu      sync.Mutex
+	watched map[string]bool // folders with a live watch
+	missing map[string]bool // folders that could not be watched, already checked once
+	timers  map[*endpoint]*time.Timer
+}
+
+func newDriftWatcher(a *Agent) *driftWatcher {
+	return &driftWatcher{a: a, kickC: make(chan struct{}, 1), watched: map[string]bool{}, missing: map[string]bool{}, timers: map[*endpoint]*time.Timer{}}
+}
+
+// kick makes the watcher look for folders to watch now (after a reload, or a write that created a
+// folder) rather than at the next retry.
+func (d *driftWatcher) kick() {
+	select {
+	case d.kickC <- struct{}{}:
+	default:
+	}
+}
+
+// outputs maps each endpoint's output to it, and lists the folders to watch.
+func (d *driftWatcher) outputs() (map[string][]*endpoint, map[string]bool) {
+	byOut := map[string][]*endpoint{}
+	dirs := map[string]bool{}
+	d.a.mu.RLock()
+	defer d.a.mu.RUnlock()
+	for _, ep := range d.a.endpoints {
+		if ep.cfg.OnDrift == config.OnDriftIgnore {
+			continue
+		}
+		byOut[ep.cfg.Output] = append(byOut[ep.cfg.Output], ep)
+		dirs[filepath.Dir(ep.cfg.Output)] = true
+	}
+	return byOut, dirs
+}
+
+func (d *driftWatcher) run(ctx context.Context) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		d.a.log.Error("cannot watch outputs for local changes; drift is not detected", "err", err)
+		return
+	}
+	defer w.Close()
+	defer func() {
+		d.mu.Lock()
+		for _, t := range d.timers {
+			t.Stop()
+		}
+		d.mu.Unlock()
+	}()
+	retry := time.NewTicker(driftRetry)
+	defer retry.Stop()
+	byOut, _ := d.outputs()
+	d.sync(w)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.kickC:
+			byOut, _ = d.outputs()
+			d.sync(w)
+		case <-retry.C:
+			byOut, _ = d.outputs()
+			d.sync(w)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			// Overflow: events were lost; check everything.
+			d.a.log.Warn("watching outputs", "err", err)
+			for _, eps := range byOut {
+				for _, ep := range eps {
+					d.schedule(ep)
+				}
+			}
+		case ev, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			if eps, mine := byOut[ev.Name]; mine {
+				for _, ep := range eps {
+					d.schedule(ep)
+				}
+				continue
+			}
+			if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
+				d.folderGone(w, ev.Name, byOut)
+			}
+		}
+	}
+}
+
+// sync adds a watch for every output folder that has none, and drops watches no output needs. A
+// folder watched anew gets a check of its outputs: they may have changed while nobody looked.
+func (d *driftWatcher) sync(w *fsnotify.Watcher) {
+	byOut, dirs := d.outputs()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for dir := range d.watched {
+		if !dirs[dir] {
+			_ = w.Remove(dir)
+			delete(d.watched, dir)
+		}
+	}
+	for dir := range dirs {
+		if d.watched[dir] {
+			continue
+		}
+		if err := w.Add(dir); err != nil {
+			// Not there yet (nothing applied) or gone: retried. Its outputs are checked once, for
+			// a folder removed before its watch was in place.
+			if !d.missing[dir] {
+				d.missing[dir] = true
+				d.scheduleDir(dir, byOut)
+			}
+			continue
+		}
+		delete(d.missing, dir)
+		d.watched[dir] = true
+		d.scheduleDir(dir, byOut)
+	}
+}
+
+// scheduleDir schedules a check of every output in dir. Called with d.mu held.
+func (d *driftWatcher) scheduleDir(dir string, byOut map[string][]*endpoint) {
+	for out, eps := range byOut {
+		if filepath.Dir(out) == dir {
+			for _, ep := range eps {
+				d.scheduleLocked(ep)
+			}
+		}
+	}
+}
+
+// folderGone handles the removal or renaming of a watched folder: its watch is dropped (a renamed
+// folder's watch would follow it elsewhere), its outputs are checked (a repair recreates the folder)
+// and the watch is set again once the folder is back.
+func (d *driftWatcher) folderGone(w *fsnotify.Watcher, dir string, byOut map[string][]*endpoint) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.watched[dir] {
+		return
+	}
+	_ = w.Remove(dir)
+	delete(d.watched, dir)
+	d.scheduleDir(dir, byOut)
+}
+
+func (d *driftWatcher) schedule(ep *endpoint) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.scheduleLocked(ep)
+}
+
+// scheduleLocked (re)starts ep's debounce timer.
+func (d *driftWatcher) scheduleLocked(ep *endpoint) {
+	if t, ok := d.timers[ep]; ok {
+		t.Reset(driftDebounce)
+		return
+	}
+	d.timers[ep] = time.AfterFunc(driftDebounce, ep.pokeDrift)
+}
+
+// checkDrift compares ep's output with what was applied and, per on_drift, reports or repairs it.
+// It runs in ep's worker, so it never sees an apply half done. No hook runs for a repair: the
+// device already runs with the applied configuration; only the file was changed under it.
+func (a *Agent) checkDrift(ep *endpoint) {
+	if ep.cfg.OnDrift == config.OnDriftIgnore {
+		return
+	}
+	var (
+		st   EndpointState
+		body []byte
+		have bool
+	)
+	err := a.store.View(func(tx *Tx) error {
+		var err error
+		if st, err = tx.State(ep.key); err != nil {
+			return err
+		}
+		body, have, err = tx.Body(ep.key)
+		return err
+	})
+	if err != nil {
+		a.log.Error("cannot read applied configuration for the drift check", "endpoint", ep.key, "err", err)
+		return
+	}
+	if st.AppliedHash == "" {
+		return // nothing applied yet: the file is not the agent's
+	}
+	cur, err := os.ReadFile(ep.cfg.Output)
+	what := "edited"
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		what, cur = "deleted", nil
+	case err != nil:
+		a.log.Error("cannot read output for the drift check", "endpoint", ep.key, "err", err)
+		return
+	case hashOf(cur) == st.AppliedHash:
+		ep.lastDrift = ""
+		return
+	}
+	driftKey := what + hashOf(cur)
+	if ep.cfg.OnDrift == config.OnDriftReport {
+		if ep.lastDrift != driftKey {
+			a.log.Warn("output changed locally; on_drift = report, left as it is", "endpoint", ep.key, "output", ep.cfg.Output, "change", what, "applied_id", st.AppliedText)
+			ep.lastDrift = driftKey
+		}
+		return
+	}
+	if !have {
+		a.log.Error("output changed locally but no copy of the applied configuration is stored; it is repaired by the next configuration", "endpoint", ep.key, "change", what)
+		return
+	}
+	own, err := apply.LookupOwner(ep.cfg.Owner, ep.cfg.Group)
+	if err == nil {
+		err = apply.WriteFile(ep.cfg.Output, body, apply.Options{Perm: fs.FileMode(ep.cfg.Mode)})
+	}
+	if err == nil {
+		err = own.Chown(ep.cfg.Output)
+	}
+	if err != nil {
+		a.log.Error("output changed locally and cannot be repaired", "endpoint", ep.key, "change", what, "err", apply.Describe(err))
+		return
+	}
+	a.log.Warn("output changed locally; repaired", "endpoint", ep.key, "output", ep.cfg.Output, "change", what, "applied_id", st.AppliedText)
+	if what == "deleted" {
+		a.kickDrift() // the folder may have been recreated
+	}
+}
+
+// kickDrift makes the drift watcher look for new output folders now.
+func (a *Agent) kickDrift() {
+	a.mu.RLock()
+	d := a.drift
+	a.mu.RUnlock()
+	if d != nil {
+		d.kick()
+	}
+}

@@ -1,0 +1,130 @@
+package apply
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func sh(script string) []string { return []string{"/bin/sh", "-c", script} }
+
+func TestRun_ExitZeroIsNil(t *testing.T) {
+	if err := Run(context.Background(), Command{Argv: []string{"true"}}); err != nil {
+		t.Fatalf("Run(true) = %v", err)
+	}
+}
+
+func TestRun_FailureCarriesExitStatusAndFirstStderrLine(t *testing.T) {
+	err := Run(context.Background(), Command{Argv: sh("echo out; echo >&2; echo '  bad key: x  ' >&2; echo second >&2; exit 3")})
+	var re *RunError
+	if !errors.As(err, &re) {
+		t.Fatalf("err = %v, want *RunError", err)
+	}
+	if re.ExitCode != 3 || re.FirstStderr != "bad key: x" {
+		t.Errorf("ExitCode %d FirstStderr %q", re.ExitCode, re.FirstStderr)
+	}
+	if got := err.Error(); got != "exit 3: bad key: x" {
+		t.Errorf("Error() = %q", got)
+	}
+}
+
+func TestRun_MissingProgramIsAnError(t *testing.T) {
+	err := Run(context.Background(), Command{Argv: []string{"/nonexistent/prog"}})
+	if err == nil || !strings.HasPrefix(err.Error(), "cannot start: ") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestRun_GetsEnvironmentButNoInheritedCMXVariables(t *testing.T) {
+	t.Setenv("CMX_CANDIDATE", "/stale")
+	t.Setenv("KEEP_ME", "yes")
+	dir := t.TempDir()
+	out := filepath.Join(dir, "env")
+	err := Run(context.Background(), Command{
+		Argv: sh(`printf '%s|%s|%s' "$CMX_TOKEN" "${CMX_CANDIDATE-unset}" "$KEEP_ME" > ` + out),
+		Env:  []string{"CMX_TOKEN=gw-1"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(out); string(b) != "gw-1|unset|yes" {
+		t.Errorf("environment seen = %q", b)
+	}
+}
+
+// A hook that hangs, with a child of its own, is killed at the timeout together with the child.
+func TestRun_TimeoutKillsTheProcessGroup(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "child.pid")
+	start := time.Now()
+	err := Run(context.Background(), Command{
+		Argv:    sh("echo hanging >&2; sleep 60 & echo $! > " + pidFile + "; wait"),
+		Timeout: time.Second,
+	})
+	took := time.Since(start)
+	var re *RunError
+	if !errors.As(err, &re) || re.TimedOut != time.Second {
+		t.Fatalf("err = %v, want a timeout", err)
+	}
+	if got := err.Error(); got != "timed out after 1s: hanging" {
+		t.Errorf("Error() = %q", got)
+	}
+	if took > 3*time.Second {
+		t.Errorf("Run returned after %v", took)
+	}
+	b, _ := os.ReadFile(pidFile)
+	pid, perr := strconv.Atoi(strings.TrimSpace(string(b)))
+	if perr != nil {
+		t.Fatalf("child pid %q", b)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		// A killed child stays a zombie until its parent (the killed shell, reaped by init) is gone.
+		if st, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); bytes.Contains(st, []byte(") Z ")) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("child %d of the timed-out command still runs", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A command that exits 0 but leaves a child holding its output must not hold the caller.
+func TestRun_BackgroundChildHoldingOutputDoesNotBlock(t *testing.T) {
+	start := time.Now()
+	err := Run(context.Background(), Command{Argv: sh("sleep 5 & exit 0")})
+	if err != nil {
+		t.Fatalf("err = %v", err)
+	}
+	if took := time.Since(start); took > killGrace+2*time.Second {
+		t.Errorf("took %v", took)
+	}
+}
+
+func TestRun_OutputIsLoggedAndBounded(t *testing.T) {
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	err := Run(context.Background(), Command{
+		Argv: sh("echo hello; head -c 100000 /dev/zero | tr '\\0' x"),
+		Log:  log, What: "hook",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := logs.String()
+	if !strings.Contains(s, `line=hello`) || !strings.Contains(s, "command output truncated") {
+		t.Errorf("log:\n%.500s", s)
+	}
+	if len(s) > 2*OutputLimit {
+		t.Errorf("log is %d bytes, want about %d at most", len(s), OutputLimit)
+	}
+}

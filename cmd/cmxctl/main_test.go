@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cmx-agent/cmx-agent/agent"
+	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+)
+
+const app = "ctl-v1"
+
+func cmxctl(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var o, e strings.Builder
+	code = run(context.Background(), args, &o, &e)
+	return o.String(), e.String(), code
+}
+
+// runningAgent starts a real agent for gw-001 and waits until it has subscribed.
+func runningAgent(t *testing.T, b *mqtttest.Broker) string {
+	t.Helper()
+	dir := t.TempDir()
+	cfg, err := config.Parse(filepath.Join(dir, "agent.toml"), fmt.Appendf(nil,
+		"[broker]\nservers = [%q]\n[kaa]\napp_version = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\n[[endpoint]]\ntoken = \"gw-001\"\noutput = \"out/gw-001.json\"\n",
+		b.URL, app))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pulls := b.Client(t).Subscribe(t, "kp1/"+app+"/cmx/gw-001/pull/json", 1)
+	a, err := agent.New(cfg, agent.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		a.Close()
+	})
+	pulls.Next(t, 10*time.Second)
+	return filepath.Join(dir, "out", "gw-001.json")
+}
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "cfg.json")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestPush_WaitExitsZeroOnlyOnOK(t *testing.T) {
+	b := mqtttest.Start(t)
+	out := runningAgent(t, b)
+	common := []string{"push", "--broker", b.URL, "--app", app, "--token", "gw-001", "--wait", "10s"}
+
+	stdout, stderr, code := cmxctl(t, append(common, "--id", "7", writeFile(t, `[{"k":"v"}]`))...)
+	if code != 0 || stdout != "confirmation gw-001 id=7 status=\"ok\"\n" {
+		t.Fatalf("push: exit %d, stdout %q, stderr %q; want 0 and the ok confirmation", code, stdout, stderr)
+	}
+	if got, err := os.ReadFile(out); err != nil || string(got) != `[{"k":"v"}]` {
+		t.Errorf("output = %q (%v) right after the confirmation, want the pushed body", got, err)
+	}
+
+	// Same id again: confirmed with the stored status, exit 0, nothing applied again.
+	stdout, _, code = cmxctl(t, append(common, "--id", "7", writeFile(t, `[{"k":"other"}]`))...)
+	if code != 0 || !strings.Contains(stdout, `status="ok"`) {
+		t.Errorf("duplicate id: exit %d, stdout %q", code, stdout)
+	}
+	if got, _ := os.ReadFile(out); string(got) != `[{"k":"v"}]` {
+		t.Errorf("output after a duplicate id = %q, want unchanged", got)
+	}
+
+	stdout, _, code = cmxctl(t, append(common, "--raw", "--id", "8", writeFile(t, `{"id":8,"entries":"x"}`))...)
+	if code != 1 || !strings.Contains(stdout, "invalid payload") {
+		t.Errorf("refused push: exit %d, stdout %q; want 1 and the error status", code, stdout)
+	}
+}
+
+func TestPush_NoConfirmationExits1(t *testing.T) {
+	b := mqtttest.Start(t)
+	_, stderr, code := cmxctl(t, "push", "--broker", b.URL, "--app", app, "--token", "nobody", "--wait", "100ms", writeFile(t, `[]`))
+	if code != 1 || !strings.Contains(stderr, "no confirmation within 100ms") {
+		t.Errorf("exit %d, stderr %q; want 1 and 'no confirmation'", code, stderr)
+	}
+}
+
+func TestUsageErrorsExit2(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"nope"},
+		{"push", "file.json"},
+		{"push", "--token", "t"},
+		{"push", "--token", "t", "/does/not/exist.json"},
+		{"serve"},
+		{"serve", "--configs", "x", "extra"},
+	} {
+		if _, _, code := cmxctl(t, args...); code != 2 {
+			t.Errorf("cmxctl %q: exit %d, want 2", args, code)
+		}
+	}
+}

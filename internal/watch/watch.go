@@ -1,0 +1,164 @@
+// Package watch follows one file through its versions, for `cmx-agent watch`: local apps and
+// scripts that want to act when the agent puts a new configuration in place.
+package watch
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// Version is one content of the file.
+type Version struct {
+	Time   time.Time // when it was seen
+	Size   int64
+	SHA256 string // hex
+}
+
+// String is the line `cmx-agent watch` prints: time (RFC 3339, UTC), size in bytes, sha256.
+func (v Version) String() string {
+	return fmt.Sprintf("%s %d %s", v.Time.UTC().Format(time.RFC3339Nano), v.Size, v.SHA256)
+}
+
+// Options tune Watch; zero values are defaults.
+type Options struct {
+	// Debounce gathers the events of one replacement (default 200ms).
+	Debounce time.Duration
+	// Retry is how often a folder that is missing is looked for again (default 500ms).
+	Retry time.Duration
+	// Warn receives notes for people (the file is absent, a read failed).
+	Warn func(msg string)
+}
+
+// Watch calls onVersion with the file's content at the start (if it exists) and then with each new
+// content, until ctx ends. A content equal to the last one reported is not a new version. It watches
+// the folder, so atomic replacements (rename over the file), the file's deletion and re-creation,
+// and even the folder's removal and return are followed. The content is read from one open file
+// and read again if the file changed during the read, so a version is never a partial file when
+// writers replace the file atomically.
+func Watch(ctx context.Context, path string, opt Options, onVersion func(Version)) error {
+	if opt.Debounce <= 0 {
+		opt.Debounce = 200 * time.Millisecond
+	}
+	if opt.Retry <= 0 {
+		opt.Retry = 500 * time.Millisecond
+	}
+	if opt.Warn == nil {
+		opt.Warn = func(string) {}
+	}
+	path = filepath.Clean(path)
+	dir := filepath.Dir(path)
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", path, err)
+	}
+	defer w.Close()
+
+	var (
+		last     string // sha256 of the last version reported
+		absent   bool   // absence already noted
+		watching = w.Add(dir) == nil
+	)
+	check := func() {
+		v, err := read(path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			if !absent {
+				opt.Warn(path + ": absent; waiting for it")
+				absent = true
+			}
+			return
+		case err != nil:
+			opt.Warn(fmt.Sprintf("%s: %v", path, err))
+			return
+		}
+		absent = false
+		if v.SHA256 != last {
+			last = v.SHA256
+			onVersion(v)
+		}
+	}
+	check()
+
+	debounce := time.NewTimer(time.Hour)
+	debounce.Stop()
+	retry := time.NewTicker(opt.Retry)
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-retry.C:
+			if !watching && w.Add(dir) == nil {
+				watching = true
+				debounce.Reset(opt.Debounce)
+			}
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			switch {
+			case ev.Name == path:
+				debounce.Reset(opt.Debounce)
+			case ev.Name == dir && (ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename)):
+				_ = w.Remove(dir)
+				watching = false
+				debounce.Reset(opt.Debounce)
+			}
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			opt.Warn(fmt.Sprintf("watch %s: %v", path, err))
+			debounce.Reset(opt.Debounce)
+		case <-debounce.C:
+			check()
+		}
+	}
+}
+
+// read hashes the file at path from one open descriptor; if the name points to another file, or the
+// file grew or shrank, by the end of the read, it reads again (a writer that replaces in place).
+func read(path string) (Version, error) {
+	for attempt := 0; ; attempt++ {
+		v, stable, err := readOnce(path)
+		if err != nil || stable || attempt == 10 {
+			return v, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func readOnce(path string) (Version, bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Version{}, false, err
+	}
+	defer f.Close()
+	var before syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &before); err != nil {
+		return Version{}, false, err
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return Version{}, false, err
+	}
+	var after, named syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &after); err != nil {
+		return Version{}, false, err
+	}
+	stable := after.Size == n && after.Mtim == before.Mtim &&
+		syscall.Stat(path, &named) == nil && named.Ino == after.Ino && named.Dev == after.Dev
+	return Version{Time: time.Now(), Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, stable, nil
+}

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"debug/elf"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// The package tests build real packages (about a minute on a cold build cache), so they run only
+// with CMX_PACKAGING_TEST=1; .ci/run sets it. The unit tests below always run.
+
+func needPackaging(t *testing.T) {
+	t.Helper()
+	if os.Getenv("CMX_PACKAGING_TEST") != "1" {
+		t.Skip("set CMX_PACKAGING_TEST=1 to build and inspect the packages")
+	}
+}
+
+// repoRoot makes the test run where `go run ./packaging` runs.
+func repoRoot(t *testing.T) {
+	t.Helper()
+	t.Chdir("..")
+}
+
+func command(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// unitForVerify is the unit with ExecStart pointing at a freshly built binary: verify wants it to
+// exist.
+func unitForVerify(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "cmx-agent")
+	command(t, "go", "build", "-o", bin, "./cmd/cmx-agent")
+	unit, err := os.ReadFile("systemd/cmx-agent.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "cmx-agent.service")
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/bin/cmx-agent", bin)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestUnit_VerifiesCleanAndExposureAtMost2_5(t *testing.T) {
+	repoRoot(t)
+	unit := unitForVerify(t)
+	if out := command(t, "systemd-analyze", "verify", unit); strings.TrimSpace(out) != "" {
+		t.Errorf("systemd-analyze verify printed:\n%s", out)
+	}
+	out := command(t, "systemd-analyze", "security", "--offline=true", unit)
+	m := regexp.MustCompile(`Overall exposure level for cmx-agent.service: ([0-9.]+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no exposure level in:\n%s", out)
+	}
+	if v, _ := strconv.ParseFloat(m[1], 64); v > 2.5 {
+		t.Errorf("exposure %s, want <= 2.5:\n%s", m[1], out)
+	}
+}
+
+func TestUnit_HasTheContractsSettings(t *testing.T) {
+	repoRoot(t)
+	b, err := os.ReadFile("systemd/cmx-agent.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{
+		"Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "WatchdogSec=30s", "Restart=on-failure",
+		"StateDirectory=cmx-agent", "StateDirectoryMode=0700", "RuntimeDirectory=cmx-agent",
+		"ConfigurationDirectory=cmx-agent", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
+		"NoNewPrivileges=yes", "Environment=GOTRACEBACK=all", "User=cmx-agent",
+		"ExecStart=/usr/bin/cmx-agent run --config /etc/cmx-agent/agent.toml",
+	} {
+		if !strings.Contains(string(b), "\n"+line+"\n") {
+			t.Errorf("unit lacks %q", line)
+		}
+	}
+}
+
+type built struct {
+	deb, rpm string
+	version  string
+}
+
+func buildPackages(t *testing.T, version string) built {
+	t.Helper()
+	out := t.TempDir()
+	if err := run([]string{"-arch", "amd64", "-out", out, "-version", version}); err != nil {
+		t.Fatal(err)
+	}
+	debs, _ := filepath.Glob(filepath.Join(out, "*.deb"))
+	rpms, _ := filepath.Glob(filepath.Join(out, "*.rpm"))
+	if len(debs) != 1 || len(rpms) != 1 {
+		t.Fatalf("packages in %s: %v %v, want one .deb and one .rpm", out, debs, rpms)
+	}
+	return built{deb: debs[0], rpm: rpms[0], version: version}
+}
+
+func TestPackages_ContentsFlagsAndScripts(t *testing.T) {
+	needPackaging(t)
+	repoRoot(t)
+	p := buildPackages(t, "1.2.3")
+
+	if got := command(t, "dpkg-deb", "-f", p.deb, "Package", "Version", "Architecture"); got != "Package: cmx-agent\nVersion: 1.2.3\nArchitecture: amd64\n" {
+		t.Errorf("deb control fields:\n%s", got)
+	}
+	list := command(t, "dpkg-deb", "-c", p.deb)
+	for _, want := range []string{
+		"-rwxr-xr-x root/root .* ./usr/bin/cmx-agent\n",
+		"-rwxr-xr-x root/root .* ./usr/bin/cmxctl\n",
+		"-rw-r--r-- root/root .* ./lib/systemd/system/cmx-agent.service\n",
+		"-rw-r--r-- root/root .* ./usr/lib/sysusers.d/cmx-agent.conf\n",
+		"-rw-r--r-- root/root .* ./etc/cmx-agent/agent.toml\n",
+		"./usr/share/doc/cmx-agent/agent.toml.example\n",
+		"./usr/share/doc/cmx-agent/operations.md\n",
+		"./usr/share/doc/cmx-agent/copyright\n",
+		"./usr/share/doc/cmx-agent/changelog.gz\n",
+	} {
+		if !regexp.MustCompile(want).MatchString(list) {
+			t.Errorf("deb contents lack %q:\n%s", want, list)
+		}
+	}
+	ctrl := t.TempDir()
+	command(t, "dpkg-deb", "-e", p.deb, ctrl)
+	if b, _ := os.ReadFile(filepath.Join(ctrl, "conffiles")); string(b) != "/etc/cmx-agent/agent.toml\n" {
+		t.Errorf("conffiles = %q, want /etc/cmx-agent/agent.toml", b)
+	}
+	for _, s := range []string{"postinst", "prerm", "postrm"} {
+		if fi, err := os.Stat(filepath.Join(ctrl, s)); err != nil || fi.Mode().Perm()&0o111 == 0 {
+			t.Errorf("deb %s: %v, want an executable script", s, err)
+		}
+	}
+
+	// The binaries are static and stamped.
+	x := t.TempDir()
+	command(t, "dpkg-deb", "-x", p.deb, x)
+	for _, bin := range []string{"cmx-agent", "cmxctl"} {
+		f, err := elf.Open(filepath.Join(x, "usr/bin", bin))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, prog := range f.Progs {
+			if prog.Type == elf.PT_INTERP {
+				t.Errorf("%s has an interpreter: not static", bin)
+			}
+		}
+		f.Close()
+		if out := command(t, filepath.Join(x, "usr/bin", bin), "version"); !strings.HasPrefix(out, bin+" 1.2.3 (commit ") {
+			t.Errorf("%s version = %q, want version 1.2.3 stamped", bin, out)
+		}
+	}
+
+	if _, err := exec.LookPath("rpm"); err != nil {
+		t.Fatal("rpm is needed to inspect the .rpm: apt-get install -y rpm")
+	}
+	flags := command(t, "rpm", "-qp", "--qf", "[%{FILEMODES:perms} %{FILEFLAGS:fflags} %{FILEGROUPNAME} %{FILENAMES}\n]", p.rpm)
+	for _, want := range []string{
+		"-rwxr-xr-x  root /usr/bin/cmx-agent",
+		"-rwxr-xr-x  root /usr/bin/cmxctl",
+		"-rw-r----- cn cmx-agent /etc/cmx-agent/agent.toml", // config, noreplace
+		"-rw-r--r--  root /usr/lib/systemd/system/cmx-agent.service",
+		"-rw-r--r--  root /usr/lib/sysusers.d/cmx-agent.conf",
+	} {
+		if !strings.Contains(flags, want+"\n") {
+			t.Errorf("rpm files lack %q:\n%s", want, flags)
+		}
+	}
+	scripts := command(t, "rpm", "-qp", "--scripts", p.rpm)
+	for _, want := range []string{"preinstall scriptlet", "postinstall scriptlet", "preuninstall scriptlet", "postuninstall scriptlet", "try-restart cmx-agent.service"} {
+		if !strings.Contains(scripts, want) {
+			t.Errorf("rpm scripts lack %q:\n%s", want, scripts)
+		}
+	}
+	if got := command(t, "rpm", "-qp", "--qf", "%{NAME} %{VERSION} %{ARCH}", p.rpm); got != "cmx-agent 1.2.3 x86_64" {
+		t.Errorf("rpm header: %q", got)
+	}
+}
+
+func TestPackages_LintianClean(t *testing.T) {
+	needPackaging(t)
+	repoRoot(t)
+	if _, err := exec.LookPath("lintian"); err != nil {
+		t.Fatal("lintian is needed: apt-get install -y lintian")
+	}
+	p := buildPackages(t, "1.2.3")
+	out, err := exec.Command("lintian", "--fail-on", "error,warning", p.deb).CombinedOutput()
+	text := strings.TrimSpace(strings.ReplaceAll(string(out), "running with root privileges is not recommended!", ""))
+	if err != nil || text != "" {
+		t.Errorf("lintian (%v):\n%s", err, out)
+	}
+}
+
+func TestDeb_InstallUpgradeRemovePurge(t *testing.T) {
+	needPackaging(t)
+	if os.Geteuid() != 0 {
+		t.Skip("dpkg in a private overlay of / needs root")
+	}
+	repoRoot(t)
+	old := buildPackages(t, "0.0.1")
+	cur := buildPackages(t, "0.0.2")
+	out, err := exec.Command("packaging/dpkg-test.sh", old.deb, cur.deb).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dpkg-test.sh: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "dpkg-test: install, upgrade (modified agent.toml kept), remove, purge: ok") {
+		t.Errorf("dpkg-test.sh output:\n%s", out)
+	}
+}
