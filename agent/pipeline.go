@@ -182,7 +182,7 @@ func (a *Agent) previous(ep *endpoint, st EndpointState) (previous, error) {
 	default:
 		return p, fmt.Errorf("read the file in place for rollback: %w", err)
 	}
-	err = a.store.Update(func(tx *Tx) error { return tx.SetPrior(ep.key, priorFile{Exists: p.exists, Body: p.body}) })
+	err = a.store.Batch(func(tx *Tx) error { return tx.SetPrior(ep.key, priorFile{Exists: p.exists, Body: p.body}) })
 	return p, err
 }
 
