@@ -435,11 +435,11 @@ func (a *Agent) applyOffer(ctx context.Context, ep *endpoint, o *Offer) error {
 			return err
 		}
 		for _, s := range []Slot{SlotCurrent, SlotNext} {
-			cur, err := tx.Slot(ep.key, s)
+			seq, ok, err := tx.SlotSeq(ep.key, s)
 			if err != nil {
 				return err
 			}
-			if cur != nil && cur.Seq == o.Seq {
+			if ok && seq == o.Seq {
 				return tx.SetSlot(ep.key, s, nil)
 			}
 		}

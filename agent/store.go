@@ -342,6 +342,20 @@ func (t *Tx) Slot(ep string, slot Slot) (*Offer, error) {
 	return &o, nil
 }
 
+// SlotSeq returns the sequence number of the offer in slot without reading its body; ok is false
+// when the slot is empty.
+func (t *Tx) SlotSeq(ep string, slot Slot) (seq uint64, ok bool, err error) {
+	b, err := t.endpoint(ep, false)
+	if err != nil {
+		return 0, false, err
+	}
+	var o struct {
+		Seq uint64 `json:"seq"`
+	}
+	ok, err = getJSON(b, []byte(slot), &o)
+	return o.Seq, ok, err
+}
+
 // bodyKey holds the body of the offer in slot: raw bytes beside the offer's JSON record, so a large
 // configuration is neither base64-encoded (a third larger) nor built up in an encoder's buffer.
 func bodyKey(slot Slot) []byte { return []byte(string(slot) + ".body") }

@@ -75,3 +75,27 @@ func TestSlot_ReadsOffersWrittenWithTheBodyInline(t *testing.T) {
 		t.Fatalf("old record read as %+v", o)
 	}
 }
+
+func TestSlotSeq_ReadsTheSequenceOfAFilledSlotOnly(t *testing.T) {
+	st := openTestStore(t)
+	if err := st.Update(func(tx *Tx) error {
+		return tx.SetSlot("ep", SlotCurrent, &Offer{Seq: 9, Body: []byte("[1]")})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	err := st.View(func(tx *Tx) error {
+		if seq, ok, err := tx.SlotSeq("ep", SlotCurrent); err != nil || !ok || seq != 9 {
+			t.Errorf("SlotSeq(current) = %d, %v, %v; want 9, true, nil", seq, ok, err)
+		}
+		if seq, ok, err := tx.SlotSeq("ep", SlotNext); err != nil || ok {
+			t.Errorf("SlotSeq(next) of an empty slot = %d, %v, %v; want false", seq, ok, err)
+		}
+		if _, ok, err := tx.SlotSeq("other", SlotNext); err != nil || ok {
+			t.Errorf("SlotSeq of an unknown endpoint = %v, %v; want false, nil", ok, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
