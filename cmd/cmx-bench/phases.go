@@ -88,26 +88,23 @@ func (r *runner) single() error {
 	}
 	r.rep.limit("binary size (static, stripped)", "MB", float64(st.Size())/mb, targetBinaryMB, "")
 
+	if err := r.startup(); err != nil {
+		return err
+	}
 	const app = "lat"
 	tok := "gw-0001"
-	a, firstPull, err := r.startAgentWait(app, []string{tok}, fmt.Sprintf("%dB", r.p.BigBytes+4096), true)
+	a, _, err := r.startAgentWait(app, []string{tok}, fmt.Sprintf("%dB", r.p.BigBytes+4096), false)
 	if err != nil {
 		return err
 	}
 	defer a.stop()
-	if d, ok := a.ready(); ok {
-		r.rep.limit("start → READY=1", "ms", ms(d), targetReadyMS, "fake NOTIFY_SOCKET")
-	} else {
-		r.rep.missing("start → READY=1", "ms", fmt.Sprintf("≤ %d ms", targetReadyMS), "the agent sent no READY=1 (no sd_notify in this build)")
-	}
-	r.rep.limit("start → first pull", "ms", ms(firstPull), 0, "process start, config, database, connect, subscribe, pull")
 	settle()
 	idle, err := a.memKB("VmRSS")
 	if err != nil {
 		return err
 	}
 	r.rep.limit("RSS idle, 1 endpoint", "MB", kbToMB(idle), targetIdle1MB, "")
-	r.logf("1 endpoint: first pull after %v, idle RSS %.1f MB", firstPull.Round(time.Millisecond), kbToMB(idle))
+	r.logf("1 endpoint: idle RSS %.1f MB", kbToMB(idle))
 
 	fl, err := startFloor(r.broker.url, "floor", mkdir(r.dir, "floor"))
 	if err != nil {
@@ -173,6 +170,38 @@ func (r *runner) single() error {
 	defer big.stop()
 	settle()
 	return r.big(big, "big", tok)
+}
+
+// startup starts a fresh agent (new state folder) a few times and reports the median times to
+// READY=1 and to the first pull: one start is at the mercy of whatever else the machine does.
+func (r *runner) startup() error {
+	const n = 5
+	var ready, pull []time.Duration
+	for i := range n {
+		a, firstPull, err := r.startAgentWait(fmt.Sprintf("start%d", i), []string{"gw-0001"}, "64KiB", true)
+		if err != nil {
+			return err
+		}
+		a.stop()
+		pull = append(pull, firstPull)
+		if d, ok := a.ready(); ok {
+			ready = append(ready, d)
+		}
+	}
+	slices.Sort(ready)
+	slices.Sort(pull)
+	switch {
+	case len(ready) == n:
+		r.rep.limit("start → READY=1", "ms", ms(quantile(ready, .5)), targetReadyMS,
+			fmt.Sprintf("fake NOTIFY_SOCKET; median of %d starts, slowest %.0f ms", n, ms(ready[n-1])))
+	case len(ready) == 0:
+		r.rep.missing("start → READY=1", "ms", fmt.Sprintf("≤ %d ms", targetReadyMS), "the agent sent no READY=1 (no sd_notify in this build)")
+	default:
+		return fmt.Errorf("READY=1 came in %d of %d starts", len(ready), n)
+	}
+	r.rep.limit("start → first pull", "ms", ms(quantile(pull, .5)), 0,
+		fmt.Sprintf("process start, config, database, connect, subscribe, pull; median of %d", n))
+	return nil
 }
 
 // bigPayload is a push whose entries take n bytes: an array of small objects, as a gateway's device
