@@ -102,6 +102,7 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
+	opt.Logger = boundLogger(opt.Logger)
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
@@ -127,6 +128,10 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if r := st.Recovered(); r != nil {
+		opt.Logger.Error("state database was unreadable: moved aside, starting with fresh state; the latest configuration is requested at connect",
+			"moved_to", r.MovedTo, "cause", r.Cause)
+	}
 	a := &Agent{
 		cfg:       cfg,
 		log:       opt.Logger,
@@ -142,6 +147,7 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 		ep := a.newEndpoint(ec)
 		a.endpoints[ep.key] = ep
 	}
+	a.sess = newSession(a)
 	return a, nil
 }
 

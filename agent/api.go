@@ -72,13 +72,10 @@ func (a *Agent) session() *session {
 // to call at any time after New.
 func (a *Agent) Status() (Status, error) {
 	st := Status{Dialect: a.cfg.Kaa.Dialect, Endpoints: []EndpointStatus{}}
-	if s := a.session(); s != nil {
-		s.mu.Lock()
-		st.Connected, st.Server = s.gen != 0, s.server
-		if !st.Connected {
-			st.Server, st.LastError = "", s.lastErr
-		}
-		s.mu.Unlock()
+	c := a.Connection()
+	st.Connected, st.Server, st.LastError = c.Connected, c.Server, c.LastError
+	if !c.Connected {
+		st.Server = "" // Server names the live connection only
 	}
 	eps := a.endpointList()
 	err := a.store.View(func(tx *Tx) error {

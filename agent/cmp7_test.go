@@ -183,18 +183,6 @@ func (h *harness) serverState(e cmp7Ep) ServerState {
 	return st
 }
 
-// waitLog waits until the agent's log has substr n times.
-func (h *harness) waitLog(substr string, n int) {
-	h.t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for strings.Count(h.logs.String(), substr) < n {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("agent log has %q %d times, want %d", substr, strings.Count(h.logs.String(), substr), n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // startCMP7 starts the agent and collects the first request of each configuration of the gateway.
 func (h *harness) startCMP7() map[cmp7Ep]uint64 {
 	h.t.Helper()

@@ -3,16 +3,25 @@ package agent
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
+	"net/url"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 )
 
-// clientOptions builds paho's options from [broker]. Reconnecting is the session's job, so paho's own
-// retry is off; acknowledgements are sent by the agent once a message is stored.
+// clientOptions builds paho's options from [broker]. It runs before every connection attempt, so the
+// password file, the CA file and the client certificate are read from disk each time: a rotated
+// certificate or password is used on the next reconnect without a restart. Reconnecting is the
+// session's job, so paho's own retry is off; acknowledgements are sent by the agent once a message is
+// stored.
 func (a *Agent) clientOptions() (*mqtt.ClientOptions, error) {
 	b := a.cfg.Broker
 	o := mqtt.NewClientOptions()
@@ -25,53 +34,170 @@ func (a *Agent) clientOptions() (*mqtt.ClientOptions, error) {
 	o.SetPingTimeout(10 * time.Second)
 	o.SetConnectTimeout(10 * time.Second)
 	o.SetWriteTimeout(10 * time.Second)
-	o.SetOrderMatters(false)
+	// Explicit MQTT 3.1.1: otherwise paho retries every refused CONNECT with MQTT 3.1, which doubles
+	// the attempts a broker sees and hides the first refusal's reason.
+	o.SetProtocolVersion(4)
+	// Ordered, so that a burst is committed in the order the server sent it (newest wins); the
+	// handler only queues (see inbox), which keeps paho's router from blocking.
+	o.SetOrderMatters(true)
 	o.SetAutoReconnect(false)
 	o.SetConnectRetry(false)
 	o.SetAutoAckDisabled(true)
 	o.SetResumeSubs(false)
 	if b.Username != "" || b.PasswordFile != "" {
-		user, file := b.Username, b.PasswordFile
-		o.SetCredentialsProvider(func() (string, string) {
-			if file == "" {
-				return user, ""
-			}
-			// Read on every connect so a rotated password is picked up without a restart.
-			raw, err := os.ReadFile(file)
+		o.SetUsername(b.Username)
+		if b.PasswordFile != "" {
+			pw, err := readSecret(b.PasswordFile, "password_file")
 			if err != nil {
-				a.log.Error("cannot read password_file", "path", file, "err", err)
-				return user, ""
+				return nil, err
 			}
-			return user, strings.TrimRight(string(raw), "\r\n")
-		})
-	}
-	if b.CAFile != "" || b.CertFile != "" {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if b.CAFile != "" {
-			pem, err := os.ReadFile(b.CAFile)
-			if err != nil {
-				return nil, fmt.Errorf("ca_file: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("ca_file %s: no PEM certificate in it", b.CAFile)
-			}
-			tc.RootCAs = pool
+			o.SetPassword(strings.TrimRight(string(pw), "\r\n"))
 		}
-		if b.CertFile != "" {
-			cert, key := b.CertFile, b.KeyFile
-			// Loaded at each handshake so a rotated certificate is used on the next reconnect.
-			tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-				c, err := tls.LoadX509KeyPair(cert, key)
-				if err != nil {
-					return nil, fmt.Errorf("client certificate: %w", err)
-				}
-				return &c, nil
-			}
-		}
-		o.SetTLSConfig(tc)
-	} else {
-		o.SetTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12})
 	}
+	tc, err := tlsConfig(b.CAFile, b.CertFile, b.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	// paho applies it to tls://, ssl://, mqtts:// and wss:// only; tcp:// and ws:// stay plain.
+	o.SetTLSConfig(tc)
+	o.SetCustomOpenConnectionFn(openConnection)
 	return o, nil
+}
+
+// tlsConfig is TLS 1.2 or later, the server's certificate checked against caFile (the system roots
+// when empty) and against the host name of the server URL, which crypto/tls takes from the address
+// paho dials.
+func tlsConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca_file %s: no PEM certificate in it", caFile)
+		}
+		tc.RootCAs = pool
+	}
+	if certFile != "" || keyFile != "" {
+		if _, err := readSecret(keyFile, "key_file"); err != nil {
+			return nil, err
+		}
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("cert_file %s / key_file %s: %w", certFile, keyFile, err)
+		}
+		// Its validity dates are not checked here: a gateway's clock may be wrong after boot (no
+		// RTC), and the broker, which decides, has the better clock.
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// readSecret reads a file holding a secret. A file any user of the gateway can read is refused, as
+// ssh refuses such a private key: whoever can read it can act as this gateway towards the broker.
+// Group read is allowed, so a packaging group may give the agent access.
+func readSecret(path, key string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	if fi.Mode().Perm()&0o004 != 0 {
+		return nil, &SecretModeError{Key: key, Path: path, Mode: fi.Mode().Perm()}
+	}
+	// Bounded: a password or key is small, and a wrong path (a log file, a device) must not fill
+	// memory.
+	data, err := io.ReadAll(io.LimitReader(f, maxSecret+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", key, path, err)
+	}
+	if len(data) > maxSecret {
+		return nil, fmt.Errorf("%s %s: larger than %d bytes, not a password or key file", key, path, maxSecret)
+	}
+	return data, nil
+}
+
+const maxSecret = 64 << 10
+
+// SecretModeError is a password or key file that every user can read.
+type SecretModeError struct {
+	Key  string // the configuration key naming the file
+	Path string
+	Mode fs.FileMode
+}
+
+func (e *SecretModeError) Error() string {
+	return fmt.Sprintf("%s %s is readable by every user (mode %04o); refusing to use it: chmod o-rwx %s", e.Key, e.Path, e.Mode, e.Path)
+}
+
+// vagueCause reports whether err is a connection cut without a reason: a reset or an EOF. With TLS
+// 1.3 a broker that refuses the client certificate sends its alert after the client's handshake has
+// finished, so the same refusal shows up either as that alert or, when the CONNECT write loses the
+// race, as a reset.
+func vagueCause(err error) bool {
+	if strings.Contains(err.Error(), "remote error: tls:") {
+		return false
+	}
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// connectCause says in plain words why a connection attempt failed, for an operator reading one log
+// line: which certificate check failed, or that the broker refused the credentials.
+func connectCause(err error) string {
+	var (
+		unknownCA  x509.UnknownAuthorityError
+		hostname   x509.HostnameError
+		invalid    x509.CertificateInvalidError
+		recordHdr  tls.RecordHeaderError
+		secretMode *SecretModeError
+	)
+	msg := err.Error()
+	switch {
+	case errors.As(err, &secretMode):
+		return secretMode.Error()
+	case errors.As(err, &unknownCA):
+		return "server certificate not trusted: it is not signed by a CA in ca_file (or the system roots when ca_file is empty)"
+	case errors.As(err, &hostname):
+		return "server certificate does not match the server name: " + hostname.Error()
+	case errors.As(err, &invalid):
+		return "server certificate rejected: " + invalid.Error()
+	case errors.As(err, &recordHdr):
+		return "the server did not answer with TLS (a plain MQTT port in a tls:// URL?)"
+	case errors.Is(err, packets.ErrorRefusedNotAuthorised), errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword):
+		return "not authorised: the broker refused the username or password (check username and password_file)"
+	case errors.Is(err, packets.ErrorRefusedIDRejected):
+		return "the broker rejected the client id"
+	case strings.Contains(msg, "protocol version not supported"):
+		return "no common TLS version: the agent needs TLS 1.2 or later"
+	case strings.Contains(msg, "remote error: tls:"):
+		alert := msg[strings.Index(msg, "remote error: tls:")+len("remote error: "):]
+		alert, _, _ = strings.Cut(alert, "\n")
+		return "the broker refused the TLS handshake (" + strings.TrimSpace(alert) +
+			"): check cert_file and key_file against the CA the broker trusts"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused: no broker listening"
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "no answer from the broker in time (" + msg + ")"
+	}
+	return msg
+}
+
+// redactServers hides any password written into a server URL, for logs.
+func redactServers(servers []string) []string {
+	out := make([]string, len(servers))
+	for i, s := range servers {
+		if u, err := url.Parse(s); err == nil {
+			out[i] = u.Redacted()
+		} else {
+			out[i] = "(unparsable URL)"
+		}
+	}
+	return out
 }

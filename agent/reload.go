@@ -83,8 +83,7 @@ func (a *Agent) startLocal(ctx context.Context) *session {
 		defer a.wg.Done()
 		a.drift.run(ctx)
 	}()
-	a.sess = newSession(a)
-	return a.sess
+	return a.sess // made by New, so Connection and Status have it before Run
 }
 
 // stopLocal waits for the workers and the drift watcher once ctx has ended.
@@ -255,24 +254,7 @@ func (s *session) addEndpoints(ctx context.Context, eps []*endpoint) error {
 	if client == nil || len(eps) == 0 {
 		return nil
 	}
-	filters := map[string]byte{}
-	for _, ep := range eps {
-		for _, f := range s.a.dia.filters(ep) {
-			filters[f] = 1
-		}
-	}
-	tok := client.SubscribeMultiple(filters, nil)
-	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if !waitToken(tctx, tok) {
-		return fmt.Errorf("subscribe: no SUBACK within 30s")
-	}
-	if err := tok.Error(); err != nil {
-		return fmt.Errorf("subscribe: %w", err)
-	}
-	s.request(client, eps)
-	go s.repeatRequests(ctx, gen, eps)
-	return nil
+	return s.subscribeAndRequest(ctx, gen, client, eps)
 }
 
 // unsubscribe drops the topics of removed endpoints that no remaining endpoint needs.

@@ -27,12 +27,14 @@ import (
 type session struct {
 	a *Agent
 
-	mu      sync.Mutex
-	client  mqtt.Client   // the live connection's client; nil while disconnected
-	gen     uint64        // current connection generation; 0 while disconnected
-	genDone chan struct{} // closed when the current generation ends
-	server  string        // broker of the current connection
-	lastErr string        // last connection error, logged once per change
+	mu        sync.Mutex
+	client    mqtt.Client   // the live connection's client; nil while disconnected
+	gen       uint64        // current connection generation; 0 while disconnected
+	genDone   chan struct{} // closed when the current generation ends
+	server    string        // broker of the current connection
+	lastErr   string        // cause of the last failed connection attempt, logged once per change
+	lastErrAt time.Time     // when lastErr first happened
+	vagueSeen bool          // a reset without a cause was seen since the last connection
 
 	genWake  chan struct{} // the generation changed
 	sentDone chan sentResult
@@ -77,7 +79,7 @@ func (s *session) up(server string, client mqtt.Client) uint64 {
 	s.gen = s.nextGen
 	s.genDone = make(chan struct{})
 	s.server = server
-	s.lastErr = ""
+	s.lastErr, s.vagueSeen = "", false
 	gen := s.gen
 	s.mu.Unlock()
 	s.poke()
@@ -106,9 +108,9 @@ func (s *session) poke() {
 }
 
 func (s *session) run(ctx context.Context) error {
-	if _, err := s.a.clientOptions(); err != nil {
-		return err
-	}
+	// A missing certificate or a password file with a bad mode is not fatal: it is logged, retried
+	// with backoff and shown in status, so fixing the file on disk is enough and a gateway never
+	// restart-loops over it.
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -122,7 +124,7 @@ func (s *session) run(ctx context.Context) error {
 		// connection and replays them on the next (completing the old tokens without error, and
 		// racing with new publishes). The agent's outbox already resends what was not acknowledged,
 		// and the broker redelivers unacknowledged pushes to the persistent session.
-		client, lost, err := s.newClient(ctx)
+		client, lost, in, err := s.newClient(ctx)
 		if err != nil {
 			s.noteConnectError(err)
 			sleepCtx(ctx, bo.next())
@@ -130,9 +132,11 @@ func (s *session) run(ctx context.Context) error {
 		}
 		tok := client.Connect()
 		if !waitToken(ctx, tok) {
+			in.close()
 			break
 		}
 		if err := tok.Error(); err != nil {
+			in.close()
 			s.noteConnectError(err)
 			sleepCtx(ctx, bo.next())
 			continue
@@ -140,8 +144,9 @@ func (s *session) run(ctx context.Context) error {
 		server := s.attempted.Load().(string)
 		gen := s.up(server, client)
 		s.a.log.Info("connected to broker", "server", server, "client_id", s.a.cfg.Broker.ClientID)
-		if err := s.subscribeAndRequest(ctx, gen, client); err != nil {
+		if err := s.subscribeAndRequest(ctx, gen, client, s.a.endpointList()); err != nil {
 			s.down(gen)
+			in.close()
 			client.Disconnect(0)
 			if ctx.Err() != nil {
 				break
@@ -154,9 +159,11 @@ func (s *session) run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			s.down(gen)
+			in.close()
 			client.Disconnect(250)
 		case err := <-lost:
 			s.down(gen)
+			in.close()
 			s.a.log.Warn("connection to broker lost", "server", server, "err", err)
 			sleepCtx(ctx, bo.next())
 		}
@@ -165,14 +172,21 @@ func (s *session) run(ctx context.Context) error {
 	return nil
 }
 
-// newClient builds a paho client for one connection; lost receives the reason it ended.
-func (s *session) newClient(ctx context.Context) (mqtt.Client, <-chan error, error) {
+// newClient builds a paho client for one connection; lost receives the reason it ended, and in
+// passes its messages to onMessage in the order they arrived until it is closed.
+func (s *session) newClient(ctx context.Context) (mqtt.Client, <-chan error, *inbox, error) {
 	opts, err := s.a.clientOptions()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	lost := make(chan error, 1)
-	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { s.onMessage(ctx, m) })
+	in := newInbox()
+	go in.run(ctx, func(m mqtt.Message) { s.onMessage(ctx, m) })
+	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
+		if !in.add(m) {
+			s.a.log.Warn("overloaded; QoS 0 message dropped", "topic", m.Topic())
+		}
+	})
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 		select {
 		case lost <- err:
@@ -183,25 +197,44 @@ func (s *session) newClient(ctx context.Context) (mqtt.Client, <-chan error, err
 		s.attempted.Store(u.Redacted())
 		return cfg
 	})
-	return mqtt.NewClient(opts), lost, nil
+	return mqtt.NewClient(opts), lost, in, nil
 }
 
+// noteConnectError records a failed connection attempt. The cause, in plain words, is logged once per
+// change (a broker refusing every few seconds must not flood the journal) and kept for status.
 func (s *session) noteConnectError(err error) {
+	cause := connectCause(err)
 	s.mu.Lock()
-	changed := s.lastErr != err.Error()
-	s.lastErr = err.Error()
+	if vagueCause(err) {
+		switch {
+		case s.lastErr != "":
+			// Most likely the same refusal as before, seen through a reset: keep the clear cause.
+			cause = s.lastErr
+		case !s.vagueSeen:
+			// A bare reset names no cause; the next attempt usually does. Wait for it before
+			// calling the reset the cause.
+			s.vagueSeen = true
+			s.mu.Unlock()
+			s.a.log.Debug("cannot connect to broker", "cause", cause)
+			return
+		}
+	}
+	changed := s.lastErr != cause
+	s.lastErr = cause
+	if changed {
+		s.lastErrAt = s.a.opt.Now()
+	}
 	s.mu.Unlock()
 	if changed {
-		s.a.log.Warn("cannot connect to broker; retrying with backoff", "servers", s.a.cfg.Broker.Servers, "err", err)
+		s.a.log.Warn("cannot connect to broker; retrying with backoff", "servers", redactServers(s.a.cfg.Broker.Servers), "cause", cause, "err", err)
 	} else {
-		s.a.log.Debug("cannot connect to broker", "err", err)
+		s.a.log.Debug("cannot connect to broker", "cause", cause)
 	}
 }
 
-// subscribeAndRequest subscribes every endpoint's topics, waits for the SUBACK, then asks for the
-// latest configuration of each endpoint, so that the answer cannot arrive before the subscription.
-func (s *session) subscribeAndRequest(ctx context.Context, gen uint64, client mqtt.Client) error {
-	eps := s.a.endpointList()
+// subscribeAndRequest subscribes eps' topics, waits for the SUBACK, then asks for the latest
+// configuration of each, so that the answer cannot arrive before the subscription.
+func (s *session) subscribeAndRequest(ctx context.Context, gen uint64, client mqtt.Client, eps []*endpoint) error {
 	filters := map[string]byte{}
 	for _, ep := range eps {
 		for _, f := range s.a.dia.filters(ep) {
@@ -299,8 +332,8 @@ func (s *session) repeatRequests(ctx context.Context, gen uint64, eps []*endpoin
 
 func (s *session) onMessage(ctx context.Context, m mqtt.Message) {
 	a := s.a
-	// paho runs each message in its own goroutine (order off); this bounds how many wait on the
-	// store. QoS 0 promises nothing, so under overload it is dropped rather than queued.
+	// Messages come one at a time from the connection's inbox; the semaphore stays as a bound
+	// should they ever be handled in parallel again.
 	if m.Qos() == 0 {
 		select {
 		case a.recvSem <- struct{}{}:

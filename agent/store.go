@@ -94,6 +94,7 @@ type handledRec struct {
 type Store struct {
 	db         *bolt.DB
 	handledMax int
+	recovered  *Recovery
 
 	// Group commit for Batch: while one group commits, later callers queue in pending and the
 	// next group takes them all in one transaction (one pair of fsyncs).
@@ -113,6 +114,11 @@ const maxGroup = 128
 
 // OpenStore opens (or creates) dir/agent.db. The folder is made 0700 and the file 0600 whatever the
 // umask. A database locked by another process is an error after lockTimeout, never a hang.
+//
+// A database that cannot be read (corrupt, truncated, not a bbolt file) is moved aside to
+// agent.db.corrupt-<time> and a fresh one is created, so that a damaged file never turns into a
+// crash loop; Recovered tells the caller, who logs it and asks the server for the latest
+// configuration as after every connect.
 func OpenStore(dir string, lockTimeout time.Duration, handledMax int) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state folder: %w", err)
@@ -121,9 +127,16 @@ func OpenStore(dir string, lockTimeout time.Duration, handledMax int) (*Store, e
 		return nil, fmt.Errorf("state folder: %w", err)
 	}
 	path := filepath.Join(dir, DBName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	db, err := openChecked(path, lockTimeout)
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("open %s: locked by another process (is another cmx-agent running with this state_dir?)", path)
+	}
+	var rec *Recovery
+	if errors.Is(err, errUnreadable) {
+		if rec, err = moveAside(path, err); err != nil {
+			return nil, err
+		}
+		db, err = openChecked(path, lockTimeout)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
@@ -144,11 +157,20 @@ func OpenStore(dir string, lockTimeout time.Duration, handledMax int) (*Store, e
 		db.Close()
 		return nil, fmt.Errorf("init %s: %w", path, err)
 	}
+	if rec != nil {
+		if err := seedCounter(db); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("init %s: %w", path, err)
+		}
+	}
 	if handledMax <= 0 {
 		handledMax = 1000
 	}
-	return &Store{db: db, handledMax: handledMax}, nil
+	return &Store{db: db, handledMax: handledMax, recovered: rec}, nil
 }
+
+// Recovered reports the unreadable database OpenStore moved aside, nil when there was none.
+func (s *Store) Recovered() *Recovery { return s.recovered }
 
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }

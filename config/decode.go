@@ -422,10 +422,14 @@ func (d *decoder) broker(t table, b *Broker) {
 		}
 	}
 	t.str("username", &b.Username)
-	t.readableFile("password_file", &b.PasswordFile)
+	if t.readableFile("password_file", &b.PasswordFile) {
+		t.secretFile("password_file", b.PasswordFile)
+	}
 	t.readableFile("ca_file", &b.CAFile)
 	t.readableFile("cert_file", &b.CertFile)
-	t.readableFile("key_file", &b.KeyFile)
+	if t.readableFile("key_file", &b.KeyFile) {
+		t.secretFile("key_file", b.KeyFile)
+	}
 	if t.duration("keepalive", &b.Keepalive) {
 		// MQTT carries the keepalive as whole seconds in 16 bits: less than
 		// a second would silently turn it off.

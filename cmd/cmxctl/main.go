@@ -33,10 +33,14 @@ const usage = `usage: cmxctl <command> [flags]
 commands:
   demo   [--addr HOST:PORT] [--exit]
          the whole loop on this machine: embedded broker, server, agent, a push and its confirmation
-  push   --token T [--id ID] [--wait 10s] [--raw] FILE
-         push FILE's configuration and wait for the confirmation (exit 0 only on "ok")
+  push   --token T [--name N] [--id ID] [--wait 10s] [--raw] FILE
+         push FILE's configuration and wait for the confirmation (exit 0 only on "ok";
+         cmp7: FILE is the config value, --id the configId, --name a named configuration,
+         exit 0 only on an applied report with a 2xx statusCode)
   serve  --configs DIR [--embedded HOST:PORT] [--share GROUP]
-         answer requests with DIR/<token>.json, push when a file changes, print every confirmation
+         answer requests with DIR/<token>.json (cmp7 also DIR/<token>.<name>.json), push when a
+         file changes (cmp7: to the endpoint's latest observing request), print every
+         confirmation or applied report
   version
 
 common flags of push and serve:
@@ -112,6 +116,7 @@ func cmdPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
 	c.register(fs)
 	token := fs.String("token", "", "endpoint token (required)")
+	name := fs.String("name", "", "cmp7: named configuration (default: the endpoint's default one)")
 	idText := fs.String("id", "", `push id: a number stays a number, anything else is a string (default: "push-" and the time)`)
 	waitFor := fs.Duration("wait", 10*time.Second, "how long to wait for the confirmation; 0 = do not wait")
 	raw := fs.Bool("raw", false, "FILE is the whole message, sent as it is (to see how the agent answers malformed input)")
@@ -143,13 +148,13 @@ func cmdPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *raw {
 		push = cloud.PushRaw
 	}
-	conf, err := push(ctx, c.o, *token, id, body, *waitFor)
+	conf, err := push(ctx, c.o, cloud.Target{Token: *token, Name: *name}, id, body, *waitFor)
 	if err != nil {
 		fmt.Fprintln(stderr, "cmxctl push:", err)
 		return 1
 	}
 	if *waitFor <= 0 {
-		fmt.Fprintf(stdout, "pushed %s id=%s (not waiting for the confirmation)\n", *token, id.JSON())
+		fmt.Fprintf(stdout, "pushed %s id=%s (not waiting for the confirmation)\n", cloud.Target{Token: *token, Name: *name}, id.JSON())
 		return 0
 	}
 	fmt.Fprintln(stdout, conf)
@@ -164,7 +169,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.SetOutput(stderr)
 	var c common
 	c.register(fs)
-	configs := fs.String("configs", "", "folder of configurations, <token>.json each (required)")
+	configs := fs.String("configs", "", "folder of configurations, <token>.json each, <token>.<name>.json for a cmp7 named one (required)")
 	embedded := fs.String("embedded", "", "run an MQTT broker in this process on HOST:PORT (e.g. 127.0.0.1:1883) and use it")
 	share := fs.String("share", "", "subscribe as $share/GROUP/ so several servers split the work")
 	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {

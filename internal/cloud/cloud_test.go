@@ -212,19 +212,19 @@ func TestPush_WaitsForTheAgentsConfirmation(t *testing.T) {
 	o := Options{Broker: b.URL, AppVersion: testApp}
 	ctx := context.Background()
 	id, _ := ParseID("42")
-	c, err := Push(ctx, o, "gw-001", id, []byte(`[{"x":1}]`), waitFor)
+	c, err := Push(ctx, o, Target{Token: "gw-001"}, id, []byte(`[{"x":1}]`), waitFor)
 	if err != nil || !c.OK() || string(c.ID.JSON()) != "42" {
 		t.Fatalf("Push = %+v, %v; want ok for id 42", c, err)
 	}
 	waitFile(t, out, `[{"x":1}]`)
 
 	sid, _ := ParseID("42x")
-	c, err = PushRaw(ctx, o, "gw-001", sid, []byte(`{"id":"42x","entries":7}`), waitFor)
+	c, err = PushRaw(ctx, o, Target{Token: "gw-001"}, sid, []byte(`{"id":"42x","entries":7}`), waitFor)
 	if err != nil || c.OK() || !strings.HasPrefix(c.Status, "invalid payload") {
 		t.Fatalf("PushRaw = %+v, %v; want an invalid payload status", c, err)
 	}
 
-	if _, err := Push(ctx, o, "gw-001", id, []byte(`{"not":"an array"}`), waitFor); err == nil {
+	if _, err := Push(ctx, o, Target{Token: "gw-001"}, id, []byte(`{"not":"an array"}`), waitFor); err == nil {
 		t.Errorf("Push of an object: no error, want 'must be a JSON array'")
 	}
 }
@@ -232,7 +232,7 @@ func TestPush_WaitsForTheAgentsConfirmation(t *testing.T) {
 func TestPush_NoAgentTimesOut(t *testing.T) {
 	b := mqtttest.Start(t)
 	id, _ := ParseID("1")
-	_, err := Push(context.Background(), Options{Broker: b.URL, AppVersion: testApp}, "nobody", id, []byte(`[]`), 200*time.Millisecond)
+	_, err := Push(context.Background(), Options{Broker: b.URL, AppVersion: testApp}, Target{Token: "nobody"}, id, []byte(`[]`), 200*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "no confirmation within 200ms") {
 		t.Errorf("Push with no agent: %v, want no confirmation within 200ms", err)
 	}
@@ -285,12 +285,5 @@ func TestParseID_NumbersStayNumbers(t *testing.T) {
 		if err != nil || string(id.JSON()) != want {
 			t.Errorf("ParseID(%q) = %s, %v; want %s", in, id.JSON(), err, want)
 		}
-	}
-}
-
-func TestDialect_Cmp7IsAClearError(t *testing.T) {
-	_, err := Push(context.Background(), Options{AppVersion: testApp, Dialect: "cmp7"}, "gw", cmx.ID{}, []byte(`[]`), 0)
-	if err == nil || !strings.Contains(err.Error(), "cmp7 is not supported") {
-		t.Errorf("cmp7: %v", err)
 	}
 }

@@ -179,7 +179,7 @@ output = "out/%s.json"
 	second := []byte(`[{"sampling_ms": 250}, {"unit": "C"}]`)
 	id, _ := ParseID("42")
 	fmt.Fprintf(out, "2. cmxctl push --token %s --id 42 sends %s and waits for the confirmation.\n", demoToken, second)
-	c, err = Push(ctx, co, demoToken, id, second, 30*time.Second)
+	c, err = Push(ctx, co, Target{Token: demoToken}, id, second, 30*time.Second)
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
@@ -188,7 +188,7 @@ output = "out/%s.json"
 	bad := []byte(`{"id": 43, "entries": {"sampling_ms": 100}}`)
 	bid, _ := ParseID("43")
 	fmt.Fprintf(out, "3. cmxctl push --raw sends a bad message, %s: refused with a status that says why; the file stays.\n", bad)
-	c, err = PushRaw(ctx, co, demoToken, bid, bad, 30*time.Second)
+	c, err = PushRaw(ctx, co, Target{Token: demoToken}, bid, bad, 30*time.Second)
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}

@@ -10,40 +10,50 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/cmx-agent/cmx-agent/cmx"
+	"github.com/cmx-agent/cmx-agent/config"
 )
 
 // ErrNoConfirmation is returned by Push when the wait ended without an answer.
 var ErrNoConfirmation = errors.New("no confirmation")
 
-// Push sends body to the endpoint token with id and, when wait > 0, waits that long for the
-// confirmation. The push goes to its own request id topic, so the answer cannot be confused with
-// another push's.
-func Push(ctx context.Context, o Options, token string, id cmx.ID, body []byte, wait time.Duration) (Confirmation, error) {
-	return push(ctx, o, token, id, body, false, wait)
+// Push sends body to the configuration tg with id and, when wait > 0, waits that long for the
+// confirmation. In cmx3 body is the entries array and the push goes to its own request id topic, so
+// the answer cannot be confused with another push's; in cmp7 body is the config value, id the
+// configId, the push goes to the unsolicited status topic and the answer is the applied report
+// with that configId.
+func Push(ctx context.Context, o Options, tg Target, id cmx.ID, body []byte, wait time.Duration) (Confirmation, error) {
+	return push(ctx, o, tg, id, body, false, wait)
 }
 
 // PushRaw sends payload as it is, the whole message and not only the body, so a test or an operator
 // can see how the agent answers malformed input; id is what the answer is matched with.
-func PushRaw(ctx context.Context, o Options, token string, id cmx.ID, payload []byte, wait time.Duration) (Confirmation, error) {
-	return push(ctx, o, token, id, payload, true, wait)
+func PushRaw(ctx context.Context, o Options, tg Target, id cmx.ID, payload []byte, wait time.Duration) (Confirmation, error) {
+	return push(ctx, o, tg, id, payload, true, wait)
 }
 
-func push(ctx context.Context, o Options, token string, id cmx.ID, body []byte, raw bool, wait time.Duration) (Confirmation, error) {
+func push(ctx context.Context, o Options, tg Target, id cmx.ID, body []byte, raw bool, wait time.Duration) (Confirmation, error) {
 	o.defaults()
 	if o.AppVersion == "" {
 		return Confirmation{}, errors.New("push: the application version is required")
 	}
-	if !cmx.ValidLevel(token) {
-		return Confirmation{}, fmt.Errorf("push: %q cannot be a topic level", token)
+	if !cmx.ValidLevel(tg.Token) {
+		return Confirmation{}, fmt.Errorf("push: %q cannot be a topic level", tg.Token)
 	}
 	dia, err := newDialect(o.Dialect)
 	if err != nil {
 		return Confirmation{}, err
 	}
+	if tg.Name != "" && o.Dialect != config.DialectCMP7 {
+		return Confirmation{}, fmt.Errorf("push: named configurations (%q) exist only in cmp7", tg.Name)
+	}
+	if tg.Name != "" && !cmx.ValidConfigName(tg.Name) {
+		return Confirmation{}, fmt.Errorf("push: %q cannot name a configuration (^[a-zA-Z0-9_-]+$, not all digits, not status or error)", tg.Name)
+	}
+	prefix := cmx.Prefix(o.AppVersion, o.Extension, tg.Token)
 	reqID := 1 + rand.Uint64N(1<<53)
-	topic, payload, err := dia.push(cmx.Prefix(o.AppVersion, o.Extension, token), id, []byte("[]"), reqID)
+	topic, payload, err := dia.push(prefix, tg, id, []byte("[]"), reqID, "")
 	if !raw {
-		topic, payload, err = dia.push(cmx.Prefix(o.AppVersion, o.Extension, token), id, body, reqID)
+		topic, payload, err = dia.push(prefix, tg, id, body, reqID, "")
 	} else {
 		payload = body
 	}
@@ -56,11 +66,10 @@ func push(ctx context.Context, o Options, token string, id cmx.ID, body []byte, 
 		if !ok {
 			return
 		}
-		c, ok, err := dia.confirmation(t.Rest, m.Payload())
-		if !ok || err != nil {
+		c, ok, err := dia.confirmation(t, m.Payload())
+		if !ok || err != nil || c.Token != tg.Token {
 			return
 		}
-		c.Token = t.Token
 		select {
 		case answers <- c:
 		default:
@@ -73,7 +82,7 @@ func push(ctx context.Context, o Options, token string, id cmx.ID, body []byte, 
 	defer client.Disconnect(250)
 	if wait > 0 {
 		// Subscribed before the push goes out, so the answer cannot come first.
-		if err := waitTok(ctx, client.Subscribe(dia.statusTopic(topic), 1, handler), "push: subscribe"); err != nil {
+		if err := waitTok(ctx, client.Subscribe(dia.answerFilter(prefix, tg, topic), 1, handler), "push: subscribe"); err != nil {
 			return Confirmation{}, err
 		}
 	}
@@ -89,7 +98,7 @@ func push(ctx context.Context, o Options, token string, id cmx.ID, body []byte, 
 	for {
 		select {
 		case c := <-answers:
-			if c.ID.Key() != id.Key() {
+			if !dia.answers(c, tg, id) {
 				continue
 			}
 			return c, nil

@@ -25,7 +25,8 @@ import (
 type ServeOptions struct {
 	Options
 	// Configs is the folder of configurations: <token>.json holds the body for that endpoint (for
-	// cmx3 the entries array).
+	// cmx3 the entries array, for cmp7 the config value), <token>.<name>.json a named configuration
+	// (cmp7).
 	Configs string
 	// Share, when set, subscribes through $share/<Share>/ so that several servers on one broker
 	// split the requests and confirmations between them instead of each answering every one.
@@ -46,6 +47,11 @@ type server struct {
 	dia    dialect
 	client mqtt.Client
 	outMu  sync.Mutex
+
+	// observers holds, per configuration, the topic of the latest observing request (cmp7): later
+	// changes go to its response topic.
+	obsMu     sync.Mutex
+	observers map[Target]string
 }
 
 // Serve answers requests with the configurations in o.Configs, pushes a file when it changes and
@@ -70,7 +76,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	} else if !fi.IsDir() {
 		return fmt.Errorf("serve: %s is not a folder", o.Configs)
 	}
-	s := &server{o: o, dia: dia}
+	s := &server{o: o, dia: dia, observers: map[Target]string{}}
 
 	watcher, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -123,7 +129,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 
 // watch pushes a configuration file once it has been quiet for the debounce time.
 func (s *server) watch(ctx context.Context, w *fsnotify.Watcher) {
-	due := map[string]time.Time{}
+	due := map[Target]time.Time{}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -145,8 +151,8 @@ func (s *server) watch(ctx context.Context, w *fsnotify.Watcher) {
 			}
 			// An atomic replacement shows as CREATE of the target name, an edit in place as WRITE.
 			if ev.Has(fsnotify.Create) || ev.Has(fsnotify.Write) {
-				if key, ok := keyOf(filepath.Base(ev.Name)); ok {
-					due[key] = time.Now().Add(s.o.Debounce)
+				if tg, ok := s.targetOf(filepath.Base(ev.Name)); ok {
+					due[tg] = time.Now().Add(s.o.Debounce)
 				}
 			}
 		case err, ok := <-w.Errors:
@@ -156,23 +162,23 @@ func (s *server) watch(ctx context.Context, w *fsnotify.Watcher) {
 			s.o.Logger.Warn("watching the configurations folder", "err", err)
 		case <-timer.C:
 			now := time.Now()
-			for key, t := range due {
+			for tg, t := range due {
 				if !t.After(now) {
-					delete(due, key)
-					s.pushFile(ctx, key, 0)
+					delete(due, tg)
+					s.pushChange(ctx, tg)
 				}
 			}
 		}
 	}
 }
 
-// keyOf maps a file name to the endpoint it configures; editors' temporary files do not count.
-func keyOf(name string) (string, bool) {
-	key, ok := strings.CutSuffix(name, ".json")
-	if !ok || key == "" || strings.HasPrefix(key, ".") || !cmx.ValidLevel(key) {
-		return "", false
+// targetOf maps a file name to the configuration it holds; editors' temporary files do not count.
+func (s *server) targetOf(name string) (Target, bool) {
+	base, ok := strings.CutSuffix(name, ".json")
+	if !ok {
+		return Target{}, false
 	}
-	return key, true
+	return s.dia.target(base)
 }
 
 // VersionID names a version of a configuration file by its modification time and content, so a
@@ -184,40 +190,80 @@ func VersionID(body []byte, mod time.Time) cmx.ID {
 	return id
 }
 
-// pushFile sends DIR/<key>.json to the endpoint; reqID > 0 answers that request.
-func (s *server) pushFile(ctx context.Context, key string, reqID uint64) {
-	path := filepath.Join(s.o.Configs, key+".json")
-	body, err := os.ReadFile(path)
+// readConfig reads the folder's configuration for tg and names its version; found is false when
+// there is none.
+func (s *server) readConfig(tg Target) (id cmx.ID, body []byte, found bool, err error) {
+	path := filepath.Join(s.o.Configs, tg.file()+".json")
+	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		s.o.Logger.Warn("no configuration for endpoint", "endpoint", key, "file", path)
-		return
+		return cmx.ID{}, nil, false, nil
 	}
+	if err != nil {
+		return cmx.ID{}, nil, false, err
+	}
+	defer f.Close()
+	// The modification time of the open file, so a replacement between two calls cannot pair one
+	// version's bytes with another's time.
+	fi, err := f.Stat()
+	if err != nil {
+		return cmx.ID{}, nil, false, err
+	}
+	if body, err = io.ReadAll(f); err != nil {
+		return cmx.ID{}, nil, false, err
+	}
+	return VersionID(body, fi.ModTime()), body, true, nil
+}
+
+// pushChange sends a changed configuration file to its endpoint (cmp7: to its observer).
+func (s *server) pushChange(ctx context.Context, tg Target) {
+	path := filepath.Join(s.o.Configs, tg.file()+".json")
+	id, body, found, err := s.readConfig(tg)
 	if err != nil {
 		s.o.Logger.Error("cannot read configuration", "file", path, "err", err)
 		return
 	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		s.o.Logger.Error("cannot read configuration", "file", path, "err", err)
-		return
+	if !found {
+		return // removed again before the debounce ended
 	}
-	id := VersionID(body, fi.ModTime())
-	prefix := cmx.Prefix(s.o.AppVersion, s.o.Extension, key)
-	topic, payload, err := s.dia.push(prefix, id, body, reqID)
+	s.obsMu.Lock()
+	observer := s.observers[tg]
+	s.obsMu.Unlock()
+	topic, payload, err := s.dia.push(cmx.Prefix(s.o.AppVersion, s.o.Extension, tg.Token), tg, id, body, 0, observer)
 	if err != nil {
 		s.o.Logger.Error("configuration not sent", "file", path, "err", err)
 		return
 	}
-	tok := s.client.Publish(topic, 1, false, payload)
-	if err := wait(ctx, tok, "publish"); err != nil {
-		s.o.Logger.Error("cannot push configuration", "endpoint", key, "err", err)
+	if s.publish(ctx, tg, topic, payload) {
+		s.o.Logger.Info("configuration pushed (file changed)", "endpoint", tg.String(), "id", id.Text(), "topic", topic, "bytes", len(body))
+	}
+}
+
+// answer answers an agent's request with the folder's configuration.
+func (s *server) answer(ctx context.Context, r request) {
+	path := filepath.Join(s.o.Configs, r.target.file()+".json")
+	id, body, found, err := s.readConfig(r.target)
+	if err != nil {
+		s.o.Logger.Error("cannot read configuration", "file", path, "err", err)
 		return
 	}
-	how := "pushed (file changed)"
-	if reqID > 0 {
-		how = "sent (answer to request " + strconv.FormatUint(reqID, 10) + ")"
+	if !found {
+		s.o.Logger.Warn("no configuration for endpoint", "endpoint", r.target.String(), "file", path)
 	}
-	s.o.Logger.Info("configuration "+how, "endpoint", key, "id", id.Text(), "topic", topic, "bytes", len(body))
+	topic, payload, ok, err := s.dia.answer(r, found, id, body)
+	if err != nil {
+		s.o.Logger.Error("configuration not sent", "file", path, "err", err)
+	}
+	if ok && s.publish(ctx, r.target, topic, payload) {
+		s.o.Logger.Info("request answered", "endpoint", r.target.String(), "id", id.Text(), "topic", topic, "payload_bytes", len(payload))
+	}
+}
+
+func (s *server) publish(ctx context.Context, tg Target, topic string, payload []byte) bool {
+	if err := wait(ctx, s.client.Publish(topic, 1, false, payload), "publish"); err != nil {
+		s.o.Logger.Error("cannot send configuration", "endpoint", tg.String(), "topic", topic, "err", err)
+		return false
+	}
+	return true
 }
 
 func (s *server) onMessage(ctx context.Context, m mqtt.Message) {
@@ -225,20 +271,27 @@ func (s *server) onMessage(ctx context.Context, m mqtt.Message) {
 	if !ok {
 		return
 	}
-	if _, reqID, ok, err := s.dia.request(t.Rest, m.Payload()); ok {
+	if r, ok, err := s.dia.request(t, m.Topic(), m.Payload()); ok {
 		if err != nil {
 			s.o.Logger.Warn("bad request", "topic", m.Topic(), "err", err)
+			if topic, payload, ok := s.dia.refuse(m.Topic(), err); ok {
+				s.publish(ctx, r.target, topic, payload)
+			}
 			return
 		}
-		s.pushFile(ctx, t.Token, reqID)
+		if r.observe {
+			s.obsMu.Lock()
+			s.observers[r.target] = r.topic
+			s.obsMu.Unlock()
+		}
+		s.answer(ctx, r)
 		return
 	}
-	if c, ok, err := s.dia.confirmation(t.Rest, m.Payload()); ok {
+	if c, ok, err := s.dia.confirmation(t, m.Payload()); ok {
 		if err != nil {
 			s.o.Logger.Warn("bad confirmation", "topic", m.Topic(), "err", err)
 			return
 		}
-		c.Token = t.Token
 		s.outMu.Lock()
 		fmt.Fprintln(s.o.Out, c.String())
 		s.outMu.Unlock()

@@ -59,10 +59,14 @@ type Broker struct {
 	Port int
 	// Dir is the broker's temp folder (config, log, mosquitto.db).
 	Dir string
+	// Ports are the loopback ports of Options.Listeners, in the same order.
+	// Like Port, they stay the same across Stop and Start.
+	Ports []int
 
 	bin      string
 	confPath string
 	logPath  string
+	opts     Options
 
 	mu        sync.Mutex
 	proc      *process
@@ -77,15 +81,42 @@ type process struct {
 	err    error // set before done is closed
 }
 
+// Options add to the broker's configuration, for tests that need more than
+// the plain anonymous listener.
+type Options struct {
+	// Listeners are extra listeners, each on its own free loopback port
+	// (Broker.Ports). The main listener stays plain and anonymous, so
+	// Broker.Client keeps working; per-listener settings are turned on so
+	// that each extra listener can have its own password_file or TLS files.
+	Listeners []Listener
+}
+
+// Listener is an extra mosquitto listener.
+type Listener struct {
+	// Lines follow "listener PORT 127.0.0.1" in mosquitto.conf, e.g.
+	// "certfile /path", "require_certificate true", "password_file /path".
+	// Without an allow_anonymous line the listener gets
+	// "allow_anonymous false". mosquitto runs as root (see writeConfig), so
+	// files in a root-only temp folder are readable to it.
+	Lines []string
+}
+
 // Start starts mosquitto on a free loopback port and waits until it accepts
 // connections. The broker is stopped when the test ends; if the test failed,
 // the tail of the broker's log is written to the test log.
 func Start(t testing.TB) *Broker {
 	t.Helper()
-	return start(t, DefaultMosquitto)
+	return start(t, DefaultMosquitto, Options{})
 }
 
-func start(t testing.TB, bin string) *Broker {
+// StartWith is Start with extra configuration: listeners for TLS, mutual TLS
+// or passwords next to the plain one.
+func StartWith(t testing.TB, opts Options) *Broker {
+	t.Helper()
+	return start(t, DefaultMosquitto, opts)
+}
+
+func start(t testing.TB, bin string, opts Options) *Broker {
 	t.Helper()
 	path, err := findMosquitto(bin)
 	if err != nil {
@@ -98,11 +129,16 @@ func start(t testing.TB, bin string) *Broker {
 		confPath: filepath.Join(dir, "mosquitto.conf"),
 		logPath:  filepath.Join(dir, "mosquitto.log"),
 		clients:  make(map[*Client]struct{}),
+		opts:     opts,
 	}
 	t.Cleanup(func() { b.cleanup(t) })
 
 	for attempt := 1; ; attempt++ {
 		b.setPort(FreePort(t))
+		b.Ports = b.Ports[:0]
+		for range opts.Listeners {
+			b.Ports = append(b.Ports, FreePort(t))
+		}
 		if err := b.writeConfig(); err != nil {
 			t.Fatalf("mqtttest: %v", err)
 		}
@@ -139,19 +175,33 @@ func (b *Broker) writeConfig() error {
 	// `user root`: started as root, mosquitto otherwise switches to user
 	// mosquitto and can no longer write its log and database in a root-only
 	// temp folder. It is ignored when not started as root.
-	conf := strings.Join([]string{
+	var head []string
+	if len(b.opts.Listeners) > 0 {
+		head = append(head, "per_listener_settings true")
+	}
+	conf := strings.Join(append(head,
 		fmt.Sprintf("listener %d 127.0.0.1", b.Port),
 		"allow_anonymous true",
 		// Without it every request/response round trip on loopback costs ~44 ms.
 		"set_tcp_nodelay true",
 		"persistence true",
-		"persistence_location " + b.Dir,
+		"persistence_location "+b.Dir,
 		"user root",
-		"log_dest file " + b.logPath,
+		"log_dest file "+b.logPath,
 		"log_type all",
 		"connection_messages true",
-		"",
-	}, "\n")
+	), "\n") + "\n"
+	for i, l := range b.opts.Listeners {
+		conf += fmt.Sprintf("\nlistener %d 127.0.0.1\n", b.Ports[i])
+		anon := false
+		for _, line := range l.Lines {
+			conf += line + "\n"
+			anon = anon || strings.HasPrefix(strings.TrimSpace(line), "allow_anonymous")
+		}
+		if !anon {
+			conf += "allow_anonymous false\n"
+		}
+	}
 	if err := os.WriteFile(b.confPath, []byte(conf), 0o600); err != nil {
 		return fmt.Errorf("write mosquitto config: %w", err)
 	}
@@ -200,6 +250,33 @@ func (b *Broker) Restart(t testing.TB) {
 	t.Helper()
 	b.Stop(t)
 	b.Start(t)
+}
+
+// Freeze stops the broker process with SIGSTOP: its sockets stay open but
+// nothing is read or answered, as with a hung broker or a silent network.
+// Clients find out only through their keepalive.
+func (b *Broker) Freeze(t testing.TB) {
+	t.Helper()
+	b.signal(t, syscall.SIGSTOP)
+}
+
+// Thaw resumes a broker stopped by Freeze with SIGCONT.
+func (b *Broker) Thaw(t testing.TB) {
+	t.Helper()
+	b.signal(t, syscall.SIGCONT)
+}
+
+func (b *Broker) signal(t testing.TB, sig syscall.Signal) {
+	t.Helper()
+	b.mu.Lock()
+	p := b.proc
+	b.mu.Unlock()
+	if p == nil {
+		t.Fatalf("mqtttest: %v: broker on %s is not running", sig, b.Addr)
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("mqtttest: send %v to mosquitto: %v", sig, err)
+	}
 }
 
 // Running reports whether the broker process is up.
@@ -306,6 +383,8 @@ func (b *Broker) stop() error {
 	// mosquitto installs its SIGTERM handler, logs "running" and only then
 	// sets its run flag, so a SIGTERM right after start can be overwritten
 	// and lost. Repeating it is harmless: the handler only clears that flag.
+	// A broker left frozen by Freeze would not see SIGTERM until resumed.
+	_ = p.cmd.Process.Signal(syscall.SIGCONT)
 	timer := time.NewTimer(stopTimeout)
 	defer timer.Stop()
 	resend := time.NewTicker(sigtermRepeat)

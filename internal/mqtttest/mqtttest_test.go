@@ -53,7 +53,7 @@ func TestStart_ServesOnLoopbackWithTheTestConfig(t *testing.T) {
 func TestStart_FailsWithInstallHintWhenMosquittoIsMissing(t *testing.T) {
 	t.Setenv("PATH", t.TempDir()) // no fallback through PATH either
 
-	msg := expectFatal(t, func(tb testing.TB) { start(tb, filepath.Join(t.TempDir(), "no-mosquitto")) })
+	msg := expectFatal(t, func(tb testing.TB) { start(tb, filepath.Join(t.TempDir(), "no-mosquitto"), Options{}) })
 
 	if !strings.Contains(msg, "apt-get install -y mosquitto") {
 		t.Fatalf("failure message %q does not say how to install mosquitto", msg)

@@ -1,0 +1,28 @@
+package agent
+
+import "time"
+
+// ConnState is the agent's broker connection as status shows it. It never holds a secret: server
+// URLs are redacted and causes name files, not their contents.
+type ConnState struct {
+	Connected bool
+	// Server is the broker of the live connection, or the one tried last.
+	Server string
+	// LastError is the plain-words cause of the last failed connection attempt ("" once connected),
+	// e.g. "not authorised: ..." or "server certificate does not match the server name: ...".
+	LastError string
+	// LastErrorAt is when that cause was first seen (wall clock, for people).
+	LastErrorAt time.Time
+}
+
+// Connection reports the broker connection; safe to call at any time from any goroutine.
+func (a *Agent) Connection() ConnState {
+	s := a.sess
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := ConnState{Connected: s.gen != 0, Server: s.server, LastError: s.lastErr, LastErrorAt: s.lastErrAt}
+	if !st.Connected {
+		st.Server, _ = s.attempted.Load().(string)
+	}
+	return st
+}

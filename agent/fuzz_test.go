@@ -1,0 +1,63 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/cmx-agent/cmx-agent/cmx"
+	"github.com/cmx-agent/cmx-agent/config"
+)
+
+// FuzzInbound drives what the network controls — topic and payload — through the agent's routing
+// and the cmx3 decoder, the code between paho and the store. Nothing may panic, a refusal always has
+// a status that says what was wrong, an accepted body is valid JSON taken from the payload, and
+// answers go only to the endpoint's own status topics.
+func FuzzInbound(f *testing.F) {
+	f.Add("kp1/app-v1/cmx/gw-001/json", []byte(`{"id":42,"entries":[{"k":"v"}]}`), byte(1))
+	f.Add("kp1/app-v1/cmx/gw-001/json/7", []byte(`{"entries":[]}`), byte(0))
+	f.Add("kp1/app-v1/cmx/gw-001/json/status", []byte(`{"id":42,"status":"ok"}`), byte(1))
+	f.Add("kp1/app-v1/cmx/gw-001/json/007", []byte(`{"id":"x","entries":[1]}`), byte(1))
+	f.Add("kp1/app-v1/cmx/gw-001/pull/json", []byte(`{"id":1}`), byte(1))
+	f.Add("kp1/app-v1/cmx/gw-001/json", []byte(`{"id":[1],"entries":{}}`), byte(2))
+	f.Add("kp1/app-v1/cmx/gw-001/json", []byte(strings.Repeat("[", 100)), byte(1))
+	f.Add("kp1/app-v1/cmx/other/json", []byte(`{"entries":[]}`), byte(1))
+
+	cfg := &config.Config{Kaa: config.Kaa{AppVersion: "app-v1", Extension: "cmx", Dialect: config.DialectCMX3}}
+	d := cmx3{limits: cmx.Limits{MaxPayload: 4096, MaxDepth: 8, MaxIDLen: 32, MaxEntries: 16}}
+	ep := &endpoint{key: "gw-001", cfg: config.Endpoint{Token: "gw-001"}, prefix: cmx.Prefix("app-v1", "cmx", "gw-001")}
+	f.Fuzz(func(t *testing.T, topic string, payload []byte, qos byte) {
+		tp, ok := cmx.SplitTopic(topic, cfg.Kaa.AppVersion, cfg.Kaa.Extension)
+		if !ok || tp.Token != ep.cfg.Token || !d.isConfig(ep, tp.Rest) {
+			return
+		}
+		if strings.HasSuffix(topic, "/status") {
+			t.Fatalf("the agent's own status topic %q routed as a push", topic)
+		}
+		in := d.decode(ep, topic, qos, payload)
+		if in.offer == nil {
+			t.Fatalf("decode(%q) gave neither an offer nor a refusal", payload)
+		}
+		if in.offer.ReplyTopic != topic+"/status" || in.offer.ReplyQoS != qos {
+			t.Fatalf("reply to %q qos %d, want %q qos %d", in.offer.ReplyTopic, in.offer.ReplyQoS, topic+"/status", qos)
+		}
+		if in.reject != nil {
+			if !strings.HasPrefix(in.reject.Status, "invalid payload: ") || in.reject.ok() {
+				t.Fatalf("refusal of %q has status %q", payload, in.reject.Status)
+			}
+			if len(in.offer.Body) != 0 {
+				t.Fatalf("refused push carries a body")
+			}
+		} else if !json.Valid(in.offer.Body) || !bytes.Contains(payload, in.offer.Body) {
+			t.Fatalf("accepted body %q is not JSON from the payload %q", in.offer.Body, payload)
+		}
+		if len(in.offer.ID) > d.limits.MaxIDLen {
+			t.Fatalf("id of %d bytes passed a limit of %d", len(in.offer.ID), d.limits.MaxIDLen)
+		}
+		m, ok, err := d.answer(nil, ep, in.offer, result{Status: "ok", Code: 200}) // cmx3 needs no transaction
+		if err != nil || !ok || m.Topic != in.offer.ReplyTopic || !json.Valid(m.Payload) {
+			t.Fatalf("answer %+v", m)
+		}
+	})
+}
