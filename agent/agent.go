@@ -233,7 +233,7 @@ func (a *Agent) receive(ep *endpoint, topic string, qos byte, payload []byte) er
 	)
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
-	err := a.store.Update(func(tx *Tx) error {
+	err := a.store.Batch(func(tx *Tx) error {
 		logMsg, logArgs = "", nil
 		if o.ID != "" {
 			status, seen, err := tx.Handled(ep.key, o.ID)
@@ -421,7 +421,7 @@ func (a *Agent) applyOffer(ctx context.Context, ep *endpoint, o *Offer) error {
 	r := out.r
 	now := a.opt.Now()
 	ep.mu.Lock()
-	err := a.store.Update(func(tx *Tx) error {
+	err := a.store.Batch(func(tx *Tx) error {
 		st.LastText, st.LastStatus, st.LastAt = o.Text, r.Status, now
 		if out.applied {
 			st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedAt = o.ID, o.Text, out.hash, now
@@ -441,11 +441,11 @@ func (a *Agent) applyOffer(ctx context.Context, ep *endpoint, o *Offer) error {
 			return err
 		}
 		for _, s := range []Slot{SlotCurrent, SlotNext} {
-			cur, err := tx.Slot(ep.key, s)
+			seq, ok, err := tx.SlotSeq(ep.key, s)
 			if err != nil {
 				return err
 			}
-			if cur != nil && cur.Seq == o.Seq {
+			if ok && seq == o.Seq {
 				return tx.SetSlot(ep.key, s, nil)
 			}
 		}

@@ -171,6 +171,20 @@ func (h *harness) waitFile(path string, want []byte) {
 	}
 }
 
+// logCount returns how often the agent's log holds substr, once it holds it at least n times or
+// waitFor has passed. An outcome is logged after its commit, and the sender may publish the answer
+// from that commit before the line is written, so a count taken right after the answer can be short.
+func (h *harness) logCount(substr string, n int) int {
+	deadline := time.Now().Add(waitFor)
+	for {
+		got := strings.Count(h.logs.String(), substr)
+		if got >= n || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func status(t *testing.T, c map[string]json.RawMessage) string {
 	t.Helper()
 	var s string
@@ -277,7 +291,7 @@ func TestPush_BadInputGetsErrorStatusAndChangesNothing(t *testing.T) {
 			}
 		})
 	}
-	if n := strings.Count(h.logs.String(), "configuration refused"); n != len(cases) {
+	if n := h.logCount("configuration refused", len(cases)); n != len(cases) {
 		t.Errorf("%d log lines say a configuration was refused, want one per bad push (%d)", n, len(cases))
 	}
 }
@@ -305,7 +319,7 @@ func TestPush_DuplicateIDIsReconfirmed(t *testing.T) {
 		t.Errorf("string id confirmation = %v", c)
 	}
 	h.waitFile(h.output("gw-001"), []byte(`["third"]`))
-	if n := strings.Count(h.logs.String(), "configuration applied"); n != 2 {
+	if n := h.logCount("configuration applied", 2); n != 2 {
 		t.Errorf("applied %d times, want 2 (the duplicate must not be applied)", n)
 	}
 }
@@ -350,7 +364,7 @@ func TestPush_BurstIsCoalesced(t *testing.T) {
 		t.Errorf("confirmations after release = %v, want 1 and 4 ok", got)
 	}
 	h.waitFile(h.output("gw-001"), []byte(`[4]`))
-	if n := strings.Count(h.logs.String(), "configuration applied"); n != 2 {
+	if n := h.logCount("configuration applied", 2); n != 2 {
 		t.Errorf("applied %d times, want 2", n)
 	}
 }

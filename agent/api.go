@@ -90,11 +90,11 @@ func (a *Agent) Status() (Status, error) {
 			}
 			waiting := false
 			for _, s := range []Slot{SlotCurrent, SlotNext} {
-				o, err := tx.Slot(ep.key, s)
+				_, ok, err := tx.SlotSeq(ep.key, s) // not Slot: that would copy the body out
 				if err != nil {
 					return err
 				}
-				waiting = waiting || o != nil
+				waiting = waiting || ok
 			}
 			st.Endpoints = append(st.Endpoints, EndpointStatus{
 				Key:        ep.key,

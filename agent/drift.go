@@ -260,6 +260,24 @@ func (a *Agent) checkDrift(ep *endpoint) {
 	}
 }
 
+// kickDriftFor is kickDrift after a write to output: it does nothing when output's folder is
+// watched already, so a burst of applies (a fan-out to 1,000 endpoints) does not make the watcher
+// rebuild its view of every endpoint once per write.
+func (a *Agent) kickDriftFor(output string) {
+	a.mu.RLock()
+	d := a.drift
+	a.mu.RUnlock()
+	if d == nil {
+		return
+	}
+	d.mu.Lock()
+	watched := d.watched[filepath.Dir(output)]
+	d.mu.Unlock()
+	if !watched {
+		d.kick()
+	}
+}
+
 // kickDrift makes the drift watcher look for new output folders now.
 func (a *Agent) kickDrift() {
 	a.mu.RLock()

@@ -119,7 +119,7 @@ func (a *Agent) pipeline(ctx context.Context, ep *endpoint, o *Offer, st Endpoin
 			return a.rollback(ctx, ep, o, prev, own, true, "hook failed: "+err.Error())
 		}
 	}
-	a.kickDrift() // the first write may have created the output's folder: watch it now
+	a.kickDriftFor(cfg.Output) // the first write may have created the output's folder: watch it now
 	return outcome{r: resultOK, applied: true, hash: hash, body: data}
 }
 
@@ -182,7 +182,7 @@ func (a *Agent) previous(ep *endpoint, st EndpointState) (previous, error) {
 	default:
 		return p, fmt.Errorf("read the file in place for rollback: %w", err)
 	}
-	err = a.store.Update(func(tx *Tx) error { return tx.SetPrior(ep.key, priorFile{Exists: p.exists, Body: p.body}) })
+	err = a.store.Batch(func(tx *Tx) error { return tx.SetPrior(ep.key, priorFile{Exists: p.exists, Body: p.body}) })
 	return p, err
 }
 

@@ -180,7 +180,10 @@ func (s *session) newClient(ctx context.Context) (mqtt.Client, <-chan error, *in
 		return nil, nil, nil, err
 	}
 	lost := make(chan error, 1)
-	in := newInbox()
+	in := newInbox(func(m mqtt.Message) string {
+		t, _ := cmx.SplitTopic(m.Topic(), s.a.cfg.Kaa.AppVersion, s.a.cfg.Kaa.Extension)
+		return t.Token // a push's order matters among its endpoint's messages only
+	})
 	go in.run(ctx, func(m mqtt.Message) { s.onMessage(ctx, m) })
 	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
 		if !in.add(m) {
@@ -332,8 +335,8 @@ func (s *session) repeatRequests(ctx context.Context, gen uint64, eps []*endpoin
 
 func (s *session) onMessage(ctx context.Context, m mqtt.Message) {
 	a := s.a
-	// Messages come one at a time from the connection's inbox; the semaphore stays as a bound
-	// should they ever be handled in parallel again.
+	// Messages come from the connection's inbox, in order per endpoint token and concurrently
+	// across tokens; the semaphore bounds how many wait on the store at once.
 	if m.Qos() == 0 {
 		select {
 		case a.recvSem <- struct{}{}:

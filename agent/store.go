@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -52,7 +54,7 @@ type Offer struct {
 	Seq        uint64    `json:"seq"`             // arrival order, unique per database
 	ID         string    `json:"id,omitempty"`    // the dedupe key (typed JSON text in cmx3); "" = none
 	Text       string    `json:"text,omitempty"`  // the id as people and hooks read it
-	Body       []byte    `json:"body"`            // the bytes that go into the output
+	Body       []byte    `json:"body,omitempty"`  // the bytes that go into the output; stored apart, see SetSlot
 	ReplyTopic string    `json:"reply_topic"`     // where the answer goes
 	ReplyQoS   byte      `json:"reply_qos"`       // the QoS the answer is sent with
 	Received   time.Time `json:"received"`        // wall clock, for people only
@@ -93,7 +95,22 @@ type Store struct {
 	db         *bolt.DB
 	handledMax int
 	recovered  *Recovery
+
+	// Group commit for Batch: while one group commits, later callers queue in pending and the
+	// next group takes them all in one transaction (one pair of fsyncs).
+	gmu     sync.Mutex
+	pending []*batchCall
+	leading bool // a goroutine is committing a group
 }
+
+type batchCall struct {
+	fn  func(*Tx) error
+	err chan error
+}
+
+// maxGroup bounds the functions committed in one transaction, so that one commit's dirty pages
+// (and its fsync) stay small.
+const maxGroup = 128
 
 // OpenStore opens (or creates) dir/agent.db. The folder is made 0700 and the file 0600 whatever the
 // umask. A database locked by another process is an error after lockTimeout, never a hang.
@@ -166,10 +183,76 @@ func (s *Store) Update(fn func(*Tx) error) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx, max: s.handledMax}) })
 }
 
-// Batch is Update grouped with concurrent callers into one commit. fn may run more than once, so it
-// must not have effects outside the transaction.
+// Batch is Update grouped with concurrent callers into one commit: like Update, it returns only
+// after the transaction that ran fn has been committed and fsynced. fn may run more than once, so
+// it must not have effects outside the transaction.
+//
+// Unlike bbolt's db.Batch it never waits for company: a caller that finds no commit in progress
+// commits at once, and callers arriving during a commit form the next group. A lone push pays no
+// delay; a burst pays one commit per group instead of one per message.
 func (s *Store) Batch(fn func(*Tx) error) error {
-	return s.db.Batch(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx, max: s.handledMax}) })
+	c := &batchCall{fn: fn, err: make(chan error, 1)}
+	s.gmu.Lock()
+	s.pending = append(s.pending, c)
+	lead := !s.leading
+	s.leading = true
+	s.gmu.Unlock()
+	if lead {
+		s.lead()
+	}
+	return <-c.err
+}
+
+// lead commits the pending group, then hands the lead to a new goroutine if more callers queued
+// meanwhile, so that the leader's own caller returns after its own commit.
+func (s *Store) lead() {
+	s.gmu.Lock()
+	n := min(len(s.pending), maxGroup)
+	group := s.pending[:n:n]
+	s.pending = s.pending[n:]
+	s.gmu.Unlock()
+
+	s.commitGroup(group)
+
+	s.gmu.Lock()
+	more := len(s.pending) > 0
+	if !more {
+		s.leading = false
+		s.pending = nil
+	}
+	s.gmu.Unlock()
+	if more {
+		go s.lead()
+	}
+}
+
+// commitGroup runs the functions of group in one transaction. If one fails, the transaction is
+// rolled back, the failing one gets its error from a transaction of its own, and the others are
+// committed again without it (as bbolt's Batch does).
+func (s *Store) commitGroup(group []*batchCall) {
+	failed := -1
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		t := &Tx{tx: tx, max: s.handledMax}
+		for i, c := range group {
+			if err := c.fn(t); err != nil {
+				failed = i
+				return err
+			}
+		}
+		return nil
+	})
+	if failed < 0 {
+		for _, c := range group {
+			c.err <- err
+		}
+		return
+	}
+	bad := group[failed]
+	bad.err <- s.Update(bad.fn)
+	rest := append(group[:failed:failed], group[failed+1:]...)
+	if len(rest) > 0 {
+		s.commitGroup(rest)
+	}
 }
 
 // View runs fn in a read-only transaction.
@@ -273,8 +356,31 @@ func (t *Tx) Slot(ep string, slot Slot) (*Offer, error) {
 	if !ok || err != nil {
 		return nil, err
 	}
+	if o.Body == nil { // kept apart (see SetSlot); records of earlier versions hold it inline
+		if raw := b.Get(bodyKey(slot)); raw != nil {
+			o.Body = bytes.Clone(raw) // raw lives in the mmap only while the transaction is open
+		}
+	}
 	return &o, nil
 }
+
+// SlotSeq returns the sequence number of the offer in slot without reading its body; ok is false
+// when the slot is empty.
+func (t *Tx) SlotSeq(ep string, slot Slot) (seq uint64, ok bool, err error) {
+	b, err := t.endpoint(ep, false)
+	if err != nil {
+		return 0, false, err
+	}
+	var o struct {
+		Seq uint64 `json:"seq"`
+	}
+	ok, err = getJSON(b, []byte(slot), &o)
+	return o.Seq, ok, err
+}
+
+// bodyKey holds the body of the offer in slot: raw bytes beside the offer's JSON record, so a large
+// configuration is neither base64-encoded (a third larger) nor built up in an encoder's buffer.
+func bodyKey(slot Slot) []byte { return []byte(string(slot) + ".body") }
 
 // SetSlot stores o in an endpoint's slot; nil empties it.
 func (t *Tx) SetSlot(ep string, slot Slot, o *Offer) error {
@@ -283,9 +389,21 @@ func (t *Tx) SetSlot(ep string, slot Slot, o *Offer) error {
 		return err
 	}
 	if o == nil {
+		if err := b.Delete(bodyKey(slot)); err != nil {
+			return err
+		}
 		return b.Delete([]byte(slot))
 	}
-	return putJSON(b, []byte(slot), o)
+	meta := *o
+	meta.Body = nil
+	if err := putJSON(b, []byte(slot), &meta); err != nil {
+		return err
+	}
+	body := o.Body
+	if body == nil {
+		body = []byte{}
+	}
+	return b.Put(bodyKey(slot), body)
 }
 
 // Handled returns the stored status of an id the endpoint has handled.

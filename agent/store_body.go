@@ -33,13 +33,14 @@ func (t *Tx) Body(ep string) (body []byte, ok bool, err error) {
 }
 
 // SetBody stores the applied output bytes of an endpoint, in the transaction that records the
-// applied hash, so the two never disagree.
+// applied hash, so the two never disagree. body must not change until the transaction ends.
 func (t *Tx) SetBody(ep string, body []byte) error {
 	b, err := t.endpoint(ep, true)
 	if err != nil {
 		return err
 	}
-	if err := b.Put(keyBody, append([]byte{}, body...)); err != nil {
+	// No copy: bbolt holds on to the slice only until the commit, and the caller hands it over.
+	if err := b.Put(keyBody, body); err != nil {
 		return fmt.Errorf("endpoint %s body: %w", ep, err)
 	}
 	return nil

@@ -55,6 +55,9 @@ func serve(ctx context.Context, cfg *config.Config, opts agent.Options, log *slo
 	}
 }
 
+// statusEvery bounds how often STATUS= is recomputed and sent.
+const statusEvery = 500 * time.Millisecond
+
 type mainLoop struct {
 	log     *slog.Logger
 	opts    agent.Options
@@ -102,6 +105,10 @@ func (m *mainLoop) runUntilRestart(ctx context.Context, cfg *config.Config, firs
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- a.Run(runCtx) }()
+	var (
+		statusDue  <-chan time.Time
+		lastStatus time.Time
+	)
 	stopping := ctx.Done()
 	if m.stopped {
 		stopping = nil
@@ -118,6 +125,13 @@ func (m *mainLoop) runUntilRestart(ctx context.Context, cfg *config.Config, firs
 			}
 			return nil, 0
 		case <-m.changes:
+			// Status reads every endpoint: during a burst of applies (a fan-out to 1,000
+			// endpoints) it is computed at most once per statusEvery, the last change included.
+			if statusDue == nil {
+				statusDue = time.After(time.Until(lastStatus.Add(statusEvery)))
+			}
+		case <-statusDue:
+			statusDue, lastStatus = nil, time.Now()
 			if st, err := a.Status(); err == nil {
 				m.n.status(agent.StatusLine(st))
 			}
