@@ -128,6 +128,10 @@ ns sh -c 'printf "[{\"boot\": 1}]" > /tmp/boot-1.json'
 out=$(ns cmxctl push --app my-app-v1 --token change-me --id boot-1 --wait 10s /tmp/boot-1.json 2>&1)
 check "push applied and confirmed: $out" test "$out" = 'confirmation change-me id="boot-1" status="ok"'
 check "output holds the pushed entries" test "$(ns cat /var/lib/cmx-agent/out/change-me.json)" = '[{"boot": 1}]'
+# STATUS= is recomputed at most every 500 ms (cmd/cmx-agent: statusEvery), so it may lag the
+# confirmation by that much.
+applied() { [[ "$(prop cmx-agent StatusText)" == *boot-1* ]]; }
+waitfor 5 applied || true
 check "STATUS= names the applied id: $(prop cmx-agent StatusText)" bash -c '[[ "$1" == *boot-1* ]]' _ "$(prop cmx-agent StatusText)"
 
 # 3. systemctl reload with a changed configuration: a second endpoint.
