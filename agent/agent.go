@@ -60,7 +60,8 @@ type Agent struct {
 	dia   dialect
 
 	mu        sync.RWMutex
-	endpoints map[string]*endpoint // by key
+	endpoints map[string]*endpoint   // by key
+	byToken   map[string][]*endpoint // the same endpoints by token
 
 	applySem chan struct{} // bounds parallel applies across endpoints
 	recvSem  chan struct{} // bounds messages being committed at once
@@ -147,6 +148,7 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 		ep := a.newEndpoint(ec)
 		a.endpoints[ep.key] = ep
 	}
+	a.reindex()
 	a.sess = newSession(a)
 	return a, nil
 }
@@ -194,16 +196,20 @@ func (a *Agent) endpointList() []*endpoint {
 	return out
 }
 
+// endpointByToken returns the endpoints of a token (several for cmp7 named configurations). It is on
+// the path of every received message, so it reads an index rather than scanning all endpoints.
 func (a *Agent) endpointByToken(token string) []*endpoint {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
-	var out []*endpoint
+	return a.byToken[token]
+}
+
+// reindex rebuilds the token index after a.endpoints changed; a.mu must be held for writing.
+func (a *Agent) reindex() {
+	a.byToken = make(map[string][]*endpoint, len(a.endpoints))
 	for _, ep := range a.endpoints {
-		if ep.cfg.Token == token {
-			out = append(out, ep)
-		}
+		a.byToken[ep.cfg.Token] = append(a.byToken[ep.cfg.Token], ep)
 	}
-	return out
 }
 
 func (a *Agent) wakeOutbox() {

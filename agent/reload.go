@@ -190,6 +190,7 @@ func (a *Agent) Reload(cfg *config.Config) error {
 	for _, ep := range added {
 		a.endpoints[ep.key] = ep
 	}
+	a.reindex()
 	a.cfg.Endpoints = cfg.Endpoints
 	running, ctx, sess, drift := a.running, a.runCtx, a.sess, a.drift
 	a.mu.Unlock()
