@@ -11,7 +11,7 @@ import (
 // waitLogWithin waits until the agent's log holds s at least n times.
 func (h *harness) waitLogWithin(s string, n int, within time.Duration) {
 	h.t.Helper()
-	deadline := time.Now().Add(within)
+	deadline := time.Now().Add(slack(within))
 	for strings.Count(h.logs.String(), s) < n {
 		if time.Now().After(deadline) {
 			h.t.Fatalf("log holds %q %d times after %v, want %d", s, strings.Count(h.logs.String(), s), within, n)
@@ -20,17 +20,26 @@ func (h *harness) waitLogWithin(s string, n int, within time.Duration) {
 	}
 }
 
-// waitFileWithin is waitFile with its own deadline, for promises about time.
+// slack turns a promised time into a test deadline. Tests do not assert timings (a loaded CI
+// machine would make them flaky; the benchmark measures): they fail only when the promise is missed
+// by far, which a hang or a repair loop does, and log the time it took.
+func slack(within time.Duration) time.Duration { return max(5*within, 10*time.Second) }
+
+// waitFileWithin waits for path to hold want, for a promise of within; it returns how long it took.
 func (h *harness) waitFileWithin(path string, want []byte, within time.Duration) time.Duration {
 	h.t.Helper()
 	start := time.Now()
 	for {
 		got, err := os.ReadFile(path)
 		if err == nil && string(got) == string(want) {
-			return time.Since(start)
+			took := time.Since(start)
+			if took > within {
+				h.t.Logf("%s took %v, promised within %v (a loaded machine?)", path, took, within)
+			}
+			return took
 		}
-		if time.Since(start) > within {
-			h.t.Fatalf("%s = %q (%v) after %v, want %q", path, got, err, within, want)
+		if time.Since(start) > slack(within) {
+			h.t.Fatalf("%s = %q (%v) after %v, want %q (promised within %v)", path, got, err, slack(within), want, within)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -186,8 +186,10 @@ if grep -q hang "$CMX_OUTPUT"; then echo "waiting for device" >&2; sleep 60 & ec
 	if s := h.push(`2`, `["hang"]`); s != "hook failed: timed out after 2s: waiting for device; rolled back to 1" {
 		t.Errorf("status = %q", s)
 	}
-	if took := time.Since(start); took > 8*time.Second {
-		t.Errorf("confirmation took %v", took)
+	// Not a timing assertion: the hook's child sleeps 60 s, so an answer well before that shows the
+	// group was killed at the timeout rather than waited for.
+	if took := time.Since(start); took > 30*time.Second {
+		t.Errorf("confirmation took %v: the hook was waited for, not killed", took)
 	}
 	h.waitFile(h.output("gw-001"), []byte(`["fine"]`))
 	if got := readLines(t, filepath.Join(h.dir, "hook.log")); strings.Join(got, " ") != "1 2 1" {
