@@ -250,7 +250,21 @@ func (a *Agent) receive(ep *endpoint, topic string, qos byte, payload []byte) er
 			if err != nil {
 				return err
 			}
-			if seen && !(in.reject == nil && a.dia.reapply(status, o, st)) {
+			if seen && in.reject == nil {
+				// Whether another configuration is pending matters to a dialect that lets a server
+				// go back to an earlier one (cmp7).
+				cur, err := tx.Slot(ep.key, SlotCurrent)
+				if err != nil {
+					return err
+				}
+				next, err := tx.Slot(ep.key, SlotNext)
+				if err != nil {
+					return err
+				}
+				other := cur != nil && cur.ID != o.ID || next != nil && next.ID != o.ID
+				seen = !a.dia.reapply(status, o, st, other)
+			}
+			if seen {
 				logMsg, logArgs = "duplicate id confirmed again", []any{"status", status}
 				return a.enqueueAnswer(tx, ep, o, result{Status: status, Code: codeOf(status)})
 			}
@@ -400,6 +414,13 @@ func hashOf(b []byte) string {
 
 // applyOffer puts o's body in place and commits the result with its answer.
 func (a *Agent) applyOffer(ctx context.Context, ep *endpoint, o *Offer) error {
+	// However this returns, o is no longer being written: a newer offer must supersede it from now
+	// on rather than queue behind it.
+	defer func() {
+		ep.mu.Lock()
+		ep.inflight = 0
+		ep.mu.Unlock()
+	}()
 	select {
 	case a.applySem <- struct{}{}:
 	case <-ctx.Done():

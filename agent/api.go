@@ -78,6 +78,12 @@ func (a *Agent) Status() (Status, error) {
 		st.Server = "" // Server names the live connection only
 	}
 	eps := a.endpointList()
+	outputs := make(map[*endpoint]string, len(eps))
+	a.mu.RLock() // a reload changes options under a.mu
+	for _, ep := range eps {
+		outputs[ep] = ep.cfg.Output
+	}
+	a.mu.RUnlock()
 	err := a.store.View(func(tx *Tx) error {
 		pending, err := tx.PendingByEndpoint()
 		if err != nil {
@@ -100,7 +106,7 @@ func (a *Agent) Status() (Status, error) {
 				Key:        ep.key,
 				Token:      ep.cfg.Token,
 				Name:       ep.cfg.Name,
-				Output:     ep.cfg.Output,
+				Output:     outputs[ep],
 				AppliedID:  es.AppliedText,
 				Applied:    es.AppliedHash != "",
 				AppliedAt:  es.AppliedAt,

@@ -114,11 +114,20 @@ func (cmp7) answer(tx *Tx, ep *endpoint, o *Offer, r result) (OutMsg, bool, erro
 	}, true, nil
 }
 
-// reapply lets a server go back to a configuration it sent before: a configId that was applied
-// successfully but is no longer the applied one is applied again. A configId that failed is reported
-// again with its stored status instead of running validate and hooks again on every request.
-func (cmp7) reapply(status string, o *Offer, st EndpointState) bool {
-	return status == cmx.StatusOK && o.ID != st.AppliedID
+// reapply lets a server go back to a configuration it sent before. The server says which
+// configuration is current; the newest message wins, so a configId handled before is applied again
+// when it was superseded (never applied), or applied successfully but no longer the applied one, or
+// still the applied one while another configuration is pending (which would otherwise end on
+// disk). A configId that failed is reported again with its stored status instead of running
+// validate and hooks again on every request.
+func (cmp7) reapply(status string, o *Offer, st EndpointState, otherPending bool) bool {
+	switch {
+	case strings.HasPrefix(status, "superseded"):
+		return true
+	case status == cmx.StatusOK:
+		return o.ID != st.AppliedID || otherPending
+	}
+	return false
 }
 
 func (cmp7) superseded(newer *Offer) result {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -600,4 +601,58 @@ func TestCMP7_ServerGoingBackToAnEarlierConfigIDIsApplied(t *testing.T) {
 		t.Errorf("report = %s, want x1 applied", m.Payload)
 	}
 	h.waitFile(h.out7(gwDefault), []byte(`["one"]`))
+}
+
+// holdWrite makes the first write after arm stop at StepSynced until release is closed. Call it
+// before start: the agent takes its pause hook when it is made.
+func (h *harness) holdWrite() (arm func(), blocked, release chan struct{}) {
+	blocked, release = make(chan struct{}), make(chan struct{})
+	var (
+		once  sync.Once
+		armed atomic.Bool
+	)
+	h.pause = func(step string) {
+		if step == StepSynced && armed.Load() {
+			once.Do(func() {
+				close(blocked)
+				<-release
+			})
+		}
+	}
+	return func() { armed.Store(true) }, blocked, release
+}
+
+func TestCMP7_SupersededConfigIDSentAgainIsApplied(t *testing.T) {
+	h := newCMP7Harness(t)
+	arm, blocked, release := h.holdWrite()
+	arm()
+	rids := h.startCMP7()
+	h.respond(gwDefault, rids[gwDefault], `{"configId":"z","config":["z"]}`)
+	<-blocked // z is being written
+	h.respond(gwDefault, 0, `{"configId":"a","config":["a"]}`)
+	h.waitLog(`id=a`, 1)
+	h.respond(gwDefault, 0, `{"configId":"b","config":["b"]}`) // a is superseded, never applied
+	h.waitLog(`superseded=a`, 1)
+	close(release)
+	h.waitFile(h.out7(gwDefault), []byte(`["b"]`))
+	// The operator goes back to a: it was never applied, so it is applied now.
+	h.respond(gwDefault, 0, `{"configId":"a","config":["a"]}`)
+	h.waitFile(h.out7(gwDefault), []byte(`["a"]`))
+}
+
+func TestCMP7_AppliedConfigIDSentAgainWhileAnotherIsPendingWins(t *testing.T) {
+	h := newCMP7Harness(t)
+	arm, blocked, release := h.holdWrite()
+	rids := h.startCMP7()
+	h.respond(gwDefault, rids[gwDefault], `{"configId":"a","config":["a"]}`)
+	h.waitFile(h.out7(gwDefault), []byte(`["a"]`))
+	arm()
+	h.respond(gwDefault, 0, `{"configId":"b","config":["b"]}`)
+	<-blocked // b is being written
+	h.respond(gwDefault, 0, `{"configId":"a","config":["a"]}`) // the server went back to a
+	h.waitLog(`id=a`, 2)
+	close(release)
+	// The newest message said a: the file ends on a, not on b.
+	h.waitLog(`msg="configuration applied" endpoint=gw-001 id=a`, 2)
+	h.waitFile(h.out7(gwDefault), []byte(`["a"]`))
 }

@@ -40,8 +40,9 @@ type dialect interface {
 	// superseded is the result of an offer replaced by newer before it was applied.
 	superseded(newer *Offer) result
 	// reapply reports whether an offer whose id was handled before, with status, is applied again
-	// rather than answered with the stored status.
-	reapply(status string, o *Offer, st EndpointState) bool
+	// rather than answered with the stored status; otherPending says another offer waits or is
+	// being written.
+	reapply(status string, o *Offer, st EndpointState, otherPending bool) bool
 	// request builds the message asking for the latest configuration.
 	request(ep *endpoint, msgID uint64, st EndpointState) (topic string, payload []byte)
 }
@@ -80,7 +81,7 @@ func (cmx3) answer(_ *Tx, ep *endpoint, o *Offer, r result) (OutMsg, bool, error
 }
 
 // reapply is false: in 3/CMX a handled id is confirmed again, never applied again (contract §3).
-func (cmx3) reapply(string, *Offer, EndpointState) bool { return false }
+func (cmx3) reapply(string, *Offer, EndpointState, bool) bool { return false }
 
 func (cmx3) superseded(newer *Offer) result {
 	return result{Status: cmx.Superseded(cmx.IDFromKey(newer.ID)), Code: 409}

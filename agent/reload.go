@@ -139,6 +139,12 @@ func (a *Agent) Reload(cfg *config.Config) error {
 	if a.cfg.Agent != cfg.Agent {
 		changedSections = append(changedSections, "[agent]")
 	}
+	if a.cfg.Kaa.Dialect == config.DialectCMP7 && sharedFilterChanged(a.cfg.Endpoints, cfg.Endpoints) {
+		// A token's default configuration subscribes P/config/json/#, which also carries its named
+		// ones (whose own filters are then left out, or the broker would deliver twice). Adding or
+		// removing that default changes the whole token's subscriptions: reconnect with new ones.
+		changedSections = append(changedSections, "the default configuration of a token with named ones")
+	}
 	if len(changedSections) > 0 {
 		return fmt.Errorf("%v changed: %w", changedSections, ErrRestartNeeded)
 	}
@@ -287,4 +293,33 @@ func (s *session) unsubscribe(removed []*endpoint) error {
 		return fmt.Errorf("unsubscribe %v: no UNSUBACK within 30s", drop)
 	}
 	return tok.Error()
+}
+
+// sharedFilterChanged reports whether a token with named cmp7 configurations gained or lost its
+// default configuration between old and new.
+func sharedFilterChanged(old, new []config.Endpoint) bool {
+	shape := func(eps []config.Endpoint) (defaults, named map[string]bool) {
+		defaults, named = map[string]bool{}, map[string]bool{}
+		for _, ec := range eps {
+			if ec.Name == "" {
+				defaults[ec.Token] = true
+			} else {
+				named[ec.Token] = true
+			}
+		}
+		return defaults, named
+	}
+	od, on := shape(old)
+	nd, nn := shape(new)
+	for tok := range on {
+		if od[tok] != nd[tok] {
+			return true
+		}
+	}
+	for tok := range nn {
+		if od[tok] != nd[tok] {
+			return true
+		}
+	}
+	return false
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/url"
@@ -163,6 +164,7 @@ func (s *session) run(ctx context.Context) error {
 			client.Disconnect(250)
 		case err := <-lost:
 			s.down(gen)
+			client.Disconnect(0) // the agent may end a live connection itself (see newClient)
 			in.close()
 			s.a.log.Warn("connection to broker lost", "server", server, "err", err)
 			sleepCtx(ctx, bo.next())
@@ -184,7 +186,18 @@ func (s *session) newClient(ctx context.Context) (mqtt.Client, <-chan error, *in
 		t, _ := cmx.SplitTopic(m.Topic(), s.a.cfg.Kaa.AppVersion, s.a.cfg.Kaa.Extension)
 		return t.Token // a push's order matters among its endpoint's messages only
 	})
-	go in.run(ctx, func(m mqtt.Message) { s.onMessage(ctx, m) })
+	go in.run(ctx, func(m mqtt.Message) {
+		if !s.onMessage(ctx, m) {
+			// A message that cannot be stored stays unacknowledged, and so must every later one:
+			// acknowledging them would let the broker redeliver it after them, out of order. End
+			// this connection; after the reconnect the broker sends them all again, in order.
+			in.close()
+			select {
+			case lost <- errors.New("a received configuration could not be stored; reconnecting so the broker sends it again"):
+			default:
+			}
+		}
+	})
 	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
 		if !in.add(m) {
 			s.a.log.Warn("overloaded; QoS 0 message dropped", "topic", m.Topic())
@@ -333,7 +346,9 @@ func (s *session) repeatRequests(ctx context.Context, gen uint64, eps []*endpoin
 	}
 }
 
-func (s *session) onMessage(ctx context.Context, m mqtt.Message) {
+// onMessage stores a configuration message and acknowledges it. It returns false when the message
+// could not be stored and was left unacknowledged.
+func (s *session) onMessage(ctx context.Context, m mqtt.Message) bool {
 	a := s.a
 	// Messages come from the connection's inbox, in order per endpoint token and concurrently
 	// across tokens; the semaphore bounds how many wait on the store at once.
@@ -342,13 +357,13 @@ func (s *session) onMessage(ctx context.Context, m mqtt.Message) {
 		case a.recvSem <- struct{}{}:
 		default:
 			a.log.Warn("overloaded; QoS 0 message dropped", "topic", m.Topic())
-			return
+			return true
 		}
 	} else {
 		select {
 		case a.recvSem <- struct{}{}:
 		case <-ctx.Done():
-			return
+			return true // stopping: left unacknowledged, redelivered after the restart
 		}
 	}
 	defer func() { <-a.recvSem }()
@@ -363,13 +378,14 @@ func (s *session) onMessage(ctx context.Context, m mqtt.Message) {
 			if err := a.receive(ep, m.Topic(), m.Qos(), m.Payload()); err != nil {
 				// Not acknowledged: the broker delivers it again after the next connect.
 				a.log.Error("cannot store configuration; it stays unacknowledged", "endpoint", ep.key, "topic", m.Topic(), "err", err)
-				return
+				return false
 			}
 			a.opt.Pause(StepReceived)
 			break
 		}
 	}
 	m.Ack()
+	return true
 }
 
 // sendLoop publishes the outbox while connected. Each message is published once per connection
