@@ -649,7 +649,8 @@ func TestCMP7_AppliedConfigIDSentAgainWhileAnotherIsPendingWins(t *testing.T) {
 	arm()
 	h.respond(gwDefault, 0, `{"configId":"b","config":["b"]}`)
 	<-blocked // b is being written
-	h.respond(gwDefault, 0, `{"configId":"a","config":["a"]}`) // the server went back to a
+	// The server went back to a.
+	h.respond(gwDefault, 0, `{"configId":"a","config":["a"]}`)
 	h.waitLog(`id=a`, 2)
 	close(release)
 	// The newest message said a: the file ends on a, not on b.
