@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -105,6 +106,10 @@ func (m *mainLoop) runUntilRestart(ctx context.Context, cfg *config.Config, firs
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- a.Run(runCtx) }()
+	var reloads sync.WaitGroup
+	defer reloads.Wait() // before a.Close: a reload in progress still uses the agent
+	reloaded := make(chan reloadResult, 1)
+	reloadIn := m.reload
 	var (
 		statusDue  <-chan time.Time
 		lastStatus time.Time
@@ -145,7 +150,7 @@ func (m *mainLoop) runUntilRestart(ctx context.Context, cfg *config.Config, firs
 				continue
 			}
 			m.n.send(daemon.SdNotifyWatchdog)
-		case why := <-m.reload:
+		case why := <-reloadIn:
 			data, err := os.ReadFile(cfg.Path)
 			if why != "SIGHUP" && err == nil && bytes.Equal(data, m.current) {
 				continue // touched, not changed
@@ -158,24 +163,39 @@ func (m *mainLoop) runUntilRestart(ctx context.Context, cfg *config.Config, firs
 				continue
 			}
 			m.current = data
-			err = a.Reload(nc)
+			// Reload waits for an apply in progress (a hook may take hook_timeout): off the main
+			// loop, so the watchdog is still fed meanwhile. One reload at a time.
+			reloadIn = nil
+			reloads.Add(1)
+			go func() {
+				defer reloads.Done()
+				reloaded <- reloadResult{cfg: nc, why: why, err: a.Reload(nc)}
+			}()
+		case r := <-reloaded:
+			reloadIn = m.reload
 			switch {
-			case errors.Is(err, agent.ErrRestartNeeded):
-				m.log.Info("configuration changed; restarting the agent to apply it", "trigger", why, "reason", err)
+			case errors.Is(r.err, agent.ErrRestartNeeded):
+				m.log.Info("configuration changed; restarting the agent to apply it", "trigger", r.why, "reason", r.err)
 				cancel()
 				if err := <-done; err != nil {
 					m.log.Error("agent stopped", "err", err)
 				}
-				return nc, 0 // READY=1 follows once the new agent is up
-			case err != nil:
-				m.log.Error("cannot reload the configuration; keeping the running one", "trigger", why, "err", err)
+				return r.cfg, 0 // READY=1 follows once the new agent is up
+			case r.err != nil:
+				m.log.Error("cannot reload the configuration; keeping the running one", "trigger", r.why, "err", r.err)
 			default:
-				cfg = nc
-				m.log.Info("configuration reloaded", "trigger", why, "endpoints", len(nc.Endpoints))
+				cfg = r.cfg
+				m.log.Info("configuration reloaded", "trigger", r.why, "endpoints", len(r.cfg.Endpoints))
 			}
 			m.n.send(daemon.SdNotifyReady)
 		}
 	}
+}
+
+type reloadResult struct {
+	cfg *config.Config
+	why string
+	err error
 }
 
 func trigger(c chan string, why string) {
