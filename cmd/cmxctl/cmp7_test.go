@@ -1,16 +1,11 @@
 package main
 
 import (
-	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/cmx-agent/cmx-agent/agent"
-	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
 )
 
@@ -18,41 +13,15 @@ import (
 // subscribed; it returns its output folder.
 func runningAgent7(t *testing.T, b *mqtttest.Broker) string {
 	t.Helper()
-	dir := t.TempDir()
-	cfg, err := config.Parse(filepath.Join(dir, "agent.toml"), fmt.Appendf(nil, `[broker]
-servers = [%q]
-[kaa]
-app_version = %q
-dialect = "cmp7"
-[agent]
-state_dir = "state"
-socket = "state/agent.sock"
-[[endpoint]]
+	// The named configuration is requested last, after the subscription that covers both.
+	dir := startAgent(t, b, `[[endpoint]]
 token = "gw-001"
 output = "out/gw-001.json"
 [[endpoint]]
 token = "gw-001"
 name = "modbus"
 output = "out/gw-001-modbus.json"
-`, b.URL, app))
-	if err != nil {
-		t.Fatal(err)
-	}
-	reqs := b.Client(t).Subscribe(t, "kp1/"+app+"/cmx/gw-001/config/json/modbus/+", 1)
-	a, err := agent.New(cfg, agent.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		a.Close()
-	})
-	// The named configuration is requested last, after the subscription that covers both.
-	reqs.Next(t, 10*time.Second)
+`, "cmp7", "kp1/"+app+"/cmx/gw-001/config/json/modbus/+")
 	return filepath.Join(dir, "out")
 }
 

@@ -23,17 +23,34 @@ func cmxctl(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	return o.String(), e.String(), code
 }
 
-// runningAgent starts a real agent for gw-001 and waits until it has subscribed.
+// runningAgent starts a real cmx3 agent for gw-001 and waits until it has subscribed (its pull
+// goes out after the SUBACK); it returns the output file.
 func runningAgent(t *testing.T, b *mqtttest.Broker) string {
 	t.Helper()
+	dir := startAgent(t, b, `[[endpoint]]
+token = "gw-001"
+output = "out/gw-001.json"
+`, "", "kp1/"+app+"/cmx/gw-001/pull/json")
+	return filepath.Join(dir, "out", "gw-001.json")
+}
+
+// startAgent runs an in-process agent on broker b with the given endpoints and dialect ("" for
+// cmx3) until the test ends, and returns once a message arrives at readyTopic (a request the agent
+// sends after its subscriptions are acknowledged). It returns the agent's folder.
+func startAgent(t *testing.T, b *mqtttest.Broker, endpoints, dialect, readyTopic string) string {
+	t.Helper()
 	dir := t.TempDir()
+	kaa := fmt.Sprintf("app_version = %q\n", app)
+	if dialect != "" {
+		kaa += fmt.Sprintf("dialect = %q\n", dialect)
+	}
 	cfg, err := config.Parse(filepath.Join(dir, "agent.toml"), fmt.Appendf(nil,
-		"[broker]\nservers = [%q]\n[kaa]\napp_version = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\n[[endpoint]]\ntoken = \"gw-001\"\noutput = \"out/gw-001.json\"\n",
-		b.URL, app))
+		"[broker]\nservers = [%q]\n[kaa]\n%s[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\n%s",
+		b.URL, kaa, endpoints))
 	if err != nil {
 		t.Fatal(err)
 	}
-	pulls := b.Client(t).Subscribe(t, "kp1/"+app+"/cmx/gw-001/pull/json", 1)
+	ready := b.Client(t).Subscribe(t, readyTopic, 1)
 	a, err := agent.New(cfg, agent.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -46,8 +63,8 @@ func runningAgent(t *testing.T, b *mqtttest.Broker) string {
 		<-done
 		a.Close()
 	})
-	pulls.Next(t, 10*time.Second)
-	return filepath.Join(dir, "out", "gw-001.json")
+	ready.Next(t, 10*time.Second)
+	return dir
 }
 
 func writeFile(t *testing.T, body string) string {
