@@ -1,9 +1,6 @@
 package main
 
 import (
-	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,31 +13,11 @@ import (
 // newCMP7CrashEnv is newCrashEnv for a named 7/CMP configuration.
 func newCMP7CrashEnv(t *testing.T) *crashEnv {
 	t.Helper()
-	b := mqtttest.Start(t)
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "agent.toml")
-	err := os.WriteFile(cfg, []byte(fmt.Sprintf(`[broker]
-servers = [%q]
-client_id = "crash-agent"
-[kaa]
-app_version = %q
-dialect = "cmp7"
-[agent]
-state_dir = "state"
-socket = "state/agent.sock"
-[[endpoint]]
+	return newCrashEnvWith(t, "dialect = \"cmp7\"\n", `[[endpoint]]
 token = "gw-001"
 name = "modbus"
 output = "out/modbus.json"
-`, b.URL, crashApp)), 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &crashEnv{broker: b, dir: dir, config: cfg, output: filepath.Join(dir, "out", "modbus.json"),
-		prefix: "kp1/" + crashApp + "/cmx/gw-001"}
-	e.server = b.Client(t)
-	e.all = e.server.Subscribe(t, "kp1/#", 2)
-	return e
+`, "modbus.json")
 }
 
 // waitRequest waits for the agent's next request for the modbus configuration and returns its topic

@@ -153,6 +153,16 @@ type crashEnv struct {
 
 func newCrashEnv(t *testing.T) *crashEnv {
 	t.Helper()
+	return newCrashEnvWith(t, "", `[[endpoint]]
+token = "gw-001"
+output = "out/gw-001.json"
+`, "gw-001.json")
+}
+
+// newCrashEnvWith writes an agent config with extra [kaa] lines and the given endpoints (all of
+// token gw-001) and starts the broker and the watching server; output is the file under out/.
+func newCrashEnvWith(t *testing.T, kaa, endpoints, output string) *crashEnv {
+	t.Helper()
 	b := mqtttest.Start(t)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "agent.toml")
@@ -161,17 +171,14 @@ servers = [%q]
 client_id = "crash-agent"
 [kaa]
 app_version = %q
-[agent]
+%s[agent]
 state_dir = "state"
 socket = "state/agent.sock"
-[[endpoint]]
-token = "gw-001"
-output = "out/gw-001.json"
-`, b.URL, crashApp)), 0o644)
+%s`, b.URL, crashApp, kaa, endpoints)), 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &crashEnv{broker: b, dir: dir, config: cfg, output: filepath.Join(dir, "out", "gw-001.json"),
+	e := &crashEnv{broker: b, dir: dir, config: cfg, output: filepath.Join(dir, "out", output),
 		prefix: "kp1/" + crashApp + "/cmx/gw-001"}
 	e.server = b.Client(t)
 	e.all = e.server.Subscribe(t, "kp1/#", 2)
