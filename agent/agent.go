@@ -153,13 +153,6 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 	return a, nil
 }
 
-func endpointKey(ec config.Endpoint) string {
-	if ec.Name == "" {
-		return ec.Token
-	}
-	return ec.Token + "/" + ec.Name
-}
-
 // Close releases the database. Call it after Run has returned.
 func (a *Agent) Close() error { return a.store.Close() }
 

@@ -59,7 +59,7 @@ func (l *lifecycle) pokeDrift() {
 func (a *Agent) newEndpoint(ec config.Endpoint) *endpoint {
 	quit := make(chan struct{})
 	return &endpoint{
-		key:    endpointKey(ec),
+		key:    ec.Key(),
 		cfg:    ec,
 		prefix: cmx.Prefix(a.cfg.Kaa.AppVersion, a.cfg.Kaa.Extension, ec.Token),
 		wake:   make(chan struct{}, 1),
@@ -151,7 +151,7 @@ func (a *Agent) Reload(cfg *config.Config) error {
 
 	want := map[string]config.Endpoint{}
 	for _, ec := range cfg.Endpoints {
-		want[endpointKey(ec)] = ec
+		want[ec.Key()] = ec
 	}
 	var removed, changed, added []*endpoint
 	for _, ep := range a.endpointList() {
@@ -168,7 +168,7 @@ func (a *Agent) Reload(cfg *config.Config) error {
 	}
 	for _, ec := range cfg.Endpoints {
 		a.mu.RLock()
-		_, ok := a.endpoints[endpointKey(ec)]
+		_, ok := a.endpoints[ec.Key()]
 		a.mu.RUnlock()
 		if !ok {
 			added = append(added, a.newEndpoint(ec))

@@ -38,7 +38,10 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		enc.Encode(st)
+		if err := enc.Encode(st); err != nil {
+			fmt.Fprintln(stderr, "cmx-agent status:", err)
+			return 1
+		}
 		return 0
 	}
 	printStatus(stdout, st)

@@ -12,8 +12,8 @@ func TestCommands_ExitCodesAndOutput(t *testing.T) {
 	dir := t.TempDir()
 	valid := filepath.Join(dir, "valid.toml")
 	invalid := filepath.Join(dir, "invalid.toml")
-	os.WriteFile(valid, []byte("[kaa]\napp_version = \"a\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"out/t.json\"\n"), 0o644)
-	os.WriteFile(invalid, []byte("[kaa]\napp_version = \"a\"\ncolour = \"blue\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"o.json\"\nhook_timeout = \"soon\"\n"), 0o644)
+	writeOrFail(t, valid, "[kaa]\napp_version = \"a\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"out/t.json\"\n")
+	writeOrFail(t, invalid, "[kaa]\napp_version = \"a\"\ncolour = \"blue\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"o.json\"\nhook_timeout = \"soon\"\n")
 
 	cases := []struct {
 		name       string
@@ -54,5 +54,12 @@ func TestCommands_ExitCodesAndOutput(t *testing.T) {
 				t.Errorf("unexpected stderr: %s", errb.String())
 			}
 		})
+	}
+}
+
+func writeOrFail(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
