@@ -89,7 +89,6 @@ func TestLoad_MinimalFileGetsEveryDefault(t *testing.T) {
 		Path: path,
 		Broker: Broker{
 			Servers:   []string{"tcp://127.0.0.1:1883"},
-			ClientID:  "cmx-agent-gw-001",
 			Keepalive: Duration{30 * time.Second},
 		},
 		Kaa: Kaa{AppVersion: "app-v1", Extension: "cmx", Dialect: DialectCMX3},
@@ -241,7 +240,7 @@ func TestParse_AcceptsAlternativeSpellings(t *testing.T) {
 			func(c *Config) bool { return c.Agent.MaxPayload == 4096 }},
 		{"empty strings meaning unset", "[broker]\nclient_id = \"\"\nca_file = \"\"\n" + kaaOK + endpointOK + "template = \"\"\nname = \"\"\n",
 			func(c *Config) bool {
-				return c.Broker.ClientID == "cmx-agent-gw-001" && c.Broker.CAFile == "" && c.Endpoints[0].Template == ""
+				return c.Broker.ClientID == "" && c.Broker.CAFile == "" && c.Endpoints[0].Template == ""
 			}},
 		{"same token with different cmp7 names", "[kaa]\napp_version = \"v\"\ndialect = \"cmp7\"\n" + endpointOK +
 			"[[endpoint]]\ntoken = \"gw-001\"\nname = \"net\"\noutput = \"net.json\"\n",

@@ -398,10 +398,8 @@ func (d *decoder) config(raw map[string]any, cfg *Config) {
 	}
 
 	cfg.Endpoints = d.endpoints(root, cfg, dialectOK)
-
-	if cfg.Broker.ClientID == "" && len(cfg.Endpoints) > 0 {
-		cfg.Broker.ClientID = DefaultClientPrefix + cfg.Endpoints[0].Token
-	}
+	// An empty client_id stays empty: the agent derives one once and keeps it in its database, so
+	// that the gateway's identity towards the broker does not change with its endpoint list.
 }
 
 func (d *decoder) broker(t table, b *Broker) {
