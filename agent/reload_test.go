@@ -82,4 +82,3 @@ func TestReload_BrokerOrKaaChangeNeedsARestart(t *testing.T) {
 	h.server.Publish(t, h.prefix("gw-001")+"/json", 1, []byte(`{"id":1,"entries":[1]}`))
 	h.all.NextMatching(t, waitFor, func(m mqtttest.Message) bool { return m.Topic == h.prefix("gw-001")+"/json/status" })
 }
-
