@@ -59,10 +59,8 @@ func startCore(t *testing.T, dialect string, pause func(string), eps ...config.E
 
 // pump is the transport's sender: every visible message is "published" and acknowledged.
 func (c *core) pump(ctx context.Context) {
-	var cursor uint64
 	for {
-		for _, m := range c.e.Outbox().Next(cursor, c.gen, 100) {
-			cursor = m.Seq
+		for _, m := range c.e.Outbox().Next(c.gen, 100) {
 			c.e.Outbox().Sent(m.Seq)
 			c.e.Outbox().Acked(m.Seq)
 			c.sent <- m

@@ -42,7 +42,9 @@ type outEntry struct {
 	stored  bool // put in the database by its commit (not when acknowledged or replaced first)
 	visible bool // may be sent (early, durable or volatile)
 	acked   bool
-	sent    bool // a volatile QoS 0 entry goes out once
+	sent    bool   // a volatile QoS 0 entry goes out once
+	sentGen uint64 // the connection it was last handed to
+
 }
 
 func newOutbox(last uint64, stored []OutMsg, idleDelay time.Duration, flush func()) *Outbox {
@@ -158,17 +160,22 @@ func (o *Outbox) drop(en *outEntry) {
 	}
 }
 
-// Next returns up to n entries after seq that may be sent on connection gen, in order.
-func (o *Outbox) Next(after, gen uint64, n int) []OutMsg {
+// Next returns, in order, up to n entries that may be sent on connection gen and have not been
+// handed to it yet. An answer can become sendable after later ones (its commit came after their
+// early publish), so this is not a plain cursor over sequence numbers; the entries are in memory, and
+// nothing is decoded.
+func (o *Outbox) Next(gen uint64, n int) []OutMsg {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	i := sort.Search(len(o.entries), func(i int) bool { return o.entries[i].msg.Seq > after })
 	var out []OutMsg
-	for ; i < len(o.entries) && len(out) < n; i++ {
-		en := o.entries[i]
-		if !en.visible || en.gen != 0 && en.gen != gen {
+	for _, en := range o.entries {
+		if len(out) == n {
+			break
+		}
+		if !en.visible || en.sentGen == gen || en.gen != 0 && en.gen != gen {
 			continue
 		}
+		en.sentGen = gen
 		out = append(out, en.msg)
 	}
 	return out

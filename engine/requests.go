@@ -127,7 +127,7 @@ func (e *Engine) send(gen uint64, eps []*endpoint) {
 		topic, payload := e.dia.request(ep, id, e.stateOf(ep))
 		ep.answered.Store(false)
 		ep.lastRID.Store(id)
-		e.out.request(OutMsg{Endpoint: ep.key, Topic: topic, QoS: 1, Payload: payload}, gen)
+		e.out.request(OutMsg{Endpoint: ep.key, Topic: topic, QoS: 1, Payload: payload, Request: true}, gen)
 		e.log.Debug("requested latest configuration", "endpoint", ep.key, "topic", topic, "msg_id", id)
 	}
 }

@@ -102,6 +102,8 @@ type OutMsg struct {
 	// Replaces, when set, makes this message replace every unsent one with the same value: only the
 	// newest of them is worth sending (cmp7's applied report of an endpoint).
 	Replaces string `json:"replaces,omitempty"`
+	// Request marks a request for the latest configuration (never stored).
+	Request bool `json:"-"`
 }
 
 type handledRec struct {

@@ -189,7 +189,6 @@ func (c *conn) send(ctx context.Context) {
 		err error
 	}
 	var (
-		cursor   uint64
 		inflight int
 		retry    []engine.OutMsg
 		retryAt  <-chan time.Time
@@ -204,11 +203,7 @@ func (c *conn) send(ctx context.Context) {
 				n -= k
 			}
 			if n > 0 {
-				next := ob.Next(cursor, c.gen, n)
-				if len(next) > 0 {
-					cursor = next[len(next)-1].Seq
-				}
-				batch = append(batch, next...)
+				batch = append(batch, ob.Next(c.gen, n)...)
 			}
 		}
 		for _, m := range batch {
@@ -251,7 +246,9 @@ func (c *conn) send(ctx context.Context) {
 				return // completed after its connection ended: not proof of delivery
 			}
 			if r.m.QoS > 0 {
-				c.s.opt.Pause(engine.StepPublished)
+				if !r.m.Request {
+					c.s.opt.Pause(engine.StepPublished)
+				}
 				ob.Acked(r.m.Seq)
 				c.s.log.Debug("answer delivered", "endpoint", r.m.Endpoint, "topic", r.m.Topic, "qos", r.m.QoS)
 			}
