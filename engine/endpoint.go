@@ -499,7 +499,10 @@ func (m *machine) recordResult(p *pending, out outcome) {
 func (m *machine) commitResult() {
 	e, ep := m.ep.e, m.ep
 	p, out := m.running, *m.result
+	// Status must not show the result committed while the endpoint still reads as busy.
+	ep.busyFlag.Store(m.next != nil)
 	if err := e.commit(ep, &m.j); err != nil {
+		ep.busyFlag.Store(true)
 		d := m.backoff.next()
 		e.log.Error("cannot record the result; retrying", "endpoint", ep.key, "id", p.o.Text, "in", d.Round(time.Millisecond), "err", err)
 		m.phase = retrying
