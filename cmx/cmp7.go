@@ -245,6 +245,9 @@ type Response struct {
 // or not at all; other fields are ignored. A problem is returned as an *InputError whose ID, when the
 // configId could be read, is the configId as a JSON string (ID.Text is the configId).
 func ParseConfigResponse(payload []byte, lim Limits) (Response, error) {
+	if lim.MaxPayload > 0 && len(payload) > lim.MaxPayload {
+		return Response{}, TooLarge(payload[:min(len(payload), HeadLen)], len(payload), "configId", lim)
+	}
 	fields, err := objectFields(payload, lim)
 	if err != nil {
 		return Response{}, err

@@ -84,7 +84,7 @@ func (e *InputError) Status() string { return "invalid payload: " + e.Reason }
 // names it.
 func ParsePush(payload []byte, lim Limits) (Push, error) {
 	if lim.MaxPayload > 0 && len(payload) > lim.MaxPayload {
-		return Push{}, &InputError{Reason: fmt.Sprintf("payload too large: %d bytes, limit %d", len(payload), lim.MaxPayload)}
+		return Push{}, TooLarge(payload[:min(len(payload), HeadLen)], len(payload), "id", lim)
 	}
 	// Unbalanced brackets are never JSON; the decoder below then names the exact syntax error, which
 	// says more in the status than a bare "not JSON".
@@ -259,6 +259,9 @@ func ParsePullRequest(payload []byte) (uint64, error) {
 	}
 	return *r.ID, nil
 }
+
+// HeadLen is how much of a payload over the limit is looked at for its id.
+const HeadLen = 4096
 
 // TooLarge is the refusal of a payload of size bytes, over the limit, of which only head, its
 // beginning, was kept. The id is taken from head when its top-level key (idKey: "id" in 3/CMX,

@@ -92,6 +92,9 @@ type Engine struct {
 	leaseEnd uint64 // ids up to here are leased in the database
 
 	conn connState // the transport's connection as the engine sees it (requests.go)
+
+	// failCommit, set by tests, makes a commit fail as a full or read-only state disk would.
+	failCommit func() error
 }
 
 // New opens the state database and prepares the engine; it starts nothing.
@@ -318,6 +321,11 @@ func (e *Engine) commit(ep *endpoint, j *journal) error {
 	if len(j.ops) == 0 && len(j.answers) == 0 {
 		j.committed()
 		return nil
+	}
+	if e.failCommit != nil {
+		if err := e.failCommit(); err != nil {
+			return err
+		}
 	}
 	acked := e.out.takeAcked()
 	err := e.store.Batch(func(tx *Tx) error {

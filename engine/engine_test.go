@@ -3,9 +3,13 @@ package engine
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -258,5 +262,84 @@ func TestReload_RemovingAnEndpointBeforeRunDoesNotWait(t *testing.T) {
 	case <-done:
 	case <-time.After(testWait):
 		t.Fatal("Reload before Run blocked on an endpoint that never started")
+	}
+}
+
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestResultCommitFailure_RetriesTheCommitAndNoDriftRepairFightsIt(t *testing.T) {
+	logs := &logBuffer{}
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out", "gw.json")
+	cfg := &config.Config{
+		Kaa:       config.Kaa{AppVersion: "app", Extension: "cmx", Dialect: config.DialectCMX3},
+		Agent:     config.Agent{StateDir: filepath.Join(dir, "state"), MaxPayload: 1 << 16},
+		Endpoints: []config.Endpoint{{Token: "gw", Output: out, OnDrift: config.OnDriftRepair}},
+	}
+	e, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failing atomic.Int32
+	e.failCommit = func() error {
+		if failing.Load() > 0 {
+			failing.Add(-1)
+			return errors.New("no space left on device")
+		}
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; e.Close() })
+	e.Online(1, true)
+	c := &core{t: t, e: e}
+	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`))
+	c.waitFile(out, `[1]`)
+
+	failing.Store(2)
+	r := c.deliver(p+"/json", 1, `{"id": 2, "entries": [2]}`)
+	c.waitFile(out, `[2]`)
+	// The output's folder saw the agent's own write: a drift check is due while the result is not
+	// committed yet.
+	e.endpointList()[0].post(evDrift{})
+	waitReceipt(t, r)
+	c.waitFile(out, `[2]`)
+	if strings.Contains(logs.String(), "repaired") {
+		t.Errorf("a drift repair ran against the uncommitted result:\n%s", logs.String())
+	}
+	if n := strings.Count(logs.String(), "cannot record the result; retrying"); n != 2 {
+		t.Errorf("commit retried after %d failures, want 2", n)
+	}
+	if st := e.stateOf(e.endpointList()[0]); st.AppliedText != "2" {
+		t.Errorf("applied %q, want 2", st.AppliedText)
+	}
+}
+
+func TestClientID_TheFirstOneUsedIsKept(t *testing.T) {
+	e := newTestEngine(t, config.DialectCMX3, config.Endpoint{Token: "a"})
+	first, err := e.ClientID("cmx-agent-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The endpoint list changed (a removed, b first): the derived id would change, the kept one not.
+	again, err := e.ClientID("cmx-agent-b")
+	if err != nil || first != "cmx-agent-a" || again != first {
+		t.Errorf("client ids %q then %q (%v), want cmx-agent-a both times", first, again, err)
 	}
 }

@@ -11,10 +11,12 @@ import (
 	"net/url"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/cmx-agent/cmx-agent/cmx"
 )
 
 // headLen is how much of an oversized payload is kept: enough for the id at its start.
-const headLen = 4096
+const headLen = cmx.HeadLen
 
 // openFn opens connections for c whose incoming PUBLISH packets are bounded.
 func (s *Session) openFn(c *conn) mqtt.OpenConnectionFunc {
