@@ -48,6 +48,8 @@ type Options struct {
 	// configuration is applied, so the caller can report Status (systemd's STATUS=). It must not
 	// block.
 	OnChange func()
+	// Build is shown by the build info metric.
+	Build Build
 }
 
 // ErrRestartNeeded is returned by Reload for a configuration that changes [broker], [kaa] or
@@ -61,10 +63,25 @@ type Agent struct {
 	eng  *engine.Engine
 	sess *transport.Session
 
+	build    Build
 	reloadMu sync.Mutex // one Reload at a time
 	mu       sync.Mutex
 	cfg      *config.Config
 	runCtx   context.Context
+	metrics  string // the address metrics are served on, once listening
+}
+
+// MetricsAddr is the TCP address metrics are served on; "" when none (yet).
+func (a *Agent) MetricsAddr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.metrics
+}
+
+func (a *Agent) setMetricsAddr(s string) {
+	a.mu.Lock()
+	a.metrics = s
+	a.mu.Unlock()
 }
 
 // New opens the state database and prepares the agent; it does not connect.
@@ -101,7 +118,7 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 		OnChange:   opt.OnChange,
 	})
 	c := *cfg
-	return &Agent{log: log, eng: eng, sess: sess, cfg: &c}, nil
+	return &Agent{log: log, eng: eng, sess: sess, cfg: &c, build: opt.Build}, nil
 }
 
 // Close releases the database. Call it after Run has returned.
@@ -121,6 +138,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		a.serveAPI(ctx)
 	}()
+	if addr := a.config().Agent.MetricsListen; addr != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.serveMetrics(ctx, addr)
+		}()
+	}
 	go func() {
 		defer wg.Done()
 		a.eng.Run(ctx)

@@ -273,7 +273,12 @@ func TestPush_BadInputGetsErrorStatusAndChangesNothing(t *testing.T) {
 		{"entries missing", []byte(`{"id":3}`), "invalid payload: entries missing", "3"},
 		{"entries not an array", []byte(`{"id":4,"entries":{"a":1}}`), "invalid payload: entries must be an array, got object", "4"},
 		{"id of a wrong type", []byte(`{"id":[5],"entries":[]}`), "invalid payload: id must be a string or a number, got array", ""},
-		{"oversized", append(append([]byte(`{"id":6,"entries":["`), bytes.Repeat([]byte("x"), 70<<10)...), `"]}`...), "invalid payload: payload too large: 71703 bytes, limit 65536", ""},
+		// The id comes before the cut, so the refusal names it.
+		{"oversized", append(append([]byte(`{"id":6,"entries":["`), bytes.Repeat([]byte("x"), 70<<10)...), `"]}`...), "invalid payload: payload too large: 71703 bytes, limit 65536", "6"},
+		// Far beyond the limit: the transport keeps only the beginning while reading the socket;
+		// the push is acknowledged (not delivered again in a loop) and refused with its id.
+		{"oversized far beyond what is read", append(append([]byte(`{"id":"big","entries":["`), bytes.Repeat([]byte("x"), 4<<20)...), `"]}`...), "invalid payload: payload too large: 4194331 bytes, limit 65536", `"big"`},
+		{"id after the cut", append(append([]byte(`{"entries":["`), bytes.Repeat([]byte("x"), 4<<20)...), `"], "id": 9}`...), "invalid payload: payload too large: 4194329 bytes, limit 65536", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -95,6 +95,10 @@ type Agent struct {
 	StateDir   string `toml:"state_dir"`
 	Socket     string `toml:"socket"`
 	MaxPayload Size   `toml:"max_payload"`
+	// MetricsListen is a TCP address (host:port) serving GET /metrics besides the socket; "" = none.
+	MetricsListen string `toml:"metrics_listen"`
+	// MetricsAllowRemote allows a MetricsListen address that is not loopback.
+	MetricsAllowRemote bool `toml:"metrics_allow_remote"`
 }
 
 // Endpoint is one [[endpoint]]: a token whose configuration the agent keeps

@@ -702,3 +702,28 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestParse_MetricsListenIsLoopbackUnlessAllowed(t *testing.T) {
+	base := "[kaa]\napp_version = \"a\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"/tmp/o.json\"\n[agent]\n"
+	cases := []struct {
+		name, agent, problem string
+	}{
+		{"loopback v4", "metrics_listen = \"127.0.0.1:9464\"\n", ""},
+		{"loopback v6", "metrics_listen = \"[::1]:9464\"\n", ""},
+		{"localhost", "metrics_listen = \"localhost:9464\"\n", ""},
+		{"all interfaces refused", "metrics_listen = \"0.0.0.0:9464\"\n", "is not a loopback address; set metrics_allow_remote = true"},
+		{"all interfaces allowed", "metrics_listen = \"0.0.0.0:9464\"\nmetrics_allow_remote = true\n", ""},
+		{"not host:port", "metrics_listen = \"9464\"\n", "is not host:port"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("/x/agent.toml", []byte(base+tc.agent))
+			switch {
+			case tc.problem == "" && err != nil:
+				t.Errorf("refused: %v", err)
+			case tc.problem != "" && (err == nil || !strings.Contains(err.Error(), tc.problem)):
+				t.Errorf("error %v, want one saying %q", err, tc.problem)
+			}
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"maps"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -500,13 +501,42 @@ func (d *decoder) kaa(t table, k *Kaa) bool {
 }
 
 func (d *decoder) agent(t table, a *Agent) {
-	t.unknown("state_dir", "socket", "max_payload")
+	t.unknown("state_dir", "socket", "max_payload", "metrics_listen", "metrics_allow_remote")
 	t.filePath("state_dir", &a.StateDir, false)
 	if t.filePath("socket", &a.Socket, false) && len(a.Socket) > 107 {
 		// sun_path holds 108 bytes with the terminating NUL.
 		d.add(t.path("socket"), "agent.socket: %s is longer than 107 bytes, the limit for a unix socket path", a.Socket)
 	}
 	t.size("max_payload", &a.MaxPayload)
+	t.boolean("metrics_allow_remote", &a.MetricsAllowRemote)
+	if t.str("metrics_listen", &a.MetricsListen) && a.MetricsListen != "" {
+		if problem := metricsAddrProblem(a.MetricsListen, a.MetricsAllowRemote); problem != "" {
+			d.add(t.path("metrics_listen"), "agent.metrics_listen: %s", problem)
+		}
+	}
+}
+
+// metricsAddrProblem says what is wrong with a metrics address: not host:port, or reachable from
+// other machines without the operator having said so (metrics name endpoints and configuration
+// ids, which an operator may not want on the network).
+func metricsAddrProblem(addr string, remoteOK bool) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Sprintf("%q is not host:port (%v)", addr, err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Sprintf("%q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	if remoteOK {
+		return ""
+	}
+	if host == "localhost" {
+		return ""
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return ""
+	}
+	return fmt.Sprintf("%q is not a loopback address; set metrics_allow_remote = true to serve metrics to other machines", addr)
 }
 
 // endpoints reads every [[endpoint]], then checks them against each other.

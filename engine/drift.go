@@ -282,6 +282,7 @@ func (e *Engine) checkDrift(m *machine) {
 		e.log.Error("output changed locally and cannot be repaired", "endpoint", ep.key, "change", what, "err", apply.Describe(err))
 		return
 	}
+	ep.stats.driftRepairs.Add(1)
 	e.log.Warn("output changed locally; repaired", "endpoint", ep.key, "output", cfg.Output, "change", what, "applied_id", st.AppliedText)
 	if what == "deleted" {
 		e.kickDrift() // the folder may have been recreated

@@ -24,6 +24,7 @@ type endpoint struct {
 	retry   errRetry // repeats a request the server refused (7/CMP)
 	// busyFlag mirrors the machine for status: an offer is being applied or waits.
 	busyFlag atomic.Bool
+	stats    counters // for metrics
 
 	mu      sync.Mutex
 	cfg     config.Endpoint // read by others under mu; changed by the machine between applies
@@ -310,6 +311,7 @@ func (m *machine) arrive(a evArrival) {
 		return
 	}
 	o.Received = e.opt.Now()
+	ep.stats.received.Add(1)
 	fast := e.mayHold(ep.config(), a.qos)
 	if fast {
 		a.receipt.hold(&e.held)
@@ -318,6 +320,7 @@ func (m *machine) arrive(a evArrival) {
 	switch {
 	case a.in.reject != nil:
 		e.log.Warn("configuration refused", "endpoint", ep.key, "id", o.Text, "topic", a.topic, "reason", a.in.reject.Status)
+		ep.stats.count(a.in.reject.Code)
 		if o.ID != "" {
 			m.j.setHandled(o.ID, Handled{Status: a.in.reject.Status, Code: a.in.reject.Code})
 		}
@@ -409,6 +412,7 @@ func (m *machine) supersede(old *pending, newer *Offer) {
 	}
 	m.j.waiters = append(m.j.waiters, old.waiters...)
 	old.waiters = nil
+	m.ep.stats.count(r.Code)
 	e.log.Warn("configuration superseded", "endpoint", m.ep.key, "superseded", old.o.Text, "by", newer.Text)
 }
 
@@ -510,6 +514,9 @@ func (m *machine) commitResult() {
 		return
 	}
 	m.backoff.reset()
+	if !p.o.Internal {
+		ep.stats.count(out.r.Code)
+	}
 	if out.r.OK() {
 		e.log.Info("configuration applied", "endpoint", ep.key, "id", p.o.Text, "output", out.output, "bytes", len(out.body))
 	} else {

@@ -93,6 +93,8 @@ type Engine struct {
 
 	conn connState // the transport's connection as the engine sees it (requests.go)
 
+	applyTimes histogram // durations of the pipeline, for metrics
+
 	// failCommit, set by tests, makes a commit fail as a full or read-only state disk would.
 	failCommit func() error
 }

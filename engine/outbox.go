@@ -42,15 +42,16 @@ type outEntry struct {
 	stored  bool // put in the database by its commit (not when acknowledged or replaced first)
 	visible bool // may be sent (early, durable or volatile)
 	acked   bool
-	sent    bool   // a volatile QoS 0 entry goes out once
-	sentGen uint64 // the connection it was last handed to
+	sent    bool      // a volatile QoS 0 entry goes out once
+	sentGen uint64    // the connection it was last handed to
+	made    time.Time // when it was made (or, for one stored earlier, when the agent started)
 
 }
 
 func newOutbox(last uint64, stored []OutMsg, idleDelay time.Duration, flush func()) *Outbox {
 	o := &Outbox{last: last, bySeq: map[uint64]*outEntry{}, wake: make(chan struct{}, 1), idleDelay: idleDelay, flush: flush, replaces: map[string]*outEntry{}}
 	for _, m := range stored {
-		en := &outEntry{msg: m, durable: true, visible: true}
+		en := &outEntry{msg: m, durable: true, visible: true, made: time.Now()}
 		o.insert(en)
 		if m.Replaces != "" {
 			o.replaces[m.Replaces] = en
@@ -95,7 +96,7 @@ func (o *Outbox) add(m OutMsg, early bool) *outEntry {
 	defer o.mu.Unlock()
 	o.last++
 	m.Seq = o.last
-	en := &outEntry{ob: o, msg: m, visible: early || m.QoS == 0}
+	en := &outEntry{ob: o, msg: m, visible: early || m.QoS == 0, made: time.Now()}
 	if m.Replaces != "" {
 		// Only the newest report of an endpoint is worth sending: an older one not yet sent goes.
 		if old := o.replaces[m.Replaces]; old != nil && !old.sent {
@@ -291,4 +292,20 @@ func (o *Outbox) Waiting() []OutMsg {
 		}
 	}
 	return out
+}
+
+// depth counts the answers not yet acknowledged and tells when the oldest was made.
+func (o *Outbox) depth() (n int, oldest time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, en := range o.entries {
+		if en.gen != 0 || en.msg.QoS == 0 {
+			continue
+		}
+		n++
+		if oldest.IsZero() || en.made.Before(oldest) {
+			oldest = en.made
+		}
+	}
+	return n, oldest
 }

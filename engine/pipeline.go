@@ -64,6 +64,8 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 		return outcome{abandoned: true}
 	}
 	defer func() { <-e.applyC }()
+	start := time.Now()
+	defer func() { e.applyTimes.observe(time.Since(start)) }()
 	st := e.stateOf(ep)
 	data := o.Body
 	rendered := false

@@ -13,4 +13,7 @@ type ConnState struct {
 	LastError string
 	// LastErrorAt is when that cause was first seen (wall clock, for people).
 	LastErrorAt time.Time
+	// Connects counts the connections made since the agent started; all but the first are
+	// reconnections.
+	Connects uint64
 }

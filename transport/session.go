@@ -66,6 +66,7 @@ type Session struct {
 	mu        sync.Mutex
 	client    mqtt.Client // the live connection's client; nil while disconnected
 	gen       uint64      // current connection generation; 0 while disconnected
+	online    bool        // gen is subscribed and the engine told: what status calls connected
 	server    string      // broker of the current connection
 	lastErr   string      // cause of the last failed connection attempt, logged once per change
 	lastErrAt time.Time   // when lastErr first happened
@@ -102,7 +103,7 @@ func New(cfg config.Broker, core Core, opt Options) *Session {
 func (s *Session) State() ConnState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := ConnState{Connected: s.gen != 0, Server: s.server, LastError: s.lastErr, LastErrorAt: s.lastErrAt}
+	st := ConnState{Connected: s.online, Server: s.server, LastError: s.lastErr, LastErrorAt: s.lastErrAt, Connects: s.nextGen}
 	if !st.Connected {
 		st.Server, _ = s.attempted.Load().(string)
 	}
@@ -139,6 +140,7 @@ func (s *Session) down(gen uint64) {
 	if was {
 		s.gen = 0
 		s.client = nil
+		s.online = false
 	}
 	s.mu.Unlock()
 	if was {
@@ -200,6 +202,9 @@ func (s *Session) Run(ctx context.Context) error {
 			continue
 		}
 		s.core.Online(gen, !s.cfg.CleanSession && !fresh)
+		s.mu.Lock()
+		s.online = s.gen == gen
+		s.mu.Unlock()
 		s.changed()
 		bo.Reset()
 		select {

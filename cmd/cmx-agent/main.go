@@ -156,7 +156,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if cfg == nil {
 		return code
 	}
-	opts := agent.Options{Logger: log}
+	opts := agent.Options{Logger: log, Build: agent.Build{Version: version, Commit: commitID()}}
 	changes := make(chan struct{}, 1)
 	opts.OnChange = func() {
 		select {
