@@ -28,7 +28,6 @@ func (m *fakeMsg) MessageID() uint16 { return 1 }
 func (m *fakeMsg) Payload() []byte   { return nil }
 func (m *fakeMsg) Ack()              { m.acked(m.topic) }
 
-
 func TestAcknowledge_PUBACKsGoOutInArrivalOrderWhateverOrderTheEngineReleases(t *testing.T) {
 	s := New(config.Broker{}, nil, Options{Logger: slog.New(slog.DiscardHandler)})
 	c := &conn{s: s, lost: make(chan error, 1), stop: make(chan struct{})}
@@ -90,7 +89,10 @@ func TestLimitConn_CutsAnOversizedPublishAndKeepsTheStreamInStep(t *testing.T) {
 	lc := newLimitConn(client, 1000, nonce)
 
 	want := []func(packets.ControlPacket) bool{
-		func(p packets.ControlPacket) bool { pp, ok := p.(*packets.PublishPacket); return ok && bytes.Equal(pp.Payload, small.Payload) },
+		func(p packets.ControlPacket) bool {
+			pp, ok := p.(*packets.PublishPacket)
+			return ok && bytes.Equal(pp.Payload, small.Payload)
+		},
 		func(p packets.ControlPacket) bool {
 			pp, ok := p.(*packets.PublishPacket)
 			if !ok || pp.MessageID != 9 || pp.Qos != 1 || pp.TopicName != big.TopicName || len(pp.Payload) != 16+8+headLen {
@@ -101,7 +103,10 @@ func TestLimitConn_CutsAnOversizedPublishAndKeepsTheStreamInStep(t *testing.T) {
 			return cut && size == len(big.Payload) && bytes.HasPrefix(big.Payload, head)
 		},
 		func(p packets.ControlPacket) bool { _, ok := p.(*packets.PingrespPacket); return ok },
-		func(p packets.ControlPacket) bool { pp, ok := p.(*packets.PublishPacket); return ok && pp.MessageID == 10 },
+		func(p packets.ControlPacket) bool {
+			pp, ok := p.(*packets.PublishPacket)
+			return ok && pp.MessageID == 10
+		},
 	}
 	for i, ok := range want {
 		p, err := packets.ReadPacket(lc)
