@@ -362,11 +362,12 @@ func (m *machine) arrive(a evArrival) {
 	if m.phase == idle && m.next == nil {
 		if !fast {
 			m.j.putPending(p.o)
-			if !m.commitNow() {
+			if !m.commitAt(StepReceived) {
 				return
 			}
+		} else {
+			e.opt.Pause(StepReceived)
 		}
-		e.opt.Pause(StepReceived)
 		m.start(p)
 		return
 	}
@@ -376,9 +377,7 @@ func (m *machine) arrive(a evArrival) {
 	m.next = p
 	if !fast {
 		m.j.putPending(p.o)
-		if m.commitNow() {
-			e.opt.Pause(StepReceived)
-		}
+		m.commitAt(StepReceived)
 	}
 }
 
@@ -444,17 +443,24 @@ func (m *machine) commitSoon(fast bool) {
 
 // commitNow commits the journal; on failure the receipts waiting on it are released with the error
 // (the transport then does not acknowledge them, and the broker delivers them again).
-func (m *machine) commitNow() bool {
+func (m *machine) commitNow() bool { return m.commitAt("") }
+
+// commitAt is commitNow with the pause point step between the commit and the release.
+func (m *machine) commitAt(step string) bool {
 	if m.phase == retrying {
-		// The result's commit is being retried, and takes this journal along when it succeeds;
-		// a failure here must not drop the result with it.
-		return false
+		// The result's commit is being retried, and takes this journal along (receipts included)
+		// when it succeeds; a failure here must not drop the result with it.
+		return true
 	}
 	if err := m.ep.e.commit(m.ep, &m.j); err != nil {
 		m.ep.e.log.Error("cannot store received configuration; it stays unacknowledged", "endpoint", m.ep.key, "err", err)
 		m.j.fail(err)
 		return false
 	}
+	if step != "" {
+		m.ep.e.opt.Pause(step)
+	}
+	m.j.committed()
 	return true
 }
 
@@ -523,6 +529,7 @@ func (m *machine) commitResult() {
 		e.log.Error("configuration not applied", "endpoint", ep.key, "id", p.o.Text, "status", out.r.Status)
 	}
 	e.opt.Pause(StepCommitted)
+	m.j.committed()
 	m.phase, m.running, m.result = idle, nil, nil
 	e.changed()
 }

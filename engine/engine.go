@@ -26,13 +26,14 @@ import (
 
 // Pause points: the durable steps of one configuration, in order. Options.Pause is called with each.
 const (
-	// StepReceived: a configuration that is not held (QoS 0, a clean session, an endpoint with a
-	// hook or validate, or too many acknowledgements held) is committed, not yet acknowledged.
+	// StepReceived: a configuration has arrived and is not acknowledged yet; when it is not held
+	// (QoS 0, a clean session, an endpoint with a hook or validate, too many acknowledgements held)
+	// it is committed as pending, otherwise nothing of it is durable yet.
 	StepReceived = "received"
 	StepSynced   = "synced"  // new file written and fsynced under its temporary name
 	StepRenamed  = "renamed" // file renamed into place and its folder fsynced, result not committed
 	// StepCommitted: the result, the handled id and the answers are committed; the acknowledgement
-	// of a held configuration is released.
+	// of a held configuration is not released yet.
 	StepCommitted = "committed"
 	StepPublished = "published" // answer acknowledged by the broker, not yet deleted from the outbox
 )
@@ -319,9 +320,9 @@ func (e *Engine) mayHold(c config.Endpoint, qos byte) bool {
 }
 
 // commit commits j for ep, together with the deletion of the answers the broker has acknowledged.
+// The caller then releases j (journal.committed), which lets the transport acknowledge.
 func (e *Engine) commit(ep *endpoint, j *journal) error {
 	if len(j.ops) == 0 && len(j.answers) == 0 {
-		j.committed()
 		return nil
 	}
 	if e.failCommit != nil {
@@ -350,7 +351,6 @@ func (e *Engine) commit(ep *endpoint, j *journal) error {
 		e.out.giveBack(acked)
 		return err
 	}
-	j.committed()
 	return nil
 }
 
