@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,9 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/metrics"
 )
 
 // scrape fetches /metrics from the agent's socket and parses it with the Prometheus project's own
@@ -147,5 +152,45 @@ func TestMetrics_ServedOnTCPWhenConfigured(t *testing.T) {
 	}
 	if value(t, fams, "cmx_agent_connected", nil) != 1 {
 		t.Errorf("not connected in metrics")
+	}
+}
+
+func TestMetrics_SeriesAreBoundedByTheEndpointList(t *testing.T) {
+	dir := t.TempDir()
+	var sb strings.Builder
+	sb.WriteString("[kaa]\napp_version = \"a\"\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\n")
+	for i := range 1000 {
+		fmt.Fprintf(&sb, "[[endpoint]]\ntoken = \"dev-%04d\"\noutput = \"out/%04d.json\"\n", i, i)
+	}
+	cfg, err := config.Parse(filepath.Join(dir, "agent.toml"), []byte(sb.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var buf bytes.Buffer
+	if err := a.writeMetrics(metrics.NewWriter(&buf)); err != nil {
+		t.Fatal(err)
+	}
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := parser.TextToMetricFamilies(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := 0
+	for _, f := range fams {
+		for _, m := range f.GetMetric() {
+			if h := m.GetHistogram(); h != nil {
+				series += len(h.GetBucket()) + 2 // the buckets (+Inf among them), _sum and _count
+				continue
+			}
+			series++
+		}
+	}
+	if series != 8*1000+23 {
+		t.Errorf("%d series for 1,000 endpoints, want 8,023 (8 per endpoint and 23 besides)", series)
 	}
 }
