@@ -172,7 +172,7 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 		st.Close()
 		return nil, fmt.Errorf("read state: %w", err)
 	}
-	e.out = newOutbox(lastOut, stored, time.Second, e.flushAcked)
+	e.out = newOutbox(lastOut, stored)
 	for _, ec := range cfg.Endpoints {
 		ep := e.newEndpoint(ec)
 		e.eps[ep.key] = ep
@@ -182,10 +182,7 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 }
 
 // Close releases the database. Call it after Run has returned.
-func (e *Engine) Close() error {
-	e.out.stop()
-	return e.store.Close()
-}
+func (e *Engine) Close() error { return e.store.Close() }
 
 // Outbox is what the transport sends.
 func (e *Engine) Outbox() *Outbox { return e.out }
@@ -354,7 +351,8 @@ func (e *Engine) commit(ep *endpoint, j *journal) error {
 	return nil
 }
 
-// flushAcked deletes the answers the broker has acknowledged, when no other commit took them.
+// flushAcked deletes the answers the broker has acknowledged, when no other commit took them: at
+// the end of Run.
 func (e *Engine) flushAcked() {
 	acked := e.out.takeAcked()
 	if len(acked) == 0 {

@@ -21,7 +21,7 @@ const testWait = 10 * time.Second
 // core runs an engine with an in-memory transport: messages go in through Deliver, what the engine
 // sends is read from its outbox and acknowledged at once, as a broker would.
 type core struct {
-	t   *testing.T
+	t   testing.TB
 	e   *Engine
 	dir string
 	gen uint64
@@ -31,7 +31,7 @@ type core struct {
 	done   chan struct{}
 }
 
-func startCore(t *testing.T, dialect string, pause func(string), eps ...config.Endpoint) *core {
+func startCore(t testing.TB, dialect string, pause func(string), eps ...config.Endpoint) *core {
 	t.Helper()
 	dir := t.TempDir()
 	for i := range eps {

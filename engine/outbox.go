@@ -13,7 +13,9 @@ import (
 //
 // An entry is one of:
 //   - durable: a QoS 1 answer committed to the database; sent on every connection until acked, then
-//     deleted from the database lazily (with the next commit, or after a short idle);
+//     deleted from the database lazily: with the next commit of any endpoint, or when the agent
+//     stops. A commit of its own for it would double what a lone push costs the flash; the price is
+//     that after a crash the answers acknowledged since the last commit are sent once more;
 //   - early: a QoS 1 answer published before its commit, because the message it answers is still
 //     unacknowledged (see journal.answer); it becomes durable with the commit;
 //   - volatile: a QoS 0 answer (sent once) or a request (valid on the connection it was made for).
@@ -24,13 +26,8 @@ type Outbox struct {
 	last    uint64 // the last seq handed out
 	wake    chan struct{}
 	// acked are durable entries the broker has acknowledged, to delete from the database.
-	acked []uint64
-	// idle runs one commit of the acked deletions after a quiet moment; it is armed only when there
-	// is something to delete, so an idle agent has no timer.
-	idle      *time.Timer
-	idleDelay time.Duration
-	flush     func()
-	replaces  map[string]*outEntry
+	acked    []uint64
+	replaces map[string]*outEntry
 }
 
 type outEntry struct {
@@ -48,8 +45,8 @@ type outEntry struct {
 
 }
 
-func newOutbox(last uint64, stored []OutMsg, idleDelay time.Duration, flush func()) *Outbox {
-	o := &Outbox{last: last, bySeq: map[uint64]*outEntry{}, wake: make(chan struct{}, 1), idleDelay: idleDelay, flush: flush, replaces: map[string]*outEntry{}}
+func newOutbox(last uint64, stored []OutMsg) *Outbox {
+	o := &Outbox{last: last, bySeq: map[uint64]*outEntry{}, wake: make(chan struct{}, 1), replaces: map[string]*outEntry{}}
 	for _, m := range stored {
 		en := &outEntry{msg: m, durable: true, visible: true, made: time.Now()}
 		o.insert(en)
@@ -138,7 +135,6 @@ func (o *Outbox) committed(en *outEntry) {
 	if en.acked {
 		// Acknowledged before its commit finished: it is in the database only to be deleted.
 		o.acked = append(o.acked, en.msg.Seq)
-		o.armIdle()
 	}
 	o.poke()
 }
@@ -209,7 +205,6 @@ func (o *Outbox) Acked(seq uint64) {
 	en.acked = true
 	if en.durable {
 		o.acked = append(o.acked, seq)
-		o.armIdle()
 	}
 }
 
@@ -229,12 +224,6 @@ func (o *Outbox) dropRequests(gen uint64) {
 	o.entries = kept
 }
 
-func (o *Outbox) armIdle() {
-	if o.idle == nil && o.flush != nil {
-		o.idle = time.AfterFunc(o.idleDelay, o.flush)
-	}
-}
-
 // takeAcked hands the acknowledged durable entries to a commit that deletes them; put them back
 // with giveBack when that commit fails.
 func (o *Outbox) takeAcked() []uint64 {
@@ -242,10 +231,6 @@ func (o *Outbox) takeAcked() []uint64 {
 	defer o.mu.Unlock()
 	s := o.acked
 	o.acked = nil
-	if o.idle != nil {
-		o.idle.Stop()
-		o.idle = nil
-	}
 	return s
 }
 
@@ -256,7 +241,6 @@ func (o *Outbox) giveBack(s []uint64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.acked = append(s, o.acked...)
-	o.armIdle()
 }
 
 // pendingByEndpoint counts the answers not yet acknowledged, per endpoint.
@@ -270,15 +254,6 @@ func (o *Outbox) pendingByEndpoint() map[string]int {
 		}
 	}
 	return n
-}
-
-func (o *Outbox) stop() {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.idle != nil {
-		o.idle.Stop()
-		o.idle = nil
-	}
 }
 
 // Waiting lists the answers not yet acknowledged by the broker, oldest first.
