@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/cmx-agent/cmx-agent/cmx"
 )
 
 // The file is decoded by toml into plain maps and then read key by key here
@@ -344,20 +346,10 @@ func (t table) topicLevel(key, s string) bool {
 }
 
 func checkTopicLevel(s string) error {
-	switch {
-	case s == "":
-		return fmt.Errorf("it is empty")
-	case len(s) > 256:
+	if len(s) > 256 {
 		return fmt.Errorf("it is longer than 256 bytes")
-	case !utf8.ValidString(s):
-		return fmt.Errorf("it is not valid UTF-8")
-	case strings.IndexByte(s, 0) >= 0:
-		return fmt.Errorf("it contains a NUL byte")
 	}
-	if i := strings.IndexAny(s, "/+#"); i >= 0 {
-		return fmt.Errorf("it contains %q", s[i])
-	}
-	return nil
+	return cmx.CheckLevel(s)
 }
 
 // sub returns the table at key of t, reporting a key of another type.
@@ -602,7 +594,7 @@ func (d *decoder) endpoints(root table, cfg *Config, dialectOK bool) []Endpoint 
 				d.add(t.path("name"), "endpoint #%d name: only allowed with kaa.dialect = %q (named configurations are a 7/CMP feature)", n, DialectCMP7)
 				nameOK = false
 			default:
-				if err := checkConfigName(e.Name); err != nil {
+				if err := cmx.CheckConfigName(e.Name); err != nil {
 					d.add(t.path("name"), "endpoint #%d name: %q %v", n, e.Name, err)
 					nameOK = false
 				}
@@ -671,26 +663,4 @@ func (d *decoder) checkOutput(t table, n int, out string, a Agent) bool {
 	}
 	d.add(t.path("output"), "endpoint #%d output: %s is %s", n, out, what)
 	return false
-}
-
-// checkConfigName applies 7/CMP's rule for configuration names; the result
-// completes a sentence that starts with the name.
-func checkConfigName(s string) error {
-	allDigits := true
-	for _, c := range []byte(s) {
-		switch {
-		case c >= '0' && c <= '9':
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '_', c == '-':
-			allDigits = false
-		default:
-			return fmt.Errorf("may only hold letters, digits, '_' and '-'")
-		}
-	}
-	switch {
-	case allDigits:
-		return fmt.Errorf("is all digits, which would read as a request id")
-	case s == "status" || s == "error":
-		return fmt.Errorf("is reserved by 7/CMP")
-	}
-	return nil
 }
