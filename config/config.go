@@ -59,6 +59,13 @@ const (
 	DefaultOnDrift      = OnDriftRepair
 )
 
+// The window of the first reconnect after a lost connection (broker.reconnect_spread). 0 keeps the
+// reconnect within a second, as before the spread existed.
+const (
+	DefaultReconnectSpread time.Duration = 0
+	MaxReconnectSpread                   = time.Hour
+)
+
 // Config is a loaded, defaulted and validated configuration file.
 type Config struct {
 	// Path is the absolute path of the file the configuration was loaded
@@ -81,6 +88,9 @@ type Broker struct {
 	KeyFile      string   `toml:"key_file"`
 	Keepalive    Duration `toml:"keepalive"`
 	CleanSession bool     `toml:"clean_session"`
+	// ReconnectSpread is the window over which the first reconnect after a lost connection is
+	// spread at random (0 = within a second, as a refused attempt waits).
+	ReconnectSpread Duration `toml:"reconnect_spread"`
 }
 
 // Kaa is the [kaa] table: which topics the agent speaks on.
