@@ -59,6 +59,14 @@ const (
 	DefaultOnDrift      = OnDriftRepair
 )
 
+// The window of the first reconnect after a lost connection (broker.reconnect_spread). The default
+// is chosen from a simulated fleet of 100,000 gateways: docs/benchmarks.md, "Fleet reconnection,
+// simulated".
+const (
+	DefaultReconnectSpread = 30 * time.Second
+	MaxReconnectSpread     = time.Hour
+)
+
 // Config is a loaded, defaulted and validated configuration file.
 type Config struct {
 	// Path is the absolute path of the file the configuration was loaded
@@ -81,6 +89,9 @@ type Broker struct {
 	KeyFile      string   `toml:"key_file"`
 	Keepalive    Duration `toml:"keepalive"`
 	CleanSession bool     `toml:"clean_session"`
+	// ReconnectSpread is the window over which the first reconnect after a lost connection is
+	// spread at random (0 = within a second, as a refused attempt waits).
+	ReconnectSpread Duration `toml:"reconnect_spread"`
 }
 
 // Kaa is the [kaa] table: which topics the agent speaks on.

@@ -181,6 +181,11 @@ func (t table) strs(key string, dst *[]string) bool {
 
 // duration stores a positive Go duration.
 func (t table) duration(key string, dst *Duration) bool {
+	return t.durationOrZero(key, false, dst)
+}
+
+// durationOrZero stores a Go duration that is positive, or also zero when zeroOK.
+func (t table) durationOrZero(key string, zeroOK bool, dst *Duration) bool {
 	v, ok := t.m[key]
 	if !ok {
 		return false
@@ -195,8 +200,12 @@ func (t table) duration(key string, dst *Duration) bool {
 		t.d.add(t.path(key), "%s%s: bad duration %q, want Go syntax such as \"30s\" or \"1m30s\"", t.label, key, s)
 		return false
 	}
-	if dur.Duration <= 0 {
-		t.d.add(t.path(key), "%s%s: must be positive, not %q", t.label, key, s)
+	if dur.Duration < 0 || dur.Duration == 0 && !zeroOK {
+		want := "positive"
+		if zeroOK {
+			want = "zero or positive"
+		}
+		t.d.add(t.path(key), "%s%s: must be %s, not %q", t.label, key, want, s)
 		return false
 	}
 	*dst = dur
@@ -370,7 +379,7 @@ func (d *decoder) config(raw map[string]any, cfg *Config) {
 	root := table{d: d, m: raw}
 	root.unknown("broker", "kaa", "agent", "endpoint")
 
-	cfg.Broker = Broker{Servers: []string{DefaultServer}, Keepalive: Duration{DefaultKeepalive}}
+	cfg.Broker = Broker{Servers: []string{DefaultServer}, Keepalive: Duration{DefaultKeepalive}, ReconnectSpread: Duration{DefaultReconnectSpread}}
 	if t, ok := root.sub("broker"); ok {
 		d.broker(t, &cfg.Broker)
 	}
@@ -396,7 +405,7 @@ func (d *decoder) config(raw map[string]any, cfg *Config) {
 }
 
 func (d *decoder) broker(t table, b *Broker) {
-	t.unknown("servers", "client_id", "username", "password_file", "ca_file", "cert_file", "key_file", "keepalive", "clean_session")
+	t.unknown("servers", "client_id", "username", "password_file", "ca_file", "cert_file", "key_file", "keepalive", "clean_session", "reconnect_spread")
 	if t.strs("servers", &b.Servers) {
 		if len(b.Servers) == 0 {
 			d.add(t.path("servers"), "broker.servers: must list at least one server, such as %q", DefaultServer)
@@ -429,6 +438,11 @@ func (d *decoder) broker(t table, b *Broker) {
 		}
 	}
 	t.boolean("clean_session", &b.CleanSession)
+	if t.durationOrZero("reconnect_spread", true, &b.ReconnectSpread) && b.ReconnectSpread.Duration > MaxReconnectSpread {
+		// Every lost connection may wait up to the spread: longer leaves a gateway offline
+		// for hours after a blip.
+		d.add(t.path("reconnect_spread"), "broker.reconnect_spread: must be at most %v (a lost connection may wait that long before the agent reconnects), not %v", MaxReconnectSpread, b.ReconnectSpread.Duration)
+	}
 
 	// Judge the pairing on what the file says, not on whether the files
 	// were readable, which is reported on its own.

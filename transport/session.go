@@ -45,6 +45,12 @@ type Options struct {
 	Now func() time.Time
 	// OnChange is called when the connection comes up or goes down.
 	OnChange func()
+	// Rand draws the reconnect delays (a test seeds it); nil uses math/rand/v2's global source.
+	// Only Run uses it, from one goroutine.
+	Rand *rand.Rand
+	// Sleep waits d or until ctx ends, before a connection attempt (a test records the delays
+	// instead of waiting them); nil waits on a timer.
+	Sleep func(ctx context.Context, d time.Duration)
 }
 
 // Session owns the MQTT client. It connects with its own backoff loop (paho's auto-reconnect has no
@@ -93,6 +99,9 @@ func New(cfg config.Broker, core Core, opt Options) *Session {
 	}
 	if opt.MaxPayload <= 0 {
 		opt.MaxPayload = 1 << 20
+	}
+	if opt.Sleep == nil {
+		opt.Sleep = sleepCtx
 	}
 	s := &Session{cfg: cfg, clientID: opt.ClientID, core: core, log: opt.Logger, opt: opt}
 	s.attempted.Store("")
@@ -154,7 +163,12 @@ func (s *Session) Run(ctx context.Context) error {
 	// A missing certificate or a password file with a bad mode is not fatal: it is logged, retried
 	// with backoff and shown in status, so fixing the file on disk is enough and a gateway never
 	// restart-loops over it.
-	bo := Backoff{Min: time.Second, Max: 60 * time.Second}
+	pol := NewReconnectPolicy(s.cfg.ReconnectSpread.Duration)
+	refused := 0 // attempts refused in a row since start or since the last lost connection
+	backoff := func() {
+		refused++
+		s.opt.Sleep(ctx, pol.Delay(refused, s.opt.Rand))
+	}
 	for ctx.Err() == nil {
 		s.mu.Lock()
 		fresh := s.fresh
@@ -163,7 +177,7 @@ func (s *Session) Run(ctx context.Context) error {
 		c, err := s.newConn(ctx, fresh)
 		if err != nil {
 			s.noteConnectError(err)
-			sleepCtx(ctx, bo.Next())
+			backoff()
 			continue
 		}
 		tok := c.client.Connect()
@@ -174,7 +188,7 @@ func (s *Session) Run(ctx context.Context) error {
 		if err := tok.Error(); err != nil {
 			c.close()
 			s.noteConnectError(err)
-			sleepCtx(ctx, bo.Next())
+			backoff()
 			continue
 		}
 		server := s.attempted.Load().(string)
@@ -198,7 +212,7 @@ func (s *Session) Run(ctx context.Context) error {
 			} else {
 				s.log.Error("cannot subscribe; reconnecting", "err", err)
 			}
-			sleepCtx(ctx, bo.Next())
+			backoff()
 			continue
 		}
 		s.core.Online(gen, !s.cfg.CleanSession && !fresh)
@@ -206,7 +220,7 @@ func (s *Session) Run(ctx context.Context) error {
 		s.online = s.gen == gen
 		s.mu.Unlock()
 		s.changed()
-		bo.Reset()
+		refused = 0
 		select {
 		case <-ctx.Done():
 			s.down(gen)
@@ -216,8 +230,11 @@ func (s *Session) Run(ctx context.Context) error {
 			s.down(gen)
 			c.client.Disconnect(0) // the agent may end a live connection itself
 			c.close()
-			s.log.Warn("connection to broker lost", "server", server, "err", err)
-			sleepCtx(ctx, bo.Next())
+			// A fleet loses its broker at once: the first attempt waits a random part of the
+			// spread, so the fleet comes back over it instead of all at once.
+			d := pol.Delay(0, s.opt.Rand)
+			s.log.Warn("connection to broker lost", "server", server, "err", err, "reconnect_in", d.Round(time.Millisecond))
+			s.opt.Sleep(ctx, d)
 		}
 	}
 	return nil
@@ -335,30 +352,59 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
-// Backoff is exponential with jitter: each delay is drawn from [d/2, d] where d doubles from Min to
-// Max.
-type Backoff struct {
-	Min, Max, cur time.Duration
-	// Rand, when set, draws the jitter (a fleet simulation seeds it); math/rand/v2 otherwise.
-	Rand *rand.Rand
+// The backoff of refused connection attempts.
+const (
+	ReconnectMin = time.Second
+	ReconnectMax = 60 * time.Second
+)
+
+// ReconnectPolicy is how long the session waits before a connection attempt. It is pure (the
+// randomness is the caller's), so that a fleet simulation runs the agent's own delays.
+type ReconnectPolicy struct {
+	// Spread is the window of the first attempt after a lost connection: its delay is uniform in
+	// [0, Spread) ("full jitter"). A fleet that loses its broker at once then comes back over the
+	// whole window, not within a second. 0: that attempt waits like the first refused one.
+	Spread time.Duration
+	// Min and Max bound the backoff after a refused attempt: the n-th refusal in a row waits a delay
+	// drawn from [d/2, d], where d is Min doubled n-1 times, at most Max.
+	Min, Max time.Duration
 }
 
-// Next returns the next delay.
-func (b *Backoff) Next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.Min
-	} else {
-		b.cur = min(2*b.cur, b.Max)
-	}
-	half := b.cur / 2
-	if b.Rand != nil {
-		return half + time.Duration(b.Rand.Int64N(int64(half)+1))
-	}
-	return half + time.Duration(rand.Int64N(int64(half)+1))
+// NewReconnectPolicy is the session's policy for a spread (broker.reconnect_spread).
+func NewReconnectPolicy(spread time.Duration) ReconnectPolicy {
+	return ReconnectPolicy{Spread: spread, Min: ReconnectMin, Max: ReconnectMax}
 }
 
-// Reset starts the next delay from Min again.
-func (b *Backoff) Reset() { b.cur = 0 }
+// Delay returns the wait before the next connection attempt: attempt 0 is the first one after a
+// lost connection, attempt n ≥ 1 the one after n refused attempts in a row. r draws the jitter;
+// nil uses math/rand/v2's global source.
+func (p ReconnectPolicy) Delay(attempt int, r *rand.Rand) time.Duration {
+	if attempt <= 0 {
+		if p.Spread > 0 {
+			return time.Duration(int64n(r, int64(p.Spread)))
+		}
+		attempt = 1
+	}
+	d := p.Min
+	for i := 1; i < attempt && d > 0 && d < p.Max; i++ {
+		d *= 2
+	}
+	d = min(d, p.Max)
+	half := d / 2
+	return half + time.Duration(int64n(r, int64(d-half)+1))
+}
+
+// int64n is r.Int64N(n), or the global source's when r is nil; 0 when n ≤ 0.
+func int64n(r *rand.Rand, n int64) int64 {
+	switch {
+	case n <= 0:
+		return 0
+	case r != nil:
+		return r.Int64N(n)
+	default:
+		return rand.Int64N(n)
+	}
+}
 
 // attemptHandler records which broker a connection attempt goes to.
 func (s *Session) attemptHandler(u *url.URL, cfg *tls.Config) *tls.Config {

@@ -41,11 +41,14 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(mod), nil
 }
 
-// agentConfig writes an agent configuration with one endpoint per token; the endpoints of the
-// tokens in hooked run `true` as their hook.
-func agentConfig(dir, url, app string, tokens []string, maxPayload string, hooked ...string) (string, error) {
+// agentConfig writes an agent configuration with one endpoint per token; spread, when not "", is
+// its broker.reconnect_spread; the endpoints of the tokens in hooked run `true` as their hook.
+func agentConfig(dir, url, app string, tokens []string, maxPayload, spread string, hooked ...string) (string, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[broker]\nservers = [%q]\nclient_id = %q\n", url, "cmx-agent-"+app+"-"+tokens[0])
+	if spread != "" {
+		fmt.Fprintf(&b, "reconnect_spread = %q\n", spread)
+	}
 	fmt.Fprintf(&b, "[kaa]\napp_version = %q\ndialect = \"cmx3\"\n", app)
 	fmt.Fprintf(&b, "[agent]\nstate_dir = %q\nsocket = %q\nmax_payload = %q\n",
 		filepath.Join(dir, "state"), filepath.Join(dir, "state", "agent.sock"), maxPayload)

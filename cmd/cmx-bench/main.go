@@ -7,6 +7,7 @@
 //
 //	go run ./cmd/cmx-bench            # the full run, a few minutes
 //	go run ./cmd/cmx-bench --quick    # a smoke run for CI, about a minute
+//	go run ./cmd/cmx-bench fleet-sim  # 100,000 gateways reconnecting, simulated (no broker, seconds)
 //
 // It starts its own mosquitto on a free loopback port, builds the agent as it ships (static,
 // stripped), prints a Markdown table and writes the figures as JSON (--out). docs/benchmarks.md
@@ -35,6 +36,7 @@ type params struct {
 	Fleet     int    `json:"fleet"`
 	Disk      int    `json:"disk_pushes"`
 	IdleSec   int    `json:"idle_seconds"`
+	Spread    string `json:"fleet_spread,omitempty"` // the fleet's broker.reconnect_spread; "" = the agent's default
 	Mosquitto string `json:"-"`
 	Dir       string `json:"-"`
 	Keep      bool   `json:"-"`
@@ -45,6 +47,9 @@ type params struct {
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "floor" {
 		os.Exit(runFloor(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "fleet-sim" {
+		os.Exit(runFleetSim(os.Args[2:], os.Stdout, os.Stderr))
 	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -61,6 +66,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&p.Fleet, "fleet", 200, "agent processes in the fleet test (0 skips it)")
 	fs.IntVar(&p.Disk, "disk-pushes", 100, "pushes counted for sync calls and bytes written (each path and the floor)")
 	fs.IntVar(&p.IdleSec, "idle", 30, "seconds of idle CPU measured with the fan-out's endpoints")
+	fs.StringVar(&p.Spread, "fleet-spread", "", "broker.reconnect_spread of the fleet's agents, e.g. 0s (default: the agent's default)")
 	fs.StringVar(&p.Mosquitto, "mosquitto", "/usr/sbin/mosquitto", "mosquitto binary")
 	fs.StringVar(&p.Dir, "dir", "", "work folder (default: a new temporary folder); its disk is what is measured")
 	fs.BoolVar(&p.Keep, "keep", false, "keep the work folder (logs, databases, broker log)")

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/cmx-agent/cmx-agent/config"
 )
 
 type runner struct {
@@ -58,7 +60,7 @@ func tokens(prefix string, n int) []string {
 // The endpoints of the tokens in hooked have a hook.
 func (r *runner) startAgentWait(app string, toks []string, maxPayload string, notify bool, hooked ...string) (*agentProc, time.Duration, error) {
 	dir := mkdir(r.dir, app)
-	cfg, err := agentConfig(dir, r.broker.url, app, toks, maxPayload, hooked...)
+	cfg, err := agentConfig(dir, r.broker.url, app, toks, maxPayload, "", hooked...)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -465,7 +467,7 @@ func (r *runner) fleet() error {
 	for i := range n {
 		dir := mkdir(r.dir, app, strconv.Itoa(i))
 		tok := fmt.Sprintf("gw-%04d", i)
-		cfg, err := agentConfig(dir, r.broker.url, app, []string{tok}, "64KiB")
+		cfg, err := agentConfig(dir, r.broker.url, app, []string{tok}, "64KiB", r.p.Spread)
 		if err != nil {
 			return err
 		}
@@ -548,7 +550,7 @@ func (r *runner) fleet() error {
 		}
 	}
 	r.rep.limit("fleet: broker up → all pulled again", "ms", ms(last.Sub(tUp)), 0,
-		fmt.Sprintf("broker was down %v; %d CONNECTs accepted", tUp.Sub(tStop).Round(time.Millisecond), connects))
+		fmt.Sprintf("broker was down %v; %d CONNECTs accepted; reconnect_spread %s", tUp.Sub(tStop).Round(time.Millisecond), connects, spreadLabel(r.p.Spread)))
 	r.rep.limit("fleet: peak reconnections per 100 ms", "agents", float64(connPeak), targetFleetShare*float64(n),
 		fmt.Sprintf("%d agents, from their logs (%d found); %d windows used", n, connSeen, len(connWindows)))
 	r.rep.limit("fleet: peak pulls per 100 ms at the server", "agents", float64(peak), 0,
@@ -580,4 +582,11 @@ func lastConnected(logPath string) (time.Time, bool) {
 		}
 	}
 	return last, found
+}
+
+func spreadLabel(s string) string {
+	if s == "" {
+		return "default (" + config.DefaultReconnectSpread.String() + ")"
+	}
+	return s
 }
