@@ -76,7 +76,7 @@ func newHarnessConfig(t *testing.T, dialect, endpoints string) *harness {
 	b := mqtttest.Start(t)
 	dir := t.TempDir()
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "[broker]\nservers = [%q]\nkeepalive = \"5s\"\n[kaa]\napp_version = %q\ndialect = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\nmax_payload = \"64KiB\"\n", b.URL, app, dialect)
+	fmt.Fprintf(&sb, "[broker]\nservers = [%q]\nkeepalive = \"5s\"\nreconnect_spread = \"0s\"\n[kaa]\napp_version = %q\ndialect = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\nmax_payload = \"64KiB\"\n", b.URL, app, dialect)
 	sb.WriteString(endpoints)
 	cfg, err := config.Parse(filepath.Join(dir, "agent.toml"), []byte(sb.String()))
 	if err != nil {

@@ -16,7 +16,7 @@ import (
 func (h *harness) configFor(endpoints ...string) *config.Config {
 	h.t.Helper()
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "[broker]\nservers = [%q]\nkeepalive = \"5s\"\n[kaa]\napp_version = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\nmax_payload = \"64KiB\"\n", h.broker.URL, app)
+	fmt.Fprintf(&sb, "[broker]\nservers = [%q]\nkeepalive = \"5s\"\nreconnect_spread = \"0s\"\n[kaa]\napp_version = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\nmax_payload = \"64KiB\"\n", h.broker.URL, app)
 	for _, e := range endpoints {
 		fmt.Fprintf(&sb, "[[endpoint]]\n%s\n", strings.ReplaceAll(e, "{dir}", h.dir))
 	}

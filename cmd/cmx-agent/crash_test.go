@@ -169,6 +169,7 @@ func newCrashEnvWith(t *testing.T, kaa, endpoints, output string) *crashEnv {
 	err := os.WriteFile(cfg, []byte(fmt.Sprintf(`[broker]
 servers = [%q]
 client_id = "crash-agent"
+reconnect_spread = "0s"
 [kaa]
 app_version = %q
 %s[agent]

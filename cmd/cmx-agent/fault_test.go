@@ -77,6 +77,7 @@ func newFaultEnv(t *testing.T, o faultOpts) *faultEnv {
 servers = ["tcp://127.0.0.1:%d"]
 client_id = "fault-agent"
 keepalive = %q
+reconnect_spread = "0s"
 [kaa]
 app_version = %q
 [agent]
