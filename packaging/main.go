@@ -53,7 +53,9 @@ func run(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if _, err := os.Stat("go.mod"); err != nil {
+	// packaging/ is a module of its own (go.work joins it to the root), so go.mod alone does not
+	// tell the root from this folder.
+	if _, err := os.Stat("cmd/cmx-agent"); err != nil {
 		return fmt.Errorf("run from the repository root: %w", err)
 	}
 	commit := gitOut("rev-parse", "--short=12", "HEAD")
@@ -142,11 +144,14 @@ func commitTime() time.Time {
 	return time.Now().UTC().Truncate(time.Second)
 }
 
+// goBuild builds with GOWORK=off: in the workspace, nfpm's requirements could raise the version of
+// a module the agent shares with it, and the released binaries must be built from the root
+// module's own go.mod and go.sum, as a plain `go build` in a checkout without go.work does.
 func goBuild(t target, version, commit, out, pkg string) error {
 	cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false",
 		"-ldflags", "-s -w -buildid= -X main.version="+version+" -X main.commit="+commit,
 		"-o", out, pkg)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+t.goarch, "GOARM="+t.goarm)
+	cmd.Env = append(os.Environ(), "GOWORK=off", "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+t.goarch, "GOARM="+t.goarm)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build %s for %s: %v\n%s", pkg, t.name, err, b)
 	}

@@ -21,3 +21,17 @@ func TestBinary_LeavesOutServerSideAndPackagingDependencies(t *testing.T) {
 		}
 	}
 }
+
+// packaging/ is a module of its own so that nfpm and its dozens of modules stay out of the agent's
+// module graph (and out of its go.sum, its vulnerability reports and its updates).
+func TestModule_GraphLeavesOutThePackagingTool(t *testing.T) {
+	cmd := exec.Command("go", "mod", "graph")
+	cmd.Env = append(cmd.Environ(), "GOWORK=off") // the root module alone, not the workspace
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go mod graph: %v\n%s", err, out)
+	}
+	if strings.Contains(string(out), "github.com/goreleaser/") {
+		t.Errorf("the root module's graph lists goreleaser modules:\n%s", out)
+	}
+}
