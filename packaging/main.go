@@ -200,7 +200,6 @@ func pack(format string, t target, version string, mtime time.Time, bin, changel
 		{Source: "README.md", Destination: "/usr/share/doc/cmx-agent/README.md", FileInfo: doc()},
 		{Source: "docs/operations.md", Destination: "/usr/share/doc/cmx-agent/operations.md", FileInfo: doc()},
 		{Source: "docs/durability.md", Destination: "/usr/share/doc/cmx-agent/durability.md", FileInfo: doc()},
-		{Source: "packaging/copyright", Destination: "/usr/share/doc/cmx-agent/copyright", FileInfo: doc()},
 	}
 	// The configuration may name credentials: 0640 root:cmx-agent. Debian policy wants 0644 in the
 	// archive, so there postinst narrows it once the group exists; rpm creates the user in %pre
@@ -211,11 +210,17 @@ func pack(format string, t target, version string, mtime time.Time, bin, changel
 		conf.FileInfo = doc()
 	}
 	contents = append(contents, conf)
+	// The licence: Debian wants the machine-readable copyright file, which names Apache-2.0 and
+	// points at the system's copy of its text; rpm distributions want the text itself as a %license
+	// file under /usr/share/licenses.
 	if format == "deb" {
 		contents = append(contents,
+			&files.Content{Source: "packaging/copyright", Destination: "/usr/share/doc/cmx-agent/copyright", FileInfo: doc()},
 			&files.Content{Source: changelog, Destination: "/usr/share/doc/cmx-agent/changelog.gz", FileInfo: doc()},
 			&files.Content{Source: "packaging/lintian-overrides", Destination: "/usr/share/lintian/overrides/cmx-agent", FileInfo: doc()},
 		)
+	} else {
+		contents = append(contents, &files.Content{Source: "LICENSE", Destination: "/usr/share/licenses/cmx-agent/LICENSE", Type: files.TypeRPMLicense, FileInfo: doc()})
 	}
 	info := &nfpm.Info{
 		Name:          "cmx-agent",
@@ -234,7 +239,7 @@ func pack(format string, t target, version string, mtime time.Time, bin, changel
 			"companion for tests and demos.",
 		Vendor:   "cmx-agent",
 		Homepage: "https://github.com/cmx-agent/cmx-agent",
-		License:  "LicenseRef-unspecified",
+		License:  "Apache-2.0", // SPDX identifier: the deb's and the rpm's License field
 		MTime:    mtime,
 		Overridables: nfpm.Overridables{
 			Contents: contents,

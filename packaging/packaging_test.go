@@ -209,6 +209,63 @@ func TestPackages_ContentsFlagsAndScripts(t *testing.T) {
 	}
 }
 
+func TestPackages_CarryTheApacheLicence(t *testing.T) {
+	needPackaging(t)
+	repoRoot(t)
+	p := buildPackages(t, "1.2.3")
+
+	// deb: the machine-readable copyright file names Apache-2.0 and points at Debian's copy of
+	// the text (lintian checks the form; this checks what it says).
+	x := t.TempDir()
+	command(t, "dpkg-deb", "-x", p.deb, x)
+	copyright, err := os.ReadFile(filepath.Join(x, "usr/share/doc/cmx-agent/copyright"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n",
+		"\nFiles: \\*\nCopyright: .+\nLicense: Apache-2.0\n",
+		"\nLicense: Apache-2.0\n Licensed under the Apache License, Version 2.0",
+		`"/usr/share/common-licenses/Apache-2.0"`,
+	} {
+		if !regexp.MustCompile(want).Match(copyright) {
+			t.Errorf("deb copyright lacks %q:\n%s", want, copyright)
+		}
+	}
+
+	// rpm: the SPDX identifier in the header and the full text as a %license file.
+	if got := command(t, "rpm", "-qp", "--qf", "%{LICENSE}", p.rpm); got != "Apache-2.0" {
+		t.Errorf("rpm License = %q, want Apache-2.0", got)
+	}
+	if got := command(t, "rpm", "-qp", "--licensefiles", p.rpm); got != "/usr/share/licenses/cmx-agent/LICENSE\n" {
+		t.Errorf("rpm licence files = %q, want /usr/share/licenses/cmx-agent/LICENSE", got)
+	}
+	rpmLicence := extractRPMFile(t, p.rpm, "./usr/share/licenses/cmx-agent/LICENSE")
+	root, err := os.ReadFile("LICENSE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(rpmLicence) != string(root) || !strings.Contains(string(root), "Apache License\n                           Version 2.0, January 2004") {
+		t.Errorf("the rpm's LICENSE is not the repository's Apache License 2.0 text")
+	}
+}
+
+// extractRPMFile returns one file of an rpm, read with rpm2archive (part of rpm) and tar.
+func extractRPMFile(t *testing.T, rpm, path string) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command("sh", "-c", `rpm2archive -n - <"$1" | tar -xf - "$2"`, "sh", rpm, path)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("rpm2archive | tar %s: %v\n%s", path, err, out)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func TestPackages_LintianClean(t *testing.T) {
 	needPackaging(t)
 	repoRoot(t)
