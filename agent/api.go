@@ -52,6 +52,8 @@ type EndpointStatus struct {
 	Waiting bool `json:"waiting"`
 	// Pending counts answers stored but not yet acknowledged by the broker.
 	Pending int `json:"pending"`
+	// AppliedHash is the hex sha256 of the applied output as stored ("" = none applied).
+	AppliedHash string `json:"applied_hash,omitempty"`
 }
 
 // SyncResult is the answer of POST /v1/sync.
@@ -116,6 +118,8 @@ func (a *Agent) Status() (Status, error) {
 				LastAt:     es.LastAt,
 				Waiting:    waiting,
 				Pending:    pending[ep.key],
+
+				AppliedHash: es.AppliedHash,
 			})
 		}
 		return nil
