@@ -3,10 +3,8 @@ package bundle
 import (
 	"bytes"
 	"net/url"
-	"reflect"
 	"regexp"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
@@ -20,48 +18,13 @@ const (
 	redactedSecret  = "<redacted>"
 )
 
-// knownKeys lists the keys the config package reads, table by table ("" = the top level), from
-// its toml tags: a key added there is kept in bundles without a change here, and any other key's
-// value (a mistyped `password = "..."` in an invalid file, say) is left out.
-func knownKeys() map[string][]string {
-	keys := map[string][]string{}
-	root := reflect.TypeFor[config.Config]()
-	for i := range root.NumField() {
-		f := root.Field(i)
-		name := tomlName(f)
-		if name == "" {
-			continue
-		}
-		keys[""] = append(keys[""], name)
-		t := f.Type
-		if t.Kind() == reflect.Slice {
-			t = t.Elem() // [[endpoint]]
-		}
-		if t.Kind() != reflect.Struct {
-			continue
-		}
-		for j := range t.NumField() {
-			if n := tomlName(t.Field(j)); n != "" {
-				keys[name] = append(keys[name], n)
-			}
-		}
-	}
-	return keys
-}
-
-func tomlName(f reflect.StructField) string {
-	name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
-	if name == "-" {
-		return ""
-	}
-	return name
-}
-
 // redactConfig returns the parsed configuration file with only known keys and plain values, and
 // every server URL's password replaced. Comments are gone with the parse, which is the point: a
 // comment may hold anything.
 func redactConfig(raw map[string]any) map[string]any {
-	known := knownKeys()
+	// Only the keys the config package reads keep their values: any other key's value (a mistyped
+	// `password = "..."` in an invalid file, say) is left out.
+	known := config.Keys()
 	out := map[string]any{}
 	for k, v := range raw {
 		fields, ok := known[k]
