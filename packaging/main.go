@@ -8,8 +8,6 @@
 package main
 
 import (
-	"bytes"
-	"compress/gzip"
 	"flag"
 	"fmt"
 	"os"
@@ -79,6 +77,10 @@ func run(args []string) error {
 	if err := writeChangelog(changelog, *version, commit, mtime); err != nil {
 		return err
 	}
+	man, err := manPages(build, *version, mtime)
+	if err != nil {
+		return err
+	}
 	for _, name := range strings.Split(*archs, ",") {
 		t, ok := findTarget(strings.TrimSpace(name))
 		if !ok {
@@ -91,7 +93,7 @@ func run(args []string) error {
 			}
 		}
 		for _, format := range []string{"deb", "rpm"} {
-			path, err := pack(format, t, *version, mtime, bin, changelog, *out)
+			path, err := pack(format, t, *version, mtime, bin, changelog, man, *out)
 			if err != nil {
 				return fmt.Errorf("%s %s: %w", format, t.name, err)
 			}
@@ -163,16 +165,7 @@ func goBuild(t target, version, commit, out, pkg string) error {
 func writeChangelog(path, version, commit string, when time.Time) error {
 	text := fmt.Sprintf("cmx-agent (%s) unstable; urgency=medium\n\n  * Built from commit %s.\n\n -- cmx-agent maintainers <maintainers@cmx-agent.invalid>  %s\n",
 		version, commit, when.Format(time.RFC1123Z))
-	var buf bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
-	if err != nil {
-		return err
-	}
-	zw.Write([]byte(text))
-	if err := zw.Close(); err != nil {
-		return err
-	}
-	return os.WriteFile(path, buf.Bytes(), 0o644)
+	return writeGzip(path, []byte(text))
 }
 
 func readScript(path string) string {
@@ -184,7 +177,7 @@ func readScript(path string) string {
 }
 
 // pack writes one package and returns its path.
-func pack(format string, t target, version string, mtime time.Time, bin, changelog, out string) (string, error) {
+func pack(format string, t target, version string, mtime time.Time, bin, changelog string, man files.Contents, out string) (string, error) {
 	exec := &files.ContentFileInfo{Mode: 0o755, MTime: mtime}
 	doc := func() *files.ContentFileInfo { return &files.ContentFileInfo{Mode: 0o644, MTime: mtime} }
 	unitDir := "/usr/lib/systemd/system/"
@@ -210,6 +203,15 @@ func pack(format string, t target, version string, mtime time.Time, bin, changel
 		conf.FileInfo = doc()
 	}
 	contents = append(contents, conf)
+	for _, m := range man { // copies: nfpm may change what it is given, and both formats use them
+		c, fi := *m, *m.FileInfo
+		c.FileInfo = &fi
+		if format == "rpm" {
+			c.Type = files.TypeRPMDoc // as rpmbuild marks man pages: rpm --excludedocs leaves them out
+		}
+		contents = append(contents, &c)
+	}
+	contents = append(contents, completions(format, mtime)...)
 	// The licence: Debian wants the machine-readable copyright file, which names Apache-2.0 and
 	// points at the system's copy of its text; rpm distributions want the text itself as a %license
 	// file under /usr/share/licenses.

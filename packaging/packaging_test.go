@@ -148,6 +148,13 @@ func TestPackages_ContentsFlagsAndScripts(t *testing.T) {
 		"./usr/share/doc/cmx-agent/operations.md\n",
 		"./usr/share/doc/cmx-agent/copyright\n",
 		"./usr/share/doc/cmx-agent/changelog.gz\n",
+		"-rw-r--r-- root/root .* ./usr/share/man/man1/cmx-agent.1.gz\n",
+		"-rw-r--r-- root/root .* ./usr/share/man/man1/cmxctl.1.gz\n",
+		"-rw-r--r-- root/root .* ./usr/share/man/man5/cmx-agent.toml.5.gz\n",
+		"-rw-r--r-- root/root .* ./usr/share/bash-completion/completions/cmx-agent\n",
+		"-rw-r--r-- root/root .* ./usr/share/bash-completion/completions/cmxctl\n",
+		"-rw-r--r-- root/root .* ./usr/share/zsh/vendor-completions/_cmx-agent\n",
+		"-rw-r--r-- root/root .* ./usr/share/zsh/vendor-completions/_cmxctl\n",
 	} {
 		if !regexp.MustCompile(want).MatchString(list) {
 			t.Errorf("deb contents lack %q:\n%s", want, list)
@@ -193,6 +200,14 @@ func TestPackages_ContentsFlagsAndScripts(t *testing.T) {
 		"-rw-r----- cn cmx-agent /etc/cmx-agent/agent.toml", // config, noreplace
 		"-rw-r--r--  root /usr/lib/systemd/system/cmx-agent.service",
 		"-rw-r--r--  root /usr/lib/sysusers.d/cmx-agent.conf",
+		"-rw-r--r-- d root /usr/share/man/man1/cmx-agent.1.gz",
+		"-rw-r--r-- d root /usr/share/man/man1/cmxctl.1.gz",
+		"-rw-r--r-- d root /usr/share/man/man5/cmx-agent.toml.5.gz",
+		"-rw-r--r--  root /usr/share/bash-completion/completions/cmx-agent",
+		"-rw-r--r--  root /usr/share/bash-completion/completions/cmxctl",
+		"-rw-r--r--  root /usr/share/zsh/site-functions/_cmx-agent",
+		"-rw-r--r--  root /usr/share/zsh/site-functions/_cmxctl",
+		"-rw-r--r-- l root /usr/share/licenses/cmx-agent/LICENSE",
 	} {
 		if !strings.Contains(flags, want+"\n") {
 			t.Errorf("rpm files lack %q:\n%s", want, flags)
@@ -292,7 +307,8 @@ func TestDeb_InstallUpgradeRemovePurge(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dpkg-test.sh: %v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), "dpkg-test: install, upgrade (modified agent.toml kept), remove, purge: ok") {
+	if !strings.Contains(string(out), "dpkg-test: man cmx-agent, man cmxctl, man 5 cmx-agent.toml and the completions work") ||
+		!strings.Contains(string(out), "dpkg-test: install, upgrade (modified agent.toml kept), remove, purge: ok") {
 		t.Errorf("dpkg-test.sh output:\n%s", out)
 	}
 }
