@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,7 +88,15 @@ func (b *builder) note(format string, args ...any) {
 
 func (b *builder) collect(ctx context.Context) {
 	cf := readConfig(b.opt.ConfigPath)
-	b.scrub = newScrubber(cf.secrets())
+	secrets, err := cf.secrets()
+	b.scrub = newScrubber(secrets)
+	switch {
+	// Never copied anyway; but what the agent or the journal may quote of it cannot be removed.
+	case errors.Is(err, fs.ErrPermission):
+		b.note("scrubbing the password file's content: %v (run the bundle as root)", err)
+	case err != nil:
+		b.note("scrubbing the password file's content: %v", err)
+	}
 	b.addVersion()
 	b.addConfig(cf)
 	v := cf.view()

@@ -293,6 +293,17 @@ func TestBundle_NoAgentAnsweringIsSaidAndTheBundleStillWritten(t *testing.T) {
 	}
 }
 
+func TestBundle_AnUnreadablePasswordFileIsSaid(t *testing.T) {
+	g := newGateway(t, "")
+	if err := os.Remove(filepath.Join(g.dir, "password")); err != nil {
+		t.Fatal(err)
+	}
+	files := writeBundle(t, g, nil)
+	if !strings.Contains(files["README.txt"].data, "scrubbing the password file's content: ") {
+		t.Errorf("README.txt does not say the password could not be scrubbed:\n%s", files["README.txt"].data)
+	}
+}
+
 func TestBundle_JournalLinesAreAskedFor(t *testing.T) {
 	g := newGateway(t, "")
 	var asked int

@@ -65,16 +65,16 @@ func (c *configFile) endpoints() []map[string]any {
 
 // secrets returns what must never appear in the bundle: the passwords in server URLs and the
 // password file's content (the whole of it, without the trailing newline the agent drops, and
-// each line).
-func (c *configFile) secrets() []string {
+// each line). A password file that cannot be read cannot be scrubbed: the error says so.
+func (c *configFile) secrets() ([]string, error) {
 	out := serverPasswords(c.raw)
 	p := c.resolve(c.str("broker", "password_file"))
 	if p == "" {
-		return out
+		return out, nil
 	}
 	f, err := os.Open(p)
 	if err != nil {
-		return out
+		return out, err
 	}
 	defer f.Close()
 	data, _ := io.ReadAll(io.LimitReader(f, 64<<10)) // the agent's own bound for a secret file
@@ -82,7 +82,7 @@ func (c *configFile) secrets() []string {
 	for line := range strings.Lines(string(data)) {
 		out = append(out, strings.TrimRight(line, "\r\n"))
 	}
-	return out
+	return out, nil
 }
 
 // namedPath is a path the configuration names, with the key that names it.
