@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // needFile skips a test that needs a tool this machine lacks, except in the package tests, which
@@ -56,6 +59,43 @@ func TestCompletion_ZshScriptsParse(t *testing.T) {
 	for _, f := range []string{"completion/_cmx-agent", "completion/_cmxctl"} {
 		if out, err := exec.Command("zsh", "-n", f).CombinedOutput(); err != nil {
 			t.Errorf("zsh -n %s: %v\n%s", f, err, out)
+		}
+	}
+}
+
+// zshComplete types a line and TAB into an interactive zsh (in a pseudo-terminal, with compinit
+// and the scripts on fpath) and waits until the screen shows want: completion needs a real
+// line editor. zpty -r returns once its pattern appears, so there is no sleep; the context ends a
+// completion that never comes. (RE""ADY: the shell's echo of the command line must not match.)
+const zshComplete = `zmodload zsh/zpty
+zpty z zsh -f -i
+zpty -w z "PS1='%% '; fpath=($1 \$fpath); autoload -U compinit; compinit -u -d $3/zcompdump; echo RE""ADY"
+zpty -r z out '*READY*'
+zpty -w -n z "$2"$'\t'
+zpty -r z out "*$4*" && print -r -- COMPLETED
+zpty -d z`
+
+func TestCompletion_ZshCompletesSubcommandsFlagsAndValues(t *testing.T) {
+	repoRoot(t)
+	needFile(t, "/usr/bin/zsh", "zsh")
+	dir, err := filepath.Abs("completion")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dump := t.TempDir() // compinit's dump, made by the first case (seconds) and reused by the others
+	for _, tc := range []struct{ line, want string }{
+		{"cmx-agent bun", "bundle"},
+		{"cmx-agent bundle --with-o", "--with-outputs"},
+		{"cmx-agent run --log-format=j", "--log-format=json"},
+		{"cmxctl se", "serve"},
+		{"cmxctl push --password-f", "--password-file"},
+		{"cmxctl serve --dialect=cmp", "--dialect=cmp7"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		out, err := exec.CommandContext(ctx, "zsh", "-f", "-c", zshComplete, "zsh", dir, tc.line, dump, tc.want).CombinedOutput()
+		cancel()
+		if err != nil || !strings.Contains(string(out), "COMPLETED") {
+			t.Errorf("zsh: completing %q did not show %q (%v):\n%q", tc.line, tc.want, err, out)
 		}
 	}
 }
