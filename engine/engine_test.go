@@ -294,10 +294,11 @@ func readLines(t testing.TB, path string) []string {
 	return strings.Fields(string(b))
 }
 
-func TestPush_SameIDOnAnotherTopicIsConfirmedOnEach(t *testing.T) {
-	release := make(chan struct{})
-	blocked := make(chan struct{}, 1)
-	c := startCore(t, config.DialectCMX3, func(step string) {
+// holdFirstWrite returns a pause function that holds the first apply once its file is written under
+// the temporary name, until release is closed; blocked receives when it holds.
+func holdFirstWrite() (blocked chan struct{}, release chan struct{}, pause func(string)) {
+	blocked, release = make(chan struct{}, 1), make(chan struct{})
+	return blocked, release, func(step string) {
 		if step == StepSynced {
 			select {
 			case blocked <- struct{}{}:
@@ -305,7 +306,12 @@ func TestPush_SameIDOnAnotherTopicIsConfirmedOnEach(t *testing.T) {
 			default:
 			}
 		}
-	}, config.Endpoint{Token: "gw"})
+	}
+}
+
+func TestPush_SameIDOnAnotherTopicIsConfirmedOnEach(t *testing.T) {
+	blocked, release, pause := holdFirstWrite()
+	c := startCore(t, config.DialectCMX3, pause, config.Endpoint{Token: "gw"})
 	r1 := c.deliver(p+"/json", 1, `{"id": 7, "entries": [1]}`)
 	<-blocked // 7 is being written
 	// The same push comes again as the answer to a pull.
@@ -361,17 +367,8 @@ func TestReload_ChangedOutputAppliesTheStoredConfigurationAtOnce(t *testing.T) {
 }
 
 func TestCMP7_ServerGoingBackToTheOneBeingWrittenEndsOnIt(t *testing.T) {
-	release := make(chan struct{})
-	blocked := make(chan struct{}, 1)
-	c := startCore(t, config.DialectCMP7, func(step string) {
-		if step == StepSynced {
-			select {
-			case blocked <- struct{}{}:
-				<-release
-			default:
-			}
-		}
-	}, config.Endpoint{Token: "gw"})
+	blocked, release, pause := holdFirstWrite()
+	c := startCore(t, config.DialectCMP7, pause, config.Endpoint{Token: "gw"})
 	out := c.e.endpointList()[0].config().Output
 	c.deliver(p+"/config/json/status", 1, `{"configId": "z", "config": ["z"]}`)
 	<-blocked
