@@ -226,6 +226,14 @@ func OpenStore(dir string, lockTimeout time.Duration, handledMax int) (*Store, e
 			return nil, fmt.Errorf("init %s: %w", path, err)
 		}
 	}
+	// Start on a page cache of single pages (see dropCache): closed, the file is mapped by nobody.
+	if err := db.Close(); err != nil {
+		return nil, fmt.Errorf("init %s: %w", path, err)
+	}
+	dropCache(path)
+	if db, err = openChecked(path, lockTimeout); err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	if handledMax <= 0 {
 		handledMax = 1000
 	}
