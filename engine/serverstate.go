@@ -4,9 +4,8 @@ import (
 	"time"
 )
 
-// keyServer holds an endpoint's ServerState: endpoints/<ep>/server.
-var keyServer = []byte("server")
-
+// ServerState is kept at hot/e<ep>v (see store.go).
+//
 // ServerState is what the server last said about an endpoint besides configurations (7/CMP): that it
 // has none assigned, or that it refused the request. It is kept apart from EndpointState so that
 // recording it never races with an apply that rewrites EndpointState.
@@ -25,19 +24,11 @@ type ServerState struct {
 // ServerState returns an endpoint's ServerState; the zero value when the server said nothing yet.
 func (t *Tx) ServerState(ep string) (ServerState, error) {
 	var st ServerState
-	b, err := t.endpoint(ep, false)
-	if err != nil {
-		return st, err
-	}
-	_, err = getJSON(b, keyServer, &st)
+	_, err := getJSON(t.hot(), epKey(ep, kindServer), &st)
 	return st, err
 }
 
 // SetServerState stores an endpoint's ServerState.
 func (t *Tx) SetServerState(ep string, st ServerState) error {
-	b, err := t.endpoint(ep, true)
-	if err != nil {
-		return err
-	}
-	return putJSON(b, keyServer, st)
+	return putJSON(t.hot(), epKey(ep, kindServer), st)
 }

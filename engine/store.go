@@ -19,26 +19,67 @@ import (
 // DBName is the file name of the state database inside state_dir.
 const DBName = "agent.db"
 
-// Bucket and key names. The layout:
+// The layout. A push's commit rewrites every page on the path from the meta page to each key it
+// changes (bbolt is copy-on-write per page), so everything a push changes lives in one top-level
+// bucket of flat keys, "hot": for a gateway with one endpoint the commit writes the meta page, the
+// root page (which holds the buckets' headers) and one leaf of hot. What changes rarely lives in
+// buckets of its own, which a push only reads.
 //
-//	meta/counter                 message ids up to here may have been handed out (uint64, big endian)
-//	meta/client_id               the MQTT client id first used, when the configuration names none
-//	outbox/<seq>                 OutMsg, in the order it must be sent
-//	endpoints/<ep>/state         EndpointState
-//	endpoints/<ep>/p<seq>        Offer received and not yet applied (b<seq>: its body); see Pending
-//	endpoints/<ep>/handled/<id>  handledRec: status of a handled id
-//	endpoints/<ep>/handledseq/<seq> id, to evict the oldest handled ids
+// <ep> below is the endpoint key prefixed by its length (uvarint), so that no endpoint's keys can be
+// read as another's, whatever bytes its key holds; <seq8> is a uint64, big endian.
+//
+//	hot/m\x00counter       message ids up to here may have been handed out (uint64, big endian)
+//	hot/m\x00client_id     the MQTT client id first used, when the configuration names none
+//	hot/m\x00offer_seq     the offer counter of the layout before this one (see LastSeq)
+//	hot/o<seq8>            OutMsg (JSON), in the order it must be sent
+//	hot/e<ep>s             EndpointState (JSON)
+//	hot/e<ep>b             the output's bytes as last applied (store_body.go)
+//	hot/e<ep>r             the configuration as received, when a template rendered it (store_body.go)
+//	hot/e<ep>v             ServerState (JSON, serverstate.go)
+//	hot/e<ep>h             the most recent handled ids and their outcomes (store_handled.go)
+//	hot/e<ep>p<seq8>       Offer received and not yet applied (JSON, without its body); see Pending
+//	hot/e<ep>q<seq8>       that offer's body, raw bytes
+//	cold/<ep>f             priorFile: the output as found before the agent first wrote it
+//	handled_id/<ep><id>    outcome and sequence of an older handled id (store_handled.go)
+//	handled_seq/<ep><seq8> that id, to evict the oldest first
+//
+// Databases of the layout before (meta, outbox and endpoints/<ep>/... with sub-buckets per
+// endpoint) are migrated by OpenStore in one transaction (store_migrate.go).
 var (
-	bucketMeta      = []byte("meta")
-	bucketOutbox    = []byte("outbox")
-	bucketEndpoints = []byte("endpoints")
-	bucketHandled   = []byte("handled")
-	bucketHandSeq   = []byte("handledseq")
-	keyCounter      = []byte("counter")
-	keyClientID     = []byte("client_id")
-	keyState        = []byte("state")
-	keyHandledN     = []byte("handled_n")
+	bucketHot     = []byte("hot")
+	bucketCold    = []byte("cold")
+	bucketHandID  = []byte("handled_id")
+	bucketHandSeq = []byte("handled_seq")
+	keyCounter    = []byte("m\x00counter")
+	keyClientID   = []byte("m\x00client_id")
+	keyOfferSeq   = []byte("m\x00offer_seq")
 )
+
+// Kinds of an endpoint's keys in hot.
+const (
+	kindState    = 's'
+	kindBody     = 'b'
+	kindRaw      = 'r'
+	kindServer   = 'v'
+	kindHandled  = 'h'
+	kindPending  = 'p'
+	kindPendBody = 'q'
+	kindPrior    = 'f' // in cold
+)
+
+// epPrefix is <ep>: the endpoint key prefixed by its length.
+func epPrefix(ep string) []byte {
+	b := binary.AppendUvarint(make([]byte, 0, len(ep)+12), uint64(len(ep)))
+	return append(b, ep...)
+}
+
+// epKey is hot's key of one of ep's values.
+func epKey(ep string, kind byte) []byte {
+	return append(append(append(make([]byte, 0, len(ep)+12), 'e'), epPrefix(ep)...), kind)
+}
+
+// outboxKey is hot's key of the outbox entry seq.
+func outboxKey(seq uint64) []byte { return binary.BigEndian.AppendUint64([]byte{'o'}, seq) }
 
 // Route is where an answer for an offer goes (cmx3: the push topic + /status, at the push's QoS).
 type Route struct {
@@ -106,12 +147,6 @@ type OutMsg struct {
 	Request bool `json:"-"`
 }
 
-type handledRec struct {
-	Seq    uint64 `json:"seq"`
-	Status string `json:"status"`
-	Code   Code   `json:"code,omitempty"` // 0 in records written before codes were stored
-}
-
 // Handled is the stored outcome of an id an endpoint has handled.
 type Handled struct {
 	Status string
@@ -174,12 +209,12 @@ func OpenStore(dir string, lockTimeout time.Duration, handledMax int) (*Store, e
 		return nil, fmt.Errorf("state database: %w", err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketOutbox, bucketEndpoints} {
+		for _, b := range [][]byte{bucketHot, bucketCold, bucketHandID, bucketHandSeq} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return nil
+		return migrate(tx)
 	})
 	if err != nil {
 		db.Close()
@@ -190,6 +225,14 @@ func OpenStore(dir string, lockTimeout time.Duration, handledMax int) (*Store, e
 			db.Close()
 			return nil, fmt.Errorf("init %s: %w", path, err)
 		}
+	}
+	// Start on a page cache of single pages (see dropCache): closed, the file is mapped by nobody.
+	if err := db.Close(); err != nil {
+		return nil, fmt.Errorf("init %s: %w", path, err)
+	}
+	dropCache(path)
+	if db, err = openChecked(path, lockTimeout); err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	if handledMax <= 0 {
 		handledMax = 1000
@@ -301,11 +344,14 @@ func u64(v uint64) []byte {
 	return b
 }
 
+// hot is the bucket of everything a push changes.
+func (t *Tx) hot() *bolt.Bucket { return t.tx.Bucket(bucketHot) }
+
 // LeaseIDs records that message ids up to last+n may be handed out and returns last, the highest id
 // that was leased before. Ids are handed out from memory within a lease, so making one costs no
 // commit; a restart starts after the lease, so ids never repeat, even those of a lease not used up.
 func (t *Tx) LeaseIDs(n uint64) (last uint64, err error) {
-	b := t.tx.Bucket(bucketMeta)
+	b := t.hot()
 	if v := b.Get(keyCounter); len(v) == 8 {
 		last = binary.BigEndian.Uint64(v)
 	}
@@ -322,18 +368,6 @@ func (t *Tx) NextIDs(n int) (uint64, error) {
 	return last + 1, err
 }
 
-func (t *Tx) endpoint(ep string, create bool) (*bolt.Bucket, error) {
-	root := t.tx.Bucket(bucketEndpoints)
-	if !create || !t.tx.Writable() {
-		return root.Bucket([]byte(ep)), nil
-	}
-	b, err := root.CreateBucketIfNotExists([]byte(ep))
-	if err != nil {
-		return nil, fmt.Errorf("endpoint %s: %w", ep, err)
-	}
-	return b, nil
-}
-
 func getJSON(b *bolt.Bucket, key []byte, v any) (bool, error) {
 	if b == nil {
 		return false, nil
@@ -343,7 +377,7 @@ func getJSON(b *bolt.Bucket, key []byte, v any) (bool, error) {
 		return false, nil
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
-		return false, fmt.Errorf("decode %s: %w", key, err)
+		return false, fmt.Errorf("decode %q: %w", key, err)
 	}
 	return true, nil
 }
@@ -351,7 +385,7 @@ func getJSON(b *bolt.Bucket, key []byte, v any) (bool, error) {
 func putJSON(b *bolt.Bucket, key []byte, v any) error {
 	raw, err := json.Marshal(v)
 	if err != nil {
-		return fmt.Errorf("encode %s: %w", key, err)
+		return fmt.Errorf("encode %q: %w", key, err)
 	}
 	return b.Put(key, raw)
 }
@@ -359,112 +393,80 @@ func putJSON(b *bolt.Bucket, key []byte, v any) error {
 // State returns an endpoint's state; the zero value when nothing was applied.
 func (t *Tx) State(ep string) (EndpointState, error) {
 	var st EndpointState
-	b, err := t.endpoint(ep, false)
-	if err != nil {
-		return st, err
-	}
-	_, err = getJSON(b, keyState, &st)
+	_, err := getJSON(t.hot(), epKey(ep, kindState), &st)
 	return st, err
 }
 
 // SetState stores an endpoint's state.
 func (t *Tx) SetState(ep string, st EndpointState) error {
-	b, err := t.endpoint(ep, true)
-	if err != nil {
-		return err
+	if err := putJSON(t.hot(), epKey(ep, kindState), st); err != nil {
+		return fmt.Errorf("endpoint %s state: %w", ep, err)
 	}
-	return putJSON(b, keyState, st)
+	return nil
 }
 
-// Pending offers: endpoints/<ep>/p<seq> holds an offer's record, endpoints/<ep>/b<seq> its body (raw
-// bytes beside the record, so a large configuration is neither base64-encoded nor built up in an
-// encoder's buffer). Databases of earlier versions hold them in the slots "current" and "next".
-func pendingKey(seq uint64) []byte  { return append([]byte("p"), u64(seq)...) }
-func pendingBody(seq uint64) []byte { return append([]byte("b"), u64(seq)...) }
+// Pending offers: hot/e<ep>p<seq> holds an offer's record, hot/e<ep>q<seq> its body (raw bytes
+// beside the record, so a large configuration is neither base64-encoded nor built up in an
+// encoder's buffer).
+func pendingKey(ep string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(epKey(ep, kindPending), seq)
+}
 
-var legacySlots = [][]byte{[]byte("current"), []byte("next")}
+func pendingBody(ep string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(epKey(ep, kindPendBody), seq)
+}
 
 // SetPending stores o, received and not yet applied.
 func (t *Tx) SetPending(ep string, o *Offer) error {
-	b, err := t.endpoint(ep, true)
-	if err != nil {
-		return err
-	}
+	b := t.hot()
 	meta := *o
 	meta.Body = nil
-	if err := putJSON(b, pendingKey(o.Seq), &meta); err != nil {
+	if err := putJSON(b, pendingKey(ep, o.Seq), &meta); err != nil {
 		return err
 	}
 	body := o.Body
 	if body == nil {
 		body = []byte{}
 	}
-	return b.Put(pendingBody(o.Seq), body)
+	return b.Put(pendingBody(ep, o.Seq), body)
 }
 
-// DeletePending removes the pending offer seq (and, for a database of an earlier version, the slot
-// that holds it).
+// DeletePending removes the pending offer seq.
 func (t *Tx) DeletePending(ep string, seq uint64) error {
-	b, err := t.endpoint(ep, false)
-	if err != nil || b == nil {
+	b := t.hot()
+	if b.Get(pendingKey(ep, seq)) == nil {
+		return nil
+	}
+	if err := b.Delete(pendingBody(ep, seq)); err != nil {
 		return err
 	}
-	if b.Get(pendingKey(seq)) != nil {
-		if err := b.Delete(pendingBody(seq)); err != nil {
-			return err
-		}
-		return b.Delete(pendingKey(seq))
-	}
-	for _, slot := range legacySlots {
-		var o struct {
-			Seq uint64 `json:"seq"`
-		}
-		if ok, err := getJSON(b, slot, &o); err != nil || !ok || o.Seq != seq {
-			continue
-		}
-		if err := b.Delete(append(append([]byte{}, slot...), ".body"...)); err != nil {
-			return err
-		}
-		return b.Delete(slot)
-	}
-	return nil
+	return b.Delete(pendingKey(ep, seq))
 }
 
 // Pending returns an endpoint's pending offers, oldest first.
 func (t *Tx) Pending(ep string) ([]*Offer, error) {
-	b, err := t.endpoint(ep, false)
-	if err != nil || b == nil {
-		return nil, err
-	}
+	b := t.hot()
+	prefix := epKey(ep, kindPending)
 	var out []*Offer
-	read := func(key, bodyKey []byte) error {
+	c := b.Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		if len(k) != len(prefix)+8 {
+			continue
+		}
 		var o Offer
-		ok, err := getJSON(b, key, &o)
-		if !ok || err != nil {
-			return err
+		if err := json.Unmarshal(v, &o); err != nil {
+			return nil, fmt.Errorf("endpoint %s pending offer: %w", ep, err)
 		}
 		if len(o.Routes) == 0 && o.OldTopic != "" {
 			o.Routes = []Route{{Topic: o.OldTopic, QoS: o.OldQoS}}
 		}
 		o.OldTopic, o.OldQoS = "", 0
-		if o.Body == nil { // records of the earliest versions hold it inline
-			if raw := b.Get(bodyKey); raw != nil {
+		if o.Body == nil {
+			if raw := b.Get(pendingBody(ep, binary.BigEndian.Uint64(k[len(prefix):]))); raw != nil {
 				o.Body = bytes.Clone(raw) // raw lives in the mmap only while the transaction is open
 			}
 		}
 		out = append(out, &o)
-		return nil
-	}
-	c := b.Cursor()
-	for k, _ := c.Seek([]byte("p")); k != nil && len(k) == 9 && k[0] == 'p'; k, _ = c.Next() {
-		if err := read(k, append([]byte("b"), k[1:]...)); err != nil {
-			return nil, err
-		}
-	}
-	for _, slot := range legacySlots {
-		if err := read(slot, append(append([]byte{}, slot...), ".body"...)); err != nil {
-			return nil, err
-		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
 	return out, nil
@@ -472,90 +474,35 @@ func (t *Tx) Pending(ep string) ([]*Offer, error) {
 
 // LastSeq is the highest offer sequence number the database has seen.
 func (t *Tx) LastSeq() (uint64, error) {
-	root := t.tx.Bucket(bucketEndpoints)
-	last := root.Sequence() // the counter of earlier versions
-	err := root.ForEach(func(k, v []byte) error {
-		if v != nil {
-			return nil
+	b := t.hot()
+	var last uint64
+	if v := b.Get(keyOfferSeq); len(v) == 8 {
+		last = binary.BigEndian.Uint64(v) // the counter of the layout before
+	}
+	c := b.Cursor()
+	for k, v := c.Seek([]byte{'e'}); k != nil && k[0] == 'e'; k, v = c.Next() {
+		n, w := binary.Uvarint(k[1:])
+		if w <= 0 {
+			continue
 		}
-		offers, err := t.Pending(string(k))
-		for _, o := range offers {
-			last = max(last, o.Seq)
+		rest := k[1+w:]
+		if uint64(len(rest)) != n+9 || rest[n] != kindPending {
+			continue
 		}
-		return err
-	})
-	return last, err
-}
-
-// Handled returns the stored outcome of an id the endpoint has handled.
-func (t *Tx) Handled(ep, id string) (Handled, bool, error) {
-	b, err := t.endpoint(ep, false)
-	if err != nil || b == nil {
-		return Handled{}, false, err
-	}
-	var rec handledRec
-	ok, err := getJSON(b.Bucket(bucketHandled), []byte(id), &rec)
-	if ok && rec.Code == 0 {
-		rec.Code = legacyCode(rec.Status)
-	}
-	return Handled{Status: rec.Status, Code: rec.Code}, ok, err
-}
-
-// SetHandled records the status of a handled id. The set is bounded: past the store's limit the
-// oldest ids are forgotten.
-func (t *Tx) SetHandled(ep, id string, h Handled) error {
-	b, err := t.endpoint(ep, true)
-	if err != nil {
-		return err
-	}
-	hb, err := b.CreateBucketIfNotExists(bucketHandled)
-	if err != nil {
-		return fmt.Errorf("handled ids: %w", err)
-	}
-	hs, err := b.CreateBucketIfNotExists(bucketHandSeq)
-	if err != nil {
-		return fmt.Errorf("handled ids: %w", err)
-	}
-	n := 0
-	if v := b.Get(keyHandledN); len(v) == 8 {
-		n = int(binary.BigEndian.Uint64(v))
-	}
-	var old handledRec
-	if ok, err := getJSON(hb, []byte(id), &old); err != nil {
-		return err
-	} else if ok {
-		if err := hs.Delete(u64(old.Seq)); err != nil {
-			return err
+		var o struct {
+			Seq uint64 `json:"seq"`
 		}
-		n--
-	}
-	seq, err := hs.NextSequence()
-	if err != nil {
-		return err
-	}
-	if err := putJSON(hb, []byte(id), handledRec{Seq: seq, Status: h.Status, Code: h.Code}); err != nil {
-		return err
-	}
-	if err := hs.Put(u64(seq), []byte(id)); err != nil {
-		return err
-	}
-	n++
-	c := hs.Cursor()
-	for k, v := c.First(); k != nil && n > t.max; k, v = c.First() {
-		if err := hb.Delete(v); err != nil {
-			return err
+		if err := json.Unmarshal(v, &o); err != nil {
+			return 0, fmt.Errorf("pending offer: %w", err)
 		}
-		if err := c.Delete(); err != nil {
-			return err
-		}
-		n--
+		last = max(last, o.Seq, binary.BigEndian.Uint64(rest[n+1:]))
 	}
-	return b.Put(keyHandledN, u64(uint64(n)))
+	return last, nil
 }
 
 // PutOutbox stores m under its sequence number, which the caller has assigned (see Outbox).
 func (t *Tx) PutOutbox(m OutMsg) error {
-	if err := putJSON(t.tx.Bucket(bucketOutbox), u64(m.Seq), m); err != nil {
+	if err := putJSON(t.hot(), outboxKey(m.Seq), m); err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
 	return nil
@@ -563,9 +510,9 @@ func (t *Tx) PutOutbox(m OutMsg) error {
 
 // DeleteOutbox removes sent messages from the outbox.
 func (t *Tx) DeleteOutbox(seqs ...uint64) error {
-	b := t.tx.Bucket(bucketOutbox)
+	b := t.hot()
 	for _, s := range seqs {
-		if err := b.Delete(u64(s)); err != nil {
+		if err := b.Delete(outboxKey(s)); err != nil {
 			return fmt.Errorf("outbox: %w", err)
 		}
 	}
@@ -576,13 +523,16 @@ func (t *Tx) DeleteOutbox(seqs ...uint64) error {
 // reads it once, at start; afterwards it keeps the list in memory.
 func (t *Tx) Outbox(limit int) ([]OutMsg, error) {
 	var out []OutMsg
-	c := t.tx.Bucket(bucketOutbox).Cursor()
-	for k, v := c.First(); k != nil; k, v = c.Next() {
+	c := t.hot().Cursor()
+	for k, v := c.Seek([]byte{'o'}); k != nil && k[0] == 'o'; k, v = c.Next() {
+		if len(k) != 9 {
+			continue
+		}
 		var m OutMsg
 		if err := json.Unmarshal(v, &m); err != nil {
-			return nil, fmt.Errorf("outbox entry %x: %w", k, err)
+			return nil, fmt.Errorf("outbox entry %x: %w", k[1:], err)
 		}
-		m.Seq = binary.BigEndian.Uint64(k)
+		m.Seq = binary.BigEndian.Uint64(k[1:])
 		out = append(out, m)
 		if limit > 0 && len(out) == limit {
 			break
@@ -593,33 +543,36 @@ func (t *Tx) Outbox(limit int) ([]OutMsg, error) {
 
 // LastOutboxSeq is the highest sequence number in the outbox, 0 when it is empty.
 func (t *Tx) LastOutboxSeq() uint64 {
-	k, _ := t.tx.Bucket(bucketOutbox).Cursor().Last()
-	if len(k) != 8 {
-		return 0
+	c := t.hot().Cursor()
+	k, _ := c.Seek([]byte{'o' + 1})
+	if k == nil {
+		k, _ = c.Last()
+	} else {
+		k, _ = c.Prev()
 	}
-	return binary.BigEndian.Uint64(k)
+	for ; k != nil && k[0] == 'o'; k, _ = c.Prev() {
+		if len(k) == 9 {
+			return binary.BigEndian.Uint64(k[1:])
+		}
+	}
+	return 0
 }
 
 // ClientID returns the MQTT client id stored by SetClientID; "" when none.
-func (t *Tx) ClientID() string { return string(t.tx.Bucket(bucketMeta).Get(keyClientID)) }
+func (t *Tx) ClientID() string { return string(t.hot().Get(keyClientID)) }
 
 // SetClientID stores the MQTT client id the agent derived the first time, so that the gateway's
 // identity towards the broker does not change with its endpoint list.
 func (t *Tx) SetClientID(id string) error {
-	return t.tx.Bucket(bucketMeta).Put(keyClientID, []byte(id))
+	return t.hot().Put(keyClientID, []byte(id))
 }
 
 // HasPending reports whether the endpoint has a pending offer, without reading its body.
 func (t *Tx) HasPending(ep string) (bool, error) {
-	b, err := t.endpoint(ep, false)
-	if err != nil || b == nil {
-		return false, err
-	}
-	if k, _ := b.Cursor().Seek([]byte("p")); k != nil && len(k) == 9 && k[0] == 'p' {
-		return true, nil
-	}
-	for _, slot := range legacySlots {
-		if b.Get(slot) != nil {
+	prefix := epKey(ep, kindPending)
+	c := t.hot().Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		if len(k) == len(prefix)+8 {
 			return true, nil
 		}
 	}

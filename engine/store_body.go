@@ -4,12 +4,10 @@ import "fmt"
 
 // Copies kept for rollback and drift repair, per endpoint (see store.go for the rest of the layout):
 //
-//	endpoints/<ep>/body   the bytes of the output as last applied (what rollback and repair put back)
-//	endpoints/<ep>/prior  priorFile: what was at the output before the agent first wrote it
-var (
-	keyBody  = []byte("body")
-	keyPrior = []byte("prior")
-)
+//	hot/e<ep>b   the bytes of the output as last applied (what rollback and repair put back)
+//	hot/e<ep>r   the configuration as received, when a template made the output differ from it
+//	cold/<ep>f   priorFile: what was at the output before the agent first wrote it (written once,
+//	             so it stays out of the pages a push rewrites)
 
 // priorFile is the output as the agent found it before its first write, so that a failing hook on
 // the very first configuration puts back the operator's own file (or removes the output when there
@@ -19,13 +17,11 @@ type priorFile struct {
 	Body   []byte `json:"body,omitempty"`
 }
 
+func priorKey(ep string) []byte { return append(epPrefix(ep), kindPrior) }
+
 // Body returns the applied output bytes of an endpoint; ok false when none is stored.
 func (t *Tx) Body(ep string) (body []byte, ok bool, err error) {
-	b, err := t.endpoint(ep, false)
-	if err != nil || b == nil {
-		return nil, false, err
-	}
-	v := b.Get(keyBody)
+	v := t.hot().Get(epKey(ep, kindBody))
 	if v == nil {
 		return nil, false, nil
 	}
@@ -35,12 +31,11 @@ func (t *Tx) Body(ep string) (body []byte, ok bool, err error) {
 // SetBody stores the applied output bytes of an endpoint, in the transaction that records the
 // applied hash, so the two never disagree. body must not change until the transaction ends.
 func (t *Tx) SetBody(ep string, body []byte) error {
-	b, err := t.endpoint(ep, true)
-	if err != nil {
-		return err
+	if body == nil {
+		body = []byte{} // a nil value would read back as "none stored"
 	}
 	// No copy: bbolt holds on to the slice only until the commit, and the caller hands it over.
-	if err := b.Put(keyBody, body); err != nil {
+	if err := t.hot().Put(epKey(ep, kindBody), body); err != nil {
 		return fmt.Errorf("endpoint %s body: %w", ep, err)
 	}
 	return nil
@@ -48,34 +43,18 @@ func (t *Tx) SetBody(ep string, body []byte) error {
 
 // Prior returns what was at the output before the agent first wrote it; ok false when not recorded.
 func (t *Tx) Prior(ep string) (p priorFile, ok bool, err error) {
-	b, err := t.endpoint(ep, false)
-	if err != nil {
-		return p, false, err
-	}
-	ok, err = getJSON(b, keyPrior, &p)
+	ok, err = getJSON(t.tx.Bucket(bucketCold), priorKey(ep), &p)
 	return p, ok, err
 }
 
 // SetPrior records what was at the output before the agent first wrote it.
 func (t *Tx) SetPrior(ep string, p priorFile) error {
-	b, err := t.endpoint(ep, true)
-	if err != nil {
-		return err
-	}
-	return putJSON(b, keyPrior, p)
+	return putJSON(t.tx.Bucket(bucketCold), priorKey(ep), p)
 }
-
-// keyRaw holds the configuration as received when a template made the output differ from it:
-// endpoints/<ep>/raw. Without a template the body is the configuration, and nothing is stored twice.
-var keyRaw = []byte("raw")
 
 // Raw returns the applied configuration as received; ok false when none is stored.
 func (t *Tx) Raw(ep string) (raw []byte, ok bool, err error) {
-	b, err := t.endpoint(ep, false)
-	if err != nil || b == nil {
-		return nil, false, err
-	}
-	if v := b.Get(keyRaw); v != nil {
+	if v := t.hot().Get(epKey(ep, kindRaw)); v != nil {
 		return append([]byte{}, v...), true, nil
 	}
 	return t.Body(ep)
@@ -87,14 +66,14 @@ func (t *Tx) SetApplied(ep string, body, raw []byte, rendered bool) error {
 	if err := t.SetBody(ep, body); err != nil {
 		return err
 	}
-	b, err := t.endpoint(ep, true)
-	if err != nil {
-		return err
-	}
+	b := t.hot()
 	if !rendered {
-		return b.Delete(keyRaw)
+		return b.Delete(epKey(ep, kindRaw)) // no page is dirtied when there is none
 	}
-	if err := b.Put(keyRaw, raw); err != nil {
+	if raw == nil {
+		raw = []byte{}
+	}
+	if err := b.Put(epKey(ep, kindRaw), raw); err != nil {
 		return fmt.Errorf("endpoint %s configuration: %w", ep, err)
 	}
 	return nil

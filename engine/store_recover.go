@@ -124,6 +124,6 @@ func seedCounter(db *bolt.DB) error {
 		if seed <= 0 {
 			return nil // a clock before 1970 gives no floor; the counter starts at 1
 		}
-		return tx.Bucket(bucketMeta).Put(keyCounter, u64(uint64(seed)))
+		return tx.Bucket(bucketHot).Put(keyCounter, u64(uint64(seed)))
 	})
 }

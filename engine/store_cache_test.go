@@ -1,0 +1,54 @@
+package engine
+
+import (
+	"bytes"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// procWriteBytes is this process's write_bytes (/proc/self/io): what the kernel accounts as sent to
+// the disk, a whole folio for every one dirtied.
+func procWriteBytes(t *testing.T) int64 {
+	t.Helper()
+	raw, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		t.Skip("no /proc/self/io")
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "write_bytes: "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	t.Skip("no write_bytes in /proc/self/io")
+	return 0
+}
+
+// The disk pays for the pages a commit writes, not for the folios around them: without dropCache,
+// bbolt's first write of a new file (16 KiB) leaves a folio that every meta page write dirties whole.
+func TestOpenStore_CommitsAreAccountedByThePage(t *testing.T) {
+	st := openTestStore(t)
+	body := bytes.Repeat([]byte("x"), 256)
+	for i := range 40 {
+		if err := st.Update(func(tx *Tx) error { return pushCommit(tx, i+1, body) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 64
+	s0 := st.db.Stats()
+	w0 := procWriteBytes(t)
+	for i := range n {
+		if err := st.Update(func(tx *Tx) error { return pushCommit(tx, i+100, body) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := procWriteBytes(t) - w0
+	s1 := st.db.Stats()
+	pages := s1.TxStats.GetWrite() - s0.TxStats.GetWrite()
+	t.Logf("%d commits: %d pages written, %d bytes accounted", n, pages, w)
+	if limit := pages * int64(os.Getpagesize()); w > limit+limit/4 {
+		t.Errorf("%d commits wrote %d pages and were accounted %d bytes, want about %d", n, pages, w, limit)
+	}
+}
