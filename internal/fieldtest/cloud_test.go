@@ -30,6 +30,7 @@ type cloud struct {
 	latest  map[string]sent   // newest configuration per token: what a pull is answered with
 	pushes  map[string][]sent // every push per token, in order
 	answers int               // pulls answered
+	silent  bool              // pulls are not answered
 }
 
 // sent is one configuration the cloud sent: id N, entries [N].
@@ -39,6 +40,8 @@ type sent struct {
 }
 
 func (s sent) body() string { return fmt.Sprintf("[%d]", s.id) }
+
+func (s sent) payload() string { return fmt.Sprintf(`{"id":%d,"entries":%s}`, s.id, s.body()) }
 
 func newCloud(t *testing.T, client *mqtttest.Client, app string) *cloud {
 	t.Helper()
@@ -78,8 +81,32 @@ func (c *cloud) next(token string, qos byte) sent {
 func (c *cloud) push(token string, qos byte) sent {
 	c.t.Helper()
 	s := c.next(token, qos)
-	c.publish(c.prefix(token)+"/json", qos, fmt.Sprintf(`{"id":%d,"entries":%s}`, s.id, s.body()))
+	c.publish(c.prefix(token)+"/json", qos, s.payload())
 	return s
+}
+
+// pushParallel pushes the next configuration to each token from several goroutines at once.
+func (c *cloud) pushParallel(tokens []string, workers int) {
+	c.t.Helper()
+	work := make(chan string)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for token := range work {
+				s := c.next(token, 1)
+				if err := c.tryPublish(c.prefix(token)+"/json", 1, s.payload()); err != nil {
+					c.t.Error(err)
+				}
+			}
+		}()
+	}
+	for _, tok := range tokens {
+		work <- tok
+	}
+	close(work)
+	wg.Wait()
 }
 
 // answer answers a pull (P/pull/json, {"id": N}) at P/json/N with the newest configuration.
@@ -94,12 +121,13 @@ func (c *cloud) answer(m mqtttest.Message) {
 	}
 	c.mu.Lock()
 	s, found := c.latest[token]
+	silent := c.silent
 	c.mu.Unlock()
-	if !found {
+	if !found || silent {
 		return
 	}
 	if err := c.tryPublish(fmt.Sprintf("%s/json/%d", c.prefix(token), req.ID), 1,
-		fmt.Sprintf(`{"id":%d,"entries":%s}`, s.id, s.body())); err != nil {
+		s.payload()); err != nil {
 		c.t.Errorf("answer pull %v: %v", m, err)
 		return
 	}

@@ -222,7 +222,9 @@ func (g *gateway) waitConnected(server string, within time.Duration) agentStatus
 func eventually(t *testing.T, within time.Duration, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(within)
-	for {
+	// From 10 ms up to 200 ms: quick for what is quick, and light on a small machine for the
+	// checks that read a thousand files.
+	for pause := 10 * time.Millisecond; ; pause = min(2*pause, 200*time.Millisecond) {
 		ok, why := cond()
 		if ok {
 			return
@@ -230,7 +232,7 @@ func eventually(t *testing.T, within time.Duration, cond func() (bool, string)) 
 		if time.Now().After(deadline) {
 			t.Fatalf("not within %v: %s", within, why)
 		}
-		time.Sleep(25 * time.Millisecond)
+		time.Sleep(pause)
 	}
 }
 
