@@ -119,6 +119,10 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	if cfg == nil {
 		return code
 	}
+	// Warnings leave the file valid: exit 0, each printed like a problem.
+	for _, w := range cfg.Warnings {
+		fmt.Fprintln(stderr, w.String())
+	}
 	fmt.Fprintf(stdout, "%s: ok (%d endpoints, dialect %s)\n", *path, len(cfg.Endpoints), cfg.Kaa.Dialect)
 	return 0
 }
@@ -155,6 +159,9 @@ func cmdRun(args []string, stderr io.Writer) int {
 	cfg, code := loadConfig(*path, stderr)
 	if cfg == nil {
 		return code
+	}
+	for _, w := range cfg.Warnings {
+		log.Warn("configuration warning", "problem", w.String())
 	}
 	opts := agent.Options{Logger: log}
 	changes := make(chan struct{}, 1)
