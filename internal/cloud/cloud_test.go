@@ -202,6 +202,25 @@ func TestServe_SharedGroupAnswersEachRequestOnce(t *testing.T) {
 	answers.None(t, 300*time.Millisecond)
 }
 
+func TestServe_ShareSaysRabbitMQDoesNotSupportIt(t *testing.T) {
+	b, err := StartBroker("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, share := range []string{"servers", ""} {
+		var log lockedBuf
+		startServe(t, ServeOptions{
+			Options: Options{Broker: b.URL(), AppVersion: testApp, Logger: slog.New(slog.NewTextHandler(&log, nil))},
+			Configs: t.TempDir(), Share: share,
+		})
+		said := strings.Contains(log.String(), "RabbitMQ does not support $share")
+		if said != (share != "") {
+			t.Errorf("share %q: log says RabbitMQ does not support $share: %v, want %v\n%s", share, said, share != "", log.String())
+		}
+	}
+}
+
 func TestPush_WaitsForTheAgentsConfirmation(t *testing.T) {
 	b := mqtttest.Start(t)
 	// A push to an agent that never connected is lost (the broker has no session for it yet), so
