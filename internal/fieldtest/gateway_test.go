@@ -216,6 +216,18 @@ func (g *gateway) waitConnected(server string, within time.Duration) agentStatus
 	return st
 }
 
+// runSkipped names the environment variable that runs the tests skipped for a known agent defect,
+// so that the defect can be seen, and a fix checked.
+const runSkipped = "CMX_FIELD_RUN_SKIPPED"
+
+// skipDefect skips a test that specifies what the agent should do and does not do yet.
+func skipDefect(t *testing.T, defect string) {
+	t.Helper()
+	if os.Getenv(runSkipped) != "1" {
+		t.Skipf("agent defect: %s (set %s=1 to run it)", defect, runSkipped)
+	}
+}
+
 // eventually polls cond until it holds, and fails the test with cond's last description when it
 // does not within the deadline. It is how the suites wait for outcomes that show only in files or
 // in the agent's status.

@@ -24,9 +24,6 @@ import (
 // server publishes on another node than the agent's. Tests share the cluster, so each uses its
 // own application version (topics) and client ids, and leaves every node running.
 
-// rabbitRunSkipped runs the tests that are skipped for a known agent defect, to see the defect.
-const rabbitRunSkipped = "CMX_FIELD_RUN_SKIPPED"
-
 type rabbit struct {
 	t      *testing.T
 	dir    string
@@ -333,10 +330,8 @@ func TestRabbitMQ_ClassicSessionIsRefusedWhileItsHomeNodeIsDown(t *testing.T) {
 // a persistent one, and pull, so it ends on the newest configuration while the node homing its old
 // session is still down.
 func TestRabbitMQ_ClassicRefusedSubscribeStartsAFreshSessionAndPulls(t *testing.T) {
-	if os.Getenv(rabbitRunSkipped) != "1" {
-		t.Skip("agent defect: after a refused SUBSCRIBE the agent reconnects to the same persistent session and is refused again, forever; " +
-			"the transport does not start a fresh session yet (set " + rabbitRunSkipped + "=1 to run it)")
-	}
+	skipDefect(t, "after a refused SUBSCRIBE the agent reconnects to the same persistent session and is refused again, "+
+		"until the node homing it is back; the transport does not start a fresh session yet")
 	r := needRabbit(t)
 	r.queueType("classic")
 	defer r.queueType("quorum")
