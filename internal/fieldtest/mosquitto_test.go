@@ -66,3 +66,15 @@ func limitsSetup(t *testing.T, b *mqtttest.Broker) (srv *cloud, gw *gateway, p s
 func big(id, size int) string {
 	return fmt.Sprintf(`{"id":%d,"entries":["%s"]}`, id, strings.Repeat("x", size))
 }
+
+// TestMosquitto_FanOutTo1000Endpoints is the RabbitMQ fan-out on one mosquitto (in-flight window
+// 20), for comparison in the same run.
+func TestMosquitto_FanOutTo1000Endpoints(t *testing.T) {
+	b := mqtttest.Start(t)
+	tokens := fanOutTokens()
+	srv := newCloud(t, b.Client(t), bridgeApp)
+	gw := newGateway(t, gatewaySpec{servers: []string{b.URL}, clientID: "gw-fanout", app: bridgeApp, tokens: tokens})
+	booted, applied := fanOut(t, srv, gw, tokens)
+	t.Logf("fan-out to %d endpoints through mosquitto: agent subscribed and pulled for all in %v; all applied and confirmed %v after the pushes started",
+		len(tokens), booted.Round(time.Millisecond), applied.Round(time.Millisecond))
+}
