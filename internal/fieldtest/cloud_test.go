@@ -31,6 +31,7 @@ type cloud struct {
 	pushes  map[string][]sent // every push per token, in order
 	answers int               // pulls answered
 	silent  bool              // pulls are not answered
+	retries int               // publishes that failed and were repeated
 }
 
 // sent is one configuration the cloud sent: id N, entries [N].
@@ -156,6 +157,9 @@ func (c *cloud) tryPublish(topic string, qos byte, payload string) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("publish for 60s: %w", err)
 		}
+		c.mu.Lock()
+		c.retries++
+		c.mu.Unlock()
 		time.Sleep(100 * time.Millisecond)
 	}
 }
