@@ -160,9 +160,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if cfg == nil {
 		return code
 	}
-	for _, w := range cfg.Warnings {
-		log.Warn("configuration warning", "problem", w.String())
-	}
+	logWarnings(log, cfg)
 	opts := agent.Options{Logger: log}
 	changes := make(chan struct{}, 1)
 	opts.OnChange = func() {
