@@ -128,6 +128,7 @@ func TestBridge_PushAcrossTwoHopsKeepsIdsAndQoS(t *testing.T) {
 		{"large number id kept digit for digit", "/json", 1, "123456789012345678901234567890"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			defer srv.in(t)()
 			entries := fmt.Sprintf(`[{"case":%d}]`, i)
 			payload := `{"entries":` + entries + `}`
 			if tc.id != "" {

@@ -18,7 +18,8 @@ import (
 // answers every pull with the newest configuration of its endpoint, and collects confirmations.
 // It subscribes at QoS 2, so a message arrives with the QoS it was published with.
 type cloud struct {
-	t      *testing.T
+	t      *testing.T // the test or subtest using it now (see in)
+	top    *testing.T // the test it was made for: its answers to pulls report there
 	client *mqtttest.Client
 	app    string
 	// Confirmations: P/json/status (pushes without a request id) and P/json/+/status.
@@ -48,7 +49,7 @@ func newCloud(t *testing.T, client *mqtttest.Client, app string) *cloud {
 	t.Helper()
 	p := "kp1/" + app + "/cmx/+/"
 	c := &cloud{
-		t: t, client: client, app: app,
+		t: t, top: t, client: client, app: app,
 		plain:   client.Subscribe(t, p+"json/status", 2),
 		withReq: client.Subscribe(t, p+"json/+/status", 2),
 		pulls:   client.Subscribe(t, p+"pull/json", 2),
@@ -60,6 +61,16 @@ func newCloud(t *testing.T, client *mqtttest.Client, app string) *cloud {
 	go func() { defer close(done); c.pulls.Follow(ctx, c.answer) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return c
+}
+
+// in makes subtest t the one the cloud's checks fail, until the returned function restores the
+// test before: FailNow must come from the goroutine of the test that fails.
+//
+//	defer srv.in(t)()
+func (c *cloud) in(t *testing.T) (restore func()) {
+	prev := c.t
+	c.t = t
+	return func() { c.t = prev }
 }
 
 func (c *cloud) prefix(token string) string { return "kp1/" + c.app + "/cmx/" + token }
@@ -117,7 +128,7 @@ func (c *cloud) answer(m mqtttest.Message) {
 		ID uint64 `json:"id"`
 	}
 	if !ok || json.Unmarshal(m.Payload, &req) != nil || req.ID == 0 {
-		c.t.Errorf("malformed pull: %v", m)
+		c.top.Errorf("malformed pull: %v", m)
 		return
 	}
 	c.mu.Lock()
@@ -129,7 +140,7 @@ func (c *cloud) answer(m mqtttest.Message) {
 	}
 	if err := c.tryPublish(fmt.Sprintf("%s/json/%d", c.prefix(token), req.ID), 1,
 		s.payload()); err != nil {
-		c.t.Errorf("answer pull %v: %v", m, err)
+		c.top.Errorf("answer pull %v: %v", m, err)
 		return
 	}
 	c.mu.Lock()

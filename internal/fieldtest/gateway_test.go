@@ -53,7 +53,7 @@ type gatewaySpec struct {
 // gateway is one cmx-agent process with its configuration, state and outputs in a folder of its
 // own. It survives stop and start: the same state and session come back.
 type gateway struct {
-	t      *testing.T
+	t      *testing.T // the test or subtest using it now (see in)
 	spec   gatewaySpec
 	dir    string
 	config string
@@ -105,6 +105,13 @@ func newGateway(t *testing.T, spec gatewaySpec) *gateway {
 		}
 	})
 	return g
+}
+
+// in is cloud.in for the gateway.
+func (g *gateway) in(t *testing.T) (restore func()) {
+	prev := g.t
+	g.t = t
+	return func() { g.t = prev }
 }
 
 // start runs the agent; its stderr is appended to agent.log across runs.

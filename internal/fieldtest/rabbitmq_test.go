@@ -25,7 +25,8 @@ import (
 // own application version (topics) and client ids, and leaves every node running.
 
 type rabbit struct {
-	t      *testing.T
+	t      *testing.T // fails the test on errors
+	top    *testing.T // the test whose end restarts a killed node
 	dir    string
 	script string
 	urls   []string // tcp://127.0.0.1:PORT of node 1, 2, 3
@@ -50,7 +51,7 @@ func needRabbit(t *testing.T) *rabbit {
 	if err != nil {
 		t.Fatalf("CMX_RABBITMQ_TEST=1 but no cluster: %v (start one with scripts/rabbitmq-cluster start %s)", err, dir)
 	}
-	r := &rabbit{t: t, dir: dir, script: script}
+	r := &rabbit{t: t, top: t, dir: dir, script: script}
 	for _, f := range strings.Fields(string(data)) {
 		p, err := strconv.Atoi(f)
 		if err != nil {
@@ -70,6 +71,14 @@ func needRabbit(t *testing.T) *rabbit {
 		}
 	}
 	return r
+}
+
+// in is r for subtest t: its failures are t's, while a killed node still waits for the end of the
+// whole test to be started again.
+func (r *rabbit) in(t *testing.T) *rabbit {
+	c := *r
+	c.t = t
+	return &c
 }
 
 // uniq names this test's topics and clients apart from every other test on the shared cluster,
@@ -101,7 +110,7 @@ func (r *rabbit) accepting(n int) bool {
 func (r *rabbit) killNode(n int) {
 	r.t.Helper()
 	r.run("kill-node", strconv.Itoa(n))
-	r.t.Cleanup(func() {
+	r.top.Cleanup(func() {
 		if !r.accepting(n) {
 			r.startNode(n)
 		}
@@ -249,10 +258,12 @@ func TestRabbitMQ_QuorumSessionSurvivesANodesDeath(t *testing.T) {
 	}
 
 	t.Run("the node dies during a burst: the agent moves to the next server, pulls and ends on the newest", func(t *testing.T) {
+		defer srv.in(t)()
+		defer gw.in(t)()
 		pulls := srv.pullsSeen("gw-001")
 		pushAll(srv, tokens)
 		killed := time.Now()
-		r.killNode(1)
+		r.in(t).killNode(1)
 		pushAll(srv, tokens) // the server on node 3 retries while the queue elects a leader
 		srv.waitPulls("gw-001", pulls+1, 90*time.Second)
 		failover := time.Since(killed)
@@ -270,6 +281,8 @@ func TestRabbitMQ_QuorumSessionSurvivesANodesDeath(t *testing.T) {
 	})
 
 	t.Run("pushes made while the agent is stopped wait in its session and are applied without a pull answer", func(t *testing.T) {
+		defer srv.in(t)()
+		defer gw.in(t)()
 		gw.stop()
 		srv.mu.Lock()
 		srv.silent = true // pulls go unanswered: only the session can bring these pushes
@@ -287,6 +300,9 @@ func TestRabbitMQ_QuorumSessionSurvivesANodesDeath(t *testing.T) {
 	})
 
 	t.Run("the dead node comes back and rejoins; the agent keeps working", func(t *testing.T) {
+		defer srv.in(t)()
+		defer gw.in(t)()
+		r := r.in(t)
 		r.startNode(1)
 		want := []string{"rabbit1@localhost", "rabbit2@localhost", "rabbit3@localhost"}
 		if got := r.runningNodes(2); !slices.Equal(got, want) {
@@ -500,7 +516,7 @@ func TestRabbitMQ_DifferencesFromMosquitto(t *testing.T) {
 		id := "diff-session-" + u
 		c := mqtttest.Dial(t, r.urls[0], mqtttest.WithClientID(id), mqtttest.WithPersistentSession())
 		c.Subscribe(t, p+"session", 1)
-		_, args := r.sessionQueue(1, id)
+		_, args := r.in(t).sessionQueue(1, id)
 		if got, ok := args["x-expires"].(float64); !ok || got != 24*3600*1000 {
 			t.Fatalf("session queue x-expires = %v, want 86400000 ms", args["x-expires"])
 		}
