@@ -460,7 +460,8 @@ func fanOut(t *testing.T, srv *cloud, gw *gateway, tokens []string) (booted, app
 	t.Helper()
 	started := time.Now()
 	gw.start()
-	eventually(t, 120*time.Second, func() (bool, string) {
+	// On RabbitMQ the one SUBSCRIBE of 2,000 filters alone took up to a minute on a loaded machine.
+	eventually(t, 240*time.Second, func() (bool, string) {
 		n := len(srv.pulls.All())
 		return n >= len(tokens), fmt.Sprintf("%d of %d endpoints pulled", n, len(tokens))
 	})
