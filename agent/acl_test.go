@@ -61,7 +61,7 @@ func TestACL_AnotherGatewaysTokenIsRefused(t *testing.T) {
 	statuses := h.server.Subscribe(t, "kp1/+/cmx/+/json/status", 1)
 	h.start()
 	h.waitLog("requested latest configuration", 1)
-	b.WaitLog(t, "Denied PUBLISH from "+h.cfg.Broker.ClientID, 1, waitFor)
+	b.WaitLog(t, "Denied PUBLISH from "+h.clientID(), 1, waitFor)
 	h.server.Publish(t, h.prefix("gw-001")+"/json", 1, []byte(`{"id":1,"entries":["stolen"]}`))
 	statuses.None(t, 2*time.Second)
 	if _, err := os.Stat(h.output("gw-001")); !os.IsNotExist(err) {

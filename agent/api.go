@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cmx-agent/cmx-agent/engine"
 )
 
 // The local API: HTTP + JSON on the unix socket [agent] socket. `cmx-agent status` and `cmx-agent
@@ -35,24 +37,7 @@ type Status struct {
 }
 
 // EndpointStatus is one endpoint in Status.
-type EndpointStatus struct {
-	Key       string    `json:"key"` // token, or token/name for a named configuration
-	Token     string    `json:"token"`
-	Name      string    `json:"name,omitempty"`
-	Output    string    `json:"output"`
-	AppliedID string    `json:"applied_id,omitempty"` // as people read it; "" = none, or applied without an id
-	Applied   bool      `json:"applied"`              // a configuration has been applied
-	AppliedAt time.Time `json:"applied_at,omitzero"`
-	LastID    string    `json:"last_id,omitempty"` // the last configuration handled, whatever its result
-	LastOK    bool      `json:"last_ok"`
-	// LastStatus is the status sent for the last configuration handled.
-	LastStatus string    `json:"last_status,omitempty"`
-	LastAt     time.Time `json:"last_at,omitzero"`
-	// Waiting reports a received configuration not yet applied.
-	Waiting bool `json:"waiting"`
-	// Pending counts answers stored but not yet acknowledged by the broker.
-	Pending int `json:"pending"`
-}
+type EndpointStatus = engine.EndpointStatus
 
 // SyncResult is the answer of POST /v1/sync.
 type SyncResult struct {
@@ -62,67 +47,20 @@ type SyncResult struct {
 // ErrNotConnected is returned by Sync while the agent has no broker connection.
 var ErrNotConnected = errors.New("not connected to the broker; the agent asks for the latest configuration as soon as it connects")
 
-func (a *Agent) session() *session {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	return a.sess
-}
-
 // Status reports the connection and every endpoint's state. It only reads the store, so it is safe
 // to call at any time after New.
 func (a *Agent) Status() (Status, error) {
-	st := Status{Dialect: a.cfg.Kaa.Dialect, Endpoints: []EndpointStatus{}}
+	st := Status{Dialect: a.config().Kaa.Dialect, Endpoints: []EndpointStatus{}}
 	c := a.Connection()
 	st.Connected, st.Server, st.LastError = c.Connected, c.Server, c.LastError
 	if !c.Connected {
 		st.Server = "" // Server names the live connection only
 	}
-	eps := a.endpointList()
-	outputs := make(map[*endpoint]string, len(eps))
-	a.mu.RLock() // a reload changes options under a.mu
-	for _, ep := range eps {
-		outputs[ep] = ep.cfg.Output
-	}
-	a.mu.RUnlock()
-	err := a.store.View(func(tx *Tx) error {
-		pending, err := tx.PendingByEndpoint()
-		if err != nil {
-			return err
-		}
-		for _, ep := range eps {
-			es, err := tx.State(ep.key)
-			if err != nil {
-				return err
-			}
-			waiting := false
-			for _, s := range []Slot{SlotCurrent, SlotNext} {
-				_, ok, err := tx.SlotSeq(ep.key, s) // not Slot: that would copy the body out
-				if err != nil {
-					return err
-				}
-				waiting = waiting || ok
-			}
-			st.Endpoints = append(st.Endpoints, EndpointStatus{
-				Key:        ep.key,
-				Token:      ep.cfg.Token,
-				Name:       ep.cfg.Name,
-				Output:     outputs[ep],
-				AppliedID:  es.AppliedText,
-				Applied:    es.AppliedHash != "",
-				AppliedAt:  es.AppliedAt,
-				LastID:     es.LastText,
-				LastOK:     es.LastStatus == resultOK.Status,
-				LastStatus: es.LastStatus,
-				LastAt:     es.LastAt,
-				Waiting:    waiting,
-				Pending:    pending[ep.key],
-			})
-		}
-		return nil
-	})
+	eps, err := a.eng.Endpoints()
 	if err != nil {
-		return Status{}, fmt.Errorf("read state: %w", err)
+		return Status{}, err
 	}
+	st.Endpoints = append(st.Endpoints, eps...)
 	sortEndpoints(st.Endpoints)
 	return st, nil
 }
@@ -133,42 +71,16 @@ func sortEndpoints(es []EndpointStatus) {
 
 // Sync asks the server for the latest configuration of every endpoint now, on the live connection.
 func (a *Agent) Sync() (SyncResult, error) {
-	s := a.session()
-	if s == nil {
+	n, ok := a.eng.Sync()
+	if !ok {
 		return SyncResult{}, ErrNotConnected
 	}
-	gen, _, client := s.current()
-	if gen == 0 {
-		return SyncResult{}, ErrNotConnected
-	}
-	eps := a.endpointList()
-	s.request(client, eps)
-	a.log.Info("latest configuration requested on demand", "endpoints", len(eps))
-	return SyncResult{Requested: len(eps)}, nil
+	return SyncResult{Requested: n}, nil
 }
 
 // Healthy reports whether the agent can still do its work: the store answers within ctx. The
 // service manager's watchdog is fed only while this holds.
-func (a *Agent) Healthy(ctx context.Context) error {
-	done := make(chan error, 1)
-	go func() { done <- a.store.View(func(*Tx) error { return nil }) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			return fmt.Errorf("state database: %w", err)
-		}
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("state database does not answer: %w", ctx.Err())
-	}
-}
-
-// changed tells Options.OnChange that the connection or an applied configuration changed.
-func (a *Agent) changed() {
-	if a.opt.OnChange != nil {
-		a.opt.OnChange()
-	}
-}
+func (a *Agent) Healthy(ctx context.Context) error { return a.eng.Healthy(ctx) }
 
 // StatusLine is a one-line summary of st for the service manager (systemctl status shows it).
 func StatusLine(st Status) string {
@@ -213,7 +125,7 @@ func idOrNone(id string) string {
 // serveAPI listens on the configured socket until ctx ends. A socket that cannot be created is
 // logged and the agent goes on without its API: applying configurations matters more.
 func (a *Agent) serveAPI(ctx context.Context) {
-	path := a.cfg.Agent.Socket
+	path := a.config().Agent.Socket
 	if path == "" {
 		return
 	}
@@ -307,6 +219,7 @@ func (a *Agent) apiHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, st)
 	})
+	mux.HandleFunc("GET /metrics", a.metricsHandler)
 	mux.HandleFunc("POST /v1/sync", func(w http.ResponseWriter, r *http.Request) {
 		res, err := a.Sync()
 		if errors.Is(err, ErrNotConnected) {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"github.com/cmx-agent/cmx-agent/engine"
 	"os"
 	"path/filepath"
 	"strings"
@@ -80,9 +81,8 @@ func TestAPI_PendingCountsUnsentConfirmations(t *testing.T) {
 	h.pulled("gw-001")
 	h.stop()
 	// An answer stored but never acknowledged (as after a crash before PUBACK) shows as pending.
-	if err := h.agentStore(func(tx *Tx) error {
-		_, err := tx.Enqueue(OutMsg{Endpoint: "gw-001", Topic: h.prefix("gw-001") + "/json/status", QoS: 1, Payload: []byte(`{"id":1,"status":"ok"}`)})
-		return err
+	if err := h.agentStore(func(tx *engine.Tx) error {
+		return tx.PutOutbox(engine.OutMsg{Seq: 1, Endpoint: "gw-001", Topic: h.prefix("gw-001") + "/json/status", QoS: 1, Payload: []byte(`{"id":1,"status":"ok"}`)})
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -98,8 +98,8 @@ func TestAPI_PendingCountsUnsentConfirmations(t *testing.T) {
 }
 
 // agentStore opens the stopped agent's database for a test to prepare state.
-func (h *harness) agentStore(fn func(*Tx) error) error {
-	st, err := OpenStore(h.cfg.Agent.StateDir, time.Second, 0)
+func (h *harness) agentStore(fn func(*engine.Tx) error) error {
+	st, err := engine.OpenStore(h.cfg.Agent.StateDir, time.Second, 0)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"github.com/cmx-agent/cmx-agent/engine"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -79,13 +80,13 @@ func TestClockJump_NothingOrdersByWallTime(t *testing.T) {
 // agentIDs returns the last message id handed out, read from the stopped agent's database.
 func (h *harness) agentIDs() uint64 {
 	h.t.Helper()
-	st, err := OpenStore(h.cfg.Agent.StateDir, time.Second, 0)
+	st, err := engine.OpenStore(h.cfg.Agent.StateDir, time.Second, 0)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	defer st.Close()
 	var next uint64
-	if err := st.Update(func(tx *Tx) error { next, err = tx.NextIDs(1); return err }); err != nil {
+	if err := st.Update(func(tx *engine.Tx) error { next, err = tx.NextIDs(1); return err }); err != nil {
 		h.t.Fatal(err)
 	}
 	return next

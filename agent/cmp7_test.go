@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"github.com/cmx-agent/cmx-agent/engine"
 	"os"
 	"path/filepath"
 	"strings"
@@ -171,17 +172,27 @@ func (h *harness) requestedAll(eps ...cmp7Ep) (map[cmp7Ep]uint64, map[cmp7Ep]str
 	return rids, payloads
 }
 
-func (h *harness) serverState(e cmp7Ep) ServerState {
+// waitServerState waits until e's server state satisfies ok, and returns it (the last one read when
+// the deadline passed).
+func (h *harness) waitServerState(e cmp7Ep, ok func(engine.ServerState) bool) engine.ServerState {
 	h.t.Helper()
-	var st ServerState
-	if err := h.agent.store.View(func(tx *Tx) error {
-		var err error
-		st, err = tx.ServerState(h.key7(e))
-		return err
-	}); err != nil {
+	deadline := time.Now().Add(waitFor)
+	for {
+		st := h.serverState(e)
+		if ok(st) || time.Now().After(deadline) {
+			return st
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (h *harness) serverState(e cmp7Ep) engine.ServerState {
+	h.t.Helper()
+	all, err := h.agent.eng.ServerStates()
+	if err != nil {
 		h.t.Fatal(err)
 	}
-	return st
+	return all[h.key7(e)]
 }
 
 // startCMP7 starts the agent and collects the first request of each configuration of the gateway.
@@ -204,7 +215,7 @@ func TestCMP7_GatewaySubscribesThenRequestsEachConfiguration(t *testing.T) {
 	// The broker acknowledged the subscriptions before it received the first request, and the
 	// named configuration of gw-001 rides on gw-001's own subscription (a second, overlapping one
 	// would deliver each of its messages twice).
-	cid := h.cfg.Broker.ClientID
+	cid := h.clientID()
 	log := h.broker.Log()
 	suback := strings.Index(log, "Sending SUBACK to "+cid)
 	publish := strings.Index(log, "Received PUBLISH from "+cid)
@@ -236,6 +247,7 @@ func TestCMP7_GatewaySubscribesThenRequestsEachConfiguration(t *testing.T) {
 		}
 		h.waitFile(h.out7(e), []byte(body))
 	}
+	h.waitLog("configuration applied", 3)
 	if n := strings.Count(h.logs.String(), "configuration applied"); n != 3 {
 		t.Errorf("applied %d times, want 3 (once per configuration)", n)
 	}
@@ -337,7 +349,9 @@ func TestCMP7_NoneAssignedLeavesTheFileAndIsRecorded(t *testing.T) {
 	// A configuration later ends "none assigned".
 	h.respond(gwModbus, 0, `{"configId":"n2","config":{"v":2}}`)
 	h.applied(gwModbus)
-	if st := h.serverState(gwModbus); st.NoneAssigned {
+	// The report may be published before the result is committed (its configuration is still
+	// unacknowledged then): wait for the commit.
+	if st := h.waitServerState(gwModbus, func(st engine.ServerState) bool { return !st.NoneAssigned }); st.NoneAssigned {
 		t.Errorf("server state = %+v after a new configuration", st)
 	}
 }
@@ -427,7 +441,7 @@ func TestCMP7_ErrorIsRecordedAndTheRequestRepeatedWithBackoff(t *testing.T) {
 
 	h.respond(devEp, rid, `{"configId":"after-error","config":1}`)
 	h.applied(devEp)
-	if st := h.serverState(devEp); st.ErrorCode != 0 || st.Errors != 0 {
+	if st := h.waitServerState(devEp, func(st engine.ServerState) bool { return st.ErrorCode == 0 && st.Errors == 0 }); st.ErrorCode != 0 || st.Errors != 0 {
 		t.Errorf("server state = %+v after a configuration, want the error cleared", st)
 	}
 	// An error for an older request does not start another round: a newer request is out.
@@ -501,14 +515,7 @@ func TestCMP7_UnsentAppliedReportIsSentAfterRestart(t *testing.T) {
 	close(release)
 	deadline := time.Now().Add(waitFor)
 	for {
-		var out []OutMsg
-		if err := h.agent.store.View(func(tx *Tx) error {
-			var err error
-			out, err = tx.Outbox(0)
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
+		out := h.agent.eng.Outbox().Waiting()
 		if len(out) == 1 {
 			if out[0].QoS != 1 || string(out[0].Payload) != `{"configId":"r1","statusCode":200}` {
 				t.Fatalf("outbox = %+v", out[0])
@@ -529,9 +536,20 @@ func TestCMP7_UnsentAppliedReportIsSentAfterRestart(t *testing.T) {
 		t.Errorf("report after restart %v", m)
 	}
 	h.waitFile(h.out7(gwModbus), []byte(`{"v":1}`))
-	// The restarted agent names the applied configuration.
-	if _, payload := h.requested(gwModbus); payload != `{"observe":true,"configId":"r1"}` {
-		t.Errorf("request after restart = %s", payload)
+	// The restarted agent names the applied configuration (its request may go out before or after
+	// the report).
+	named := func() int {
+		return h.count(func(m mqtttest.Message) bool {
+			r, ok := h.route7(gwModbus, m.Topic)
+			return ok && r.Kind == cmx.TopicRequest && string(m.Payload) == `{"observe":true,"configId":"r1"}`
+		})
+	}
+	deadline = time.Now().Add(waitFor)
+	for named() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if named() == 0 {
+		t.Errorf("no request after restart names r1")
 	}
 	h.waitLog("answer delivered", 1)
 }

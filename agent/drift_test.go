@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/cmx-agent/cmx-agent/engine"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,7 +80,7 @@ func TestDrift_EditsAndDeletionAreRepairedWithinASecondWithoutHookOrLoop(t *test
 		h.waitLogWithin("output changed locally; repaired", i+1, time.Second)
 	}
 	// No loop: the repairs' own writes are not drift. Give a loop time to show.
-	time.Sleep(4 * driftDebounce)
+	time.Sleep(4 * engine.DriftDebounce)
 	if n := strings.Count(h.logs.String(), "output changed locally; repaired"); n != len(edits) {
 		t.Errorf("%d repairs logged, want %d", n, len(edits))
 	}
@@ -106,7 +107,7 @@ func TestDrift_FolderRemovedIsRecreatedAndWatchedAgain(t *testing.T) {
 	deadline := time.Now().Add(2 * time.Second)
 	for {
 		os.WriteFile(out, []byte("edit in the new folder"), 0o644)
-		if h.waitRepairOrTimeout(out, want, 2*driftDebounce+driftRetry) {
+		if h.waitRepairOrTimeout(out, want, 2*engine.DriftDebounce+engine.DriftRetry) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -137,7 +138,7 @@ func TestDrift_ReportLogsOnceAndLeavesTheFile(t *testing.T) {
 	out := h.output("gw-001")
 	os.WriteFile(out, []byte("local"), 0o644)
 	h.waitLogWithin("output changed locally; on_drift = report", 1, time.Second)
-	time.Sleep(4 * driftDebounce)
+	time.Sleep(4 * engine.DriftDebounce)
 	if got, _ := os.ReadFile(out); string(got) != "local" {
 		t.Errorf("output = %q, want the local edit left as it is", got)
 	}
@@ -155,7 +156,7 @@ func TestDrift_IgnoreLeavesTheFileSilently(t *testing.T) {
 	}
 	out := h.output("gw-001")
 	os.WriteFile(out, []byte("local"), 0o644)
-	time.Sleep(4 * driftDebounce)
+	time.Sleep(4 * engine.DriftDebounce)
 	if got, _ := os.ReadFile(out); string(got) != "local" {
 		t.Errorf("output = %q", got)
 	}

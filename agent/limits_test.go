@@ -36,7 +36,7 @@ func TestLimits_EachIsRefusedWithAClearStatusAndChangesNothing(t *testing.T) {
 		{"numeric id over 256 bytes", `{"id":1` + strings.Repeat("0", 256) + `,"entries":[]}`, "invalid payload: id longer than 256 bytes", ""},
 		{"entries over 100000", `{"id":5,"entries":` + entries(100001) + `}`, "invalid payload: too many entries: 100001, limit 100000", "5"},
 		{"entries at 100000", `{"id":6,"entries":` + entries(100000) + `}`, "", "6"},
-		{"payload over max_payload", oversized, fmt.Sprintf("invalid payload: payload too large: %d bytes, limit 1048576", len(oversized)), ""},
+		{"payload over max_payload", oversized, fmt.Sprintf("invalid payload: payload too large: %d bytes, limit 1048576", len(oversized)), "7"},
 	}
 	last := []byte(good)
 	for _, tc := range cases {

@@ -27,7 +27,7 @@ func perfAgent(b *testing.B, n int, maxPayload string) (*mqtttest.Client, *mqttt
 	br := mqtttest.Start(b)
 	dir := b.TempDir()
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "[broker]\nservers = [%q]\n[kaa]\napp_version = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\nmax_payload = %q\n", br.URL, app, maxPayload)
+	fmt.Fprintf(&sb, "[broker]\nservers = [%q]\nreconnect_spread = \"0s\"\n[kaa]\napp_version = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\nmax_payload = %q\n", br.URL, app, maxPayload)
 	toks := make([]string, n)
 	for i := range toks {
 		toks[i] = fmt.Sprintf("dev-%04d", i)

@@ -29,7 +29,7 @@ func newPipelineHarness(t *testing.T, opts string, setup ...func(dir string)) *h
 	if !strings.Contains(opts, "output =") {
 		opts = "output = \"out/gw-001.json\"\n" + opts
 	}
-	src := fmt.Sprintf("[broker]\nservers = [%q]\nkeepalive = \"5s\"\n[kaa]\napp_version = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\n"+
+	src := fmt.Sprintf("[broker]\nservers = [%q]\nkeepalive = \"5s\"\nreconnect_spread = \"0s\"\n[kaa]\napp_version = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\n"+
 		"[[endpoint]]\ntoken = \"gw-001\"\n%s\n", h.broker.URL, app, opts)
 	cfg, err := config.Parse(filepath.Join(h.dir, "agent.toml"), []byte(src))
 	if err != nil {

@@ -16,7 +16,7 @@ import (
 func (h *harness) configFor(endpoints ...string) *config.Config {
 	h.t.Helper()
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "[broker]\nservers = [%q]\nkeepalive = \"5s\"\n[kaa]\napp_version = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\nmax_payload = \"64KiB\"\n", h.broker.URL, app)
+	fmt.Fprintf(&sb, "[broker]\nservers = [%q]\nkeepalive = \"5s\"\nreconnect_spread = \"0s\"\n[kaa]\napp_version = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\nmax_payload = \"64KiB\"\n", h.broker.URL, app)
 	for _, e := range endpoints {
 		fmt.Fprintf(&sb, "[[endpoint]]\n%s\n", strings.ReplaceAll(e, "{dir}", h.dir))
 	}
@@ -35,7 +35,7 @@ func TestReload_AddsRemovesAndChangesEndpointsWithoutReconnecting(t *testing.T) 
 	h.cfg = h.configFor(gw1, gw2)
 	h.start()
 	h.pulled("gw-001")
-	clientID := h.cfg.Broker.ClientID
+	clientID := h.clientID()
 
 	h.script("hook.sh", hookLog)
 	if err := h.agent.Reload(h.configFor(gw1+"\nhook = [\"{dir}/hook.sh\"]", gw3)); err != nil {
@@ -81,25 +81,4 @@ func TestReload_BrokerOrKaaChangeNeedsARestart(t *testing.T) {
 	// Still serving the old configuration.
 	h.server.Publish(t, h.prefix("gw-001")+"/json", 1, []byte(`{"id":1,"entries":[1]}`))
 	h.all.NextMatching(t, waitFor, func(m mqtttest.Message) bool { return m.Topic == h.prefix("gw-001")+"/json/status" })
-}
-
-func TestSharedFilterChanged_OnlyWhenATokenWithNamesGainsOrLosesItsDefault(t *testing.T) {
-	def := func(tok string) config.Endpoint { return config.Endpoint{Token: tok} }
-	named := func(tok, name string) config.Endpoint { return config.Endpoint{Token: tok, Name: name} }
-	cases := []struct {
-		name     string
-		old, new []config.Endpoint
-		want     bool
-	}{
-		{"nothing changed", []config.Endpoint{def("gw"), named("gw", "x")}, []config.Endpoint{def("gw"), named("gw", "x")}, false},
-		{"default removed beside a name", []config.Endpoint{def("gw"), named("gw", "x")}, []config.Endpoint{named("gw", "x")}, true},
-		{"default added beside a name", []config.Endpoint{named("gw", "x")}, []config.Endpoint{def("gw"), named("gw", "x")}, true},
-		{"a default alone comes and goes", []config.Endpoint{def("gw")}, []config.Endpoint{def("other")}, false},
-		{"another name on the same token", []config.Endpoint{def("gw"), named("gw", "x")}, []config.Endpoint{def("gw"), named("gw", "x"), named("gw", "y")}, false},
-	}
-	for _, tc := range cases {
-		if got := sharedFilterChanged(tc.old, tc.new); got != tc.want {
-			t.Errorf("%s: got %v, want %v", tc.name, got, tc.want)
-		}
-	}
 }

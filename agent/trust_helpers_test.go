@@ -23,7 +23,7 @@ func newHarnessOn(t *testing.T, b *mqtttest.Broker, brokerTOML string, tokens ..
 	}
 	dir := t.TempDir()
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "[broker]\n%s\n[kaa]\napp_version = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\nmax_payload = \"64KiB\"\n", brokerTOML, app)
+	fmt.Fprintf(&sb, "[broker]\n%s\nreconnect_spread = \"0s\"\n[kaa]\napp_version = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\nmax_payload = \"64KiB\"\n", brokerTOML, app)
 	for _, tok := range tokens {
 		fmt.Fprintf(&sb, "[[endpoint]]\ntoken = %q\noutput = \"out/%s.json\"\n", tok, tok)
 	}

@@ -65,13 +65,14 @@ const (
 // a power loss. Errors keep their errno: errors.Is(err, syscall.ENOSPC), syscall.EBUSY,
 // fs.ErrPermission and the like work on them.
 func WriteFile(path string, data []byte, opt Options) error {
-	if err := writeFile(path, data, opt); err != nil {
-		return fmt.Errorf("replace %s: %w", path, err)
+	p, err := Prepare(path, data, opt)
+	if err != nil {
+		return err
 	}
-	return nil
+	return p.Commit()
 }
 
-// writeFile does the work of WriteFile. The order is what makes the replacement atomic and durable:
+// The order, in Prepare and Commit, is what makes the replacement atomic and durable:
 //
 //  1. Parent folders that are missing are created and fsynced (each new folder and the folder that
 //     holds the topmost one), so the path to the file survives a power loss too.
@@ -89,46 +90,6 @@ func WriteFile(path string, data []byte, opt Options) error {
 //
 // On failure in steps 2 to 5 the temporary file is removed; that removal is not synced, since a
 // temporary file resurrected by a power loss is cleaned up by RemoveTemps at the next start.
-func writeFile(path string, data []byte, opt Options) error {
-	perm := opt.Perm
-	if perm == 0 {
-		perm = defaultPerm
-	}
-	if perm&^validPerm != 0 {
-		return fmt.Errorf("mode %v has bits chmod cannot set: %w", opt.Perm, fs.ErrInvalid)
-	}
-	dir, base := filepath.Split(path)
-	if base == "" || base == "." || base == ".." {
-		return fmt.Errorf("not a file name: %w", fs.ErrInvalid)
-	}
-	if dir == "" {
-		dir = "."
-	}
-	dir = filepath.Clean(dir)
-
-	if err := ensureDir(dir); err != nil {
-		return err
-	}
-	f, tmp, err := createTemp(dir, base)
-	if err != nil {
-		return err
-	}
-	if err := writeSyncClose(f, data, perm); err != nil {
-		_ = os.Remove(tmp)
-		return err
-	}
-	step(opt, StepSynced)
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
-		return err
-	}
-	if err := SyncDir(dir); err != nil {
-		return err
-	}
-	step(opt, StepRenamed)
-	return nil
-}
-
 func step(opt Options, name string) {
 	if opt.Step != nil {
 		opt.Step(name)

@@ -3,6 +3,7 @@ package cmx
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -19,11 +20,15 @@ import (
 // StatusApplied is the 7/CMP statusCode of a configuration that was applied.
 const StatusApplied = 200
 
-// ValidConfigName reports whether name can name a 7/CMP configuration: ^[a-zA-Z0-9_-]+$, not all
-// digits (it would read as a request id) and not status or error (they would read as a response).
-func ValidConfigName(name string) bool {
-	if name == "" || name == "status" || name == "error" || IsRequestID(name) {
-		return false
+// ValidConfigName reports whether name can name a 7/CMP configuration (see CheckConfigName).
+func ValidConfigName(name string) bool { return CheckConfigName(name) == nil }
+
+// CheckConfigName applies 7/CMP's rule for configuration names: ^[a-zA-Z0-9_-]+$, not all digits (it
+// would read as a request id) and not status or error (they would read as a response). The error
+// completes a sentence that starts with the name.
+func CheckConfigName(name string) error {
+	if name == "" {
+		return errors.New("is empty")
 	}
 	allDigits := true
 	for i := 0; i < len(name); i++ {
@@ -32,10 +37,16 @@ func ValidConfigName(name string) bool {
 		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '_', c == '-':
 			allDigits = false
 		default:
-			return false
+			return errors.New("may only hold letters, digits, '_' and '-'")
 		}
 	}
-	return !allDigits
+	switch {
+	case allDigits:
+		return errors.New("is all digits, which would read as a request id")
+	case name == "status" || name == "error":
+		return errors.New("is reserved by 7/CMP")
+	}
+	return nil
 }
 
 func resource(prefix, kind, name string) string {
@@ -245,6 +256,9 @@ type Response struct {
 // or not at all; other fields are ignored. A problem is returned as an *InputError whose ID, when the
 // configId could be read, is the configId as a JSON string (ID.Text is the configId).
 func ParseConfigResponse(payload []byte, lim Limits) (Response, error) {
+	if lim.MaxPayload > 0 && len(payload) > lim.MaxPayload {
+		return Response{}, TooLarge(payload[:min(len(payload), HeadLen)], len(payload), "configId", lim)
+	}
 	fields, err := objectFields(payload, lim)
 	if err != nil {
 		return Response{}, err

@@ -160,7 +160,7 @@ func TestParseConfigResponse(t *testing.T) {
 		{"not JSON", `{"configId":`, Response{}, "not JSON: unexpected end of JSON input", ""},
 		{"array", `[{"configId":"a","config":1}]`, Response{}, "payload must be a JSON object, got array", ""},
 		{"null", `null`, Response{}, "payload must be a JSON object, got null", ""},
-		{"too large", `{"configId":"a","config":"` + strings.Repeat("x", 1<<10) + `"}`, Response{}, "payload too large: 1052 bytes, limit 1024", ""},
+		{"too large", `{"configId":"a","config":"` + strings.Repeat("x", 1<<10) + `"}`, Response{}, "payload too large: 1052 bytes, limit 1024", "a"}, // the configId comes before the cut: the refusal names it
 		{"too deep", `{"configId":"a","config":` + strings.Repeat("[", 64) + strings.Repeat("]", 64) + `}`, Response{}, "nesting deeper than 64 levels", ""},
 	}
 	for _, tt := range tests {

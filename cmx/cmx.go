@@ -7,6 +7,8 @@
 package cmx
 
 import (
+	"errors"
+	"fmt"
 	"strings"
 	"unicode/utf8"
 )
@@ -16,10 +18,25 @@ func Prefix(appVersion, extension, token string) string {
 	return "kp1/" + appVersion + "/" + extension + "/" + token
 }
 
-// ValidLevel reports whether s can stand as one MQTT topic level of a published topic: not empty, no
-// separator, no wildcard, no NUL, valid UTF-8.
-func ValidLevel(s string) bool {
-	return s != "" && utf8.ValidString(s) && !strings.ContainsAny(s, "/+#\x00")
+// ValidLevel reports whether s can stand as one MQTT topic level of a published topic (see
+// CheckLevel).
+func ValidLevel(s string) bool { return CheckLevel(s) == nil }
+
+// CheckLevel says why s cannot stand as one MQTT topic level of a published topic: empty, a
+// separator or wildcard, a NUL, or not UTF-8. The error completes "it ...".
+func CheckLevel(s string) error {
+	switch {
+	case s == "":
+		return errors.New("it is empty")
+	case !utf8.ValidString(s):
+		return errors.New("it is not valid UTF-8")
+	case strings.IndexByte(s, 0) >= 0:
+		return errors.New("it contains a NUL byte")
+	}
+	if i := strings.IndexAny(s, "/+#"); i >= 0 {
+		return fmt.Errorf("it contains %q", s[i])
+	}
+	return nil
 }
 
 // IsRequestID reports whether a topic level is a 1/KP request ID: a positive integer, written without

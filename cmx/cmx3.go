@@ -84,7 +84,7 @@ func (e *InputError) Status() string { return "invalid payload: " + e.Reason }
 // names it.
 func ParsePush(payload []byte, lim Limits) (Push, error) {
 	if lim.MaxPayload > 0 && len(payload) > lim.MaxPayload {
-		return Push{}, &InputError{Reason: fmt.Sprintf("payload too large: %d bytes, limit %d", len(payload), lim.MaxPayload)}
+		return Push{}, TooLarge(payload[:min(len(payload), HeadLen)], len(payload), "id", lim)
 	}
 	// Unbalanced brackets are never JSON; the decoder below then names the exact syntax error, which
 	// says more in the status than a bare "not JSON".
@@ -258,4 +258,68 @@ func ParsePullRequest(payload []byte) (uint64, error) {
 		return 0, fmt.Errorf("pull request: id must be a positive integer")
 	}
 	return *r.ID, nil
+}
+
+// HeadLen is how much of a payload over the limit is looked at for its id.
+const HeadLen = 4096
+
+// TooLarge is the refusal of a payload of size bytes, over the limit, of which only head, its
+// beginning, was kept. The id is taken from head when its top-level key (idKey: "id" in 3/CMX,
+// "configId" in 7/CMP) comes before the cut, so the refusal can name the configuration it refuses.
+func TooLarge(head []byte, size int, idKey string, lim Limits) *InputError {
+	return &InputError{
+		ID:     peekID(head, idKey, lim),
+		Reason: fmt.Sprintf("payload too large: %d bytes, limit %d", size, lim.MaxPayload),
+	}
+}
+
+// peekID reads the value of the top-level key idKey from the start of a JSON object that may be cut
+// anywhere. It returns the zero ID when the key is not found before the cut or its value is not a
+// valid id.
+func peekID(head []byte, idKey string, lim Limits) ID {
+	dec := json.NewDecoder(bytes.NewReader(head))
+	dec.UseNumber()
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return ID{}
+	}
+	for dec.More() {
+		k, err := dec.Token()
+		if err != nil {
+			return ID{}
+		}
+		key, _ := k.(string)
+		start := dec.InputOffset()
+		v, err := dec.Token()
+		if err != nil {
+			return ID{}
+		}
+		if key == idKey {
+			switch v.(type) {
+			case string, json.Number:
+				raw := bytes.TrimLeft(head[start:dec.InputOffset()], " \t\r\n:")
+				id, err := parseID(raw, lim)
+				if err != nil {
+					return ID{}
+				}
+				return id
+			}
+			return ID{}
+		}
+		if d, ok := v.(json.Delim); ok && (d == '{' || d == '[') {
+			for depth := 1; depth > 0; {
+				t, err := dec.Token()
+				if err != nil {
+					return ID{}
+				}
+				if d, ok := t.(json.Delim); ok {
+					if d == '{' || d == '[' {
+						depth++
+					} else {
+						depth--
+					}
+				}
+			}
+		}
+	}
+	return ID{}
 }

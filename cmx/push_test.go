@@ -486,3 +486,30 @@ func TestDefaultLimits(t *testing.T) {
 		t.Fatalf("DefaultLimits(1MiB) = %+v, want %+v", got, want)
 	}
 }
+
+func TestTooLarge_NamesTheIDWhenItComesBeforeTheCut(t *testing.T) {
+	lim := DefaultLimits(100)
+	tests := []struct {
+		name, head, key, wantKey string
+	}{
+		{"number id first", `{"id": 42, "entries": [{"a":`, "id", "42"},
+		{"string id after entries start", `{"x": {"y": [1, 2]}, "id": "a\"b", "entries": [`, "id", `"a\"b"`},
+		{"configId", `{"configId": "cfg-7", "config": {"k": "vvvv`, "configId", `"cfg-7"`},
+		{"id cut in the middle", `{"entries": [], "id": "abc`, "id", ""},
+		{"id after the cut", `{"entries": [1, 2, 3`, "id", ""},
+		{"not an object", `[1, 2`, "id", ""},
+		{"id of a wrong type", `{"id": true, "entries": [`, "id", ""},
+		{"nested id is not the push's", `{"entries": [{"id": 9}], "x`, "id", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := TooLarge([]byte(tc.head), 5000, tc.key, lim)
+			if got := e.ID.Key(); got != tc.wantKey {
+				t.Errorf("id = %q, want %q", got, tc.wantKey)
+			}
+			if want := "invalid payload: payload too large: 5000 bytes, limit 100"; e.Status() != want {
+				t.Errorf("status = %q, want %q", e.Status(), want)
+			}
+		})
+	}
+}

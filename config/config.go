@@ -59,6 +59,14 @@ const (
 	DefaultOnDrift      = OnDriftRepair
 )
 
+// The window of the first reconnect after a lost connection (broker.reconnect_spread). The default
+// is chosen from a simulated fleet of 100,000 gateways: docs/benchmarks.md, "Fleet reconnection,
+// simulated".
+const (
+	DefaultReconnectSpread = 30 * time.Second
+	MaxReconnectSpread     = time.Hour
+)
+
 // Config is a loaded, defaulted and validated configuration file.
 type Config struct {
 	// Path is the absolute path of the file the configuration was loaded
@@ -83,6 +91,9 @@ type Broker struct {
 	KeyFile      string   `toml:"key_file"`
 	Keepalive    Duration `toml:"keepalive"`
 	CleanSession bool     `toml:"clean_session"`
+	// ReconnectSpread is the window over which the first reconnect after a lost connection is
+	// spread at random (0 = within a second, as a refused attempt waits).
+	ReconnectSpread Duration `toml:"reconnect_spread"`
 }
 
 // Kaa is the [kaa] table: which topics the agent speaks on.
@@ -97,6 +108,10 @@ type Agent struct {
 	StateDir   string `toml:"state_dir"`
 	Socket     string `toml:"socket"`
 	MaxPayload Size   `toml:"max_payload"`
+	// MetricsListen is a TCP address (host:port) serving GET /metrics besides the socket; "" = none.
+	MetricsListen string `toml:"metrics_listen"`
+	// MetricsAllowRemote allows a MetricsListen address that is not loopback.
+	MetricsAllowRemote bool `toml:"metrics_allow_remote"`
 }
 
 // Endpoint is one [[endpoint]]: a token whose configuration the agent keeps

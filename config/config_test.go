@@ -88,9 +88,9 @@ func TestLoad_MinimalFileGetsEveryDefault(t *testing.T) {
 	want := &Config{
 		Path: path,
 		Broker: Broker{
-			Servers:   []string{"tcp://127.0.0.1:1883"},
-			ClientID:  "cmx-agent-gw-001",
-			Keepalive: Duration{30 * time.Second},
+			Servers:         []string{"tcp://127.0.0.1:1883"},
+			Keepalive:       Duration{30 * time.Second},
+			ReconnectSpread: Duration{DefaultReconnectSpread},
 		},
 		Kaa: Kaa{AppVersion: "app-v1", Extension: "cmx", Dialect: DialectCMX3},
 		Agent: Agent{
@@ -123,6 +123,7 @@ cert_file = "./cert.pem"
 key_file = "key.pem"
 keepalive = "1m30s"
 clean_session = true
+reconnect_spread = "2m"
 
 [kaa]
 app_version = "my-app-v1"
@@ -159,15 +160,16 @@ on_drift = "ignore"
 	want := &Config{
 		Path: path,
 		Broker: Broker{
-			Servers:      []string{"tls://127.0.0.1:8883", "wss://127.0.0.1:443/mqtt", "mqtt://[::1]:1883"},
-			ClientID:     "gateway-7",
-			Username:     "gw",
-			PasswordFile: filepath.Join(dir, "secret"),
-			CAFile:       filepath.Join(dir, "cert.pem"),
-			CertFile:     filepath.Join(dir, "cert.pem"),
-			KeyFile:      filepath.Join(dir, "key.pem"),
-			Keepalive:    Duration{90 * time.Second},
-			CleanSession: true,
+			Servers:         []string{"tls://127.0.0.1:8883", "wss://127.0.0.1:443/mqtt", "mqtt://[::1]:1883"},
+			ClientID:        "gateway-7",
+			Username:        "gw",
+			PasswordFile:    filepath.Join(dir, "secret"),
+			CAFile:          filepath.Join(dir, "cert.pem"),
+			CertFile:        filepath.Join(dir, "cert.pem"),
+			KeyFile:         filepath.Join(dir, "key.pem"),
+			Keepalive:       Duration{90 * time.Second},
+			CleanSession:    true,
+			ReconnectSpread: Duration{2 * time.Minute},
 		},
 		Kaa:   Kaa{AppVersion: "my-app-v1", Extension: "cmx-2", Dialect: DialectCMP7},
 		Agent: Agent{StateDir: filepath.Join(dir, "state"), Socket: "/tmp/agent.sock", MaxPayload: 512 << 10},
@@ -237,11 +239,13 @@ func TestParse_AcceptsAlternativeSpellings(t *testing.T) {
 			func(c *Config) bool { return c.Broker.Keepalive.Duration == 10*time.Second }},
 		{"quoted keys", kaaOK + "[\"broker\"]\n'keepalive' = \"10s\"\n" + endpointOK,
 			func(c *Config) bool { return c.Broker.Keepalive.Duration == 10*time.Second }},
+		{"no reconnect spread", kaaOK + "[broker]\nreconnect_spread = \"0s\"\n" + endpointOK,
+			func(c *Config) bool { return c.Broker.ReconnectSpread.Duration == 0 }},
 		{"max_payload as an integer of bytes", kaaOK + "[agent]\nmax_payload = 4096\n" + endpointOK,
 			func(c *Config) bool { return c.Agent.MaxPayload == 4096 }},
 		{"empty strings meaning unset", "[broker]\nclient_id = \"\"\nca_file = \"\"\n" + kaaOK + endpointOK + "template = \"\"\nname = \"\"\n",
 			func(c *Config) bool {
-				return c.Broker.ClientID == "cmx-agent-gw-001" && c.Broker.CAFile == "" && c.Endpoints[0].Template == ""
+				return c.Broker.ClientID == "" && c.Broker.CAFile == "" && c.Endpoints[0].Template == ""
 			}},
 		{"same token with different cmp7 names", "[kaa]\napp_version = \"v\"\ndialect = \"cmp7\"\n" + endpointOK +
 			"[[endpoint]]\ntoken = \"gw-001\"\nname = \"net\"\noutput = \"net.json\"\n",
@@ -329,6 +333,12 @@ func TestLoad_ReportsProblemsAtTheirLines(t *testing.T) {
 			[]string{"broker.keepalive: must be between 1s and 18h12m15s"}},
 		{"bad keepalive", "[broker]\nkeepalive = \"30\" #!\n" + kaaOK + endpointOK,
 			[]string{`broker.keepalive: bad duration "30"`}},
+		{"negative reconnect spread", "[broker]\nreconnect_spread = \"-1s\" #!\n" + kaaOK + endpointOK,
+			[]string{`broker.reconnect_spread: must be zero or positive, not "-1s"`}},
+		{"reconnect spread over an hour", "[broker]\nreconnect_spread = \"2h\" #!\n" + kaaOK + endpointOK,
+			[]string{"broker.reconnect_spread: must be at most 1h0m0s"}},
+		{"reconnect spread without a unit", "[broker]\nreconnect_spread = \"30\" #!\n" + kaaOK + endpointOK,
+			[]string{`broker.reconnect_spread: bad duration "30"`}},
 		{"cert_file without key_file", "[broker]\ncert_file = \"cert.pem\" #!\n" + kaaOK + endpointOK,
 			[]string{"broker.cert_file: set without broker.key_file"}},
 		{"key_file without cert_file", "[broker]\nkey_file = \"key.pem\" #!\n" + kaaOK + endpointOK,
@@ -738,5 +748,30 @@ func TestParse_ADotInATopicLevelIsAWarningForRabbitMQ(t *testing.T) {
 	var probs Problems
 	if !errors.As(err, &probs) || len(probs) != 1 || probs[0].Warning {
 		t.Fatalf("invalid file: %v, want the one error", err)
+	}
+}
+
+func TestParse_MetricsListenIsLoopbackUnlessAllowed(t *testing.T) {
+	base := "[kaa]\napp_version = \"a\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"/tmp/o.json\"\n[agent]\n"
+	cases := []struct {
+		name, agent, problem string
+	}{
+		{"loopback v4", "metrics_listen = \"127.0.0.1:9464\"\n", ""},
+		{"loopback v6", "metrics_listen = \"[::1]:9464\"\n", ""},
+		{"localhost", "metrics_listen = \"localhost:9464\"\n", ""},
+		{"all interfaces refused", "metrics_listen = \"0.0.0.0:9464\"\n", "is not a loopback address; set metrics_allow_remote = true"},
+		{"all interfaces allowed", "metrics_listen = \"0.0.0.0:9464\"\nmetrics_allow_remote = true\n", ""},
+		{"not host:port", "metrics_listen = \"9464\"\n", "is not host:port"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("/x/agent.toml", []byte(base+tc.agent))
+			switch {
+			case tc.problem == "" && err != nil:
+				t.Errorf("refused: %v", err)
+			case tc.problem != "" && (err == nil || !strings.Contains(err.Error(), tc.problem)):
+				t.Errorf("error %v, want one saying %q", err, tc.problem)
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"maps"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/cmx-agent/cmx-agent/cmx"
 )
 
 // The file is decoded by toml into plain maps and then read key by key here
@@ -183,6 +186,11 @@ func (t table) strs(key string, dst *[]string) bool {
 
 // duration stores a positive Go duration.
 func (t table) duration(key string, dst *Duration) bool {
+	return t.durationOrZero(key, false, dst)
+}
+
+// durationOrZero stores a Go duration that is positive, or also zero when zeroOK.
+func (t table) durationOrZero(key string, zeroOK bool, dst *Duration) bool {
 	v, ok := t.m[key]
 	if !ok {
 		return false
@@ -197,8 +205,12 @@ func (t table) duration(key string, dst *Duration) bool {
 		t.d.add(t.path(key), "%s%s: bad duration %q, want Go syntax such as \"30s\" or \"1m30s\"", t.label, key, s)
 		return false
 	}
-	if dur.Duration <= 0 {
-		t.d.add(t.path(key), "%s%s: must be positive, not %q", t.label, key, s)
+	if dur.Duration < 0 || dur.Duration == 0 && !zeroOK {
+		want := "positive"
+		if zeroOK {
+			want = "zero or positive"
+		}
+		t.d.add(t.path(key), "%s%s: must be %s, not %q", t.label, key, want, s)
 		return false
 	}
 	*dst = dur
@@ -354,20 +366,10 @@ func (t table) topicLevel(key, s string) bool {
 }
 
 func checkTopicLevel(s string) error {
-	switch {
-	case s == "":
-		return fmt.Errorf("it is empty")
-	case len(s) > 256:
+	if len(s) > 256 {
 		return fmt.Errorf("it is longer than 256 bytes")
-	case !utf8.ValidString(s):
-		return fmt.Errorf("it is not valid UTF-8")
-	case strings.IndexByte(s, 0) >= 0:
-		return fmt.Errorf("it contains a NUL byte")
 	}
-	if i := strings.IndexAny(s, "/+#"); i >= 0 {
-		return fmt.Errorf("it contains %q", s[i])
-	}
-	return nil
+	return cmx.CheckLevel(s)
 }
 
 // sub returns the table at key of t, reporting a key of another type.
@@ -388,7 +390,7 @@ func (d *decoder) config(raw map[string]any, cfg *Config) {
 	root := table{d: d, m: raw}
 	root.unknown("broker", "kaa", "agent", "endpoint")
 
-	cfg.Broker = Broker{Servers: []string{DefaultServer}, Keepalive: Duration{DefaultKeepalive}}
+	cfg.Broker = Broker{Servers: []string{DefaultServer}, Keepalive: Duration{DefaultKeepalive}, ReconnectSpread: Duration{DefaultReconnectSpread}}
 	if t, ok := root.sub("broker"); ok {
 		d.broker(t, &cfg.Broker)
 	}
@@ -409,14 +411,12 @@ func (d *decoder) config(raw map[string]any, cfg *Config) {
 	}
 
 	cfg.Endpoints = d.endpoints(root, cfg, dialectOK)
-
-	if cfg.Broker.ClientID == "" && len(cfg.Endpoints) > 0 {
-		cfg.Broker.ClientID = DefaultClientPrefix + cfg.Endpoints[0].Token
-	}
+	// An empty client_id stays empty: the agent derives one once and keeps it in its database, so
+	// that the gateway's identity towards the broker does not change with its endpoint list.
 }
 
 func (d *decoder) broker(t table, b *Broker) {
-	t.unknown("servers", "client_id", "username", "password_file", "ca_file", "cert_file", "key_file", "keepalive", "clean_session")
+	t.unknown("servers", "client_id", "username", "password_file", "ca_file", "cert_file", "key_file", "keepalive", "clean_session", "reconnect_spread")
 	if t.strs("servers", &b.Servers) {
 		if len(b.Servers) == 0 {
 			d.add(t.path("servers"), "broker.servers: must list at least one server, such as %q", DefaultServer)
@@ -449,6 +449,11 @@ func (d *decoder) broker(t table, b *Broker) {
 		}
 	}
 	t.boolean("clean_session", &b.CleanSession)
+	if t.durationOrZero("reconnect_spread", true, &b.ReconnectSpread) && b.ReconnectSpread.Duration > MaxReconnectSpread {
+		// Every lost connection may wait up to the spread: longer leaves a gateway offline
+		// for hours after a blip.
+		d.add(t.path("reconnect_spread"), "broker.reconnect_spread: must be at most %v (a lost connection may wait that long before the agent reconnects), not %v", MaxReconnectSpread, b.ReconnectSpread.Duration)
+	}
 
 	// Judge the pairing on what the file says, not on whether the files
 	// were readable, which is reported on its own.
@@ -513,13 +518,42 @@ func (d *decoder) kaa(t table, k *Kaa) bool {
 }
 
 func (d *decoder) agent(t table, a *Agent) {
-	t.unknown("state_dir", "socket", "max_payload")
+	t.unknown("state_dir", "socket", "max_payload", "metrics_listen", "metrics_allow_remote")
 	t.filePath("state_dir", &a.StateDir, false)
 	if t.filePath("socket", &a.Socket, false) && len(a.Socket) > 107 {
 		// sun_path holds 108 bytes with the terminating NUL.
 		d.add(t.path("socket"), "agent.socket: %s is longer than 107 bytes, the limit for a unix socket path", a.Socket)
 	}
 	t.size("max_payload", &a.MaxPayload)
+	t.boolean("metrics_allow_remote", &a.MetricsAllowRemote)
+	if t.str("metrics_listen", &a.MetricsListen) && a.MetricsListen != "" {
+		if problem := metricsAddrProblem(a.MetricsListen, a.MetricsAllowRemote); problem != "" {
+			d.add(t.path("metrics_listen"), "agent.metrics_listen: %s", problem)
+		}
+	}
+}
+
+// metricsAddrProblem says what is wrong with a metrics address: not host:port, or reachable from
+// other machines without the operator having said so (metrics name endpoints and configuration
+// ids, which an operator may not want on the network).
+func metricsAddrProblem(addr string, remoteOK bool) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Sprintf("%q is not host:port (%v)", addr, err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Sprintf("%q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	if remoteOK {
+		return ""
+	}
+	if host == "localhost" {
+		return ""
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return ""
+	}
+	return fmt.Sprintf("%q is not a loopback address; set metrics_allow_remote = true to serve metrics to other machines", addr)
 }
 
 // endpoints reads every [[endpoint]], then checks them against each other.
@@ -585,7 +619,7 @@ func (d *decoder) endpoints(root table, cfg *Config, dialectOK bool) []Endpoint 
 				d.add(t.path("name"), "endpoint #%d name: only allowed with kaa.dialect = %q (named configurations are a 7/CMP feature)", n, DialectCMP7)
 				nameOK = false
 			default:
-				if err := checkConfigName(e.Name); err != nil {
+				if err := cmx.CheckConfigName(e.Name); err != nil {
 					d.add(t.path("name"), "endpoint #%d name: %q %v", n, e.Name, err)
 					nameOK = false
 				}
@@ -654,26 +688,4 @@ func (d *decoder) checkOutput(t table, n int, out string, a Agent) bool {
 	}
 	d.add(t.path("output"), "endpoint #%d output: %s is %s", n, out, what)
 	return false
-}
-
-// checkConfigName applies 7/CMP's rule for configuration names; the result
-// completes a sentence that starts with the name.
-func checkConfigName(s string) error {
-	allDigits := true
-	for _, c := range []byte(s) {
-		switch {
-		case c >= '0' && c <= '9':
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '_', c == '-':
-			allDigits = false
-		default:
-			return fmt.Errorf("may only hold letters, digits, '_' and '-'")
-		}
-	}
-	switch {
-	case allDigits:
-		return fmt.Errorf("is all digits, which would read as a request id")
-	case s == "status" || s == "error":
-		return fmt.Errorf("is reserved by 7/CMP")
-	}
-	return nil
 }

@@ -169,6 +169,7 @@ func newCrashEnvWith(t *testing.T, kaa, endpoints, output string) *crashEnv {
 	err := os.WriteFile(cfg, []byte(fmt.Sprintf(`[broker]
 servers = [%q]
 client_id = "crash-agent"
+reconnect_spread = "0s"
 [kaa]
 app_version = %q
 %s[agent]
@@ -225,7 +226,16 @@ func (e *crashEnv) checkFile(t *testing.T, want string) {
 	}
 }
 
+// Both paths of docs/durability.md: a plain endpoint takes the held path (the PUBACK waits for the
+// one commit of the result), an endpoint with a hook the committed path (a receive commit first).
 func TestCrash_AtEachStepLosesNothing(t *testing.T) {
+	paths := []struct {
+		name      string
+		endpoints string
+	}{
+		{"held", "[[endpoint]]\ntoken = \"gw-001\"\noutput = \"out/gw-001.json\"\n"},
+		{"committed", "[[endpoint]]\ntoken = \"gw-001\"\noutput = \"out/gw-001.json\"\nhook = [\"true\"]\n"},
+	}
 	steps := []struct {
 		step string
 		// confirmedBeforeKill: the broker already had the confirmation when the process died, so the
@@ -238,27 +248,29 @@ func TestCrash_AtEachStepLosesNothing(t *testing.T) {
 		{agent.StepCommitted, false},
 		{agent.StepPublished, true},
 	}
-	for _, tc := range steps {
-		t.Run(tc.step, func(t *testing.T) {
-			e := newCrashEnv(t)
-			p := startAgent(t, e.config, "CMX_AGENT_TEST_PAUSE="+tc.step)
-			e.waitPull(t)
-			e.server.Publish(t, e.prefix+"/json", 1, []byte(`{"id":"c1","entries":[{"v":1}]}`))
-			p.waitLine(t, "test pause at "+tc.step)
-			if tc.confirmedBeforeKill {
-				if s := e.waitConfirmation(t, `"c1"`); s != "ok" {
-					t.Errorf("status before kill = %q", s)
+	for _, path := range paths {
+		for _, tc := range steps {
+			t.Run(path.name+"/"+tc.step, func(t *testing.T) {
+				e := newCrashEnvWith(t, "", path.endpoints, "gw-001.json")
+				p := startAgent(t, e.config, "CMX_AGENT_TEST_PAUSE="+tc.step)
+				e.waitPull(t)
+				e.server.Publish(t, e.prefix+"/json", 1, []byte(`{"id":"c1","entries":[{"v":1}]}`))
+				p.waitLine(t, "test pause at "+tc.step)
+				if tc.confirmedBeforeKill {
+					if s := e.waitConfirmation(t, `"c1"`); s != "ok" {
+						t.Errorf("status before kill = %q", s)
+					}
 				}
-			}
-			p.kill(t)
+				p.kill(t)
 
-			p = startAgent(t, e.config)
-			if s := e.waitConfirmation(t, `"c1"`); s != "ok" {
-				t.Errorf("status after restart = %q, want ok", s)
-			}
-			e.checkFile(t, `[{"v":1}]`)
-			p.waitLine(t, "answer delivered")
-		})
+				p = startAgent(t, e.config)
+				if s := e.waitConfirmation(t, `"c1"`); s != "ok" {
+					t.Errorf("status after restart = %q, want ok", s)
+				}
+				e.checkFile(t, `[{"v":1}]`)
+				p.waitLine(t, "answer delivered")
+			})
+		}
 	}
 }
 

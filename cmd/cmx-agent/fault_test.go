@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cmx-agent/cmx-agent/agent"
+	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
 )
 
@@ -77,6 +77,7 @@ func newFaultEnv(t *testing.T, o faultOpts) *faultEnv {
 servers = ["tcp://127.0.0.1:%d"]
 client_id = "fault-agent"
 keepalive = %q
+reconnect_spread = "0s"
 [kaa]
 app_version = %q
 [agent]
@@ -351,7 +352,7 @@ func (e *faultEnv) faultCorruptDB() {
 	// the agent is down, must still be applied and confirmed.
 	e.settle(60 * time.Second)
 	e.kill()
-	db := filepath.Join(e.state, agent.DBName)
+	db := filepath.Join(e.state, engine.DBName)
 	fi, err := os.Stat(db)
 	if err != nil {
 		e.t.Fatal(err)
@@ -420,7 +421,7 @@ func TestFault_CorruptDatabaseIsMovedAsideAndStateRebuilt(t *testing.T) {
 	e.burst(3)
 	e.faultCorruptDB()
 	e.settle(60 * time.Second)
-	aside, _ := filepath.Glob(filepath.Join(e.state, agent.DBName+".corrupt-*"))
+	aside, _ := filepath.Glob(filepath.Join(e.state, engine.DBName+".corrupt-*"))
 	if len(aside) != 1 {
 		t.Errorf("moved-aside files: %q, want one", aside)
 	}

@@ -161,7 +161,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return code
 	}
 	logWarnings(log, cfg)
-	opts := agent.Options{Logger: log}
+	opts := agent.Options{Logger: log, Build: agent.Build{Version: version, Commit: commitID()}}
 	changes := make(chan struct{}, 1)
 	opts.OnChange = func() {
 		select {

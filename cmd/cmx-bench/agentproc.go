@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,15 +41,22 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(mod), nil
 }
 
-// agentConfig writes an agent configuration with one endpoint per token.
-func agentConfig(dir, url, app string, tokens []string, maxPayload string) (string, error) {
+// agentConfig writes an agent configuration with one endpoint per token; spread, when not "", is
+// its broker.reconnect_spread; the endpoints of the tokens in hooked run `true` as their hook.
+func agentConfig(dir, url, app string, tokens []string, maxPayload, spread string, hooked ...string) (string, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[broker]\nservers = [%q]\nclient_id = %q\n", url, "cmx-agent-"+app+"-"+tokens[0])
+	if spread != "" {
+		fmt.Fprintf(&b, "reconnect_spread = %q\n", spread)
+	}
 	fmt.Fprintf(&b, "[kaa]\napp_version = %q\ndialect = \"cmx3\"\n", app)
 	fmt.Fprintf(&b, "[agent]\nstate_dir = %q\nsocket = %q\nmax_payload = %q\n",
 		filepath.Join(dir, "state"), filepath.Join(dir, "state", "agent.sock"), maxPayload)
 	for _, t := range tokens {
 		fmt.Fprintf(&b, "[[endpoint]]\ntoken = %q\noutput = %q\n", t, filepath.Join(dir, "out", t+".json"))
+		if slices.Contains(hooked, t) {
+			b.WriteString("hook = [\"true\"]\n")
+		}
 	}
 	path := filepath.Join(dir, "agent.toml")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -74,15 +83,17 @@ func startAgent(bin, dir, config string, notify bool) (*agentProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer logf.Close()
 	cmd := exec.Command(bin, "run", "--config", config)
-	cmd.Stderr = logf
+	// The log reaches its file through a pipe, as it reaches journald under systemd: its writes
+	// are not the agent's in /proc/<pid>/io.
+	cmd.Stderr = struct{ io.Writer }{logf}
 	cmd.Env = os.Environ()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if notify {
 		sock := filepath.Join(dir, "notify.sock")
 		c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 		if err != nil {
+			logf.Close()
 			return nil, fmt.Errorf("notify socket: %w", err)
 		}
 		p.notify = c
@@ -92,9 +103,10 @@ func startAgent(bin, dir, config string, notify bool) (*agentProc, error) {
 	p.cmd = cmd
 	p.started = time.Now()
 	if err := cmd.Start(); err != nil {
+		logf.Close()
 		return nil, fmt.Errorf("start cmx-agent: %w", err)
 	}
-	go func() { _ = cmd.Wait(); close(p.done) }()
+	go func() { _ = cmd.Wait(); logf.Close(); close(p.done) }()
 	return p, nil
 }
 
@@ -151,6 +163,8 @@ func (p *agentProc) resetPeak() error {
 	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", p.cmd.Process.Pid), []byte("5"), 0)
 }
 
+func (p *agentProc) pid() int { return p.cmd.Process.Pid }
+
 func (p *agentProc) alive() bool {
 	select {
 	case <-p.done:
@@ -162,15 +176,23 @@ func (p *agentProc) alive() bool {
 
 // stop sends SIGTERM and waits; the agent promises to exit within 5 s.
 func (p *agentProc) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
+	signalWait(p.cmd.Process, syscall.SIGTERM, p.done, 10*time.Second)
 	if p.notify != nil {
 		p.notify.Close()
+	}
+}
+
+// signalWait sends sig to proc and waits until done is closed; after timeout it kills proc, waits,
+// and returns false.
+func signalWait(proc *os.Process, sig os.Signal, done <-chan struct{}, timeout time.Duration) bool {
+	_ = proc.Signal(sig)
+	select {
+	case <-done:
+		return true
+	case <-time.After(timeout):
+		_ = proc.Kill()
+		<-done
+		return false
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -23,7 +24,8 @@ import (
 // cmx-agent; its times are what the agent is measured against. It runs as its own process
 // (`cmx-bench floor`), like the agent, with its own connection.
 
-// floorParallel bounds concurrent writes, as the agent's apply semaphore does.
+// floorParallel bounds concurrent writes by default, as the agent's apply semaphore does; the
+// sequential floor (--parallel 1) handles one push after the other.
 const floorParallel = 16
 
 func runFloor(args []string) int {
@@ -31,15 +33,16 @@ func runFloor(args []string) int {
 	url := fs.String("url", "", "broker URL")
 	app := fs.String("app", "floor", "application version (topic level)")
 	dir := fs.String("dir", "", "folder for the output files")
-	if err := fs.Parse(args); err != nil || *url == "" || *dir == "" {
-		fmt.Fprintln(os.Stderr, "usage: cmx-bench floor --url URL --app APP --dir DIR")
+	parallel := fs.Int("parallel", floorParallel, "pushes handled at once (1: one after the other)")
+	if err := fs.Parse(args); err != nil || *url == "" || *dir == "" || *parallel < 1 {
+		fmt.Fprintln(os.Stderr, "usage: cmx-bench floor --url URL --app APP --dir DIR [--parallel N]")
 		return 2
 	}
 	if err := os.MkdirAll(*dir, 0o755); err != nil {
 		fmt.Fprintln(os.Stderr, "floor:", err)
 		return 1
 	}
-	sem := make(chan struct{}, floorParallel)
+	sem := make(chan struct{}, *parallel)
 	handle := func(c mqtt.Client, m mqtt.Message) {
 		sem <- struct{}{}
 		defer func() { <-sem }()
@@ -64,7 +67,7 @@ func runFloor(args []string) int {
 	}
 	o := mqtt.NewClientOptions().
 		AddBroker(*url).
-		SetClientID("cmx-bench-floor").
+		SetClientID("cmx-bench-floor-" + *app).
 		SetCleanSession(true).
 		SetOrderMatters(false).
 		SetAutoReconnect(false).
@@ -121,12 +124,12 @@ type floorProc struct {
 	app   string
 }
 
-func startFloor(url, app, dir string) (*floorProc, error) {
+func startFloor(url, app, dir string, parallel int) (*floorProc, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, "floor", "--url", url, "--app", app, "--dir", dir)
+	cmd := exec.Command(self, "floor", "--url", url, "--app", app, "--dir", dir, "--parallel", strconv.Itoa(parallel))
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
@@ -148,6 +151,8 @@ func startFloor(url, app, dir string) (*floorProc, error) {
 	}
 	return &floorProc{cmd: cmd, stdin: stdin, app: app}, nil
 }
+
+func (f *floorProc) pid() int { return f.cmd.Process.Pid }
 
 func (f *floorProc) stop() {
 	f.stdin.Close()

@@ -1,11 +1,13 @@
 // Command cmx-bench measures cmx-agent against a floor measured in the same run: push →
-// confirmation latency, a fan-out to 1,000 endpoints, a 1 MiB configuration, the footprint of the
-// binary and the process, and a fleet of agent processes reconnecting after a broker restart.
+// confirmation latency, sync calls and bytes written per push, a fan-out to 1,000 endpoints and
+// their idle CPU, a 1 MiB configuration, the footprint of the binary and the process, and a fleet
+// of agent processes reconnecting after a broker restart.
 //
 // Run it from the repository root with mosquitto installed:
 //
 //	go run ./cmd/cmx-bench            # the full run, a few minutes
-//	go run ./cmd/cmx-bench --quick    # a smoke run for CI, well under a minute
+//	go run ./cmd/cmx-bench --quick    # a smoke run for CI, about a minute
+//	go run ./cmd/cmx-bench fleet-sim  # 100,000 gateways reconnecting, simulated (no broker, seconds)
 //
 // It starts its own mosquitto on a free loopback port, builds the agent as it ships (static,
 // stripped), prints a Markdown table and writes the figures as JSON (--out). docs/benchmarks.md
@@ -32,6 +34,9 @@ type params struct {
 	Rounds    int    `json:"rounds"`
 	BigBytes  int    `json:"big_bytes"`
 	Fleet     int    `json:"fleet"`
+	Disk      int    `json:"disk_pushes"`
+	IdleSec   int    `json:"idle_seconds"`
+	Spread    string `json:"fleet_spread,omitempty"` // the fleet's broker.reconnect_spread; "" = the agent's default
 	Mosquitto string `json:"-"`
 	Dir       string `json:"-"`
 	Keep      bool   `json:"-"`
@@ -42,6 +47,9 @@ type params struct {
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "floor" {
 		os.Exit(runFloor(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "fleet-sim" {
+		os.Exit(runFleetSim(os.Args[2:], os.Stdout, os.Stderr))
 	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -56,10 +64,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&p.Rounds, "rounds", 3, "rounds of the fan-out and the 1 MiB push (median reported)")
 	fs.IntVar(&p.BigBytes, "big", 1<<20, "bytes of the large configuration")
 	fs.IntVar(&p.Fleet, "fleet", 200, "agent processes in the fleet test (0 skips it)")
+	fs.IntVar(&p.Disk, "disk-pushes", 100, "pushes counted for sync calls and bytes written (each path and the floor)")
+	fs.IntVar(&p.IdleSec, "idle", 30, "seconds of idle CPU measured with the fan-out's endpoints")
+	fs.StringVar(&p.Spread, "fleet-spread", "", "broker.reconnect_spread of the fleet's agents, e.g. 0s (default: the agent's default)")
 	fs.StringVar(&p.Mosquitto, "mosquitto", "/usr/sbin/mosquitto", "mosquitto binary")
 	fs.StringVar(&p.Dir, "dir", "", "work folder (default: a new temporary folder); its disk is what is measured")
 	fs.BoolVar(&p.Keep, "keep", false, "keep the work folder (logs, databases, broker log)")
-	fs.StringVar(&p.Only, "only", "", "run only these parts, comma-separated: single (footprint, latency, large push), fanout, fleet")
+	fs.StringVar(&p.Only, "only", "", "run only these parts, comma-separated: single (footprint, latency, large push), disk (sync calls, bytes written), fanout (with idle CPU), fleet")
 	fs.StringVar(&p.Out, "out", "dist/bench.json", "JSON report, relative to the repository root unless absolute")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -79,9 +90,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if !set["fleet"] {
 			p.Fleet = 20
 		}
+		if !set["disk-pushes"] {
+			p.Disk = 20
+		}
+		if !set["idle"] {
+			p.IdleSec = 5
+		}
 	}
-	if p.Pushes < 10 || p.Fanout < 1 || p.Rounds < 1 || p.BigBytes < 1024 || p.Fleet < 0 {
-		fmt.Fprintln(stderr, "cmx-bench: --pushes >= 10, --fanout >= 1, --rounds >= 1, --big >= 1024, --fleet >= 0")
+	if p.Pushes < 10 || p.Fanout < 1 || p.Rounds < 1 || p.BigBytes < 1024 || p.Fleet < 0 || p.Disk < 1 || p.IdleSec < 1 {
+		fmt.Fprintln(stderr, "cmx-bench: --pushes >= 10, --fanout >= 1, --rounds >= 1, --big >= 1024, --fleet >= 0, --disk-pushes >= 1, --idle >= 1")
 		return 2
 	}
 	rep, err := bench(p, stderr)
@@ -151,6 +168,7 @@ func bench(p params, logw io.Writer) (*report, error) {
 		fn        func() error
 	}{
 		{"single", "footprint and latency, one endpoint", r.single},
+		{"disk", "sync calls and bytes written per push", r.disk},
 		{"fanout", "fan-out", r.fanout},
 		{"fleet", "fleet", r.fleet},
 	}

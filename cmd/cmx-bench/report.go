@@ -70,6 +70,28 @@ func (r *report) limit(name, unit string, agent, max float64, note string) {
 	r.Metrics = append(r.Metrics, m)
 }
 
+// limitFloor adds a figure with a floor whose target is an absolute upper bound (0 = none): the
+// floor and the ratio are shown beside it (no ratio when the floor is 0).
+func (r *report) limitFloor(name, unit string, agent, floor, max float64, note string) {
+	r.limit(name, unit, agent, max, note)
+	m := &r.Metrics[len(r.Metrics)-1]
+	m.Floor = &floor
+	if floor > 0 {
+		q := agent / floor
+		m.Ratio = &q
+	}
+}
+
+// notJudged leaves the last figure's target in place, qualified by cond, without a result: the
+// target is for another size than the one measured.
+func (r *report) notJudged(cond string) {
+	m := &r.Metrics[len(r.Metrics)-1]
+	if m.Target != "" {
+		m.Target += " " + cond
+		m.Result = ""
+	}
+}
+
 // missing adds a figure that could not be measured.
 func (r *report) missing(name, unit, target, note string) {
 	r.Metrics = append(r.Metrics, metric{Name: name, Unit: unit, Target: target, Result: "n/a", Note: note})
@@ -99,8 +121,9 @@ func (r *report) writeTable(w io.Writer) {
 	m := r.Machine
 	fmt.Fprintf(w, "\ncmx-bench %s: %d × %s, %s, kernel %s, %s; fsync p50 %s; load %s → %s\n",
 		r.Started, m.Nproc, m.CPU, m.Disk, m.Kernel, m.Go, m.FsyncP50, m.LoadBefore, m.LoadAfter)
-	fmt.Fprintf(w, "params: pushes %d, fan-out %d, rounds %d, large %d bytes, fleet %d%s\n\n",
-		r.Params.Pushes, r.Params.Fanout, r.Params.Rounds, r.Params.BigBytes, r.Params.Fleet, map[bool]string{true: " (quick)"}[r.Params.Quick])
+	fmt.Fprintf(w, "params: pushes %d, disk pushes %d, fan-out %d, idle %d s, rounds %d, large %d bytes, fleet %d%s\n\n",
+		r.Params.Pushes, r.Params.Disk, r.Params.Fanout, r.Params.IdleSec, r.Params.Rounds, r.Params.BigBytes, r.Params.Fleet,
+		map[bool]string{true: " (quick: short windows, noisy)"}[r.Params.Quick])
 	fmt.Fprintln(w, "| figure | cmx-agent | floor | ratio | target | result | note |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---|---|---|")
 	for _, x := range r.Metrics {

@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"bytes"
@@ -23,7 +23,7 @@ func damagedStore(t *testing.T, damage func(t *testing.T, path string)) (dir str
 			return err
 		}
 		for i := range 200 {
-			if err := tx.SetHandled("gw-001", strings.Repeat("x", i+1), "ok"); err != nil {
+			if err := tx.SetHandled("gw-001", strings.Repeat("x", i+1), Handled{Status: "ok", Code: CodeOK}); err != nil {
 				return err
 			}
 		}

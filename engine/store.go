@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"bytes"
@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"time"
 
@@ -20,11 +21,11 @@ const DBName = "agent.db"
 
 // Bucket and key names. The layout:
 //
-//	meta/counter                 last message id handed out (uint64, big endian)
+//	meta/counter                 message ids up to here may have been handed out (uint64, big endian)
+//	meta/client_id               the MQTT client id first used, when the configuration names none
 //	outbox/<seq>                 OutMsg, in the order it must be sent
 //	endpoints/<ep>/state         EndpointState
-//	endpoints/<ep>/current       Offer being applied when a newer one arrived
-//	endpoints/<ep>/next          Offer waiting (or, while the worker applies it, being applied)
+//	endpoints/<ep>/p<seq>        Offer received and not yet applied (b<seq>: its body); see Pending
 //	endpoints/<ep>/handled/<id>  handledRec: status of a handled id
 //	endpoints/<ep>/handledseq/<seq> id, to evict the oldest handled ids
 var (
@@ -34,43 +35,61 @@ var (
 	bucketHandled   = []byte("handled")
 	bucketHandSeq   = []byte("handledseq")
 	keyCounter      = []byte("counter")
+	keyClientID     = []byte("client_id")
 	keyState        = []byte("state")
 	keyHandledN     = []byte("handled_n")
 )
 
-// Slot names an endpoint's pending offers.
-type Slot string
-
-const (
-	// SlotCurrent holds the offer that was being applied when a newer one arrived.
-	SlotCurrent Slot = "current"
-	// SlotNext holds the newest offer not yet applied.
-	SlotNext Slot = "next"
-)
+// Route is where an answer for an offer goes (cmx3: the push topic + /status, at the push's QoS).
+type Route struct {
+	Topic string `json:"topic"`
+	QoS   byte   `json:"qos"`
+}
 
 // Offer is a configuration received for an endpoint and not yet applied: everything needed to apply it
 // and to answer for it after a crash.
 type Offer struct {
-	Seq        uint64    `json:"seq"`             // arrival order, unique per database
-	ID         string    `json:"id,omitempty"`    // the dedupe key (typed JSON text in cmx3); "" = none
-	Text       string    `json:"text,omitempty"`  // the id as people and hooks read it
-	Body       []byte    `json:"body,omitempty"`  // the bytes that go into the output; stored apart, see SetSlot
-	ReplyTopic string    `json:"reply_topic"`     // where the answer goes
-	ReplyQoS   byte      `json:"reply_qos"`       // the QoS the answer is sent with
-	Received   time.Time `json:"received"`        // wall clock, for people only
-	RequestID  uint64    `json:"rid,omitempty"`   // dialect data: request id the offer answered
-	Extra      string    `json:"extra,omitempty"` // dialect data
+	Seq  uint64 `json:"seq"`            // arrival order, unique per database
+	ID   string `json:"id,omitempty"`   // the dedupe key (typed JSON text in cmx3); "" = none
+	Text string `json:"text,omitempty"` // the id as people and hooks read it
+	Body []byte `json:"body,omitempty"` // the configuration as received; stored apart, see SetSlot
+	// Routes are the answers owed: one per topic the offer arrived on (the same id can come on a
+	// push topic and on a pull's answer topic, and each gets its confirmation).
+	Routes    []Route   `json:"routes,omitempty"`
+	Received  time.Time `json:"received"`      // wall clock, for people only
+	RequestID uint64    `json:"rid,omitempty"` // dialect data: request id the offer answered
+	// Internal marks an offer the agent made itself (a reload re-applying the stored configuration):
+	// nobody waits for its answer.
+	Internal bool `json:"internal,omitempty"`
+
+	// Records written before offers had several routes.
+	OldTopic string `json:"reply_topic,omitempty"`
+	OldQoS   byte   `json:"reply_qos,omitempty"`
+}
+
+// addRoute records one more place to answer, once.
+func (o *Offer) addRoute(r Route) {
+	for _, have := range o.Routes {
+		if have == r {
+			return
+		}
+	}
+	o.Routes = append(o.Routes, r)
 }
 
 // EndpointState is what the agent knows of an endpoint's applied configuration.
 type EndpointState struct {
 	AppliedID   string    `json:"applied_id,omitempty"`
 	AppliedText string    `json:"applied_text,omitempty"`
-	AppliedHash string    `json:"applied_hash,omitempty"` // hex sha256 of the applied body
+	AppliedHash string    `json:"applied_hash,omitempty"` // hex sha256 of the applied (rendered) body
 	AppliedAt   time.Time `json:"applied_at,omitzero"`
-	LastText    string    `json:"last_text,omitempty"` // id of the last offer handled, whatever its result
-	LastStatus  string    `json:"last_status,omitempty"`
-	LastAt      time.Time `json:"last_at,omitzero"`
+	// AppliedShape is the hash of everything besides the body that shapes the file (output, mode,
+	// owner, group, template): the same bytes under another shape are not "unchanged".
+	AppliedShape string    `json:"applied_shape,omitempty"`
+	LastText     string    `json:"last_text,omitempty"` // id of the last offer handled, whatever its result
+	LastStatus   string    `json:"last_status,omitempty"`
+	LastCode     Code      `json:"last_code,omitempty"`
+	LastAt       time.Time `json:"last_at,omitzero"`
 }
 
 // OutMsg is a message in the outbox: stored before it is sent, deleted once the broker has it.
@@ -83,11 +102,20 @@ type OutMsg struct {
 	// Replaces, when set, makes this message replace every unsent one with the same value: only the
 	// newest of them is worth sending (cmp7's applied report of an endpoint).
 	Replaces string `json:"replaces,omitempty"`
+	// Request marks a request for the latest configuration (never stored).
+	Request bool `json:"-"`
 }
 
 type handledRec struct {
 	Seq    uint64 `json:"seq"`
 	Status string `json:"status"`
+	Code   Code   `json:"code,omitempty"` // 0 in records written before codes were stored
+}
+
+// Handled is the stored outcome of an id an endpoint has handled.
+type Handled struct {
+	Status string
+	Code   Code
 }
 
 // Store is the agent's bbolt database.
@@ -264,6 +292,7 @@ func (s *Store) View(fn func(*Tx) error) error {
 type Tx struct {
 	tx  *bolt.Tx
 	max int
+	ep  string // the endpoint a journal's operations are for (engine.commit)
 }
 
 func u64(v uint64) []byte {
@@ -272,23 +301,25 @@ func u64(v uint64) []byte {
 	return b
 }
 
-// NextIDs reserves n message ids and returns the first; they are never handed out again, across
-// restarts included.
-func (t *Tx) NextIDs(n int) (uint64, error) {
+// LeaseIDs records that message ids up to last+n may be handed out and returns last, the highest id
+// that was leased before. Ids are handed out from memory within a lease, so making one costs no
+// commit; a restart starts after the lease, so ids never repeat, even those of a lease not used up.
+func (t *Tx) LeaseIDs(n uint64) (last uint64, err error) {
 	b := t.tx.Bucket(bucketMeta)
-	var last uint64
 	if v := b.Get(keyCounter); len(v) == 8 {
 		last = binary.BigEndian.Uint64(v)
 	}
-	if err := b.Put(keyCounter, u64(last+uint64(n))); err != nil {
+	if err := b.Put(keyCounter, u64(last+n)); err != nil {
 		return 0, fmt.Errorf("message id counter: %w", err)
 	}
-	return last + 1, nil
+	return last, nil
 }
 
-// NextSeq returns a new sequence number for an offer.
-func (t *Tx) NextSeq() (uint64, error) {
-	return t.tx.Bucket(bucketEndpoints).NextSequence()
+// NextIDs reserves n message ids and returns the first; they are never handed out again, across
+// restarts included.
+func (t *Tx) NextIDs(n int) (uint64, error) {
+	last, err := t.LeaseIDs(uint64(n))
+	return last + 1, err
 }
 
 func (t *Tx) endpoint(ep string, create bool) (*bolt.Bucket, error) {
@@ -345,86 +376,139 @@ func (t *Tx) SetState(ep string, st EndpointState) error {
 	return putJSON(b, keyState, st)
 }
 
-// Slot returns the offer in an endpoint's slot, nil when empty.
-func (t *Tx) Slot(ep string, slot Slot) (*Offer, error) {
-	b, err := t.endpoint(ep, false)
-	if err != nil {
-		return nil, err
-	}
-	var o Offer
-	ok, err := getJSON(b, []byte(slot), &o)
-	if !ok || err != nil {
-		return nil, err
-	}
-	if o.Body == nil { // kept apart (see SetSlot); records of earlier versions hold it inline
-		if raw := b.Get(bodyKey(slot)); raw != nil {
-			o.Body = bytes.Clone(raw) // raw lives in the mmap only while the transaction is open
-		}
-	}
-	return &o, nil
-}
+// Pending offers: endpoints/<ep>/p<seq> holds an offer's record, endpoints/<ep>/b<seq> its body (raw
+// bytes beside the record, so a large configuration is neither base64-encoded nor built up in an
+// encoder's buffer). Databases of earlier versions hold them in the slots "current" and "next".
+func pendingKey(seq uint64) []byte  { return append([]byte("p"), u64(seq)...) }
+func pendingBody(seq uint64) []byte { return append([]byte("b"), u64(seq)...) }
 
-// SlotSeq returns the sequence number of the offer in slot without reading its body; ok is false
-// when the slot is empty.
-func (t *Tx) SlotSeq(ep string, slot Slot) (seq uint64, ok bool, err error) {
-	b, err := t.endpoint(ep, false)
-	if err != nil {
-		return 0, false, err
-	}
-	var o struct {
-		Seq uint64 `json:"seq"`
-	}
-	ok, err = getJSON(b, []byte(slot), &o)
-	return o.Seq, ok, err
-}
+var legacySlots = [][]byte{[]byte("current"), []byte("next")}
 
-// bodyKey holds the body of the offer in slot: raw bytes beside the offer's JSON record, so a large
-// configuration is neither base64-encoded (a third larger) nor built up in an encoder's buffer.
-func bodyKey(slot Slot) []byte { return []byte(string(slot) + ".body") }
-
-// SetSlot stores o in an endpoint's slot; nil empties it.
-func (t *Tx) SetSlot(ep string, slot Slot, o *Offer) error {
+// SetPending stores o, received and not yet applied.
+func (t *Tx) SetPending(ep string, o *Offer) error {
 	b, err := t.endpoint(ep, true)
 	if err != nil {
 		return err
 	}
-	if o == nil {
-		if err := b.Delete(bodyKey(slot)); err != nil {
-			return err
-		}
-		return b.Delete([]byte(slot))
-	}
 	meta := *o
 	meta.Body = nil
-	if err := putJSON(b, []byte(slot), &meta); err != nil {
+	if err := putJSON(b, pendingKey(o.Seq), &meta); err != nil {
 		return err
 	}
 	body := o.Body
 	if body == nil {
 		body = []byte{}
 	}
-	return b.Put(bodyKey(slot), body)
+	return b.Put(pendingBody(o.Seq), body)
 }
 
-// Handled returns the stored status of an id the endpoint has handled.
-func (t *Tx) Handled(ep, id string) (string, bool, error) {
+// DeletePending removes the pending offer seq (and, for a database of an earlier version, the slot
+// that holds it).
+func (t *Tx) DeletePending(ep string, seq uint64) error {
 	b, err := t.endpoint(ep, false)
 	if err != nil || b == nil {
-		return "", false, err
+		return err
+	}
+	if b.Get(pendingKey(seq)) != nil {
+		if err := b.Delete(pendingBody(seq)); err != nil {
+			return err
+		}
+		return b.Delete(pendingKey(seq))
+	}
+	for _, slot := range legacySlots {
+		var o struct {
+			Seq uint64 `json:"seq"`
+		}
+		if ok, err := getJSON(b, slot, &o); err != nil || !ok || o.Seq != seq {
+			continue
+		}
+		if err := b.Delete(append(append([]byte{}, slot...), ".body"...)); err != nil {
+			return err
+		}
+		return b.Delete(slot)
+	}
+	return nil
+}
+
+// Pending returns an endpoint's pending offers, oldest first.
+func (t *Tx) Pending(ep string) ([]*Offer, error) {
+	b, err := t.endpoint(ep, false)
+	if err != nil || b == nil {
+		return nil, err
+	}
+	var out []*Offer
+	read := func(key, bodyKey []byte) error {
+		var o Offer
+		ok, err := getJSON(b, key, &o)
+		if !ok || err != nil {
+			return err
+		}
+		if len(o.Routes) == 0 && o.OldTopic != "" {
+			o.Routes = []Route{{Topic: o.OldTopic, QoS: o.OldQoS}}
+		}
+		o.OldTopic, o.OldQoS = "", 0
+		if o.Body == nil { // records of the earliest versions hold it inline
+			if raw := b.Get(bodyKey); raw != nil {
+				o.Body = bytes.Clone(raw) // raw lives in the mmap only while the transaction is open
+			}
+		}
+		out = append(out, &o)
+		return nil
+	}
+	c := b.Cursor()
+	for k, _ := c.Seek([]byte("p")); k != nil && len(k) == 9 && k[0] == 'p'; k, _ = c.Next() {
+		if err := read(k, append([]byte("b"), k[1:]...)); err != nil {
+			return nil, err
+		}
+	}
+	for _, slot := range legacySlots {
+		if err := read(slot, append(append([]byte{}, slot...), ".body"...)); err != nil {
+			return nil, err
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
+	return out, nil
+}
+
+// LastSeq is the highest offer sequence number the database has seen.
+func (t *Tx) LastSeq() (uint64, error) {
+	root := t.tx.Bucket(bucketEndpoints)
+	last := root.Sequence() // the counter of earlier versions
+	err := root.ForEach(func(k, v []byte) error {
+		if v != nil {
+			return nil
+		}
+		offers, err := t.Pending(string(k))
+		for _, o := range offers {
+			last = max(last, o.Seq)
+		}
+		return err
+	})
+	return last, err
+}
+
+// Handled returns the stored outcome of an id the endpoint has handled.
+func (t *Tx) Handled(ep, id string) (Handled, bool, error) {
+	b, err := t.endpoint(ep, false)
+	if err != nil || b == nil {
+		return Handled{}, false, err
 	}
 	var rec handledRec
 	ok, err := getJSON(b.Bucket(bucketHandled), []byte(id), &rec)
-	return rec.Status, ok, err
+	if ok && rec.Code == 0 {
+		rec.Code = legacyCode(rec.Status)
+	}
+	return Handled{Status: rec.Status, Code: rec.Code}, ok, err
 }
 
 // SetHandled records the status of a handled id. The set is bounded: past the store's limit the
 // oldest ids are forgotten.
-func (t *Tx) SetHandled(ep, id, status string) error {
+func (t *Tx) SetHandled(ep, id string, h Handled) error {
 	b, err := t.endpoint(ep, true)
 	if err != nil {
 		return err
 	}
-	h, err := b.CreateBucketIfNotExists(bucketHandled)
+	hb, err := b.CreateBucketIfNotExists(bucketHandled)
 	if err != nil {
 		return fmt.Errorf("handled ids: %w", err)
 	}
@@ -437,7 +521,7 @@ func (t *Tx) SetHandled(ep, id, status string) error {
 		n = int(binary.BigEndian.Uint64(v))
 	}
 	var old handledRec
-	if ok, err := getJSON(h, []byte(id), &old); err != nil {
+	if ok, err := getJSON(hb, []byte(id), &old); err != nil {
 		return err
 	} else if ok {
 		if err := hs.Delete(u64(old.Seq)); err != nil {
@@ -449,7 +533,7 @@ func (t *Tx) SetHandled(ep, id, status string) error {
 	if err != nil {
 		return err
 	}
-	if err := putJSON(h, []byte(id), handledRec{Seq: seq, Status: status}); err != nil {
+	if err := putJSON(hb, []byte(id), handledRec{Seq: seq, Status: h.Status, Code: h.Code}); err != nil {
 		return err
 	}
 	if err := hs.Put(u64(seq), []byte(id)); err != nil {
@@ -458,7 +542,7 @@ func (t *Tx) SetHandled(ep, id, status string) error {
 	n++
 	c := hs.Cursor()
 	for k, v := c.First(); k != nil && n > t.max; k, v = c.First() {
-		if err := h.Delete(v); err != nil {
+		if err := hb.Delete(v); err != nil {
 			return err
 		}
 		if err := c.Delete(); err != nil {
@@ -469,44 +553,10 @@ func (t *Tx) SetHandled(ep, id, status string) error {
 	return b.Put(keyHandledN, u64(uint64(n)))
 }
 
-// Enqueue adds a message to the outbox and returns its sequence number. A message with Replaces set
-// first removes the waiting messages with the same Replaces.
-func (t *Tx) Enqueue(m OutMsg) (uint64, error) {
-	b := t.tx.Bucket(bucketOutbox)
-	if m.Replaces != "" {
-		if err := t.dropReplaced(b, m.Replaces); err != nil {
-			return 0, err
-		}
-	}
-	seq, err := b.NextSequence()
-	if err != nil {
-		return 0, fmt.Errorf("outbox: %w", err)
-	}
-	if err := putJSON(b, u64(seq), m); err != nil {
-		return 0, fmt.Errorf("outbox: %w", err)
-	}
-	return seq, nil
-}
-
-func (t *Tx) dropReplaced(b *bolt.Bucket, replaces string) error {
-	var old [][]byte
-	err := b.ForEach(func(k, v []byte) error {
-		var m OutMsg
-		if err := json.Unmarshal(v, &m); err != nil {
-			return fmt.Errorf("outbox entry %x: %w", k, err)
-		}
-		if m.Replaces == replaces {
-			old = append(old, k)
-		}
-		return nil
-	})
-	if err != nil {
+// PutOutbox stores m under its sequence number, which the caller has assigned (see Outbox).
+func (t *Tx) PutOutbox(m OutMsg) error {
+	if err := putJSON(t.tx.Bucket(bucketOutbox), u64(m.Seq), m); err != nil {
 		return fmt.Errorf("outbox: %w", err)
-	}
-	for _, k := range old {
-		if err := b.Delete(k); err != nil {
-			return fmt.Errorf("outbox: %w", err)
-		}
 	}
 	return nil
 }
@@ -522,7 +572,8 @@ func (t *Tx) DeleteOutbox(seqs ...uint64) error {
 	return nil
 }
 
-// Outbox lists the messages waiting to be sent, oldest first, at most limit (0 = all).
+// Outbox lists the messages waiting to be sent, oldest first, at most limit (0 = all). The agent
+// reads it once, at start; afterwards it keeps the list in memory.
 func (t *Tx) Outbox(limit int) ([]OutMsg, error) {
 	var out []OutMsg
 	c := t.tx.Bucket(bucketOutbox).Cursor()
@@ -540,16 +591,37 @@ func (t *Tx) Outbox(limit int) ([]OutMsg, error) {
 	return out, nil
 }
 
-// PendingByEndpoint counts the outbox messages of each endpoint.
-func (t *Tx) PendingByEndpoint() (map[string]int, error) {
-	n := map[string]int{}
-	err := t.tx.Bucket(bucketOutbox).ForEach(func(k, v []byte) error {
-		var m OutMsg
-		if err := json.Unmarshal(v, &m); err != nil {
-			return fmt.Errorf("outbox entry %x: %w", k, err)
+// LastOutboxSeq is the highest sequence number in the outbox, 0 when it is empty.
+func (t *Tx) LastOutboxSeq() uint64 {
+	k, _ := t.tx.Bucket(bucketOutbox).Cursor().Last()
+	if len(k) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(k)
+}
+
+// ClientID returns the MQTT client id stored by SetClientID; "" when none.
+func (t *Tx) ClientID() string { return string(t.tx.Bucket(bucketMeta).Get(keyClientID)) }
+
+// SetClientID stores the MQTT client id the agent derived the first time, so that the gateway's
+// identity towards the broker does not change with its endpoint list.
+func (t *Tx) SetClientID(id string) error {
+	return t.tx.Bucket(bucketMeta).Put(keyClientID, []byte(id))
+}
+
+// HasPending reports whether the endpoint has a pending offer, without reading its body.
+func (t *Tx) HasPending(ep string) (bool, error) {
+	b, err := t.endpoint(ep, false)
+	if err != nil || b == nil {
+		return false, err
+	}
+	if k, _ := b.Cursor().Seek([]byte("p")); k != nil && len(k) == 9 && k[0] == 'p' {
+		return true, nil
+	}
+	for _, slot := range legacySlots {
+		if b.Get(slot) != nil {
+			return true, nil
 		}
-		n[m.Endpoint]++
-		return nil
-	})
-	return n, err
+	}
+	return false, nil
 }

@@ -1,4 +1,4 @@
-package agent
+package transport
 
 import (
 	"crypto/tls"
@@ -22,14 +22,14 @@ import (
 // certificate or password is used on the next reconnect without a restart. Reconnecting is the
 // session's job, so paho's own retry is off; acknowledgements are sent by the agent once a message is
 // stored.
-func (a *Agent) clientOptions() (*mqtt.ClientOptions, error) {
-	b := a.cfg.Broker
+func (s *Session) clientOptions(clean bool) (*mqtt.ClientOptions, error) {
+	b := s.cfg
 	o := mqtt.NewClientOptions()
 	for _, s := range b.Servers {
 		o.AddBroker(s)
 	}
-	o.SetClientID(b.ClientID)
-	o.SetCleanSession(b.CleanSession)
+	o.SetClientID(s.clientID)
+	o.SetCleanSession(b.CleanSession || clean)
 	o.SetKeepAlive(b.Keepalive.Duration)
 	o.SetPingTimeout(10 * time.Second)
 	o.SetConnectTimeout(10 * time.Second)

@@ -1,4 +1,4 @@
-package agent
+package transport
 
 import (
 	"crypto/tls"

@@ -1,4 +1,4 @@
-package agent
+package transport
 
 import "time"
 
@@ -13,16 +13,7 @@ type ConnState struct {
 	LastError string
 	// LastErrorAt is when that cause was first seen (wall clock, for people).
 	LastErrorAt time.Time
-}
-
-// Connection reports the broker connection; safe to call at any time from any goroutine.
-func (a *Agent) Connection() ConnState {
-	s := a.sess
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	st := ConnState{Connected: s.gen != 0, Server: s.server, LastError: s.lastErr, LastErrorAt: s.lastErrAt}
-	if !st.Connected {
-		st.Server, _ = s.attempted.Load().(string)
-	}
-	return st
+	// Connects counts the connections made since the agent started; all but the first are
+	// reconnections.
+	Connects uint64
 }

@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import "fmt"
 
@@ -63,4 +63,39 @@ func (t *Tx) SetPrior(ep string, p priorFile) error {
 		return err
 	}
 	return putJSON(b, keyPrior, p)
+}
+
+// keyRaw holds the configuration as received when a template made the output differ from it:
+// endpoints/<ep>/raw. Without a template the body is the configuration, and nothing is stored twice.
+var keyRaw = []byte("raw")
+
+// Raw returns the applied configuration as received; ok false when none is stored.
+func (t *Tx) Raw(ep string) (raw []byte, ok bool, err error) {
+	b, err := t.endpoint(ep, false)
+	if err != nil || b == nil {
+		return nil, false, err
+	}
+	if v := b.Get(keyRaw); v != nil {
+		return append([]byte{}, v...), true, nil
+	}
+	return t.Body(ep)
+}
+
+// SetApplied stores what an apply put in place: the output bytes and, when they differ, the
+// configuration they were rendered from. Neither slice may change until the transaction ends.
+func (t *Tx) SetApplied(ep string, body, raw []byte, rendered bool) error {
+	if err := t.SetBody(ep, body); err != nil {
+		return err
+	}
+	b, err := t.endpoint(ep, true)
+	if err != nil {
+		return err
+	}
+	if !rendered {
+		return b.Delete(keyRaw)
+	}
+	if err := b.Put(keyRaw, raw); err != nil {
+		return fmt.Errorf("endpoint %s configuration: %w", ep, err)
+	}
+	return nil
 }

@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"context"
@@ -15,11 +15,11 @@ import (
 	"github.com/cmx-agent/cmx-agent/config"
 )
 
-// Drift timing: events for one output are gathered for driftDebounce before a check (an editor
-// saves in several steps); folders that could not be watched are retried every driftRetry.
+// Drift timing: events for one output are gathered for DriftDebounce before a check (an editor
+// saves in several steps); folders that could not be watched are retried every DriftRetry.
 const (
-	driftDebounce = 200 * time.Millisecond
-	driftRetry    = 500 * time.Millisecond
+	DriftDebounce = 200 * time.Millisecond
+	DriftRetry    = 500 * time.Millisecond
 )
 
 // driftWatcher notices local changes to the outputs. It watches each output's folder, not the file:
@@ -27,7 +27,7 @@ const (
 // watch on the old inode would see nothing more. It only schedules checks; the check itself runs in
 // the endpoint's worker, between applies, so the agent's own writes are never mistaken for drift.
 type driftWatcher struct {
-	a     *Agent
+	e     *Engine
 	kickC chan struct{}
 
 	mu      sync.Mutex
@@ -36,8 +36,8 @@ type driftWatcher struct {
 	timers  map[*endpoint]*time.Timer
 }
 
-func newDriftWatcher(a *Agent) *driftWatcher {
-	return &driftWatcher{a: a, kickC: make(chan struct{}, 1), watched: map[string]bool{}, missing: map[string]bool{}, timers: map[*endpoint]*time.Timer{}}
+func newDriftWatcher(e *Engine) *driftWatcher {
+	return &driftWatcher{e: e, kickC: make(chan struct{}, 1), watched: map[string]bool{}, missing: map[string]bool{}, timers: map[*endpoint]*time.Timer{}}
 }
 
 // kick makes the watcher look for folders to watch now (after a reload, or a write that created a
@@ -53,14 +53,13 @@ func (d *driftWatcher) kick() {
 func (d *driftWatcher) outputs() (map[string][]*endpoint, map[string]bool) {
 	byOut := map[string][]*endpoint{}
 	dirs := map[string]bool{}
-	d.a.mu.RLock()
-	defer d.a.mu.RUnlock()
-	for _, ep := range d.a.endpoints {
-		if ep.cfg.OnDrift == config.OnDriftIgnore {
+	for _, ep := range d.e.endpointList() {
+		c := ep.config()
+		if c.OnDrift == config.OnDriftIgnore {
 			continue
 		}
-		byOut[ep.cfg.Output] = append(byOut[ep.cfg.Output], ep)
-		dirs[filepath.Dir(ep.cfg.Output)] = true
+		byOut[c.Output] = append(byOut[c.Output], ep)
+		dirs[filepath.Dir(c.Output)] = true
 	}
 	return byOut, dirs
 }
@@ -68,7 +67,7 @@ func (d *driftWatcher) outputs() (map[string][]*endpoint, map[string]bool) {
 func (d *driftWatcher) run(ctx context.Context) {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
-		d.a.log.Error("cannot watch outputs for local changes; drift is not detected", "err", err)
+		d.e.log.Error("cannot watch outputs for local changes; drift is not detected", "err", err)
 		return
 	}
 	defer w.Close()
@@ -79,26 +78,45 @@ func (d *driftWatcher) run(ctx context.Context) {
 		}
 		d.mu.Unlock()
 	}()
-	retry := time.NewTicker(driftRetry)
-	defer retry.Stop()
-	byOut, _ := d.outputs()
-	d.sync(w)
+	// Folders that could not be watched (nothing applied yet, or removed) are looked for again on a
+	// timer that runs only while there are such folders: an idle agent with all its folders watched
+	// wakes for nothing.
+	var retry *time.Timer
+	var retryC <-chan time.Time
+	resync := func() map[string][]*endpoint {
+		byOut, _ := d.outputs()
+		if d.sync(w) {
+			if retry == nil {
+				retry = time.NewTimer(DriftRetry)
+			} else {
+				retry.Reset(DriftRetry)
+			}
+			retryC = retry.C
+		} else {
+			retryC = nil
+		}
+		return byOut
+	}
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+	}()
+	byOut := resync()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-d.kickC:
-			byOut, _ = d.outputs()
-			d.sync(w)
-		case <-retry.C:
-			byOut, _ = d.outputs()
-			d.sync(w)
+			byOut = resync()
+		case <-retryC:
+			byOut = resync()
 		case err, ok := <-w.Errors:
 			if !ok {
 				return
 			}
 			// Overflow: events were lost; check everything.
-			d.a.log.Warn("watching outputs", "err", err)
+			d.e.log.Warn("watching outputs", "err", err)
 			for _, eps := range byOut {
 				for _, ep := range eps {
 					d.schedule(ep)
@@ -122,8 +140,9 @@ func (d *driftWatcher) run(ctx context.Context) {
 }
 
 // sync adds a watch for every output folder that has none, and drops watches no output needs. A
-// folder watched anew gets a check of its outputs: they may have changed while nobody looked.
-func (d *driftWatcher) sync(w *fsnotify.Watcher) {
+// folder watched anew gets a check of its outputs: they may have changed while nobody looked. It
+// reports whether some folder could not be watched.
+func (d *driftWatcher) sync(w *fsnotify.Watcher) (missing bool) {
 	byOut, dirs := d.outputs()
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -150,6 +169,12 @@ func (d *driftWatcher) sync(w *fsnotify.Watcher) {
 		d.watched[dir] = true
 		d.scheduleDir(dir, byOut)
 	}
+	for dir := range d.missing {
+		if !dirs[dir] {
+			delete(d.missing, dir)
+		}
+	}
+	return len(d.missing) > 0
 }
 
 // scheduleDir schedules a check of every output in dir. Called with d.mu held.
@@ -186,17 +211,20 @@ func (d *driftWatcher) schedule(ep *endpoint) {
 // scheduleLocked (re)starts ep's debounce timer.
 func (d *driftWatcher) scheduleLocked(ep *endpoint) {
 	if t, ok := d.timers[ep]; ok {
-		t.Reset(driftDebounce)
+		t.Reset(DriftDebounce)
 		return
 	}
-	d.timers[ep] = time.AfterFunc(driftDebounce, ep.pokeDrift)
+	d.timers[ep] = time.AfterFunc(DriftDebounce, func() { ep.post(evDrift{}) })
 }
 
 // checkDrift compares ep's output with what was applied and, per on_drift, reports or repairs it.
-// It runs in ep's worker, so it never sees an apply half done. No hook runs for a repair: the
+// It runs in ep's machine when idle, so it never sees an apply half done or a result not yet
+// committed. No hook runs for a repair: the
 // device already runs with the applied configuration; only the file was changed under it.
-func (a *Agent) checkDrift(ep *endpoint) {
-	if ep.cfg.OnDrift == config.OnDriftIgnore {
+func (e *Engine) checkDrift(m *machine) {
+	ep := m.ep
+	cfg := ep.config()
+	if cfg.OnDrift == config.OnDriftIgnore {
 		return
 	}
 	var (
@@ -204,7 +232,7 @@ func (a *Agent) checkDrift(ep *endpoint) {
 		body []byte
 		have bool
 	)
-	err := a.store.View(func(tx *Tx) error {
+	err := e.store.View(func(tx *Tx) error {
 		var err error
 		if st, err = tx.State(ep.key); err != nil {
 			return err
@@ -213,60 +241,61 @@ func (a *Agent) checkDrift(ep *endpoint) {
 		return err
 	})
 	if err != nil {
-		a.log.Error("cannot read applied configuration for the drift check", "endpoint", ep.key, "err", err)
+		e.log.Error("cannot read applied configuration for the drift check", "endpoint", ep.key, "err", err)
 		return
 	}
 	if st.AppliedHash == "" {
 		return // nothing applied yet: the file is not the agent's
 	}
-	cur, err := os.ReadFile(ep.cfg.Output)
+	cur, err := os.ReadFile(cfg.Output)
 	what := "edited"
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		what, cur = "deleted", nil
 	case err != nil:
-		a.log.Error("cannot read output for the drift check", "endpoint", ep.key, "err", err)
+		e.log.Error("cannot read output for the drift check", "endpoint", ep.key, "err", err)
 		return
 	case hashOf(cur) == st.AppliedHash:
-		ep.lastDrift = ""
+		m.lastDrift = ""
 		return
 	}
 	driftKey := what + hashOf(cur)
-	if ep.cfg.OnDrift == config.OnDriftReport {
-		if ep.lastDrift != driftKey {
-			a.log.Warn("output changed locally; on_drift = report, left as it is", "endpoint", ep.key, "output", ep.cfg.Output, "change", what, "applied_id", st.AppliedText)
-			ep.lastDrift = driftKey
+	if cfg.OnDrift == config.OnDriftReport {
+		if m.lastDrift != driftKey {
+			e.log.Warn("output changed locally; on_drift = report, left as it is", "endpoint", ep.key, "output", cfg.Output, "change", what, "applied_id", st.AppliedText)
+			m.lastDrift = driftKey
 		}
 		return
 	}
 	if !have {
-		a.log.Error("output changed locally but no copy of the applied configuration is stored; it is repaired by the next configuration", "endpoint", ep.key, "change", what)
+		e.log.Error("output changed locally but no copy of the applied configuration is stored; it is repaired by the next configuration", "endpoint", ep.key, "change", what)
 		return
 	}
-	own, err := apply.LookupOwner(ep.cfg.Owner, ep.cfg.Group)
+	own, err := apply.LookupOwner(cfg.Owner, cfg.Group)
 	if err == nil {
-		err = apply.WriteFile(ep.cfg.Output, body, apply.Options{Perm: fs.FileMode(ep.cfg.Mode)})
+		err = apply.WriteFile(cfg.Output, body, apply.Options{Perm: fs.FileMode(cfg.Mode)})
 	}
 	if err == nil {
-		err = own.Chown(ep.cfg.Output)
+		err = own.Chown(cfg.Output)
 	}
 	if err != nil {
-		a.log.Error("output changed locally and cannot be repaired", "endpoint", ep.key, "change", what, "err", apply.Describe(err))
+		e.log.Error("output changed locally and cannot be repaired", "endpoint", ep.key, "change", what, "err", apply.Describe(err))
 		return
 	}
-	a.log.Warn("output changed locally; repaired", "endpoint", ep.key, "output", ep.cfg.Output, "change", what, "applied_id", st.AppliedText)
+	ep.stats.driftRepairs.Add(1)
+	e.log.Warn("output changed locally; repaired", "endpoint", ep.key, "output", cfg.Output, "change", what, "applied_id", st.AppliedText)
 	if what == "deleted" {
-		a.kickDrift() // the folder may have been recreated
+		e.kickDrift() // the folder may have been recreated
 	}
 }
 
 // kickDriftFor is kickDrift after a write to output: it does nothing when output's folder is
 // watched already, so a burst of applies (a fan-out to 1,000 endpoints) does not make the watcher
 // rebuild its view of every endpoint once per write.
-func (a *Agent) kickDriftFor(output string) {
-	a.mu.RLock()
-	d := a.drift
-	a.mu.RUnlock()
+func (e *Engine) kickDriftFor(output string) {
+	e.mu.RLock()
+	d := e.drift
+	e.mu.RUnlock()
 	if d == nil {
 		return
 	}
@@ -279,10 +308,10 @@ func (a *Agent) kickDriftFor(output string) {
 }
 
 // kickDrift makes the drift watcher look for new output folders now.
-func (a *Agent) kickDrift() {
-	a.mu.RLock()
-	d := a.drift
-	a.mu.RUnlock()
+func (e *Engine) kickDrift() {
+	e.mu.RLock()
+	d := e.drift
+	e.mu.RUnlock()
 	if d != nil {
 		d.kick()
 	}

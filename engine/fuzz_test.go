@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"bytes"
@@ -26,24 +26,24 @@ func FuzzInbound(f *testing.F) {
 
 	cfg := &config.Config{Kaa: config.Kaa{AppVersion: "app-v1", Extension: "cmx", Dialect: config.DialectCMX3}}
 	d := cmx3{limits: cmx.Limits{MaxPayload: 4096, MaxDepth: 8, MaxIDLen: 32, MaxEntries: 16}}
-	ep := &endpoint{key: "gw-001", cfg: config.Endpoint{Token: "gw-001"}, prefix: cmx.Prefix("app-v1", "cmx", "gw-001")}
+	ep := &endpoint{key: "gw-001", token: "gw-001", cfg: config.Endpoint{Token: "gw-001"}, prefix: cmx.Prefix("app-v1", "cmx", "gw-001")}
 	f.Fuzz(func(t *testing.T, topic string, payload []byte, qos byte) {
 		tp, ok := cmx.SplitTopic(topic, cfg.Kaa.AppVersion, cfg.Kaa.Extension)
-		if !ok || tp.Token != ep.cfg.Token || !d.isConfig(ep, tp.Rest) {
+		if !ok || tp.Token != ep.token || !d.isConfig(ep, tp.Rest) {
 			return
 		}
 		if strings.HasSuffix(topic, "/status") {
 			t.Fatalf("the agent's own status topic %q routed as a push", topic)
 		}
-		in := d.decode(ep, topic, qos, payload)
+		in := d.decode(ep, topic, qos, payload, len(payload))
 		if in.offer == nil {
 			t.Fatalf("decode(%q) gave neither an offer nor a refusal", payload)
 		}
-		if in.offer.ReplyTopic != topic+"/status" || in.offer.ReplyQoS != qos {
-			t.Fatalf("reply to %q qos %d, want %q qos %d", in.offer.ReplyTopic, in.offer.ReplyQoS, topic+"/status", qos)
+		if want := []Route{{Topic: topic + "/status", QoS: qos}}; len(in.offer.Routes) != 1 || in.offer.Routes[0] != want[0] {
+			t.Fatalf("reply to %+v, want %+v", in.offer.Routes, want)
 		}
 		if in.reject != nil {
-			if !strings.HasPrefix(in.reject.Status, "invalid payload: ") || in.reject.ok() {
+			if !strings.HasPrefix(in.reject.Status, "invalid payload: ") || in.reject.OK() {
 				t.Fatalf("refusal of %q has status %q", payload, in.reject.Status)
 			}
 			if len(in.offer.Body) != 0 {
@@ -55,9 +55,9 @@ func FuzzInbound(f *testing.F) {
 		if len(in.offer.ID) > d.limits.MaxIDLen {
 			t.Fatalf("id of %d bytes passed a limit of %d", len(in.offer.ID), d.limits.MaxIDLen)
 		}
-		m, ok, err := d.answer(nil, ep, in.offer, result{Status: "ok", Code: 200}) // cmx3 needs no transaction
-		if err != nil || !ok || m.Topic != in.offer.ReplyTopic || !json.Valid(m.Payload) {
-			t.Fatalf("answer %+v", m)
+		ms := d.answers(ep, in.offer, Result{Status: "ok", Code: CodeOK}, func() uint64 { return 1 })
+		if len(ms) != 1 || ms[0].Topic != in.offer.Routes[0].Topic || !json.Valid(ms[0].Payload) {
+			t.Fatalf("answers %+v", ms)
 		}
 	})
 }

@@ -1,0 +1,122 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"runtime"
+	"time"
+
+	"github.com/cmx-agent/cmx-agent/engine"
+	"github.com/cmx-agent/cmx-agent/metrics"
+)
+
+// Build identifies the running binary in metrics.
+type Build struct {
+	Version string
+	Commit  string
+}
+
+// The metric families, every name prefixed cmx_agent_. Per endpoint there are 8 series (info,
+// last apply time, received, four results, drift repairs), so 1,000 endpoints make 8,000 series;
+// the apply duration histogram is one for the whole agent (17 series), and the rest are single
+// series.
+func (a *Agent) writeMetrics(w *metrics.Writer) error {
+	st, err := a.eng.Stats()
+	if err != nil {
+		return err
+	}
+	c := a.Connection()
+	now := time.Now()
+	l := func(name, value string) metrics.Label { return metrics.Label{Name: name, Value: value} }
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+
+	w.Family("cmx_agent_build_info", "The running cmx-agent: version, commit and Go version.", "gauge")
+	w.Sample("cmx_agent_build_info", 1, l("version", a.build.Version), l("commit", a.build.Commit), l("goversion", runtime.Version()))
+	w.Family("cmx_agent_connected", "1 while the agent has a connection to the broker.", "gauge")
+	w.Sample("cmx_agent_connected", b(c.Connected))
+	w.Family("cmx_agent_reconnects_total", "Connections to the broker made after the first since the agent started.", "counter")
+	w.Sample("cmx_agent_reconnects_total", float64(max(c.Connects, 1)-1))
+
+	w.Family("cmx_agent_endpoint_applied_info", "The configuration applied at each endpoint (id as people read it; empty when none or without id).", "gauge")
+	for _, e := range st.Endpoints {
+		w.Sample("cmx_agent_endpoint_applied_info", b(e.Applied), l("endpoint", e.Key), l("id", e.AppliedID))
+	}
+	w.Family("cmx_agent_endpoint_last_apply_timestamp_seconds", "When the configuration in place was applied (Unix time; 0 when none).", "gauge")
+	for _, e := range st.Endpoints {
+		ts := 0.0
+		if !e.AppliedAt.IsZero() {
+			ts = float64(e.AppliedAt.UnixNano()) / 1e9
+		}
+		w.Sample("cmx_agent_endpoint_last_apply_timestamp_seconds", ts, l("endpoint", e.Key))
+	}
+	w.Family("cmx_agent_configurations_received_total", "Configurations received per endpoint (pushes, answers to requests).", "counter")
+	for _, e := range st.Endpoints {
+		w.Sample("cmx_agent_configurations_received_total", float64(e.Received), l("endpoint", e.Key))
+	}
+	w.Family("cmx_agent_configurations_total", "Configurations handled per endpoint by result: applied, superseded by a newer one, rejected (invalid, refused by template or validate), failed (write or hook).", "counter")
+	for _, e := range st.Endpoints {
+		for _, r := range []struct {
+			name string
+			n    uint64
+		}{{"applied", e.Ok}, {"superseded", e.Superseded}, {"rejected", e.Rejected}, {"failed", e.Failed}} {
+			w.Sample("cmx_agent_configurations_total", float64(r.n), l("endpoint", e.Key), l("result", r.name))
+		}
+	}
+	w.Family("cmx_agent_drift_repairs_total", "Local edits of an output put back from the applied copy.", "counter")
+	for _, e := range st.Endpoints {
+		w.Sample("cmx_agent_drift_repairs_total", float64(e.DriftRepairs), l("endpoint", e.Key))
+	}
+	w.Family("cmx_agent_apply_duration_seconds", "Time from the start of an apply (render, write, validate, hook) to its outcome.", "histogram")
+	h := st.ApplyDurations
+	w.Histogram("cmx_agent_apply_duration_seconds", engine.ApplyBuckets, h.Cumulative, h.Sum, h.Count)
+	w.Family("cmx_agent_outbox_messages", "Answers waiting for the broker's acknowledgement.", "gauge")
+	w.Sample("cmx_agent_outbox_messages", float64(st.OutboxDepth))
+	w.Family("cmx_agent_outbox_oldest_age_seconds", "Age of the oldest answer waiting for the broker's acknowledgement (0 when none).", "gauge")
+	age := 0.0
+	if !st.OutboxOldest.IsZero() {
+		age = now.Sub(st.OutboxOldest).Seconds()
+	}
+	w.Sample("cmx_agent_outbox_oldest_age_seconds", age)
+	w.Family("cmx_agent_database_size_bytes", "Size of the state database file.", "gauge")
+	w.Sample("cmx_agent_database_size_bytes", float64(st.DatabaseBytes))
+	return w.Flush()
+}
+
+func (a *Agent) metricsHandler(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", metrics.ContentType)
+	if err := a.writeMetrics(metrics.NewWriter(w)); err != nil {
+		a.log.Warn("cannot serve metrics", "err", err)
+	}
+}
+
+// serveMetrics serves GET /metrics on [agent] metrics_listen until ctx ends. A listener that cannot
+// be opened is logged; the agent goes on without it.
+func (a *Agent) serveMetrics(ctx context.Context, addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		a.log.Error("metrics listener unavailable", "listen", addr, "err", err)
+		return
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", a.metricsHandler)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	a.log.Info("serving metrics", "listen", ln.Addr().String())
+	a.setMetricsAddr(ln.Addr().String())
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		a.log.Error("metrics listener stopped", "listen", addr, "err", fmt.Errorf("serve: %w", err))
+	}
+}

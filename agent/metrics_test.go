@@ -1,0 +1,196 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/metrics"
+)
+
+// scrape fetches /metrics from the agent's socket and parses it with the Prometheus project's own
+// parser.
+func (h *harness) scrape() map[string]*dto.MetricFamily {
+	h.t.Helper()
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", h.cfg.Agent.Socket)
+	}}}
+	resp, err := c.Get("http://cmx-agent/metrics")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
+		h.t.Errorf("Content-Type %q", ct)
+	}
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		h.t.Fatalf("metrics do not parse: %v", err)
+	}
+	return fams
+}
+
+// value returns the value of family's sample whose labels include want.
+func value(t *testing.T, fams map[string]*dto.MetricFamily, family string, want map[string]string) float64 {
+	t.Helper()
+	f, ok := fams[family]
+	if !ok {
+		t.Fatalf("no family %s", family)
+	}
+	for _, m := range f.GetMetric() {
+		match := true
+		for k, v := range want {
+			found := false
+			for _, l := range m.GetLabel() {
+				if l.GetName() == k && l.GetValue() == v {
+					found = true
+				}
+			}
+			match = match && found
+		}
+		if !match {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount())
+		}
+	}
+	t.Fatalf("%s has no sample with labels %v", family, want)
+	return 0
+}
+
+func TestMetrics_ParseAndCarryEveryFamily(t *testing.T) {
+	h := newHarness(t, "gw-001", "dev-2")
+	h.start()
+	h.pulled("gw-001")
+	topic := h.prefix("gw-001") + "/json"
+	h.server.Publish(t, topic, 1, []byte(`{"id":"cfg-1","entries":[1]}`))
+	h.confirmed(topic + "/status")
+	h.server.Publish(t, topic, 1, []byte(`{"id":"bad","entries":{}}`))
+	h.confirmed(topic + "/status")
+	// A confirmation may be published before its result is committed (the push is unacknowledged
+	// until then); the counters follow the commit.
+	var fams map[string]*dto.MetricFamily
+	for deadline := time.Now().Add(waitFor); ; {
+		fams = h.scrape()
+		if value(t, fams, "cmx_agent_configurations_total", map[string]string{"endpoint": "gw-001", "result": "applied"}) == 1 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, name := range []string{
+		"cmx_agent_build_info", "cmx_agent_connected", "cmx_agent_reconnects_total",
+		"cmx_agent_endpoint_applied_info", "cmx_agent_endpoint_last_apply_timestamp_seconds",
+		"cmx_agent_configurations_received_total", "cmx_agent_configurations_total",
+		"cmx_agent_drift_repairs_total", "cmx_agent_apply_duration_seconds",
+		"cmx_agent_outbox_messages", "cmx_agent_outbox_oldest_age_seconds", "cmx_agent_database_size_bytes",
+	} {
+		if _, ok := fams[name]; !ok {
+			t.Errorf("family %s missing", name)
+		}
+	}
+	checks := []struct {
+		family string
+		labels map[string]string
+		want   func(float64) bool
+		says   string
+	}{
+		{"cmx_agent_connected", nil, func(v float64) bool { return v == 1 }, "1"},
+		{"cmx_agent_endpoint_applied_info", map[string]string{"endpoint": "gw-001", "id": "cfg-1"}, func(v float64) bool { return v == 1 }, "1"},
+		{"cmx_agent_endpoint_applied_info", map[string]string{"endpoint": "dev-2", "id": ""}, func(v float64) bool { return v == 0 }, "0"},
+		{"cmx_agent_configurations_received_total", map[string]string{"endpoint": "gw-001"}, func(v float64) bool { return v == 2 }, "2"},
+		{"cmx_agent_configurations_total", map[string]string{"endpoint": "gw-001", "result": "applied"}, func(v float64) bool { return v == 1 }, "1"},
+		{"cmx_agent_configurations_total", map[string]string{"endpoint": "gw-001", "result": "rejected"}, func(v float64) bool { return v == 1 }, "1"},
+		{"cmx_agent_endpoint_last_apply_timestamp_seconds", map[string]string{"endpoint": "gw-001"}, func(v float64) bool { return v > 1e9 }, "a Unix time"},
+		{"cmx_agent_apply_duration_seconds", nil, func(v float64) bool { return v == 1 }, "1 observation"},
+		{"cmx_agent_database_size_bytes", nil, func(v float64) bool { return v > 0 }, "> 0"},
+	}
+	for _, c := range checks {
+		if v := value(t, fams, c.family, c.labels); !c.want(v) {
+			t.Errorf("%s%v = %v, want %s", c.family, c.labels, v, c.says)
+		}
+	}
+	if n := len(fams["cmx_agent_configurations_total"].GetMetric()); n != 8 {
+		t.Errorf("configurations_total has %d series for 2 endpoints, want 8", n)
+	}
+}
+
+func TestMetrics_ServedOnTCPWhenConfigured(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.Agent.MetricsListen = "127.0.0.1:0"
+	h.start()
+	h.pulled("gw-001")
+	var addr string
+	h.waitStatus(func(Status) bool { addr = h.agent.MetricsAddr(); return addr != "" })
+	resp, err := http.Get(fmt.Sprintf("http://%s/metrics", addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if value(t, fams, "cmx_agent_connected", nil) != 1 {
+		t.Errorf("not connected in metrics")
+	}
+}
+
+func TestMetrics_SeriesAreBoundedByTheEndpointList(t *testing.T) {
+	dir := t.TempDir()
+	var sb strings.Builder
+	sb.WriteString("[kaa]\napp_version = \"a\"\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\n")
+	for i := range 1000 {
+		fmt.Fprintf(&sb, "[[endpoint]]\ntoken = \"dev-%04d\"\noutput = \"out/%04d.json\"\n", i, i)
+	}
+	cfg, err := config.Parse(filepath.Join(dir, "agent.toml"), []byte(sb.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var buf bytes.Buffer
+	if err := a.writeMetrics(metrics.NewWriter(&buf)); err != nil {
+		t.Fatal(err)
+	}
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := parser.TextToMetricFamilies(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := 0
+	for _, f := range fams {
+		for _, m := range f.GetMetric() {
+			if h := m.GetHistogram(); h != nil {
+				series += len(h.GetBucket()) + 2 // the buckets (+Inf among them), _sum and _count
+				continue
+			}
+			series++
+		}
+	}
+	if series != 8*1000+23 {
+		t.Errorf("%d series for 1,000 endpoints, want 8,023 (8 per endpoint and 23 besides)", series)
+	}
+}

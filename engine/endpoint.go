@@ -1,0 +1,636 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cmx-agent/cmx-agent/config"
+)
+
+// endpoint is one configured endpoint: a token, or a token and a configuration name (7/CMP). Its
+// goroutine (run) owns its state machine; everything else talks to it through its queue of events.
+type endpoint struct {
+	key, token, name, prefix string // fixed for the endpoint's life: message routing reads them freely
+	e                        *Engine
+
+	// answered is set when a configuration message arrives, so unanswered requests are repeated.
+	answered atomic.Bool
+	// lastRID is the request id of the latest configuration request (an error answering an older
+	// one is not repeated).
+	lastRID atomic.Uint64
+	retry   errRetry // repeats a request the server refused (7/CMP)
+	// busyFlag mirrors the machine for status: an offer is being applied or waits.
+	busyFlag atomic.Bool
+	stats    counters // for metrics
+
+	mu      sync.Mutex
+	cfg     config.Endpoint // read by others under mu; changed by the machine between applies
+	queue   []event
+	wake    chan struct{}
+	started bool
+	quit    bool
+	done    chan struct{}
+
+	m machine // the state machine: the endpoint's goroutine only
+}
+
+func (e *Engine) newEndpoint(ec config.Endpoint) *endpoint {
+	ep := &endpoint{
+		key:    ec.Key(),
+		token:  ec.Token,
+		name:   ec.Name,
+		prefix: prefixOf(e.kaa, ec.Token),
+		e:      e,
+		cfg:    ec,
+		wake:   make(chan struct{}, 1),
+		done:   make(chan struct{}),
+	}
+	ep.m.ep = ep
+	return ep
+}
+
+// config returns the endpoint's options of the moment.
+func (ep *endpoint) config() config.Endpoint {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	return ep.cfg
+}
+
+// event is something for the state machine: an arrival, the end of an apply, a timer, a new
+// configuration, a drift check.
+type event interface{}
+
+type (
+	evArrival struct {
+		in      inbound
+		topic   string
+		qos     byte
+		size    int
+		receipt *Receipt
+	}
+	evApplied struct {
+		o   *pending
+		out outcome
+	}
+	evRetry    struct{}
+	evDrift    struct{}
+	evOptions  struct{ cfg config.Endpoint }
+	evRecovery struct{ offers []*Offer } // offers a crash left pending, applied at start
+)
+
+// post queues ev for the machine; it never blocks.
+func (ep *endpoint) post(ev event) {
+	ep.mu.Lock()
+	ep.queue = append(ep.queue, ev)
+	ep.mu.Unlock()
+	select {
+	case ep.wake <- struct{}{}:
+	default:
+	}
+}
+
+// start runs the endpoint's goroutine until ctx ends or stop is called.
+func (ep *endpoint) start(ctx context.Context, wg *sync.WaitGroup) {
+	ep.mu.Lock()
+	if ep.started {
+		ep.mu.Unlock()
+		return
+	}
+	ep.started = true
+	ep.mu.Unlock()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(ep.done)
+		ep.run(ctx)
+	}()
+}
+
+// stop makes the goroutine return once the apply in progress has been committed, and waits for it.
+// An endpoint whose goroutine never started has nothing to wait for.
+func (ep *endpoint) stop() {
+	ep.mu.Lock()
+	started := ep.started
+	ep.quit = true
+	ep.mu.Unlock()
+	select {
+	case ep.wake <- struct{}{}:
+	default:
+	}
+	if started {
+		<-ep.done
+	}
+}
+
+func (ep *endpoint) run(ctx context.Context) {
+	m := &ep.m
+	m.ctx = ctx
+	defer m.stopTimer()
+	for {
+		ep.mu.Lock()
+		evs := ep.queue
+		ep.queue = nil
+		quit := ep.quit
+		ep.mu.Unlock()
+		for _, ev := range evs {
+			m.handle(ev)
+		}
+		if (quit || ctx.Err() != nil) && m.phase != applying {
+			m.shutdown()
+			return
+		}
+		if len(evs) > 0 {
+			continue
+		}
+		var timer <-chan time.Time
+		if m.timer != nil {
+			timer = m.timer.C
+		}
+		select {
+		case <-ctx.Done():
+		case <-ep.wake:
+		case <-timer:
+			m.timer = nil
+			m.handle(evRetry{})
+		}
+	}
+}
+
+// phase is where an endpoint's state machine stands.
+//
+//	          arrive                      applied, committed, nothing next
+//	 idle ─────────────▶ applying ──────────────────────────────────────▶ idle
+//	  ▲                  │  ▲  │ applied, committed, next waiting: apply it
+//	  │                  │  └──┘
+//	  │     applied, the │ arrive: the newer offer waits in next (an older waiting one is
+//	  │   commit failed  │         superseded); the same id merges with the offer it repeats
+//	  │                  ▼
+//	  │               retrying ── timer: commit again ──▶ applying (next) or idle
+//	  │
+//	waiting ◀── a store failure before an apply could start; timer: start it again
+//
+// Options from a reload and drift checks are taken only in idle (or before the next apply starts),
+// so an endpoint's options never change in the middle of an apply and a repair never undoes a write
+// in progress or a result not yet committed.
+type phase int
+
+const (
+	idle     phase = iota // nothing to apply
+	applying              // the pipeline runs for running; a newer offer may wait in next
+	retrying              // the pipeline has finished; its result could not be committed yet
+	waiting               // next could not be started (the store failed); retried on a timer
+)
+
+func (p phase) String() string {
+	return [...]string{"idle", "applying", "retrying", "waiting"}[p]
+}
+
+// pending is an offer the machine holds: in memory, and in the database when durable.
+type pending struct {
+	o *Offer
+	// durable: the offer is in the database (a receive commit, or left by a crash). Otherwise the
+	// broker still holds it, unacknowledged, and will deliver it again after a crash: it must not be
+	// acknowledged before its result is committed.
+	durable bool
+	// waiters are the receipts released when the offer's result (or its being superseded) is
+	// committed.
+	waiters []*Receipt
+}
+
+// machine is an endpoint's state. Only the endpoint's goroutine touches it.
+type machine struct {
+	ep  *endpoint
+	ctx context.Context
+
+	phase   phase
+	running *pending // being applied (applying), or its result being committed (retrying)
+	next    *pending // the newest offer waiting behind running
+	result  *outcome // retrying: the outcome whose commit failed
+
+	j journal // what waits for the next commit
+
+	timer    *time.Timer
+	backoff  backoff
+	cfgDue   *config.Endpoint // options from a reload, taken at the next idle moment
+	driftDue bool
+	// lastDrift is the hash of the drifted output last reported, so a report is logged once per
+	// change.
+	lastDrift string
+}
+
+func (m *machine) setTimer(d time.Duration) {
+	m.stopTimer()
+	m.timer = time.NewTimer(d)
+}
+
+func (m *machine) stopTimer() {
+	if m.timer != nil {
+		m.timer.Stop()
+		m.timer = nil
+	}
+}
+
+func (m *machine) handle(ev event) {
+	switch ev := ev.(type) {
+	case evArrival:
+		m.arrive(ev)
+	case evApplied:
+		m.applied(ev.o, ev.out)
+	case evRetry:
+		m.retryTick()
+	case evDrift:
+		m.driftDue = true
+	case evOptions:
+		c := ev.cfg
+		m.cfgDue = &c
+	case evRecovery:
+		m.recover(ev.offers)
+	}
+	m.settle()
+	m.ep.busyFlag.Store(m.phase != idle || m.next != nil)
+}
+
+func (ep *endpoint) busy() bool { return ep.busyFlag.Load() }
+
+// settle does what an idle endpoint has due: new options first (they may re-apply the stored
+// configuration), then the next offer, then a drift check.
+func (m *machine) settle() {
+	if m.phase != idle {
+		return
+	}
+	if m.cfgDue != nil {
+		c := *m.cfgDue
+		m.cfgDue = nil
+		m.takeOptions(c)
+		if m.phase != idle {
+			return
+		}
+	}
+	if m.next != nil {
+		n := m.next
+		m.next = nil
+		m.start(n)
+		return
+	}
+	if m.driftDue && m.ctx.Err() == nil {
+		m.driftDue = false
+		m.ep.e.checkDrift(m)
+	}
+}
+
+// start runs the pipeline for p in a goroutine of its own; its outcome comes back as evApplied.
+func (m *machine) start(p *pending) {
+	m.phase, m.running = applying, p
+	ep, e := m.ep, m.ep.e
+	cfg := ep.config()
+	e.applies.Add(1)
+	go func() {
+		defer e.applies.Done()
+		out := e.runPipeline(m.ctx, ep, cfg, p.o)
+		ep.post(evApplied{o: p, out: out})
+	}()
+}
+
+// arrive takes a message: a refusal is answered, a repeated id joins the offer it repeats or is
+// answered with its stored outcome, a new offer is applied or waits (superseding an older one that
+// waited).
+func (m *machine) arrive(a evArrival) {
+	e, ep := m.ep.e, m.ep
+	if a.in.note != nil {
+		if err := e.noteServer(m, a.topic, *a.in.note); err != nil {
+			a.receipt.release(err)
+			return
+		}
+	}
+	o := a.in.offer
+	if o == nil {
+		a.receipt.release(nil)
+		return
+	}
+	o.Received = e.opt.Now()
+	ep.stats.received.Add(1)
+	fast := e.mayHold(ep.config(), a.qos)
+	if fast {
+		a.receipt.hold(&e.held)
+	}
+
+	switch {
+	case a.in.reject != nil:
+		e.log.Warn("configuration refused", "endpoint", ep.key, "id", o.Text, "topic", a.topic, "reason", a.in.reject.Status)
+		ep.stats.count(a.in.reject.Code)
+		if o.ID != "" {
+			m.j.setHandled(o.ID, Handled{Status: a.in.reject.Status, Code: a.in.reject.Code})
+		}
+		m.j.answer(e, ep, o, *a.in.reject, fast)
+		m.j.waiters = append(m.j.waiters, a.receipt)
+		m.commitSoon(fast)
+		return
+	case o.ID != "" && m.running != nil && m.running.o.ID == o.ID:
+		// The offer being written, again. In 7/CMP a server sending it while a newer one waits has
+		// changed its mind: the waiting one is superseded and this one ends on disk.
+		if m.next != nil && e.dia.lastWordWins() {
+			m.supersede(m.next, o)
+			m.next = nil
+		}
+		m.join(m.running, o, a, fast)
+		return
+	case o.ID != "" && m.next != nil && m.next.o.ID == o.ID:
+		m.join(m.next, o, a, fast)
+		return
+	case o.ID != "":
+		h, seen, err := m.handled(o.ID)
+		if err != nil {
+			a.receipt.release(fmt.Errorf("read handled ids: %w", err))
+			return
+		}
+		if seen && !e.dia.again(h, o, e.stateOf(ep), m.running != nil || m.next != nil) {
+			e.log.Warn("duplicate id confirmed again", "endpoint", ep.key, "id", o.Text, "topic", a.topic, "status", h.Status)
+			m.j.answer(e, ep, o, Result(h), fast)
+			m.j.waiters = append(m.j.waiters, a.receipt)
+			m.commitSoon(fast)
+			return
+		}
+	}
+
+	seq := e.nextSeq()
+	o.Seq = seq
+	p := &pending{o: o, durable: !fast}
+	p.waiters = append(p.waiters, a.receipt)
+	if m.phase == idle && m.next == nil {
+		if !fast {
+			m.j.putPending(p.o)
+			if !m.commitAt(StepReceived) {
+				return
+			}
+		} else {
+			e.opt.Pause(StepReceived)
+		}
+		m.start(p)
+		return
+	}
+	if m.next != nil {
+		m.supersede(m.next, o)
+	}
+	m.next = p
+	if !fast {
+		m.j.putPending(p.o)
+		m.commitAt(StepReceived)
+	}
+}
+
+// join merges a repeated arrival into the offer p it repeats: one more route to answer, one more
+// receipt to release with it. A repeat that is not held makes p durable with all its routes.
+func (m *machine) join(p *pending, o *Offer, a evArrival, fast bool) {
+	for _, r := range o.Routes {
+		p.o.addRoute(r)
+	}
+	m.ep.e.log.Info("configuration received again while pending", "endpoint", m.ep.key, "id", o.Text, "topic", a.topic)
+	if fast {
+		p.waiters = append(p.waiters, a.receipt)
+		return
+	}
+	p.durable = true
+	m.j.putPending(p.o)
+	m.j.waiters = append(m.j.waiters, a.receipt)
+	m.commitNow()
+}
+
+// supersede answers old as replaced by newer, in the next commit.
+func (m *machine) supersede(old *pending, newer *Offer) {
+	e := m.ep.e
+	r := e.dia.superseded(newer)
+	if old.o.ID != "" {
+		m.j.setHandled(old.o.ID, Handled(r))
+	}
+	m.j.answer(e, m.ep, old.o, r, !old.durable)
+	if old.durable {
+		m.j.deletePending(old.o.Seq)
+	}
+	m.j.waiters = append(m.j.waiters, old.waiters...)
+	old.waiters = nil
+	m.ep.stats.count(r.Code)
+	e.log.Warn("configuration superseded", "endpoint", m.ep.key, "superseded", old.o.Text, "by", newer.Text)
+}
+
+// handled looks an id up among the outcomes not yet committed, then in the store.
+func (m *machine) handled(id string) (Handled, bool, error) {
+	if h, ok := m.j.handled[id]; ok {
+		return h, true, nil
+	}
+	var (
+		h  Handled
+		ok bool
+	)
+	err := m.ep.e.store.View(func(tx *Tx) error {
+		var err error
+		h, ok, err = tx.Handled(m.ep.key, id)
+		return err
+	})
+	return h, ok, err
+}
+
+// commitSoon commits the journal now, unless an apply runs whose commit is near and the journal's
+// receipts may wait for it (they are held, which only a fast apply may do).
+func (m *machine) commitSoon(fast bool) {
+	if fast && m.phase == applying {
+		return
+	}
+	m.commitNow()
+}
+
+// commitNow commits the journal; on failure the receipts waiting on it are released with the error
+// (the transport then does not acknowledge them, and the broker delivers them again).
+func (m *machine) commitNow() bool { return m.commitAt("") }
+
+// commitAt is commitNow with the pause point step between the commit and the release.
+func (m *machine) commitAt(step string) bool {
+	if m.phase == retrying {
+		// The result's commit is being retried, and takes this journal along (receipts included)
+		// when it succeeds; a failure here must not drop the result with it.
+		return true
+	}
+	if err := m.ep.e.commit(m.ep, &m.j); err != nil {
+		m.ep.e.log.Error("cannot store received configuration; it stays unacknowledged", "endpoint", m.ep.key, "err", err)
+		m.j.fail(err)
+		return false
+	}
+	if step != "" {
+		m.ep.e.opt.Pause(step)
+	}
+	m.j.committed()
+	return true
+}
+
+// applied takes the pipeline's outcome for p and commits it.
+func (m *machine) applied(p *pending, out outcome) {
+	e, ep := m.ep.e, m.ep
+	if out.abandoned {
+		// Stopping: nothing is committed; a durable offer is applied again after the restart, a held
+		// one is delivered again by the broker.
+		e.log.Warn("stopping: configuration left pending", "endpoint", ep.key, "id", p.o.Text)
+		m.phase, m.running = idle, nil
+		return
+	}
+	m.result = &out
+	m.recordResult(p, out)
+	m.commitResult()
+}
+
+// recordResult puts p's outcome in the journal: the endpoint's state, the applied bytes, the id's
+// outcome and the answers, and p leaves the pending offers.
+func (m *machine) recordResult(p *pending, out outcome) {
+	e, ep := m.ep.e, m.ep
+	now := e.opt.Now()
+	st := e.stateOf(ep)
+	st.LastText, st.LastStatus, st.LastCode, st.LastAt = p.o.Text, out.r.Status, out.r.Code, now
+	if out.applied {
+		st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedShape, st.AppliedAt = p.o.ID, p.o.Text, out.hash, out.shape, now
+		m.j.setApplied(out.body, p.o.Body, out.rendered)
+	}
+	m.j.setState(st)
+	if p.o.ID != "" && !p.o.Internal {
+		m.j.setHandled(p.o.ID, Handled(out.r))
+	}
+	if !p.o.Internal {
+		m.j.answer(e, ep, p.o, out.r, !p.durable)
+	}
+	if p.durable {
+		m.j.deletePending(p.o.Seq)
+	}
+	m.j.waiters = append(m.j.waiters, p.waiters...)
+	p.waiters = nil
+}
+
+// commitResult commits the journal holding a result; on failure the machine retries the commit (not
+// the apply: the file is in place, and applying again would run the hook again).
+func (m *machine) commitResult() {
+	e, ep := m.ep.e, m.ep
+	p, out := m.running, *m.result
+	// Status must not show the result committed while the endpoint still reads as busy.
+	ep.busyFlag.Store(m.next != nil)
+	if err := e.commit(ep, &m.j); err != nil {
+		ep.busyFlag.Store(true)
+		d := m.backoff.next()
+		e.log.Error("cannot record the result; retrying", "endpoint", ep.key, "id", p.o.Text, "in", d.Round(time.Millisecond), "err", err)
+		m.phase = retrying
+		m.setTimer(d)
+		return
+	}
+	m.backoff.reset()
+	if !p.o.Internal {
+		ep.stats.count(out.r.Code)
+	}
+	if out.r.OK() {
+		e.log.Info("configuration applied", "endpoint", ep.key, "id", p.o.Text, "output", out.output, "bytes", len(out.body))
+	} else {
+		e.log.Error("configuration not applied", "endpoint", ep.key, "id", p.o.Text, "status", out.r.Status)
+	}
+	e.opt.Pause(StepCommitted)
+	m.j.committed()
+	m.phase, m.running, m.result = idle, nil, nil
+	e.changed()
+}
+
+func (m *machine) retryTick() {
+	switch m.phase {
+	case retrying:
+		m.commitResult()
+	case waiting:
+		m.phase = idle
+	}
+}
+
+// recover takes the offers a crash left in the database, oldest first: all but the newest are
+// applied in turn only if one of them was being written (it may have half run its hook); the
+// newest waits behind it.
+func (m *machine) recover(offers []*Offer) {
+	for _, o := range offers {
+		p := &pending{o: o, durable: true}
+		if m.phase == idle && m.next == nil {
+			m.start(p)
+			continue
+		}
+		if m.next != nil {
+			m.supersede(m.next, o)
+		}
+		m.next = p
+	}
+}
+
+// takeOptions switches to new options between applies. When what shapes the file changed (output,
+// mode, owner, group, template), the stored configuration is applied again at once under the new
+// options, validate and hook included.
+func (m *machine) takeOptions(c config.Endpoint) {
+	ep, e := m.ep, m.ep.e
+	ep.mu.Lock()
+	old := ep.cfg
+	ep.cfg = c
+	ep.mu.Unlock()
+	if old.Output != c.Output {
+		e.log.Warn("endpoint output moved; the old file stays", "endpoint", ep.key, "old", old.Output, "new", c.Output)
+	}
+	e.kickDrift()
+	m.reapplyIfReshaped()
+}
+
+// reapplyIfReshaped applies the stored configuration again when the options that shape the file no
+// longer match the ones it was applied with.
+func (m *machine) reapplyIfReshaped() {
+	ep, e := m.ep, m.ep.e
+	st := e.stateOf(ep)
+	if st.AppliedHash == "" || st.AppliedShape == "" {
+		return
+	}
+	if shapeOf(ep.config()) == st.AppliedShape {
+		return
+	}
+	var (
+		raw []byte
+		ok  bool
+	)
+	if err := e.store.View(func(tx *Tx) error {
+		var err error
+		raw, ok, err = tx.Raw(ep.key)
+		return err
+	}); err != nil || !ok {
+		e.log.Error("cannot read the stored configuration to apply it under the new options", "endpoint", ep.key, "err", err)
+		return
+	}
+	e.log.Info("endpoint options changed: applying the stored configuration again", "endpoint", ep.key, "id", st.AppliedText)
+	o := &Offer{Seq: e.nextSeq(), ID: st.AppliedID, Text: st.AppliedText, Body: raw, Internal: true, Received: e.opt.Now()}
+	m.start(&pending{o: o})
+}
+
+// shutdown ends the machine: nothing more is applied; what waits stays durable or with the broker.
+func (m *machine) shutdown() {
+	if m.phase == retrying {
+		// One last try, so a result that can be committed is not redone after the restart.
+		m.commitResult()
+	}
+	if len(m.j.ops) > 0 {
+		m.commitNow()
+	}
+}
+
+// backoff is exponential with jitter: each delay is drawn from [d/2, d] where d doubles from min to
+// max (defaults 1 s and 30 s).
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func (b *backoff) next() time.Duration {
+	if b.min == 0 {
+		b.min, b.max = time.Second, 30*time.Second
+	}
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(2*b.cur, b.max)
+	}
+	return jitter(b.cur)
+}
+
+func (b *backoff) reset() { b.cur = 0 }

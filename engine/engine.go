@@ -1,0 +1,437 @@
+// Package engine is cmx-agent's core: the endpoints and their state machines, coalescing and
+// deduplication, the apply pipeline, drift repair, the bbolt store and the outbox. It imports no MQTT
+// library: a transport hands it received messages (Deliver) and is told, through a Receipt, when each
+// may be acknowledged; it reads what to send from the Outbox and reports what the broker
+// acknowledged.
+//
+// The order of durable steps, and why a crash between any two of them loses nothing, is in
+// docs/durability.md; the code marks each step with the name of its test pause point (Step*).
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cmx-agent/cmx-agent/apply"
+	"github.com/cmx-agent/cmx-agent/cmx"
+	"github.com/cmx-agent/cmx-agent/config"
+)
+
+// Pause points: the durable steps of one configuration, in order. Options.Pause is called with each.
+const (
+	// StepReceived: a configuration has arrived and is not acknowledged yet; when it is not held
+	// (QoS 0, a clean session, an endpoint with a hook or validate, too many acknowledgements held)
+	// it is committed as pending, otherwise nothing of it is durable yet.
+	StepReceived = "received"
+	StepSynced   = "synced"  // new file written and fsynced under its temporary name
+	StepRenamed  = "renamed" // file renamed into place and its folder fsynced, result not committed
+	// StepCommitted: the result, the handled id and the answers are committed; the acknowledgement
+	// of a held configuration is not released yet.
+	StepCommitted = "committed"
+	StepPublished = "published" // answer acknowledged by the broker, not yet deleted from the outbox
+)
+
+// Options are the engine's collaborators; the zero value of each field is a sensible default.
+type Options struct {
+	Logger *slog.Logger
+	// Pause, when set, is called at each durable step (the Step* names); crash tests make it block so
+	// they can kill the process exactly there.
+	Pause func(step string)
+	// Now is the wall clock, used only for timestamps shown to people.
+	Now func() time.Time
+	// LockTimeout bounds the wait for the database lock (default 1 s).
+	LockTimeout time.Duration
+	// PullTimeout is how long an unanswered request waits before it is repeated (default 30 s,
+	// doubling to 10 min).
+	PullTimeout time.Duration
+	// HandledIDs bounds the remembered ids per endpoint (default 1000).
+	HandledIDs int
+	// MaxHeld bounds the acknowledgements held back until a result commit (default 5, half of
+	// RabbitMQ's in-flight window of 10 and a quarter of mosquitto's 20): past it a configuration is
+	// committed on arrival and acknowledged at once, so the broker keeps sending.
+	MaxHeld int
+	// OnChange, when set, is called after a configuration is applied, so the caller can report
+	// status. It must not block.
+	OnChange func()
+}
+
+// idLease is how many message ids one commit of the counter covers.
+const idLease = 1000
+
+// Engine is the core of one running agent.
+type Engine struct {
+	kaa     config.Kaa
+	agent   config.Agent
+	log     *slog.Logger
+	opt     Options
+	store   *Store
+	dia     dialect
+	out     *Outbox
+	held    atomic.Int64 // receipts held until a result commit
+	applies sync.WaitGroup
+	applyC  chan struct{} // bounds parallel applies across endpoints
+
+	mu      sync.RWMutex
+	eps     map[string]*endpoint   // by key
+	byToken map[string][]*endpoint // the same endpoints by token
+	runCtx  context.Context
+	running bool
+	wg      sync.WaitGroup
+	drift   *driftWatcher
+
+	seq atomic.Uint64 // offer sequence numbers, from the database's at open
+
+	idMu     sync.Mutex
+	nextMsg  uint64 // next message id to hand out
+	leaseEnd uint64 // ids up to here are leased in the database
+
+	conn connState // the transport's connection as the engine sees it (requests.go)
+
+	applyTimes histogram // durations of the pipeline, for metrics
+
+	// failCommit, set by tests, makes a commit fail as a full or read-only state disk would.
+	failCommit func() error
+}
+
+// New opens the state database and prepares the engine; it starts nothing.
+func New(cfg *config.Config, opt Options) (*Engine, error) {
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.Pause == nil {
+		opt.Pause = func(string) {}
+	}
+	if opt.LockTimeout <= 0 {
+		opt.LockTimeout = time.Second
+	}
+	if opt.PullTimeout <= 0 {
+		opt.PullTimeout = 30 * time.Second
+	}
+	if opt.MaxHeld <= 0 {
+		opt.MaxHeld = 5
+	}
+	lim := cmx.DefaultLimits(int(cfg.Agent.MaxPayload))
+	var d dialect
+	switch cfg.Kaa.Dialect {
+	case config.DialectCMX3:
+		d = cmx3{limits: lim}
+	case config.DialectCMP7:
+		d = cmp7{limits: lim}
+	default:
+		return nil, fmt.Errorf("dialect %q is not supported", cfg.Kaa.Dialect)
+	}
+	st, err := OpenStore(cfg.Agent.StateDir, opt.LockTimeout, opt.HandledIDs)
+	if err != nil {
+		return nil, err
+	}
+	if r := st.Recovered(); r != nil {
+		opt.Logger.Error("state database was unreadable: moved aside, starting with fresh state; the latest configuration is requested at connect",
+			"moved_to", r.MovedTo, "cause", r.Cause)
+	}
+	e := &Engine{
+		kaa:     cfg.Kaa,
+		agent:   cfg.Agent,
+		log:     opt.Logger,
+		opt:     opt,
+		store:   st,
+		dia:     d,
+		applyC:  make(chan struct{}, 16),
+		eps:     map[string]*endpoint{},
+		byToken: map[string][]*endpoint{},
+	}
+	var (
+		stored  []OutMsg
+		lastOut uint64
+	)
+	err = st.Update(func(tx *Tx) error {
+		var err error
+		if stored, err = tx.Outbox(0); err != nil {
+			return err
+		}
+		lastOut = tx.LastOutboxSeq()
+		seq, err := tx.LastSeq()
+		if err != nil {
+			return err
+		}
+		e.seq.Store(seq)
+		last, err := tx.LeaseIDs(idLease)
+		e.nextMsg, e.leaseEnd = last+1, last+idLease
+		return err
+	})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	e.out = newOutbox(lastOut, stored)
+	for _, ec := range cfg.Endpoints {
+		ep := e.newEndpoint(ec)
+		e.eps[ep.key] = ep
+	}
+	e.reindex()
+	return e, nil
+}
+
+// Close releases the database. Call it after Run has returned.
+func (e *Engine) Close() error { return e.store.Close() }
+
+// Outbox is what the transport sends.
+func (e *Engine) Outbox() *Outbox { return e.out }
+
+// Run starts the endpoints (each first finishing what a crash left pending, then checking its
+// output for drift) and the drift watcher, and returns when ctx ends and every apply in progress
+// has been committed.
+func (e *Engine) Run(ctx context.Context) error {
+	e.mu.Lock()
+	e.runCtx, e.running = ctx, true
+	e.drift = newDriftWatcher(e)
+	e.mu.Unlock()
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.drift.run(ctx)
+	}()
+	for _, ep := range e.endpointList() {
+		e.startEndpoint(ctx, ep)
+	}
+	<-ctx.Done()
+	e.mu.Lock()
+	e.running = false
+	e.mu.Unlock()
+	e.wg.Wait()
+	e.applies.Wait()
+	// What the broker acknowledged meanwhile is deleted now rather than sent again after the
+	// restart.
+	e.flushAcked()
+	return nil
+}
+
+// startEndpoint removes what a crash left beside ep's output and starts its machine with the offers
+// a crash left pending.
+func (e *Engine) startEndpoint(ctx context.Context, ep *endpoint) {
+	cfg := ep.config()
+	if n, err := apply.RemoveTemps(cfg.Output); err != nil {
+		e.log.Warn("cannot remove temporary files", "endpoint", ep.key, "err", err)
+	} else if n > 0 {
+		e.log.Info("removed temporary files left by a crash", "endpoint", ep.key, "count", n)
+	}
+	var offers []*Offer
+	if err := e.store.View(func(tx *Tx) error {
+		var err error
+		offers, err = tx.Pending(ep.key)
+		return err
+	}); err != nil {
+		e.log.Error("cannot read pending configurations", "endpoint", ep.key, "err", err)
+	}
+	if len(offers) > 0 {
+		ep.post(evRecovery{offers: offers})
+	}
+	ep.post(evOptions{cfg: cfg}) // applies the stored configuration again if its options changed
+	ep.post(evDrift{})
+	ep.start(ctx, &e.wg)
+}
+
+func (e *Engine) endpointList() []*endpoint {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	out := make([]*endpoint, 0, len(e.eps))
+	for _, ep := range e.eps {
+		out = append(out, ep)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].key < out[j].key })
+	return out
+}
+
+// reindex rebuilds the token index after e.eps changed; e.mu must be held for writing.
+func (e *Engine) reindex() {
+	e.byToken = make(map[string][]*endpoint, len(e.eps))
+	for _, ep := range e.eps {
+		e.byToken[ep.token] = append(e.byToken[ep.token], ep)
+	}
+}
+
+// Filters are the topic filters to subscribe (QoS 1) for the endpoints of the moment.
+func (e *Engine) Filters() []string {
+	return e.dia.filters(e.endpointList())
+}
+
+// Message is one PUBLISH received from the broker.
+type Message struct {
+	Topic   string
+	QoS     byte
+	Payload []byte
+	// Size is the payload's length as the broker sent it: larger than len(Payload) when the
+	// transport kept only the beginning of a payload over the limit.
+	Size int
+}
+
+// Deliver takes a received message; the transport calls it in the order the messages arrived and
+// acknowledges each once its Receipt says so. It never blocks on the store.
+func (e *Engine) Deliver(m Message) *Receipt {
+	r := newReceipt()
+	if m.Size < len(m.Payload) {
+		m.Size = len(m.Payload)
+	}
+	t, ok := cmx.SplitTopic(m.Topic, e.kaa.AppVersion, e.kaa.Extension)
+	if !ok {
+		r.release(nil)
+		return r
+	}
+	e.mu.RLock()
+	eps := e.byToken[t.Token]
+	e.mu.RUnlock()
+	for _, ep := range eps {
+		if !e.dia.isConfig(ep, t.Rest) {
+			continue
+		}
+		ep.answered.Store(true)
+		in := e.dia.decode(ep, m.Topic, m.QoS, m.Payload, m.Size)
+		id := ""
+		if in.offer != nil {
+			id = in.offer.Text
+		}
+		e.log.Debug("configuration received", "endpoint", ep.key, "id", id, "topic", m.Topic, "qos", m.QoS, "bytes", m.Size)
+		ep.post(evArrival{in: in, topic: m.Topic, qos: m.QoS, size: m.Size, receipt: r})
+		return r
+	}
+	r.release(nil) // not for the agent (its own answers come back on overlapping filters)
+	return r
+}
+
+// mayHold reports whether a message for an endpoint with options c may be held unacknowledged
+// until its result is committed, instead of being committed on arrival: only when the broker
+// promises to deliver it again after a crash (QoS 1 on a persistent session), the apply is quick
+// (no validate or hook to wait for), and few acknowledgements are held already.
+func (e *Engine) mayHold(c config.Endpoint, qos byte) bool {
+	return qos == 1 && e.conn.persistent() && len(c.Hook) == 0 && len(c.Validate) == 0 &&
+		e.held.Load() < int64(e.opt.MaxHeld)
+}
+
+// commit commits j for ep, together with the deletion of the answers the broker has acknowledged.
+// The caller then releases j (journal.committed), which lets the transport acknowledge.
+func (e *Engine) commit(ep *endpoint, j *journal) error {
+	if len(j.ops) == 0 && len(j.answers) == 0 {
+		return nil
+	}
+	if e.failCommit != nil {
+		if err := e.failCommit(); err != nil {
+			return err
+		}
+	}
+	acked := e.out.takeAcked()
+	err := e.store.Batch(func(tx *Tx) error {
+		tx.ep = ep.key
+		for _, op := range j.ops {
+			if err := op(tx); err != nil {
+				return err
+			}
+		}
+		for _, a := range j.answers {
+			if e.out.storable(a) {
+				if err := tx.PutOutbox(a.msg); err != nil {
+					return err
+				}
+			}
+		}
+		return tx.DeleteOutbox(acked...)
+	})
+	if err != nil {
+		e.out.giveBack(acked)
+		return err
+	}
+	return nil
+}
+
+// flushAcked deletes the answers the broker has acknowledged, when no other commit took them: at
+// the end of Run.
+func (e *Engine) flushAcked() {
+	acked := e.out.takeAcked()
+	if len(acked) == 0 {
+		return
+	}
+	if err := e.store.Batch(func(tx *Tx) error { return tx.DeleteOutbox(acked...) }); err != nil {
+		e.log.Warn("cannot delete sent answers from the outbox; they may be sent again", "err", err)
+		e.out.giveBack(acked)
+	}
+}
+
+func (e *Engine) nextSeq() uint64 { return e.seq.Add(1) }
+
+// nextID hands out a message id. Ids come from a lease recorded in the database, so they never
+// repeat across restarts; a lease used up is extended with a commit of its own.
+func (e *Engine) nextID() uint64 {
+	e.idMu.Lock()
+	defer e.idMu.Unlock()
+	if e.nextMsg > e.leaseEnd {
+		err := e.store.Update(func(tx *Tx) error {
+			last, err := tx.LeaseIDs(idLease)
+			if err == nil {
+				e.nextMsg, e.leaseEnd = max(e.nextMsg, last+1), last+idLease
+			}
+			return err
+		})
+		if err != nil {
+			// Ids past the lease could repeat after a crash; better a request id used twice
+			// than no request.
+			e.log.Error("cannot extend the message id lease", "err", err)
+		}
+	}
+	id := e.nextMsg
+	e.nextMsg++
+	return id
+}
+
+// stateOf returns ep's committed state.
+func (e *Engine) stateOf(ep *endpoint) EndpointState {
+	var st EndpointState
+	if err := e.store.View(func(tx *Tx) error {
+		var err error
+		st, err = tx.State(ep.key)
+		return err
+	}); err != nil {
+		e.log.Error("cannot read endpoint state", "endpoint", ep.key, "err", err)
+	}
+	return st
+}
+
+// changed tells Options.OnChange that an applied configuration changed.
+func (e *Engine) changed() {
+	if e.opt.OnChange != nil {
+		e.opt.OnChange()
+	}
+}
+
+// Healthy reports whether the engine can still do its work: the store answers within ctx.
+func (e *Engine) Healthy(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- e.store.View(func(*Tx) error { return nil }) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("state database: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("state database does not answer: %w", ctx.Err())
+	}
+}
+
+// ErrStopped is returned by calls that need Run.
+var ErrStopped = errors.New("engine not running")
+
+func prefixOf(k config.Kaa, token string) string { return cmx.Prefix(k.AppVersion, k.Extension, token) }
+
+// jitter draws a delay from [d/2, d].
+func jitter(d time.Duration) time.Duration {
+	half := d / 2
+	return half + time.Duration(rand.Int64N(int64(half)+1))
+}

@@ -1,0 +1,345 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cmx-agent/cmx-agent/config"
+)
+
+const testWait = 10 * time.Second
+
+// core runs an engine with an in-memory transport: messages go in through Deliver, what the engine
+// sends is read from its outbox and acknowledged at once, as a broker would.
+type core struct {
+	t   testing.TB
+	e   *Engine
+	dir string
+	gen uint64
+	// sent collects what the transport published, in order.
+	sent   chan OutMsg
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func startCore(t testing.TB, dialect string, pause func(string), eps ...config.Endpoint) *core {
+	t.Helper()
+	dir := t.TempDir()
+	for i := range eps {
+		if eps[i].Output == "" {
+			eps[i].Output = filepath.Join(dir, "out", eps[i].Key()+".json")
+		}
+	}
+	cfg := &config.Config{
+		Kaa:       config.Kaa{AppVersion: "app", Extension: "cmx", Dialect: dialect},
+		Agent:     config.Agent{StateDir: filepath.Join(dir, "state"), MaxPayload: 1 << 16},
+		Endpoints: eps,
+	}
+	e, err := New(cfg, Options{Pause: pause})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &core{t: t, e: e, dir: dir, gen: 1, sent: make(chan OutMsg, 1000), cancel: cancel, done: make(chan struct{})}
+	go func() { e.Run(ctx); close(c.done) }()
+	go c.pump(ctx)
+	e.Online(c.gen, true)
+	t.Cleanup(func() {
+		cancel()
+		<-c.done
+		e.Close()
+	})
+	return c
+}
+
+// pump is the transport's sender: every visible message is "published" and acknowledged.
+func (c *core) pump(ctx context.Context) {
+	for {
+		for _, m := range c.e.Outbox().Next(c.gen, 100) {
+			c.e.Outbox().Sent(m.Seq)
+			c.e.Outbox().Acked(m.Seq)
+			c.sent <- m
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.e.Outbox().Wake():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// next returns the next published message on a topic ending with suffix.
+func (c *core) next(suffix string) OutMsg {
+	c.t.Helper()
+	deadline := time.After(testWait)
+	for {
+		select {
+		case m := <-c.sent:
+			if strings.HasSuffix(m.Topic, suffix) {
+				return m
+			}
+		case <-deadline:
+			c.t.Fatalf("nothing published on *%s within %s", suffix, testWait)
+		}
+	}
+}
+
+func (c *core) deliver(topic string, qos byte, payload string) *Receipt {
+	return c.e.Deliver(Message{Topic: topic, QoS: qos, Payload: []byte(payload)})
+}
+
+func (c *core) waitFile(path, want string) {
+	c.t.Helper()
+	deadline := time.Now().Add(testWait)
+	for {
+		b, err := os.ReadFile(path)
+		if err == nil && string(b) == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s = %q (%v), want %q", path, b, err, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func waitReceipt(t *testing.T, r *Receipt) {
+	t.Helper()
+	select {
+	case <-r.Done():
+		if r.Err() != nil {
+			t.Fatalf("receipt: %v", r.Err())
+		}
+	case <-time.After(testWait):
+		t.Fatal("receipt not released")
+	}
+}
+
+const p = "kp1/app/cmx/gw"
+
+func TestPush_SameIDOnAnotherTopicIsConfirmedOnEach(t *testing.T) {
+	release := make(chan struct{})
+	blocked := make(chan struct{}, 1)
+	c := startCore(t, config.DialectCMX3, func(step string) {
+		if step == StepSynced {
+			select {
+			case blocked <- struct{}{}:
+				<-release
+			default:
+			}
+		}
+	}, config.Endpoint{Token: "gw"})
+	r1 := c.deliver(p+"/json", 1, `{"id": 7, "entries": [1]}`)
+	<-blocked // 7 is being written
+	// The same push comes again as the answer to a pull.
+	r2 := c.deliver(p+"/json/42", 1, `{"id": 7, "entries": [1]}`)
+	close(release)
+	waitReceipt(t, r1)
+	waitReceipt(t, r2)
+	got := map[string]string{}
+	for range 2 {
+		m := c.next("/status")
+		got[m.Topic] = string(m.Payload)
+	}
+	for _, topic := range []string{p + "/json/status", p + "/json/42/status"} {
+		if got[topic] != `{"id":7,"status":"ok"}` {
+			t.Errorf("%s got %q, want the confirmation of 7", topic, got[topic])
+		}
+	}
+}
+
+func TestReceipt_HeldUntilTheResultIsCommitted(t *testing.T) {
+	release := make(chan struct{})
+	c := startCore(t, config.DialectCMX3, func(step string) {
+		if step == StepRenamed {
+			<-release
+		}
+	}, config.Endpoint{Token: "gw"})
+	r := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
+	select {
+	case <-r.Done():
+		t.Fatal("a held push was released before its result was committed")
+	case <-time.After(50 * time.Millisecond): // proves absence: the file is not even in place yet
+	}
+	close(release)
+	waitReceipt(t, r)
+	st := c.e.stateOf(c.e.endpointList()[0])
+	if st.AppliedText != "1" || st.LastCode != CodeOK {
+		t.Errorf("state after release = %+v, want 1 applied", st)
+	}
+}
+
+func TestReload_ChangedOutputAppliesTheStoredConfigurationAtOnce(t *testing.T) {
+	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"})
+	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 1, "entries": [{"k": 1}]}`))
+	c.next("/json/status")
+	moved := filepath.Join(c.dir, "elsewhere", "gw.json")
+	c.e.Reload([]config.Endpoint{{Token: "gw", Output: moved}})
+	c.waitFile(moved, `[{"k": 1}]`)
+	// A new id with the same bytes is now unchanged: the file is there.
+	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 2, "entries": [{"k": 1}]}`))
+	if m := c.next("/json/status"); string(m.Payload) != `{"id":2,"status":"ok"}` {
+		t.Errorf("confirmation %s", m.Payload)
+	}
+}
+
+func TestCMP7_ServerGoingBackToTheOneBeingWrittenEndsOnIt(t *testing.T) {
+	release := make(chan struct{})
+	blocked := make(chan struct{}, 1)
+	c := startCore(t, config.DialectCMP7, func(step string) {
+		if step == StepSynced {
+			select {
+			case blocked <- struct{}{}:
+				<-release
+			default:
+			}
+		}
+	}, config.Endpoint{Token: "gw"})
+	out := c.e.endpointList()[0].config().Output
+	c.deliver(p+"/config/json/status", 1, `{"configId": "z", "config": ["z"]}`)
+	<-blocked
+	c.deliver(p+"/config/json/status", 1, `{"configId": "b", "config": ["b"]}`)
+	r := c.deliver(p+"/config/json/status", 1, `{"configId": "z", "config": ["z"]}`)
+	close(release)
+	waitReceipt(t, r)
+	c.waitFile(out, `["z"]`)
+	st := c.e.stateOf(c.e.endpointList()[0])
+	if st.AppliedText != "z" {
+		t.Errorf("applied %q, want z (the server's last word)", st.AppliedText)
+	}
+}
+
+func TestCMP7_TransientFailureIsRetriedAndARefusalIsNot(t *testing.T) {
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, "file")
+	if err := os.WriteFile(blocker, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The output's folder is a file: the write fails (500) until it is a folder.
+	c := startCore(t, config.DialectCMP7, nil, config.Endpoint{Token: "gw", Output: filepath.Join(blocker, "gw.json")})
+	report := func() (int, string) {
+		m := c.next("")
+		for !strings.Contains(m.Topic, "/applied/") {
+			m = c.next("")
+		}
+		var a struct {
+			ConfigID   string `json:"configId"`
+			StatusCode int    `json:"statusCode"`
+		}
+		json.Unmarshal(m.Payload, &a)
+		return a.StatusCode, a.ConfigID
+	}
+	c.deliver(p+"/config/json/status", 1, `{"configId": "c1", "config": [1]}`)
+	if code, _ := report(); code != 500 {
+		t.Fatalf("first report %d, want 500", code)
+	}
+	os.Remove(blocker)
+	c.deliver(p+"/config/json/status", 1, `{"configId": "c1", "config": [1]}`)
+	if code, id := report(); code != 200 || id != "c1" {
+		t.Errorf("report after the cause went: %d %s, want c1 applied", code, id)
+	}
+	c.waitFile(filepath.Join(blocker, "gw.json"), `[1]`)
+}
+
+func TestReload_RemovingAnEndpointBeforeRunDoesNotWait(t *testing.T) {
+	e := newTestEngine(t, config.DialectCMX3, config.Endpoint{Token: "a"}, config.Endpoint{Token: "b"})
+	done := make(chan struct{})
+	go func() {
+		e.Reload([]config.Endpoint{{Token: "a", Output: e.endpointList()[0].config().Output}})
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(testWait):
+		t.Fatal("Reload before Run blocked on an endpoint that never started")
+	}
+}
+
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestResultCommitFailure_RetriesTheCommitAndNoDriftRepairFightsIt(t *testing.T) {
+	logs := &logBuffer{}
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out", "gw.json")
+	cfg := &config.Config{
+		Kaa:       config.Kaa{AppVersion: "app", Extension: "cmx", Dialect: config.DialectCMX3},
+		Agent:     config.Agent{StateDir: filepath.Join(dir, "state"), MaxPayload: 1 << 16},
+		Endpoints: []config.Endpoint{{Token: "gw", Output: out, OnDrift: config.OnDriftRepair}},
+	}
+	e, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failing atomic.Int32
+	e.failCommit = func() error {
+		if failing.Load() > 0 {
+			failing.Add(-1)
+			return errors.New("no space left on device")
+		}
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; e.Close() })
+	e.Online(1, true)
+	c := &core{t: t, e: e}
+	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`))
+	c.waitFile(out, `[1]`)
+
+	failing.Store(2)
+	r := c.deliver(p+"/json", 1, `{"id": 2, "entries": [2]}`)
+	c.waitFile(out, `[2]`)
+	// The output's folder saw the agent's own write: a drift check is due while the result is not
+	// committed yet.
+	e.endpointList()[0].post(evDrift{})
+	waitReceipt(t, r)
+	c.waitFile(out, `[2]`)
+	if strings.Contains(logs.String(), "repaired") {
+		t.Errorf("a drift repair ran against the uncommitted result:\n%s", logs.String())
+	}
+	if n := strings.Count(logs.String(), "cannot record the result; retrying"); n != 2 {
+		t.Errorf("commit retried after %d failures, want 2", n)
+	}
+	if st := e.stateOf(e.endpointList()[0]); st.AppliedText != "2" {
+		t.Errorf("applied %q, want 2", st.AppliedText)
+	}
+}
+
+func TestClientID_TheFirstOneUsedIsKept(t *testing.T) {
+	e := newTestEngine(t, config.DialectCMX3, config.Endpoint{Token: "a"})
+	first, err := e.ClientID("cmx-agent-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The endpoint list changed (a removed, b first): the derived id would change, the kept one not.
+	again, err := e.ClientID("cmx-agent-b")
+	if err != nil || first != "cmx-agent-a" || again != first {
+		t.Errorf("client ids %q then %q (%v), want cmx-agent-a both times", first, again, err)
+	}
+}

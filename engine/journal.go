@@ -1,0 +1,119 @@
+package engine
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// Receipt tells the transport when a received message may be acknowledged to the broker: once Done
+// is closed and Err is nil. An Err means the message could not be stored; it must stay
+// unacknowledged (and so must every message after it, since acknowledgements go out in order).
+type Receipt struct {
+	once sync.Once
+	done chan struct{}
+	err  error
+	held *atomic.Int64 // counts the receipts held until a result commit; nil when not held
+}
+
+func newReceipt() *Receipt { return &Receipt{done: make(chan struct{})} }
+
+// Done is closed when the message's fate is decided.
+func (r *Receipt) Done() <-chan struct{} { return r.done }
+
+// Err is nil when the message may be acknowledged; valid after Done.
+func (r *Receipt) Err() error { return r.err }
+
+// hold marks r as held until a result commit, so the engine knows how many acknowledgements it is
+// keeping from the broker's in-flight window.
+func (r *Receipt) hold(n *atomic.Int64) {
+	r.held = n
+	n.Add(1)
+}
+
+func (r *Receipt) release(err error) {
+	r.once.Do(func() {
+		r.err = err
+		if r.held != nil {
+			r.held.Add(-1)
+		}
+		close(r.done)
+	})
+}
+
+// journal is what an endpoint has decided and not yet committed: store operations, in order, and
+// the receipts released once they are durable. Every operation is a plain put or delete, so running
+// it twice (Store.Batch may) is the same as once.
+type journal struct {
+	ops     []func(*Tx) error
+	waiters []*Receipt
+	// handled and state shadow the store until the commit, so a decision taken before it sees them.
+	handled map[string]Handled
+	state   *EndpointState
+	// answers are in the outbox already (published early or not); the commit makes them durable.
+	answers []*outEntry
+}
+
+func (j *journal) setHandled(id string, h Handled) {
+	if j.handled == nil {
+		j.handled = map[string]Handled{}
+	}
+	j.handled[id] = h
+	j.ops = append(j.ops, func(tx *Tx) error { return tx.SetHandled(keyOf(tx), id, h) })
+}
+
+func (j *journal) setState(st EndpointState) {
+	j.state = &st
+	j.ops = append(j.ops, func(tx *Tx) error { return tx.SetState(keyOf(tx), st) })
+}
+
+func (j *journal) setApplied(body, raw []byte, rendered bool) {
+	j.ops = append(j.ops, func(tx *Tx) error { return tx.SetApplied(keyOf(tx), body, raw, rendered) })
+}
+
+func (j *journal) putPending(o *Offer) {
+	c := *o
+	c.Routes = append([]Route(nil), o.Routes...)
+	j.ops = append(j.ops, func(tx *Tx) error { return tx.SetPending(keyOf(tx), &c) })
+}
+
+func (j *journal) deletePending(seq uint64) {
+	j.ops = append(j.ops, func(tx *Tx) error { return tx.DeletePending(keyOf(tx), seq) })
+}
+
+func (j *journal) setServerState(st ServerState) {
+	j.ops = append(j.ops, func(tx *Tx) error { return tx.SetServerState(keyOf(tx), st) })
+}
+
+// answer builds the answers for o with r and puts them in the outbox. early: every receipt of o is
+// held until this journal is committed, so the answer may be published before the commit: a crash
+// before it leaves o unacknowledged, the broker delivers it again, and it is answered again.
+func (j *journal) answer(e *Engine, ep *endpoint, o *Offer, r Result, early bool) {
+	for _, m := range e.dia.answers(ep, o, r, e.nextID) {
+		j.answers = append(j.answers, e.out.add(m, early))
+	}
+}
+
+// fail releases every waiting receipt with err and forgets the journal: nothing of it was stored.
+func (j *journal) fail(err error) {
+	for _, r := range j.waiters {
+		r.release(err)
+	}
+	for _, a := range j.answers {
+		a.ob.drop(a)
+	}
+	*j = journal{}
+}
+
+// committed releases the receipts and makes the answers durable in the outbox.
+func (j *journal) committed() {
+	for _, a := range j.answers {
+		a.ob.committed(a)
+	}
+	for _, r := range j.waiters {
+		r.release(nil)
+	}
+	*j = journal{}
+}
+
+// keyOf returns the endpoint key a journal operation is for; commit sets it on the transaction.
+func keyOf(tx *Tx) string { return tx.ep }

@@ -1,0 +1,286 @@
+package engine
+
+import (
+	"sort"
+	"sync"
+	"time"
+)
+
+// Outbox is what the agent has to send: answers (confirmations, applied reports) and requests. The
+// transport reads it from a cursor (After), publishes, and reports each broker acknowledgement
+// (Acked). It lives in memory; the durable part mirrors the database's outbox bucket, read once at
+// start.
+//
+// An entry is one of:
+//   - durable: a QoS 1 answer committed to the database; sent on every connection until acked, then
+//     deleted from the database lazily: with the next commit of any endpoint, or when the agent
+//     stops. A commit of its own for it would double what a lone push costs the flash; the price is
+//     that after a crash the answers acknowledged since the last commit are sent once more;
+//   - early: a QoS 1 answer published before its commit, because the message it answers is still
+//     unacknowledged (see journal.answer); it becomes durable with the commit;
+//   - volatile: a QoS 0 answer (sent once) or a request (valid on the connection it was made for).
+type Outbox struct {
+	mu      sync.Mutex
+	entries []*outEntry // by seq
+	bySeq   map[uint64]*outEntry
+	last    uint64 // the last seq handed out
+	wake    chan struct{}
+	// acked are durable entries the broker has acknowledged, to delete from the database.
+	acked    []uint64
+	replaces map[string]*outEntry
+}
+
+type outEntry struct {
+	ob  *Outbox
+	msg OutMsg
+	// gen restricts a request to the connection it was made on; 0 = any.
+	gen     uint64
+	durable bool // in the database
+	stored  bool // put in the database by its commit (not when acknowledged or replaced first)
+	visible bool // may be sent (early, durable or volatile)
+	acked   bool
+	sent    bool      // a volatile QoS 0 entry goes out once
+	sentGen uint64    // the connection it was last handed to
+	made    time.Time // when it was made (or, for one stored earlier, when the agent started)
+
+}
+
+func newOutbox(last uint64, stored []OutMsg) *Outbox {
+	o := &Outbox{last: last, bySeq: map[uint64]*outEntry{}, wake: make(chan struct{}, 1), replaces: map[string]*outEntry{}}
+	for _, m := range stored {
+		en := &outEntry{msg: m, durable: true, visible: true, made: time.Now()}
+		o.insert(en)
+		if m.Replaces != "" {
+			o.replaces[m.Replaces] = en
+		}
+		if m.Seq > o.last {
+			o.last = m.Seq
+		}
+	}
+	return o
+}
+
+func (o *Outbox) insert(en *outEntry) {
+	o.entries = append(o.entries, en)
+	o.bySeq[en.msg.Seq] = en
+}
+
+func (o *Outbox) remove(en *outEntry) {
+	delete(o.bySeq, en.msg.Seq)
+	i := sort.Search(len(o.entries), func(i int) bool { return o.entries[i].msg.Seq >= en.msg.Seq })
+	if i < len(o.entries) && o.entries[i] == en {
+		o.entries = append(o.entries[:i], o.entries[i+1:]...)
+	}
+	if en.msg.Replaces != "" && o.replaces[en.msg.Replaces] == en {
+		delete(o.replaces, en.msg.Replaces)
+	}
+}
+
+func (o *Outbox) poke() {
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Wake is signalled when there may be something new to send.
+func (o *Outbox) Wake() <-chan struct{} { return o.wake }
+
+// add takes an answer; early makes it visible before its commit. A QoS 0 answer is volatile and
+// visible at once.
+func (o *Outbox) add(m OutMsg, early bool) *outEntry {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.last++
+	m.Seq = o.last
+	en := &outEntry{ob: o, msg: m, visible: early || m.QoS == 0, made: time.Now()}
+	if m.Replaces != "" {
+		// Only the newest report of an endpoint is worth sending: an older one not yet sent goes.
+		if old := o.replaces[m.Replaces]; old != nil && !old.sent {
+			o.remove(old)
+			if old.durable {
+				o.acked = append(o.acked, old.msg.Seq)
+			}
+		}
+		o.replaces[m.Replaces] = en
+	}
+	o.insert(en)
+	if en.visible {
+		o.poke()
+	}
+	return en
+}
+
+// request queues a request for the connection gen.
+func (o *Outbox) request(m OutMsg, gen uint64) {
+	o.mu.Lock()
+	o.last++
+	m.Seq = o.last
+	o.insert(&outEntry{msg: m, gen: gen, visible: true})
+	o.mu.Unlock()
+	o.poke()
+}
+
+// committed: en is in the database now.
+func (o *Outbox) committed(en *outEntry) {
+	if en.msg.QoS == 0 {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !en.stored {
+		return
+	}
+	en.durable, en.visible = true, true
+	if en.acked {
+		// Acknowledged before its commit finished: it is in the database only to be deleted.
+		o.acked = append(o.acked, en.msg.Seq)
+	}
+	o.poke()
+}
+
+// storable reports whether en still needs to go to the database, and marks it so: an entry already
+// acknowledged, or replaced by a newer report, does not.
+func (o *Outbox) storable(en *outEntry) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	en.stored = en.msg.QoS > 0 && !en.acked && o.bySeq[en.msg.Seq] == en
+	return en.stored
+}
+
+// drop forgets an entry whose commit failed.
+func (o *Outbox) drop(en *outEntry) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if _, ok := o.bySeq[en.msg.Seq]; ok {
+		o.remove(en)
+	}
+}
+
+// Next returns, in order, up to n entries that may be sent on connection gen and have not been
+// handed to it yet. An answer can become sendable after later ones (its commit came after their
+// early publish), so this is not a plain cursor over sequence numbers; the entries are in memory, and
+// nothing is decoded.
+func (o *Outbox) Next(gen uint64, n int) []OutMsg {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []OutMsg
+	for _, en := range o.entries {
+		if len(out) == n {
+			break
+		}
+		if !en.visible || en.sentGen == gen || en.gen != 0 && en.gen != gen {
+			continue
+		}
+		en.sentGen = gen
+		out = append(out, en.msg)
+	}
+	return out
+}
+
+// Sent records that seq was handed to the connection. A QoS 0 entry or a request is then done:
+// neither is sent again.
+func (o *Outbox) Sent(seq uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	en := o.bySeq[seq]
+	if en == nil {
+		return
+	}
+	en.sent = true
+	if en.msg.QoS == 0 || en.gen != 0 {
+		o.remove(en)
+	}
+}
+
+// Acked records the broker's acknowledgement of seq on the connection it was sent on.
+func (o *Outbox) Acked(seq uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	en := o.bySeq[seq]
+	if en == nil {
+		return
+	}
+	o.remove(en)
+	en.acked = true
+	if en.durable {
+		o.acked = append(o.acked, seq)
+	}
+}
+
+// dropRequests forgets the requests made for connection gen (it has ended).
+func (o *Outbox) dropRequests(gen uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	kept := o.entries[:0]
+	for _, en := range o.entries {
+		if en.gen == gen {
+			delete(o.bySeq, en.msg.Seq)
+			continue
+		}
+		kept = append(kept, en)
+	}
+	clear(o.entries[len(kept):])
+	o.entries = kept
+}
+
+// takeAcked hands the acknowledged durable entries to a commit that deletes them; put them back
+// with giveBack when that commit fails.
+func (o *Outbox) takeAcked() []uint64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	s := o.acked
+	o.acked = nil
+	return s
+}
+
+func (o *Outbox) giveBack(s []uint64) {
+	if len(s) == 0 {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.acked = append(s, o.acked...)
+}
+
+// pendingByEndpoint counts the answers not yet acknowledged, per endpoint.
+func (o *Outbox) pendingByEndpoint() map[string]int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n := map[string]int{}
+	for _, en := range o.entries {
+		if en.gen == 0 && en.msg.QoS > 0 && en.visible {
+			n[en.msg.Endpoint]++
+		}
+	}
+	return n
+}
+
+// Waiting lists the answers not yet acknowledged by the broker, oldest first.
+func (o *Outbox) Waiting() []OutMsg {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []OutMsg
+	for _, en := range o.entries {
+		if en.gen == 0 && en.msg.QoS > 0 {
+			out = append(out, en.msg)
+		}
+	}
+	return out
+}
+
+// depth counts the answers not yet acknowledged and tells when the oldest was made.
+func (o *Outbox) depth() (n int, oldest time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, en := range o.entries {
+		if en.gen != 0 || en.msg.QoS == 0 {
+			continue
+		}
+		n++
+		if oldest.IsZero() || en.made.Before(oldest) {
+			oldest = en.made
+		}
+	}
+	return n, oldest
+}

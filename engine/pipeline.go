@@ -1,0 +1,257 @@
+package engine
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/cmx-agent/cmx-agent/apply"
+	"github.com/cmx-agent/cmx-agent/config"
+)
+
+// outcome is what the apply pipeline did with one offer.
+type outcome struct {
+	r Result
+	// applied: the output holds body and the state must record it as the offer's (hash, shape and
+	// body; the configuration as received too when a template rendered it).
+	applied  bool
+	hash     string
+	shape    string
+	body     []byte
+	rendered bool
+	output   string
+	// abandoned: the agent is stopping and the pipeline was cut short; nothing may be committed, the
+	// offer stays pending and is applied again from the start after the restart.
+	abandoned bool
+}
+
+// previous is what a rollback puts back.
+type previous struct {
+	exists bool
+	body   []byte
+	text   string // the id people read; "" for a file the agent did not write or a push without id
+	ours   bool   // body is a configuration the agent applied (not a file it found)
+}
+
+func (p previous) name() string {
+	switch {
+	case !p.ours:
+		return "the previous file"
+	case p.text != "":
+		return p.text
+	}
+	return "the previous configuration"
+}
+
+// runPipeline renders, validates, writes and hooks one offer with the endpoint's options cfg. The
+// durable order, and why a crash at any point is safe, is in docs/durability.md:
+//
+//	render (template) → unchanged? → owner lookup → previous bytes kept → temporary file (synced) →
+//	validate on it → rename (renamed) → owner → hook → on hook failure: previous bytes back, hook again
+//
+// Until the machine commits the outcome, the offer stays pending (in the database, or unacknowledged
+// at the broker), so a crash anywhere here makes the agent run the whole pipeline again after the
+// restart; that is why hooks must be idempotent.
+func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpoint, o *Offer) outcome {
+	select {
+	case e.applyC <- struct{}{}:
+	case <-ctx.Done():
+		return outcome{abandoned: true}
+	}
+	defer func() { <-e.applyC }()
+	start := time.Now()
+	defer func() { e.applyTimes.observe(time.Since(start)) }()
+	st := e.stateOf(ep)
+	data := o.Body
+	rendered := false
+	if cfg.Template != "" {
+		out, err := apply.Render(cfg.Template, o.Body)
+		if err != nil {
+			return outcome{r: Result{Status: "rejected by template: " + err.Error(), Code: CodeRejected}}
+		}
+		data, rendered = out, true
+	}
+	hash, shape := hashOf(data), shapeOf(cfg)
+	done := outcome{r: resultOK, applied: true, hash: hash, shape: shape, body: data, rendered: rendered, output: cfg.Output}
+	if hash == st.AppliedHash && shape == st.AppliedShape {
+		// No write, no validate, no hook: a server that sends the same configuration again (after
+		// every reconnect, for instance) must not make the device reload.
+		e.log.Info("configuration unchanged", "endpoint", ep.key, "id", o.Text)
+		return done
+	}
+	own, err := apply.LookupOwner(cfg.Owner, cfg.Group)
+	if err != nil {
+		return outcome{r: writeFailed(err)}
+	}
+	prev, err := e.previous(ep, cfg, st)
+	if err != nil {
+		return outcome{r: writeFailed(err)}
+	}
+
+	p, err := apply.Prepare(cfg.Output, data, apply.Options{
+		Perm: fs.FileMode(cfg.Mode),
+		Step: func(step string) {
+			if step == apply.StepSynced {
+				e.opt.Pause(StepSynced)
+			}
+		},
+	})
+	if err != nil {
+		return outcome{r: writeFailed(err)}
+	}
+	if len(cfg.Validate) > 0 {
+		err := apply.Run(ctx, e.command(cfg, o.Text, "validate", cfg.Validate, "CMX_CANDIDATE="+p.Path()))
+		if err != nil {
+			p.Abort()
+			if ctx.Err() != nil {
+				return outcome{abandoned: true}
+			}
+			return outcome{r: Result{Status: "rejected by validate: " + err.Error(), Code: CodeRejected}}
+		}
+	}
+	if err := p.Commit(); err != nil {
+		if p.Renamed() {
+			// The rename happened but the folder could not be synced: the new bytes are in place,
+			// perhaps not durably. Put the previous ones back rather than report a half state.
+			return e.rollback(ctx, ep, cfg, o, prev, own, false, "write failed: "+apply.Describe(err))
+		}
+		return outcome{r: writeFailed(err)}
+	}
+	if err := own.Chown(cfg.Output); err != nil {
+		return e.rollback(ctx, ep, cfg, o, prev, own, false, "write failed: "+apply.Describe(err))
+	}
+	e.opt.Pause(StepRenamed)
+
+	if len(cfg.Hook) > 0 {
+		if err := apply.Run(ctx, e.command(cfg, o.Text, "hook", cfg.Hook)); err != nil {
+			if ctx.Err() != nil {
+				return outcome{abandoned: true}
+			}
+			e.log.Error("hook failed; rolling back", "endpoint", ep.key, "id", o.Text, "err", err)
+			return e.rollback(ctx, ep, cfg, o, prev, own, true, "hook failed: "+err.Error())
+		}
+	}
+	e.kickDriftFor(cfg.Output) // the first write may have created the output's folder: watch it now
+	return done
+}
+
+func hashOf(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// shapeOf hashes the options besides the body that shape the output file: where it is, its mode and
+// owner, and the template (its path and its content, so an edited template counts too).
+func shapeOf(c config.Endpoint) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%q %o %q %q %q\n", c.Output, c.Mode, c.Owner, c.Group, c.Template)
+	if c.Template != "" {
+		if b, err := os.ReadFile(c.Template); err == nil {
+			h.Write(b)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func writeFailed(err error) Result {
+	return Result{Status: "write failed: " + apply.Describe(err), Code: CodeFailed}
+}
+
+// command builds a validate or hook command for an endpoint with the contract's environment.
+func (e *Engine) command(cfg config.Endpoint, configID, what string, argv []string, extra ...string) apply.Command {
+	env := append([]string{
+		"CMX_TOKEN=" + cfg.Token,
+		"CMX_CONFIG_ID=" + configID,
+		"CMX_OUTPUT=" + cfg.Output,
+	}, extra...)
+	return apply.Command{
+		Argv:    argv,
+		Env:     env,
+		Timeout: hookTimeout(cfg),
+		Log:     e.log.With("endpoint", cfg.Key(), "id", configID),
+		What:    what,
+	}
+}
+
+func hookTimeout(c config.Endpoint) time.Duration {
+	if c.HookTimeout.Duration > 0 {
+		return c.HookTimeout.Duration
+	}
+	return config.DefaultHookTimeout
+}
+
+// previous returns what a rollback of ep would put back: the body last applied, or, before the
+// agent's first successful apply, the file it found at the output. That file is recorded durably
+// before the first write, so a crash after the rename cannot make the new bytes look like the old.
+func (e *Engine) previous(ep *endpoint, cfg config.Endpoint, st EndpointState) (previous, error) {
+	var (
+		p     previous
+		found bool
+	)
+	err := e.store.View(func(tx *Tx) error {
+		body, ok, err := tx.Body(ep.key)
+		if err != nil || ok {
+			p, found = previous{exists: true, body: body, text: st.AppliedText, ours: true}, ok
+			return err
+		}
+		pr, ok, err := tx.Prior(ep.key)
+		if ok {
+			p, found = previous{exists: pr.Exists, body: pr.Body}, true
+		}
+		return err
+	})
+	if err != nil || found {
+		return p, err
+	}
+	b, err := os.ReadFile(cfg.Output)
+	switch {
+	case err == nil:
+		p = previous{exists: true, body: b}
+	case errors.Is(err, fs.ErrNotExist):
+		p = previous{}
+	default:
+		return p, fmt.Errorf("read the file in place for rollback: %w", err)
+	}
+	err = e.store.Batch(func(tx *Tx) error { return tx.SetPrior(ep.key, priorFile{Exists: p.exists, Body: p.body}) })
+	return p, err
+}
+
+// rollback puts prev back after the new bytes went in place and something failed; with hookAgain
+// the hook runs once more, for the restored bytes. status is what failed; the result adds what the
+// rollback did.
+func (e *Engine) rollback(ctx context.Context, ep *endpoint, cfg config.Endpoint, o *Offer, prev previous, own apply.Owner, hookAgain bool, status string) outcome {
+	fail := func(s string) outcome { return outcome{r: Result{Status: s, Code: CodeFailed}} }
+	if !prev.exists {
+		if err := apply.Remove(cfg.Output); err != nil {
+			e.log.Error("cannot remove the output after a failure", "endpoint", ep.key, "err", err)
+			return fail(status + "; removing the output failed: " + apply.Describe(err))
+		}
+		e.log.Warn("output removed: there was no previous file", "endpoint", ep.key, "id", o.Text)
+		return fail(status + "; output removed (there was no previous file)")
+	}
+	err := apply.WriteFile(cfg.Output, prev.body, apply.Options{Perm: fs.FileMode(cfg.Mode)})
+	if err == nil {
+		err = own.Chown(cfg.Output)
+	}
+	if err != nil {
+		e.log.Error("rollback failed", "endpoint", ep.key, "err", err)
+		return fail(status + "; rollback failed: " + apply.Describe(err))
+	}
+	e.log.Warn("rolled back", "endpoint", ep.key, "id", o.Text, "to", prev.name())
+	status += "; rolled back to " + prev.name()
+	if hookAgain {
+		if err := apply.Run(ctx, e.command(cfg, prev.text, "hook", cfg.Hook)); err != nil {
+			if ctx.Err() != nil {
+				return outcome{abandoned: true}
+			}
+			e.log.Error("hook failed again after rollback", "endpoint", ep.key, "err", err)
+			status += "; hook failed again after rollback: " + err.Error()
+		}
+	}
+	return fail(status)
+}

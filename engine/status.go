@@ -1,0 +1,103 @@
+package engine
+
+import (
+	"fmt"
+	"time"
+)
+
+// EndpointStatus is one endpoint's state as the local API shows it.
+type EndpointStatus struct {
+	Key       string    `json:"key"` // token, or token/name for a named configuration
+	Token     string    `json:"token"`
+	Name      string    `json:"name,omitempty"`
+	Output    string    `json:"output"`
+	AppliedID string    `json:"applied_id,omitempty"` // as people read it; "" = none, or applied without an id
+	Applied   bool      `json:"applied"`              // a configuration has been applied
+	AppliedAt time.Time `json:"applied_at,omitzero"`
+	// AppliedHash is the hex sha256 of the output as last applied.
+	AppliedHash string `json:"applied_hash,omitempty"`
+	LastID      string `json:"last_id,omitempty"` // the last configuration handled, whatever its result
+	LastOK      bool   `json:"last_ok"`
+	// LastStatus is the status sent for the last configuration handled, and LastCode its code.
+	LastStatus string    `json:"last_status,omitempty"`
+	LastCode   int       `json:"last_code,omitempty"`
+	LastAt     time.Time `json:"last_at,omitzero"`
+	// Waiting reports a received configuration not yet applied.
+	Waiting bool `json:"waiting"`
+	// Pending counts answers stored but not yet acknowledged by the broker.
+	Pending int `json:"pending"`
+}
+
+// Endpoints reports every endpoint's state, sorted by key. It only reads the store.
+func (e *Engine) Endpoints() ([]EndpointStatus, error) {
+	eps := e.endpointList()
+	pending := e.out.pendingByEndpoint()
+	out := make([]EndpointStatus, 0, len(eps))
+	err := e.store.View(func(tx *Tx) error {
+		for _, ep := range eps {
+			es, err := tx.State(ep.key)
+			if err != nil {
+				return err
+			}
+			waiting, err := tx.HasPending(ep.key)
+			if err != nil {
+				return err
+			}
+			out = append(out, EndpointStatus{
+				Key:         ep.key,
+				Token:       ep.token,
+				Name:        ep.name,
+				Output:      ep.config().Output,
+				AppliedID:   es.AppliedText,
+				Applied:     es.AppliedHash != "",
+				AppliedAt:   es.AppliedAt,
+				AppliedHash: es.AppliedHash,
+				LastID:      es.LastText,
+				LastOK:      es.LastCode == CodeOK || es.LastCode == 0 && es.LastStatus == resultOK.Status,
+				LastStatus:  es.LastStatus,
+				LastCode:    int(es.LastCode),
+				LastAt:      es.LastAt,
+				Waiting:     waiting || ep.busy(),
+				Pending:     pending[ep.key],
+			})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	return out, nil
+}
+
+// ServerStates reports what the server last said about each endpoint besides configurations.
+func (e *Engine) ServerStates() (map[string]ServerState, error) {
+	out := map[string]ServerState{}
+	err := e.store.View(func(tx *Tx) error {
+		for _, ep := range e.endpointList() {
+			st, err := tx.ServerState(ep.key)
+			if err != nil {
+				return err
+			}
+			out[ep.key] = st
+		}
+		return nil
+	})
+	return out, err
+}
+
+// StorePath is the database file.
+func (e *Engine) StorePath() string { return e.store.Path() }
+
+// ClientID returns the MQTT client id kept in the database, storing derived there when none is:
+// the gateway's identity stays the first one used, whatever later happens to its endpoint list.
+func (e *Engine) ClientID(derived string) (string, error) {
+	var id string
+	err := e.store.Update(func(tx *Tx) error {
+		if id = tx.ClientID(); id != "" {
+			return nil
+		}
+		id = derived
+		return tx.SetClientID(id)
+	})
+	return id, err
+}

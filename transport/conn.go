@@ -1,0 +1,267 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"sync"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/cmx-agent/cmx-agent/engine"
+)
+
+// conn is one connection: its paho client, the inbox that hands messages to the engine in arrival
+// order, the queue of acknowledgements that go out in that same order, and the sender of the
+// outbox.
+//
+// paho's ordered mode runs the message handler on its router goroutine, and a handler that blocks
+// there deadlocks paho; so the handler only appends to the inbox. One goroutine delivers to the
+// engine (which never blocks) and queues each receipt; another acknowledges the head of that queue
+// once its receipt is released. MQTT 3.1.1 §4.6 wants PUBACKs in the order the PUBLISHes came,
+// whatever endpoint each was for; an engine error on a receipt ends the connection, so nothing after
+// an unstored message is acknowledged and the broker sends them all again, in order.
+type conn struct {
+	s      *Session
+	client mqtt.Client
+	gen    uint64
+	lost   chan error
+	nonce  [16]byte // marks a payload cut by limitConn; unknown to the network
+
+	mu     sync.Mutex
+	msgs   []mqtt.Message
+	bytes  int // payload bytes queued in msgs
+	wake   chan struct{}
+	closed bool
+	stop   chan struct{}
+	wg     sync.WaitGroup
+}
+
+// maxInboxBytes bounds the payload bytes waiting in the inbox, beyond the engine's own queues: a
+// broker that sends faster than the engine takes must not fill memory. Past it QoS 0 messages are
+// dropped (QoS 0 allows it) and a QoS 1 message ends the connection, to be sent again later.
+func (s *Session) maxInboxBytes() int { return 4*s.opt.MaxPayload + 1<<20 }
+
+func (s *Session) newConn(ctx context.Context, clean bool) (*conn, error) {
+	opts, err := s.clientOptions(clean)
+	if err != nil {
+		return nil, err
+	}
+	c := &conn{s: s, lost: make(chan error, 1), wake: make(chan struct{}, 1), stop: make(chan struct{})}
+	randRead(c.nonce[:])
+	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { c.add(m) })
+	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) { c.end(err) })
+	opts.SetConnectionAttemptHandler(s.attemptHandler)
+	opts.SetCustomOpenConnectionFn(s.openFn(c))
+	c.client = mqtt.NewClient(opts)
+	return c, nil
+}
+
+func (c *conn) end(err error) {
+	select {
+	case c.lost <- err:
+	default:
+	}
+}
+
+// add queues m; it never blocks.
+func (c *conn) add(m mqtt.Message) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	if c.bytes+len(m.Payload()) > c.s.maxInboxBytes() {
+		c.mu.Unlock()
+		if m.Qos() == 0 {
+			c.s.log.Warn("overloaded; QoS 0 message dropped", "topic", m.Topic())
+			return
+		}
+		c.end(errors.New("overloaded: more received than the agent can queue; reconnecting so the broker sends it again"))
+		return
+	}
+	c.msgs = append(c.msgs, m)
+	c.bytes += len(m.Payload())
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// start runs the delivering, acknowledging and sending goroutines until close.
+func (c *conn) start(ctx context.Context) {
+	acks := make(chan ack, 4096)
+	c.wg.Add(3)
+	go func() { defer c.wg.Done(); c.deliver(ctx, acks) }()
+	go func() { defer c.wg.Done(); c.acknowledge(ctx, acks) }()
+	go func() { defer c.wg.Done(); c.send(ctx) }()
+}
+
+// close stops the goroutines; messages still queued were not acknowledged, and the broker sends
+// them again on the next connection.
+func (c *conn) close() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	c.msgs = nil
+	c.mu.Unlock()
+	close(c.stop)
+	c.wg.Wait()
+}
+
+type ack struct {
+	m mqtt.Message
+	r *engine.Receipt
+}
+
+func (c *conn) deliver(ctx context.Context, acks chan<- ack) {
+	for {
+		c.mu.Lock()
+		batch := c.msgs
+		c.msgs, c.bytes = nil, 0
+		c.mu.Unlock()
+		if len(batch) == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-c.stop:
+				return
+			case <-c.wake:
+			}
+			continue
+		}
+		for _, m := range batch {
+			msg := engine.Message{Topic: m.Topic(), QoS: m.Qos(), Payload: m.Payload()}
+			if head, size, cut := c.cut(msg.Payload); cut {
+				msg.Payload, msg.Size = head, size
+				c.s.log.Warn("payload over max_payload: kept its beginning only", "topic", m.Topic(), "bytes", size)
+			}
+			r := c.s.core.Deliver(msg)
+			select {
+			case acks <- ack{m: m, r: r}:
+			case <-c.stop:
+				return
+			}
+		}
+	}
+}
+
+// acknowledge sends the PUBACKs in arrival order, each once the engine has released its receipt.
+func (c *conn) acknowledge(ctx context.Context, acks <-chan ack) {
+	for {
+		var a ack
+		select {
+		case a = <-acks:
+		case <-c.stop:
+			return
+		}
+		select {
+		case <-a.r.Done():
+		case <-c.stop:
+			return
+		}
+		if err := a.r.Err(); err != nil {
+			// Not acknowledged: neither is anything after it, and the broker sends them all again.
+			c.s.log.Error("a received configuration could not be stored; reconnecting so the broker sends it again", "topic", a.m.Topic(), "err", err)
+			c.end(err)
+			<-c.stop
+			return
+		}
+		a.m.Ack()
+	}
+}
+
+// send publishes the outbox on this connection: every entry once, in order, at most window in
+// flight. A message leaves the outbox only when the broker acknowledged it on this connection; a
+// publish that fails on a live connection is sent again after a pause, without waiting for a
+// reconnect, and a slow one never holds up the others.
+func (c *conn) send(ctx context.Context) {
+	const window = 64
+	ob := c.s.core.Outbox()
+	type result struct {
+		m   engine.OutMsg
+		err error
+	}
+	var (
+		inflight int
+		retry    []engine.OutMsg
+		retryAt  <-chan time.Time
+		results  = make(chan result, window)
+	)
+	for {
+		var batch []engine.OutMsg
+		if n := window - inflight; n > 0 {
+			if len(retry) > 0 && retryAt == nil {
+				k := min(n, len(retry))
+				batch, retry = append(batch, retry[:k]...), retry[k:]
+				n -= k
+			}
+			if n > 0 {
+				batch = append(batch, ob.Next(c.gen, n)...)
+			}
+		}
+		for _, m := range batch {
+			inflight++
+			tok := c.client.Publish(m.Topic, m.QoS, false, m.Payload)
+			ob.Sent(m.Seq)
+			go func(m engine.OutMsg, tok mqtt.Token) {
+				select {
+				case <-tok.Done():
+				case <-c.stop:
+					return
+				}
+				select {
+				case results <- result{m: m, err: tok.Error()}:
+				case <-c.stop:
+				}
+			}(m, tok)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.stop:
+			return
+		case <-ob.Wake():
+		case <-retryAt:
+			retryAt = nil
+		case r := <-results:
+			inflight--
+			if r.err != nil {
+				c.s.log.Warn("publish failed; sending it again", "topic", r.m.Topic, "err", r.err)
+				if r.m.QoS > 0 {
+					retry = append(retry, r.m)
+					if retryAt == nil {
+						retryAt = time.After(time.Second)
+					}
+				}
+				continue
+			}
+			if g, _ := c.s.current(); g != c.gen {
+				return // completed after its connection ended: not proof of delivery
+			}
+			if r.m.QoS > 0 {
+				if !r.m.Request {
+					c.s.opt.Pause(engine.StepPublished)
+				}
+				ob.Acked(r.m.Seq)
+				c.s.log.Debug("answer delivered", "endpoint", r.m.Endpoint, "topic", r.m.Topic, "qos", r.m.QoS)
+			}
+		}
+	}
+}
+
+// cut reports whether payload is one that limitConn cut short, and returns its beginning and the
+// size it had.
+func (c *conn) cut(payload []byte) (head []byte, size int, ok bool) {
+	if len(payload) < len(c.nonce)+8 || !bytes.Equal(payload[:len(c.nonce)], c.nonce[:]) {
+		return nil, 0, false
+	}
+	size = int(binary.BigEndian.Uint64(payload[len(c.nonce):]))
+	return payload[len(c.nonce)+8:], size, true
+}

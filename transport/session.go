@@ -1,0 +1,413 @@
+// Package transport connects cmx-agent's engine to an MQTT broker with paho: it owns the client,
+// the connection generations, the ordered inbox, acknowledgements and sending. The engine never
+// sees paho; it gets messages through Core.Deliver and says through each Receipt when a message may
+// be acknowledged.
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/engine"
+)
+
+// Core is what the session serves: the engine.
+type Core interface {
+	Filters() []string
+	Deliver(engine.Message) *engine.Receipt
+	Online(gen uint64, persistent bool)
+	Offline(gen uint64)
+	Outbox() *engine.Outbox
+}
+
+// Options configure a Session.
+type Options struct {
+	Logger *slog.Logger
+	// ClientID is the MQTT client id (the configuration's, or the one the engine keeps).
+	ClientID string
+	// MaxPayload bounds what is read of one message: a larger payload is cut to its beginning while
+	// it is read from the socket, never held whole (default 1 MiB).
+	MaxPayload int
+	// Pause is called with engine.StepPublished; see engine.Options.Pause.
+	Pause func(step string)
+	// Now is the wall clock, for the time of a connection error shown to people.
+	Now func() time.Time
+	// OnChange is called when the connection comes up or goes down.
+	OnChange func()
+	// Rand draws the reconnect delays (a test seeds it); nil uses math/rand/v2's global source.
+	// Only Run uses it, from one goroutine.
+	Rand *rand.Rand
+	// Sleep waits d or until ctx ends, before a connection attempt (a test records the delays
+	// instead of waiting them); nil waits on a timer.
+	Sleep func(ctx context.Context, d time.Duration)
+}
+
+// Session owns the MQTT client. It connects with its own backoff loop (paho's auto-reconnect has no
+// jitter, and a fleet reconnecting after a broker failover must spread out), subscribes, tells the
+// engine it is online, acknowledges what the engine lets it, and sends the outbox.
+//
+// Each successful connection has a generation number and its own paho client. A publish counts as
+// acknowledged only when its token completes without error while the generation it was sent on is
+// still current. paho completes tokens of an earlier connection without error when it resumes a
+// session, whether or not the broker ever had them; a fresh client per connection avoids that replay,
+// and the generation check refuses any completion that comes after its connection ended.
+type Session struct {
+	cfg      config.Broker
+	clientID string
+	core     Core
+	log      *slog.Logger
+	opt      Options
+
+	mu        sync.Mutex
+	client    mqtt.Client // the live connection's client; nil while disconnected
+	gen       uint64      // current connection generation; 0 while disconnected
+	online    bool        // gen is subscribed and the engine told: what status calls connected
+	server    string      // broker of the current connection
+	lastErr   string      // cause of the last failed connection attempt, logged once per change
+	lastErrAt time.Time   // when lastErr first happened
+	vagueSeen bool        // a reset without a cause was seen since the last connection
+	nextGen   uint64
+	// fresh makes the next connection start a new session (clean_session once): a broker that
+	// refused the SUBSCRIBE of a resumed session (RabbitMQ, after the node holding the session's
+	// queue died) refuses it again on every reconnect to the same session.
+	fresh bool
+
+	attempted atomic.Value // string: the broker of the latest connection attempt
+}
+
+// New returns a session for cfg serving core; Run connects it.
+func New(cfg config.Broker, core Core, opt Options) *Session {
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.Pause == nil {
+		opt.Pause = func(string) {}
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.MaxPayload <= 0 {
+		opt.MaxPayload = 1 << 20
+	}
+	if opt.Sleep == nil {
+		opt.Sleep = sleepCtx
+	}
+	s := &Session{cfg: cfg, clientID: opt.ClientID, core: core, log: opt.Logger, opt: opt}
+	s.attempted.Store("")
+	return s
+}
+
+// State reports the broker connection; safe to call at any time from any goroutine.
+func (s *Session) State() ConnState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := ConnState{Connected: s.online, Server: s.server, LastError: s.lastErr, LastErrorAt: s.lastErrAt, Connects: s.nextGen}
+	if !st.Connected {
+		st.Server, _ = s.attempted.Load().(string)
+	}
+	return st
+}
+
+func (s *Session) changed() {
+	if s.opt.OnChange != nil {
+		s.opt.OnChange()
+	}
+}
+
+func (s *Session) current() (uint64, mqtt.Client) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen, s.client
+}
+
+func (s *Session) up(server string, client mqtt.Client) uint64 {
+	s.mu.Lock()
+	s.client = client
+	s.nextGen++
+	s.gen = s.nextGen
+	s.server = server
+	s.lastErr, s.vagueSeen = "", false
+	gen := s.gen
+	s.mu.Unlock()
+	return gen
+}
+
+func (s *Session) down(gen uint64) {
+	s.mu.Lock()
+	was := s.gen == gen && gen != 0
+	if was {
+		s.gen = 0
+		s.client = nil
+		s.online = false
+	}
+	s.mu.Unlock()
+	if was {
+		s.core.Offline(gen)
+		s.changed()
+	}
+}
+
+// Run connects and serves until ctx ends.
+func (s *Session) Run(ctx context.Context) error {
+	// A missing certificate or a password file with a bad mode is not fatal: it is logged, retried
+	// with backoff and shown in status, so fixing the file on disk is enough and a gateway never
+	// restart-loops over it.
+	pol := NewReconnectPolicy(s.cfg.ReconnectSpread.Duration)
+	refused := 0 // attempts refused in a row since start or since the last lost connection
+	backoff := func() {
+		refused++
+		s.opt.Sleep(ctx, pol.Delay(refused, s.opt.Rand))
+	}
+	for ctx.Err() == nil {
+		s.mu.Lock()
+		fresh := s.fresh
+		s.fresh = false
+		s.mu.Unlock()
+		c, err := s.newConn(ctx, fresh)
+		if err != nil {
+			s.noteConnectError(err)
+			backoff()
+			continue
+		}
+		tok := c.client.Connect()
+		if !waitToken(ctx, tok) {
+			c.close()
+			break
+		}
+		if err := tok.Error(); err != nil {
+			c.close()
+			s.noteConnectError(err)
+			backoff()
+			continue
+		}
+		server := s.attempted.Load().(string)
+		gen := s.up(server, c.client)
+		c.gen = gen
+		s.log.Info("connected to broker", "server", server, "client_id", s.clientID, "fresh_session", fresh)
+		c.start(ctx)
+		if err := s.subscribe(ctx, c.client, s.core.Filters()); err != nil {
+			s.down(gen)
+			c.close()
+			c.client.Disconnect(0)
+			if ctx.Err() != nil {
+				break
+			}
+			var refused *RefusedError
+			if errors.As(err, &refused) && !fresh && !s.cfg.CleanSession {
+				s.mu.Lock()
+				s.fresh = true
+				s.mu.Unlock()
+				s.log.Error("the broker refused the subscription of the resumed session; starting a fresh session (messages queued in the old one are lost; the latest configuration is requested)", "err", err)
+			} else {
+				s.log.Error("cannot subscribe; reconnecting", "err", err)
+			}
+			backoff()
+			continue
+		}
+		s.core.Online(gen, !s.cfg.CleanSession && !fresh)
+		s.mu.Lock()
+		s.online = s.gen == gen
+		s.mu.Unlock()
+		s.changed()
+		refused = 0
+		select {
+		case <-ctx.Done():
+			s.down(gen)
+			c.close()
+			c.client.Disconnect(250)
+		case err := <-c.lost:
+			s.down(gen)
+			c.client.Disconnect(0) // the agent may end a live connection itself
+			c.close()
+			// A fleet loses its broker at once: the first attempt waits a random part of the
+			// spread, so the fleet comes back over it instead of all at once.
+			d := pol.Delay(0, s.opt.Rand)
+			s.log.Warn("connection to broker lost", "server", server, "err", err, "reconnect_in", d.Round(time.Millisecond))
+			s.opt.Sleep(ctx, d)
+		}
+	}
+	return nil
+}
+
+// RefusedError is a SUBSCRIBE the broker answered with a failure code.
+type RefusedError struct{ Filter string }
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("subscribe %s: refused by the broker (not authorised, or the session's queue is unavailable)", e.Filter)
+}
+
+// subscribe subscribes filters at QoS 1 and waits for the SUBACK.
+func (s *Session) subscribe(ctx context.Context, client mqtt.Client, filters []string) error {
+	if len(filters) == 0 {
+		return nil
+	}
+	m := make(map[string]byte, len(filters))
+	for _, f := range filters {
+		m[f] = 1
+	}
+	tok := client.SubscribeMultiple(m, nil)
+	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if !waitToken(tctx, tok) {
+		return fmt.Errorf("subscribe: no SUBACK within 30s")
+	}
+	if err := tok.Error(); err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	if st, ok := tok.(*mqtt.SubscribeToken); ok {
+		for f, code := range st.Result() {
+			if code == 0x80 {
+				return &RefusedError{Filter: f}
+			}
+		}
+	}
+	return nil
+}
+
+// Apply carries out a reload's changes on the live connection: subscribe the new filters, then
+// unsubscribe the old ones (so nothing falls between), then have the engine request. When not
+// connected it does nothing: the next connection subscribes everything and requests for all.
+func (s *Session) Apply(ctx context.Context, ch engine.Changes, request func([]string)) error {
+	_, client := s.current()
+	if client == nil {
+		return nil
+	}
+	if err := s.subscribe(ctx, client, ch.Subscribe); err != nil {
+		return err
+	}
+	if len(ch.Unsubscribe) > 0 {
+		tok := client.Unsubscribe(ch.Unsubscribe...)
+		tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if !waitToken(tctx, tok) {
+			return fmt.Errorf("unsubscribe %v: no UNSUBACK within 30s", ch.Unsubscribe)
+		}
+		if err := tok.Error(); err != nil {
+			return fmt.Errorf("unsubscribe: %w", err)
+		}
+	}
+	request(ch.Request)
+	return nil
+}
+
+// noteConnectError records a failed connection attempt. The cause, in plain words, is logged once per
+// change (a broker refusing every few seconds must not flood the journal) and kept for status.
+func (s *Session) noteConnectError(err error) {
+	cause := connectCause(err)
+	s.mu.Lock()
+	if vagueCause(err) {
+		switch {
+		case s.lastErr != "":
+			// Most likely the same refusal as before, seen through a reset: keep the clear cause.
+			cause = s.lastErr
+		case !s.vagueSeen:
+			// A bare reset names no cause; the next attempt usually does. Wait for it before
+			// calling the reset the cause.
+			s.vagueSeen = true
+			s.mu.Unlock()
+			s.log.Debug("cannot connect to broker", "cause", cause)
+			return
+		}
+	}
+	changed := s.lastErr != cause
+	s.lastErr = cause
+	if changed {
+		s.lastErrAt = s.opt.Now()
+	}
+	s.mu.Unlock()
+	if changed {
+		s.log.Warn("cannot connect to broker; retrying with backoff", "servers", redactServers(s.cfg.Servers), "cause", cause, "err", err)
+		s.changed()
+	} else {
+		s.log.Debug("cannot connect to broker", "cause", cause)
+	}
+}
+
+func waitToken(ctx context.Context, tok mqtt.Token) bool {
+	select {
+	case <-tok.Done():
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// The backoff of refused connection attempts.
+const (
+	ReconnectMin = time.Second
+	ReconnectMax = 60 * time.Second
+)
+
+// ReconnectPolicy is how long the session waits before a connection attempt. It is pure (the
+// randomness is the caller's), so that a fleet simulation runs the agent's own delays.
+type ReconnectPolicy struct {
+	// Spread is the window of the first attempt after a lost connection: its delay is uniform in
+	// [0, Spread) ("full jitter"). A fleet that loses its broker at once then comes back over the
+	// whole window, not within a second. 0: that attempt waits like the first refused one.
+	Spread time.Duration
+	// Min and Max bound the backoff after a refused attempt: the n-th refusal in a row waits a delay
+	// drawn from [d/2, d], where d is Min doubled n-1 times, at most Max.
+	Min, Max time.Duration
+}
+
+// NewReconnectPolicy is the session's policy for a spread (broker.reconnect_spread).
+func NewReconnectPolicy(spread time.Duration) ReconnectPolicy {
+	return ReconnectPolicy{Spread: spread, Min: ReconnectMin, Max: ReconnectMax}
+}
+
+// Delay returns the wait before the next connection attempt: attempt 0 is the first one after a
+// lost connection, attempt n ≥ 1 the one after n refused attempts in a row. r draws the jitter;
+// nil uses math/rand/v2's global source.
+func (p ReconnectPolicy) Delay(attempt int, r *rand.Rand) time.Duration {
+	if attempt <= 0 {
+		if p.Spread > 0 {
+			return time.Duration(int64n(r, int64(p.Spread)))
+		}
+		attempt = 1
+	}
+	d := p.Min
+	for i := 1; i < attempt && d > 0 && d < p.Max; i++ {
+		d *= 2
+	}
+	d = min(d, p.Max)
+	half := d / 2
+	return half + time.Duration(int64n(r, int64(d-half)+1))
+}
+
+// int64n is r.Int64N(n), or the global source's when r is nil; 0 when n ≤ 0.
+func int64n(r *rand.Rand, n int64) int64 {
+	switch {
+	case n <= 0:
+		return 0
+	case r != nil:
+		return r.Int64N(n)
+	default:
+		return rand.Int64N(n)
+	}
+}
+
+// attemptHandler records which broker a connection attempt goes to.
+func (s *Session) attemptHandler(u *url.URL, cfg *tls.Config) *tls.Config {
+	s.attempted.Store(u.Redacted())
+	return cfg
+}
