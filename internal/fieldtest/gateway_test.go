@@ -89,7 +89,10 @@ func newGateway(t *testing.T, spec gatewaySpec) *gateway {
 	for i, s := range spec.servers {
 		quoted[i] = strconv.Quote(s)
 	}
-	fmt.Fprintf(&b, "[broker]\nservers = [%s]\nclient_id = %q\nkeepalive = %q\n", strings.Join(quoted, ", "), spec.clientID, spec.keepalive)
+	// reconnect_spread = 0s: the suites measure how fast one agent finds the broker again; the
+	// default spreads a fleet's first reconnect over 30 s (docs/brokers.md).
+	fmt.Fprintf(&b, "[broker]\nservers = [%s]\nclient_id = %q\nkeepalive = %q\nreconnect_spread = \"0s\"\n",
+		strings.Join(quoted, ", "), spec.clientID, spec.keepalive)
 	fmt.Fprintf(&b, "[kaa]\napp_version = %q\n", spec.app)
 	fmt.Fprintf(&b, "[agent]\nstate_dir = \"state\"\nsocket = %q\n%s\n", g.socket, spec.extra)
 	for _, tok := range spec.tokens {

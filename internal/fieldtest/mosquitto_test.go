@@ -40,7 +40,6 @@ func TestMosquitto_MessageSizeLimitAboveMaxPayloadLetsTheAgentAnswer(t *testing.
 // TestMosquitto_OversizedPushIsAnsweredWithItsID: the contract's confirmation carries the push's
 // id, so that a server pushing to P/json (no request id in the topic) can tell which push failed.
 func TestMosquitto_OversizedPushIsAnsweredWithItsID(t *testing.T) {
-	skipDefect(t, `a push over max_payload is confirmed without its id: {"status":"invalid payload: payload too large: 3025 bytes, limit 2048"} for {"id":100,...}`)
 	b := mqtttest.Start(t)
 	srv, _, p := limitsSetup(t, b)
 	srv.publish(p, 1, big(100, 3000))
