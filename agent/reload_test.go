@@ -27,6 +27,44 @@ func (h *harness) configFor(endpoints ...string) *config.Config {
 	return cfg
 }
 
+// script writes an executable shell script into the test folder and returns its path.
+func (h *harness) script(name, body string) string {
+	h.t.Helper()
+	p := filepath.Join(h.dir, name)
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+		h.t.Fatal(err)
+	}
+	return p
+}
+
+// push publishes a cmx3 push for gw-001 and returns the status of its confirmation.
+func (h *harness) push(id, entries string) string {
+	h.t.Helper()
+	topic := h.prefix("gw-001") + "/json"
+	h.server.Publish(h.t, topic, 1, []byte(fmt.Sprintf(`{"id":%s,"entries":%s}`, id, entries)))
+	for {
+		_, c := h.confirmed(topic + "/status")
+		if string(c["id"]) == id {
+			return status(h.t, c)
+		}
+	}
+}
+
+func readLines(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return strings.Fields(string(b))
+}
+
+// hookLog is a hook that records "<config id>=<output bytes>" per run and fails (exit 7) on outputs
+// holding "bad".
+const hookLog = `echo "$CMX_CONFIG_ID=$(cat "$CMX_OUTPUT")" >> "$(dirname "$0")/hook.log"
+if grep -q bad "$CMX_OUTPUT"; then echo "reload failed: bad value" >&2; echo "more detail" >&2; exit 7; fi
+`
+
 func TestReload_AddsRemovesAndChangesEndpointsWithoutReconnecting(t *testing.T) {
 	h := newHarness(t)
 	gw1 := "token = \"gw-001\"\noutput = \"out/gw-001.json\""

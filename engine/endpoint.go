@@ -212,10 +212,11 @@ type machine struct {
 
 	j journal // what waits for the next commit
 
-	timer    *time.Timer
-	backoff  backoff
-	cfgDue   *config.Endpoint // options from a reload, taken at the next idle moment
-	driftDue bool
+	timer     *time.Timer
+	backoff   backoff
+	cfgDue    *config.Endpoint // options from a reload, taken at the next idle moment
+	driftDue  bool
+	driftLate bool // a drift event came during an apply
 	// lastDrift is the hash of the drifted output last reported, so a report is logged once per
 	// change.
 	lastDrift string
@@ -242,7 +243,13 @@ func (m *machine) handle(ev event) {
 	case evRetry:
 		m.retryTick()
 	case evDrift:
-		m.driftDue = true
+		if m.phase == idle {
+			m.driftDue = true
+		} else {
+			// Seen during an apply: the change may still be under way when the apply ends, so
+			// the check waits a debounce from then, as any other.
+			m.driftLate = true
+		}
 	case evOptions:
 		c := ev.cfg
 		m.cfgDue = &c
@@ -278,6 +285,11 @@ func (m *machine) settle() {
 	if m.driftDue && m.ctx.Err() == nil {
 		m.driftDue = false
 		m.ep.e.checkDrift(m)
+	}
+	if m.driftLate {
+		m.driftLate = false
+		ep := m.ep
+		time.AfterFunc(DriftDebounce, func() { ep.post(evDrift{}) })
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -29,10 +30,34 @@ type core struct {
 	sent   chan OutMsg
 	cancel context.CancelFunc
 	done   chan struct{}
+	// logs holds what the engine logged (debug level and up), across restarts.
+	logs *logBuffer
+	cfg  *config.Config
+	opt  coreOptions
+}
+
+// coreOptions are what startCoreWith sets besides the endpoints; the zero value is startCore's.
+type coreOptions struct {
+	Dialect    string // default cmx3
+	Pause      func(string)
+	MaxPayload config.Size // default 64 KiB
 }
 
 func startCore(t testing.TB, dialect string, pause func(string), eps ...config.Endpoint) *core {
 	t.Helper()
+	return startCoreWith(t, coreOptions{Dialect: dialect, Pause: pause}, eps...)
+}
+
+// startCoreWith is startCore with every option; endpoints keep all their fields (hook, validate,
+// template, mode, on_drift…), and an empty output becomes out/<key>.json in the test's folder.
+func startCoreWith(t testing.TB, o coreOptions, eps ...config.Endpoint) *core {
+	t.Helper()
+	if o.Dialect == "" {
+		o.Dialect = config.DialectCMX3
+	}
+	if o.MaxPayload == 0 {
+		o.MaxPayload = 1 << 16
+	}
 	dir := t.TempDir()
 	for i := range eps {
 		if eps[i].Output == "" {
@@ -40,39 +65,69 @@ func startCore(t testing.TB, dialect string, pause func(string), eps ...config.E
 		}
 	}
 	cfg := &config.Config{
-		Kaa:       config.Kaa{AppVersion: "app", Extension: "cmx", Dialect: dialect},
-		Agent:     config.Agent{StateDir: filepath.Join(dir, "state"), MaxPayload: 1 << 16},
+		Kaa:       config.Kaa{AppVersion: "app", Extension: "cmx", Dialect: o.Dialect},
+		Agent:     config.Agent{StateDir: filepath.Join(dir, "state"), MaxPayload: o.MaxPayload},
 		Endpoints: eps,
 	}
-	e, err := New(cfg, Options{Pause: pause})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &core{t: t, e: e, dir: dir, gen: 1, sent: make(chan OutMsg, 1000), cancel: cancel, done: make(chan struct{})}
-	go func() { e.Run(ctx); close(c.done) }()
-	go c.pump(ctx)
-	e.Online(c.gen, true)
+	c := &core{t: t, dir: dir, sent: make(chan OutMsg, 1000), logs: &logBuffer{}, cfg: cfg, opt: o}
+	c.run()
 	t.Cleanup(func() {
-		cancel()
-		<-c.done
-		e.Close()
+		c.stop()
+		if t.Failed() {
+			t.Logf("engine log:\n%s", c.logs.String())
+		}
 	})
 	return c
 }
 
+// run opens the engine on c's state and runs it, online on a new connection generation.
+func (c *core) run() {
+	c.t.Helper()
+	logger := slog.New(slog.NewTextHandler(c.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	e, err := New(c.cfg, Options{Pause: c.opt.Pause, Logger: logger})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.gen++
+	c.e, c.cancel = e, cancel
+	run, pumped := make(chan struct{}), make(chan struct{})
+	go func() { e.Run(ctx); close(run) }()
+	go func() { c.pump(ctx, e); close(pumped) }()
+	c.done = make(chan struct{})
+	go func() { <-run; <-pumped; close(c.done) }()
+	e.Online(c.gen, true)
+}
+
+// stop ends Run and the transport and closes the engine; restart runs it again on the same state.
+func (c *core) stop() {
+	if c.e == nil {
+		return
+	}
+	c.cancel()
+	<-c.done
+	c.e.Close()
+	c.e = nil
+}
+
+func (c *core) restart() {
+	c.t.Helper()
+	c.stop()
+	c.run()
+}
+
 // pump is the transport's sender: every visible message is "published" and acknowledged.
-func (c *core) pump(ctx context.Context) {
+func (c *core) pump(ctx context.Context, e *Engine) {
 	for {
-		for _, m := range c.e.Outbox().Next(c.gen, 100) {
-			c.e.Outbox().Sent(m.Seq)
-			c.e.Outbox().Acked(m.Seq)
+		for _, m := range e.Outbox().Next(c.gen, 100) {
+			e.Outbox().Sent(m.Seq)
+			e.Outbox().Acked(m.Seq)
 			c.sent <- m
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-c.e.Outbox().Wake():
+		case <-e.Outbox().Wake():
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -127,10 +182,123 @@ func waitReceipt(t *testing.T, r *Receipt) {
 
 const p = "kp1/app/cmx/gw"
 
-func TestPush_SameIDOnAnotherTopicIsConfirmedOnEach(t *testing.T) {
-	release := make(chan struct{})
-	blocked := make(chan struct{}, 1)
-	c := startCore(t, config.DialectCMX3, func(step string) {
+// confirmation is a published 3/CMX confirmation, parsed.
+type confirmation struct {
+	Topic  string
+	QoS    byte
+	ID     string // the id as JSON text; "" when the confirmation has none
+	Status string
+	raw    []byte
+}
+
+// confirmed returns the next message published at topic, parsed as a confirmation.
+func (c *core) confirmed(topic string) confirmation {
+	c.t.Helper()
+	deadline := time.After(testWait)
+	for {
+		select {
+		case m := <-c.sent:
+			if m.Topic != topic {
+				continue
+			}
+			var body struct {
+				ID     json.RawMessage `json:"id"`
+				Status *string         `json:"status"`
+			}
+			if err := json.Unmarshal(m.Payload, &body); err != nil || body.Status == nil {
+				c.t.Fatalf("confirmation at %s is %q: want {\"id\"?, \"status\"} (%v)", topic, m.Payload, err)
+			}
+			return confirmation{Topic: m.Topic, QoS: m.QoS, ID: string(body.ID), Status: *body.Status, raw: m.Payload}
+		case <-deadline:
+			c.t.Fatalf("nothing published at %s within %s", topic, testWait)
+		}
+	}
+}
+
+// send delivers m, waits until its receipt is released and returns its confirmation (published at
+// the push's topic + "/status").
+func (c *core) send(m Message) confirmation {
+	c.t.Helper()
+	r := c.e.Deliver(m)
+	conf := c.confirmed(m.Topic + "/status")
+	select {
+	case <-r.Done():
+		if r.Err() != nil {
+			c.t.Fatalf("receipt of the push at %s: %v", m.Topic, r.Err())
+		}
+	case <-time.After(testWait):
+		c.t.Fatalf("receipt of the push at %s not released", m.Topic)
+	}
+	return conf
+}
+
+// push sends {"id": id, "entries": entries} at P/json with QoS 1 and returns its confirmation,
+// checking that it carries the id (JSON text; "" for none).
+func (c *core) push(id, entries string) confirmation {
+	c.t.Helper()
+	payload := `{"entries":` + entries + `}`
+	if id != "" {
+		payload = `{"id":` + id + `,"entries":` + entries + `}`
+	}
+	conf := c.send(Message{Topic: p + "/json", QoS: 1, Payload: []byte(payload)})
+	if conf.ID != id {
+		c.t.Fatalf("confirmation %s, want it for id %s", conf.raw, id)
+	}
+	return conf
+}
+
+// output is the output file of the endpoint with key.
+func (c *core) output(key string) string {
+	for _, ep := range c.cfg.Endpoints {
+		if ep.Key() == key {
+			return ep.Output
+		}
+	}
+	c.t.Fatalf("no endpoint %s", key)
+	return ""
+}
+
+// waitLog waits until the engine's log holds s at least n times and returns the count then.
+func (c *core) waitLog(s string, n int) int {
+	c.t.Helper()
+	deadline := time.Now().Add(testWait)
+	for {
+		got := strings.Count(c.logs.String(), s)
+		if got >= n {
+			return got
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("log holds %q %d times, want %d", s, got, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// script writes an executable shell script into dir and returns its path.
+func script(t testing.TB, dir, name, body string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// readLines returns the words of the file at path (none when it does not exist).
+func readLines(t testing.TB, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	return strings.Fields(string(b))
+}
+
+// holdFirstWrite returns a pause function that holds the first apply once its file is written under
+// the temporary name, until release is closed; blocked receives when it holds.
+func holdFirstWrite() (blocked chan struct{}, release chan struct{}, pause func(string)) {
+	blocked, release = make(chan struct{}, 1), make(chan struct{})
+	return blocked, release, func(step string) {
 		if step == StepSynced {
 			select {
 			case blocked <- struct{}{}:
@@ -138,7 +306,12 @@ func TestPush_SameIDOnAnotherTopicIsConfirmedOnEach(t *testing.T) {
 			default:
 			}
 		}
-	}, config.Endpoint{Token: "gw"})
+	}
+}
+
+func TestPush_SameIDOnAnotherTopicIsConfirmedOnEach(t *testing.T) {
+	blocked, release, pause := holdFirstWrite()
+	c := startCore(t, config.DialectCMX3, pause, config.Endpoint{Token: "gw"})
 	r1 := c.deliver(p+"/json", 1, `{"id": 7, "entries": [1]}`)
 	<-blocked // 7 is being written
 	// The same push comes again as the answer to a pull.
@@ -194,17 +367,8 @@ func TestReload_ChangedOutputAppliesTheStoredConfigurationAtOnce(t *testing.T) {
 }
 
 func TestCMP7_ServerGoingBackToTheOneBeingWrittenEndsOnIt(t *testing.T) {
-	release := make(chan struct{})
-	blocked := make(chan struct{}, 1)
-	c := startCore(t, config.DialectCMP7, func(step string) {
-		if step == StepSynced {
-			select {
-			case blocked <- struct{}{}:
-				<-release
-			default:
-			}
-		}
-	}, config.Endpoint{Token: "gw"})
+	blocked, release, pause := holdFirstWrite()
+	c := startCore(t, config.DialectCMP7, pause, config.Endpoint{Token: "gw"})
 	out := c.e.endpointList()[0].config().Output
 	c.deliver(p+"/config/json/status", 1, `{"configId": "z", "config": ["z"]}`)
 	<-blocked

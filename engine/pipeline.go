@@ -78,7 +78,9 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 	}
 	hash, shape := hashOf(data), shapeOf(cfg)
 	done := outcome{r: resultOK, applied: true, hash: hash, shape: shape, body: data, rendered: rendered, output: cfg.Output}
-	if hash == st.AppliedHash && shape == st.AppliedShape {
+	// A state written before shapes were recorded has none: its bytes alone decide, as they did,
+	// so an upgrade does not make every device reload.
+	if hash == st.AppliedHash && (shape == st.AppliedShape || st.AppliedShape == "") {
 		// No write, no validate, no hook: a server that sends the same configuration again (after
 		// every reconnect, for instance) must not make the device reload.
 		e.log.Info("configuration unchanged", "endpoint", ep.key, "id", o.Text)

@@ -35,6 +35,22 @@ new=$(cmx-agent version)
 [ "$old" != "$new" ] || fail "version unchanged after upgrade: $new"
 grep -q "operator's change" /etc/cmx-agent/agent.toml || fail "upgrade replaced the modified agent.toml"
 cmx-agent check --config /etc/cmx-agent/agent.toml >/dev/null || fail "shipped agent.toml does not check"
+# What an operator types: the man pages and the shell completion, as installed.
+[ "$(man -w cmx-agent 2>/dev/null)" = /usr/share/man/man1/cmx-agent.1.gz ] || fail "man -w cmx-agent: $(man -w cmx-agent 2>&1)"
+man -P cat cmx-agent 2>/dev/null | grep -q "cmx-agent bundle" || fail "man cmx-agent does not show the page"
+man -P cat cmxctl 2>/dev/null | grep -q "cmxctl push" || fail "man cmxctl does not show the page"
+man -P cat 5 cmx-agent.toml 2>/dev/null | grep -q "password_file" || fail "man 5 cmx-agent.toml does not show the page"
+for cmd in cmx-agent cmxctl; do
+	[ -f /usr/share/zsh/vendor-completions/_$cmd ] || fail "no zsh completion for $cmd"
+	if [ -f /usr/share/bash-completion/bash_completion ]; then
+		# bash-completion loads a command's script on first use, by the command's name.
+		bash -c "source /usr/share/bash-completion/bash_completion; _completion_loader $cmd; complete -p $cmd" 2>&1 | grep -q "_${cmd//-/_} $cmd\$" ||
+			fail "bash-completion does not load the completion of $cmd"
+	else
+		[ -f /usr/share/bash-completion/completions/$cmd ] || fail "no bash completion for $cmd"
+	fi
+done
+echo "dpkg-test: man cmx-agent, man cmxctl, man 5 cmx-agent.toml and the completions work"
 mkdir -p /var/lib/cmx-agent/out && echo state > /var/lib/cmx-agent/agent.db
 dpkg -r cmx-agent >/tmp/log 2>&1 || { cat /tmp/log; fail "dpkg -r"; }
 [ ! -e /usr/bin/cmx-agent ] || fail "binary left after remove"

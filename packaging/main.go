@@ -8,8 +8,6 @@
 package main
 
 import (
-	"bytes"
-	"compress/gzip"
 	"flag"
 	"fmt"
 	"os"
@@ -53,7 +51,9 @@ func run(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if _, err := os.Stat("go.mod"); err != nil {
+	// packaging/ is a module of its own (go.work joins it to the root), so go.mod alone does not
+	// tell the root from this folder.
+	if _, err := os.Stat("cmd/cmx-agent"); err != nil {
 		return fmt.Errorf("run from the repository root: %w", err)
 	}
 	commit := gitOut("rev-parse", "--short=12", "HEAD")
@@ -77,6 +77,10 @@ func run(args []string) error {
 	if err := writeChangelog(changelog, *version, commit, mtime); err != nil {
 		return err
 	}
+	man, err := manPages(build, *version, mtime)
+	if err != nil {
+		return err
+	}
 	for _, name := range strings.Split(*archs, ",") {
 		t, ok := findTarget(strings.TrimSpace(name))
 		if !ok {
@@ -89,7 +93,7 @@ func run(args []string) error {
 			}
 		}
 		for _, format := range []string{"deb", "rpm"} {
-			path, err := pack(format, t, *version, mtime, bin, changelog, *out)
+			path, err := pack(format, t, *version, mtime, bin, changelog, man, *out)
 			if err != nil {
 				return fmt.Errorf("%s %s: %w", format, t.name, err)
 			}
@@ -142,11 +146,14 @@ func commitTime() time.Time {
 	return time.Now().UTC().Truncate(time.Second)
 }
 
+// goBuild builds with GOWORK=off: in the workspace, nfpm's requirements could raise the version of
+// a module the agent shares with it, and the released binaries must be built from the root
+// module's own go.mod and go.sum, as a plain `go build` in a checkout without go.work does.
 func goBuild(t target, version, commit, out, pkg string) error {
 	cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false",
 		"-ldflags", "-s -w -buildid= -X main.version="+version+" -X main.commit="+commit,
 		"-o", out, pkg)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+t.goarch, "GOARM="+t.goarm)
+	cmd.Env = append(os.Environ(), "GOWORK=off", "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+t.goarch, "GOARM="+t.goarm)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build %s for %s: %v\n%s", pkg, t.name, err, b)
 	}
@@ -158,16 +165,7 @@ func goBuild(t target, version, commit, out, pkg string) error {
 func writeChangelog(path, version, commit string, when time.Time) error {
 	text := fmt.Sprintf("cmx-agent (%s) unstable; urgency=medium\n\n  * Built from commit %s.\n\n -- cmx-agent maintainers <maintainers@cmx-agent.invalid>  %s\n",
 		version, commit, when.Format(time.RFC1123Z))
-	var buf bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
-	if err != nil {
-		return err
-	}
-	zw.Write([]byte(text))
-	if err := zw.Close(); err != nil {
-		return err
-	}
-	return os.WriteFile(path, buf.Bytes(), 0o644)
+	return writeGzip(path, []byte(text))
 }
 
 func readScript(path string) string {
@@ -179,7 +177,7 @@ func readScript(path string) string {
 }
 
 // pack writes one package and returns its path.
-func pack(format string, t target, version string, mtime time.Time, bin, changelog, out string) (string, error) {
+func pack(format string, t target, version string, mtime time.Time, bin, changelog string, man files.Contents, out string) (string, error) {
 	exec := &files.ContentFileInfo{Mode: 0o755, MTime: mtime}
 	doc := func() *files.ContentFileInfo { return &files.ContentFileInfo{Mode: 0o644, MTime: mtime} }
 	unitDir := "/usr/lib/systemd/system/"
@@ -195,7 +193,6 @@ func pack(format string, t target, version string, mtime time.Time, bin, changel
 		{Source: "README.md", Destination: "/usr/share/doc/cmx-agent/README.md", FileInfo: doc()},
 		{Source: "docs/operations.md", Destination: "/usr/share/doc/cmx-agent/operations.md", FileInfo: doc()},
 		{Source: "docs/durability.md", Destination: "/usr/share/doc/cmx-agent/durability.md", FileInfo: doc()},
-		{Source: "packaging/copyright", Destination: "/usr/share/doc/cmx-agent/copyright", FileInfo: doc()},
 	}
 	// The configuration may name credentials: 0640 root:cmx-agent. Debian policy wants 0644 in the
 	// archive, so there postinst narrows it once the group exists; rpm creates the user in %pre
@@ -206,11 +203,26 @@ func pack(format string, t target, version string, mtime time.Time, bin, changel
 		conf.FileInfo = doc()
 	}
 	contents = append(contents, conf)
+	for _, m := range man { // copies: nfpm may change what it is given, and both formats use them
+		c, fi := *m, *m.FileInfo
+		c.FileInfo = &fi
+		if format == "rpm" {
+			c.Type = files.TypeRPMDoc // as rpmbuild marks man pages: rpm --excludedocs leaves them out
+		}
+		contents = append(contents, &c)
+	}
+	contents = append(contents, completions(format, mtime)...)
+	// The licence: Debian wants the machine-readable copyright file, which names Apache-2.0 and
+	// points at the system's copy of its text; rpm distributions want the text itself as a %license
+	// file under /usr/share/licenses.
 	if format == "deb" {
 		contents = append(contents,
+			&files.Content{Source: "packaging/copyright", Destination: "/usr/share/doc/cmx-agent/copyright", FileInfo: doc()},
 			&files.Content{Source: changelog, Destination: "/usr/share/doc/cmx-agent/changelog.gz", FileInfo: doc()},
 			&files.Content{Source: "packaging/lintian-overrides", Destination: "/usr/share/lintian/overrides/cmx-agent", FileInfo: doc()},
 		)
+	} else {
+		contents = append(contents, &files.Content{Source: "LICENSE", Destination: "/usr/share/licenses/cmx-agent/LICENSE", Type: files.TypeRPMLicense, FileInfo: doc()})
 	}
 	info := &nfpm.Info{
 		Name:          "cmx-agent",
@@ -229,7 +241,7 @@ func pack(format string, t target, version string, mtime time.Time, bin, changel
 			"companion for tests and demos.",
 		Vendor:   "cmx-agent",
 		Homepage: "https://github.com/cmx-agent/cmx-agent",
-		License:  "LicenseRef-unspecified",
+		License:  "Apache-2.0", // SPDX identifier: the deb's and the rpm's License field
 		MTime:    mtime,
 		Overridables: nfpm.Overridables{
 			Contents: contents,

@@ -148,6 +148,13 @@ func TestPackages_ContentsFlagsAndScripts(t *testing.T) {
 		"./usr/share/doc/cmx-agent/operations.md\n",
 		"./usr/share/doc/cmx-agent/copyright\n",
 		"./usr/share/doc/cmx-agent/changelog.gz\n",
+		"-rw-r--r-- root/root .* ./usr/share/man/man1/cmx-agent.1.gz\n",
+		"-rw-r--r-- root/root .* ./usr/share/man/man1/cmxctl.1.gz\n",
+		"-rw-r--r-- root/root .* ./usr/share/man/man5/cmx-agent.toml.5.gz\n",
+		"-rw-r--r-- root/root .* ./usr/share/bash-completion/completions/cmx-agent\n",
+		"-rw-r--r-- root/root .* ./usr/share/bash-completion/completions/cmxctl\n",
+		"-rw-r--r-- root/root .* ./usr/share/zsh/vendor-completions/_cmx-agent\n",
+		"-rw-r--r-- root/root .* ./usr/share/zsh/vendor-completions/_cmxctl\n",
 	} {
 		if !regexp.MustCompile(want).MatchString(list) {
 			t.Errorf("deb contents lack %q:\n%s", want, list)
@@ -193,6 +200,14 @@ func TestPackages_ContentsFlagsAndScripts(t *testing.T) {
 		"-rw-r----- cn cmx-agent /etc/cmx-agent/agent.toml", // config, noreplace
 		"-rw-r--r--  root /usr/lib/systemd/system/cmx-agent.service",
 		"-rw-r--r--  root /usr/lib/sysusers.d/cmx-agent.conf",
+		"-rw-r--r-- d root /usr/share/man/man1/cmx-agent.1.gz",
+		"-rw-r--r-- d root /usr/share/man/man1/cmxctl.1.gz",
+		"-rw-r--r-- d root /usr/share/man/man5/cmx-agent.toml.5.gz",
+		"-rw-r--r--  root /usr/share/bash-completion/completions/cmx-agent",
+		"-rw-r--r--  root /usr/share/bash-completion/completions/cmxctl",
+		"-rw-r--r--  root /usr/share/zsh/site-functions/_cmx-agent",
+		"-rw-r--r--  root /usr/share/zsh/site-functions/_cmxctl",
+		"-rw-r--r-- l root /usr/share/licenses/cmx-agent/LICENSE",
 	} {
 		if !strings.Contains(flags, want+"\n") {
 			t.Errorf("rpm files lack %q:\n%s", want, flags)
@@ -207,6 +222,63 @@ func TestPackages_ContentsFlagsAndScripts(t *testing.T) {
 	if got := command(t, "rpm", "-qp", "--qf", "%{NAME} %{VERSION} %{ARCH}", p.rpm); got != "cmx-agent 1.2.3 x86_64" {
 		t.Errorf("rpm header: %q", got)
 	}
+}
+
+func TestPackages_CarryTheApacheLicence(t *testing.T) {
+	needPackaging(t)
+	repoRoot(t)
+	p := buildPackages(t, "1.2.3")
+
+	// deb: the machine-readable copyright file names Apache-2.0 and points at Debian's copy of
+	// the text (lintian checks the form; this checks what it says).
+	x := t.TempDir()
+	command(t, "dpkg-deb", "-x", p.deb, x)
+	copyright, err := os.ReadFile(filepath.Join(x, "usr/share/doc/cmx-agent/copyright"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n",
+		"\nFiles: \\*\nCopyright: .+\nLicense: Apache-2.0\n",
+		"\nLicense: Apache-2.0\n Licensed under the Apache License, Version 2.0",
+		`"/usr/share/common-licenses/Apache-2.0"`,
+	} {
+		if !regexp.MustCompile(want).Match(copyright) {
+			t.Errorf("deb copyright lacks %q:\n%s", want, copyright)
+		}
+	}
+
+	// rpm: the SPDX identifier in the header and the full text as a %license file.
+	if got := command(t, "rpm", "-qp", "--qf", "%{LICENSE}", p.rpm); got != "Apache-2.0" {
+		t.Errorf("rpm License = %q, want Apache-2.0", got)
+	}
+	if got := command(t, "rpm", "-qp", "--licensefiles", p.rpm); got != "/usr/share/licenses/cmx-agent/LICENSE\n" {
+		t.Errorf("rpm licence files = %q, want /usr/share/licenses/cmx-agent/LICENSE", got)
+	}
+	rpmLicence := extractRPMFile(t, p.rpm, "./usr/share/licenses/cmx-agent/LICENSE")
+	root, err := os.ReadFile("LICENSE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(rpmLicence) != string(root) || !strings.Contains(string(root), "Apache License\n                           Version 2.0, January 2004") {
+		t.Errorf("the rpm's LICENSE is not the repository's Apache License 2.0 text")
+	}
+}
+
+// extractRPMFile returns one file of an rpm, read with rpm2archive (part of rpm) and tar.
+func extractRPMFile(t *testing.T, rpm, path string) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command("sh", "-c", `rpm2archive -n - <"$1" | tar -xf - "$2"`, "sh", rpm, path)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("rpm2archive | tar %s: %v\n%s", path, err, out)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func TestPackages_LintianClean(t *testing.T) {
@@ -235,7 +307,8 @@ func TestDeb_InstallUpgradeRemovePurge(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dpkg-test.sh: %v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), "dpkg-test: install, upgrade (modified agent.toml kept), remove, purge: ok") {
+	if !strings.Contains(string(out), "dpkg-test: man cmx-agent, man cmxctl, man 5 cmx-agent.toml and the completions work") ||
+		!strings.Contains(string(out), "dpkg-test: install, upgrade (modified agent.toml kept), remove, purge: ok") {
 		t.Errorf("dpkg-test.sh output:\n%s", out)
 	}
 }

@@ -15,6 +15,9 @@ import (
 	"github.com/cmx-agent/cmx-agent/cmx"
 )
 
+// maxControl bounds a packet other than PUBLISH from the broker.
+const maxControl = 64 << 10
+
 // headLen is how much of an oversized payload is kept: enough for the id at its start.
 const headLen = cmx.HeadLen
 
@@ -76,6 +79,11 @@ func (c *limitConn) header(p []byte) (int, error) {
 	length, lenBytes, err := readVarint(c.r)
 	if err != nil {
 		return 0, err
+	}
+	if first>>4 != 3 && length > maxControl {
+		// Only a PUBLISH carries data; every other packet a broker sends is a few bytes (a SUBACK
+		// one per filter). paho would allocate whatever length it is told.
+		return 0, fmt.Errorf("malformed MQTT packet from the broker: type %d with %d bytes", first>>4, length)
 	}
 	if first>>4 != 3 || length <= c.max {
 		c.ready = append(append([]byte{first}, lenBytes...), c.ready...)

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime"
 	"runtime/debug"
 	"syscall"
 
@@ -42,6 +41,8 @@ commands:
   sync   [--config PATH]   ask the running agent to request the latest configuration now
   watch  [--debounce D] PATH [-- CMD ARGS...]
          print time, size and sha256 of each version of PATH; run CMD after each new one
+  bundle [--config PATH] [-o FILE] [--with-outputs] [--journal-lines N]
+         write a support bundle (.tar.gz, mode 0600) without secrets, for a ticket
   version                  print version, commit and Go version
 `
 
@@ -65,8 +66,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdSync(args[1:], stdout, stderr)
 	case "watch":
 		return cmdWatch(args[1:], stdout, stderr)
+	case "bundle":
+		return cmdBundle(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
-		fmt.Fprintf(stdout, "cmx-agent %s (commit %s, %s)\n", version, commitID(), runtime.Version())
+		fmt.Fprintln(stdout, versionLine())
 		return 0
 	case "help", "--help", "-h":
 		fmt.Fprint(stdout, usage)

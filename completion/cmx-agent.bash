@@ -1,0 +1,58 @@
+# bash completion for cmx-agent                                   -*- shell-script -*-
+# Installed as /usr/share/bash-completion/completions/cmx-agent. Its subcommands and flags are
+# checked against the real ones by cmd/cmx-agent's tests.
+
+_cmx_agent() {
+	local cur prev words cword
+	_init_completion || return
+
+	local commands="run check status sync watch bundle version"
+	if ((cword == 1)); then
+		COMPREPLY=($(compgen -W "$commands help" -- "$cur"))
+		return
+	fi
+
+	case $prev in
+	--config | -o)
+		_filedir
+		return
+		;;
+	--log-format)
+		COMPREPLY=($(compgen -W "text json" -- "$cur"))
+		return
+		;;
+	--log-level)
+		COMPREPLY=($(compgen -W "debug info warn error" -- "$cur"))
+		return
+		;;
+	--debounce | --journal-lines)
+		return # a duration, a number
+		;;
+	esac
+
+	local flags
+	case ${words[1]} in
+	run) flags="--config --log-format --log-level" ;;
+	check | sync) flags="--config" ;;
+	status) flags="--config --json" ;;
+	watch)
+		# After PATH and "--" comes a command of its own.
+		local i
+		for ((i = 2; i < cword; i++)); do
+			if [[ ${words[i]} == -- ]]; then
+				_command_offset $((i + 1))
+				return
+			fi
+		done
+		flags="--debounce"
+		;;
+	bundle) flags="--config -o --with-outputs --journal-lines" ;;
+	*) return ;;
+	esac
+	if [[ $cur == -* ]]; then
+		COMPREPLY=($(compgen -W "$flags" -- "$cur"))
+	elif [[ ${words[1]} == watch ]]; then
+		_filedir
+	fi
+} &&
+	complete -F _cmx_agent cmx-agent

@@ -1,0 +1,149 @@
+package engine
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cmx-agent/cmx-agent/config"
+)
+
+const repaired = "output changed locally; repaired"
+
+// settle is how long a test waits to show that something does not happen (a repair loop, a second
+// report): several debounce periods, in which a loop would have gone round more than once.
+const settle = 4 * DriftDebounce
+
+func TestDrift_EditsAndDeletionAreRepairedWithoutHookOrLoop(t *testing.T) {
+	ep, hookRuns := withHookLog(t)
+	c := startCoreWith(t, coreOptions{}, ep)
+	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
+	out := c.output("gw")
+	const want = `["applied"]`
+	edits := []struct {
+		name string
+		do   func() error
+	}{
+		{"in-place write", func() error { return os.WriteFile(out, []byte("hand edit"), 0o644) }},
+		{"atomic replacement", func() error { replaceFile(t, out, "editor save"); return nil }},
+		{"deletion", func() error { return os.Remove(out) }},
+		{"truncation", func() error { return os.Truncate(out, 0) }},
+	}
+	for i, e := range edits {
+		if err := e.do(); err != nil {
+			t.Fatalf("%s: %v", e.name, err)
+		}
+		c.waitFile(out, want)
+		c.waitLog(repaired, i+1)
+	}
+	time.Sleep(settle) // proves absence: the repairs' own writes are not taken for drift
+	if n := strings.Count(c.logs.String(), repaired); n != len(edits) {
+		t.Errorf("%d repairs logged, want %d (one per edit)", n, len(edits))
+	}
+	if got := readLines(t, hookRuns); len(got) != 1 {
+		t.Errorf("hook runs %q, want only the apply's (none for repairs)", got)
+	}
+	if n := c.e.endpointList()[0].stats.driftRepairs.Load(); n != uint64(len(edits)) {
+		t.Errorf("drift repairs counted %d, want %d", n, len(edits))
+	}
+}
+
+func TestDrift_FolderRemovedIsRecreatedAndWatchedAgain(t *testing.T) {
+	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw"})
+	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
+	out := c.output("gw")
+	const want = `["applied"]`
+	// A repair may put the file back while the folder is being emptied: remove until it is gone.
+	for deadline := time.Now().Add(testWait); ; {
+		err := os.RemoveAll(filepath.Dir(out))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+	}
+	c.waitFile(out, want)
+	c.waitLog(repaired, 1)
+	// The new folder is watched: an edit in it is repaired too. The watch is set a moment after the
+	// folder is back, so an edit made before it may go unseen: edit until one is repaired.
+	deadline := time.Now().Add(testWait)
+	for {
+		if err := os.WriteFile(out, []byte("edit in the new folder"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if waitRepair(out, want, 2*DriftDebounce+DriftRetry) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("edit in the recreated folder not repaired")
+		}
+	}
+}
+
+// waitRepair reports whether path holds want within d.
+func waitRepair(path, want string, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if got, err := os.ReadFile(path); err == nil && string(got) == want {
+			return true
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return false
+}
+
+// replaceFile puts content at path as an editor saving atomically does, so a check never sees the
+// file half written.
+func replaceFile(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".swp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDrift_ReportLogsOnceAndLeavesTheFile(t *testing.T) {
+	const report = "output changed locally; on_drift = report"
+	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", OnDrift: config.OnDriftReport})
+	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
+	out := c.output("gw")
+	replaceFile(t, out, "local")
+	c.waitLog(report, 1)
+	replaceFile(t, out, "local") // the same change again: events, no new report
+	time.Sleep(settle)           // proves absence: no repair and no second report
+	wantFile(t, out, "local")
+	if n := strings.Count(c.logs.String(), "output changed locally"); n != 1 {
+		t.Errorf("%d drift reports, want 1", n)
+	}
+	// Another change is reported once more.
+	replaceFile(t, out, "local, edited again")
+	c.waitLog(report, 2)
+}
+
+func TestDrift_IgnoreLeavesTheFileSilently(t *testing.T) {
+	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", OnDrift: config.OnDriftIgnore})
+	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
+	out := c.output("gw")
+	replaceFile(t, out, "local")
+	time.Sleep(settle) // proves absence: nothing repairs or reports the change
+	wantFile(t, out, "local")
+	if strings.Contains(c.logs.String(), "output changed locally") {
+		t.Errorf("drift logged with on_drift = ignore")
+	}
+}
+
+func TestDrift_AtStartTheOutputIsRepaired(t *testing.T) {
+	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw"})
+	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
+	c.stop()
+	os.WriteFile(c.output("gw"), []byte("edited while the agent was down"), 0o644)
+	c.run()
+	c.waitFile(c.output("gw"), `["applied"]`)
+	c.waitLog(repaired, 1)
+}
