@@ -76,6 +76,8 @@ type Config struct {
 	Kaa       Kaa        `toml:"kaa"`
 	Agent     Agent      `toml:"agent"`
 	Endpoints []Endpoint `toml:"endpoint"`
+	// Warnings are problems that leave the file valid, in file order.
+	Warnings Problems `toml:"-"`
 }
 
 // Broker is the [broker] table: where and how to connect to MQTT.
@@ -184,5 +186,7 @@ func Parse(path string, data []byte) (*Config, error) {
 		d.probs.sortByLine()
 		return nil, d.probs
 	}
+	d.warns.sortByLine()
+	cfg.Warnings = d.warns
 	return cfg, nil
 }

@@ -513,6 +513,7 @@ func TestProblem_String(t *testing.T) {
 		{Problem{Path: "a.toml", Msg: "bad"}, "a.toml: bad"},
 		{Problem{Line: 3, Msg: "bad"}, "line 3: bad"},
 		{Problem{Msg: "bad"}, "bad"},
+		{Problem{Path: "a.toml", Line: 3, Msg: "odd", Warning: true}, "a.toml:3: warning: odd"},
 	}
 	for _, tt := range tests {
 		if got := tt.p.String(); got != tt.want {
@@ -712,6 +713,42 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestParse_ADotInATopicLevelIsAWarningForRabbitMQ(t *testing.T) {
+	tests := []struct {
+		name, src string
+		line      int
+		key       string
+	}{
+		{"token", "[kaa]\napp_version = \"a\"\n[[endpoint]]\ntoken = \"dev.002\"\noutput = \"o\"\n", 4, `endpoint #1 token: "dev.002"`},
+		{"app_version", "[kaa]\napp_version = \"app.v1\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"o\"\n", 2, `kaa.app_version: "app.v1"`},
+		{"extension", "[kaa]\napp_version = \"a\"\nextension = \"cmx.1\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"o\"\n", 3, `kaa.extension: "cmx.1"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse("a.toml", []byte(tt.src))
+			if err != nil {
+				t.Fatalf("a dot must not make the file invalid: %v", err)
+			}
+			if len(cfg.Warnings) != 1 {
+				t.Fatalf("warnings %q, want one", cfg.Warnings)
+			}
+			w := cfg.Warnings[0]
+			if !w.Warning || w.Line != tt.line || !strings.Contains(w.Msg, tt.key+" contains a dot: on RabbitMQ, which maps / to . in topics") {
+				t.Fatalf("warning %#v, want line %d about %s", w, tt.line, tt.key)
+			}
+		})
+	}
+	if cfg, err := Parse("a.toml", []byte(kaaOK+endpointOK)); err != nil || len(cfg.Warnings) != 0 {
+		t.Fatalf("a plain file: %v, warnings %q", err, cfg.Warnings)
+	}
+	// An invalid file lists what makes it invalid; its warnings wait until it is valid.
+	_, err := Parse("a.toml", []byte("[kaa]\napp_version = \"a\"\ncolour = 1\n[[endpoint]]\ntoken = \"a.b\"\noutput = \"o\"\n"))
+	var probs Problems
+	if !errors.As(err, &probs) || len(probs) != 1 || probs[0].Warning {
+		t.Fatalf("invalid file: %v, want the one error", err)
+	}
 }
 
 func TestParse_MetricsListenIsLoopbackUnlessAllowed(t *testing.T) {

@@ -27,10 +27,15 @@ type decoder struct {
 	dir   string // folder relative paths are resolved against; "" = keep relative
 	lines lineIndex
 	probs Problems
+	warns Problems
 }
 
 func (d *decoder) add(at []seg, format string, args ...any) {
 	d.probs = append(d.probs, Problem{Path: d.file, Line: d.lines.line(at...), Msg: fmt.Sprintf(format, args...)})
+}
+
+func (d *decoder) warn(at []seg, format string, args ...any) {
+	d.warns = append(d.warns, Problem{Path: d.file, Line: d.lines.line(at...), Msg: fmt.Sprintf(format, args...), Warning: true})
 }
 
 // table is one TOML table being read, with how problems name its keys.
@@ -350,6 +355,12 @@ func (t table) topicLevel(key, s string) bool {
 	if err := checkTopicLevel(s); err != nil {
 		t.d.add(t.path(key), "%s%s: %q is not a valid MQTT topic level: %v", t.label, key, s, err)
 		return false
+	}
+	if strings.Contains(s, ".") {
+		// Valid MQTT, and fine on mosquitto. RabbitMQ routes MQTT topics as AMQP routing keys, with
+		// "/" turned into ".", and turns every "." back into "/" on delivery: the level arrives
+		// split in two and no topic the agent subscribed to matches it.
+		t.d.warn(t.path(key), "%s%s: %q contains a dot: on RabbitMQ, which maps / to . in topics, this topic level arrives split in two and the agent never receives its messages", t.label, key, s)
 	}
 	return true
 }

@@ -8,11 +8,13 @@ import (
 )
 
 // Problem is one thing wrong with a configuration file, located at a line
-// when the line can be known.
+// when the line can be known. A warning is a Problem that does not make the
+// file invalid: something that works with one broker and not with another.
 type Problem struct {
-	Path string // the file as named by the caller of Load or Parse
-	Line int    // 1-based; 0 = unknown
-	Msg  string
+	Path    string // the file as named by the caller of Load or Parse
+	Line    int    // 1-based; 0 = unknown
+	Msg     string
+	Warning bool // the file is still valid; printed as "warning: ..."
 	// Err is the underlying cause when there is one (for example the
 	// *fs.PathError of an unreadable file), so that callers can use
 	// errors.Is on the Problems that carries it. Usually nil.
@@ -20,8 +22,13 @@ type Problem struct {
 }
 
 // String formats the problem the way `cmx-agent check` prints it:
-// "PATH:LINE: message", or "PATH: message" when the line is unknown.
+// "PATH:LINE: message", or "PATH: message" when the line is unknown; a
+// warning's message starts with "warning: ".
 func (p Problem) String() string {
+	if p.Warning {
+		p.Msg = "warning: " + p.Msg
+		p.Warning = false
+	}
 	switch {
 	case p.Path == "" && p.Line > 0:
 		return fmt.Sprintf("line %d: %s", p.Line, p.Msg)

@@ -122,6 +122,10 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	if cfg == nil {
 		return code
 	}
+	// Warnings leave the file valid: exit 0, each printed like a problem.
+	for _, w := range cfg.Warnings {
+		fmt.Fprintln(stderr, w.String())
+	}
 	fmt.Fprintf(stdout, "%s: ok (%d endpoints, dialect %s)\n", *path, len(cfg.Endpoints), cfg.Kaa.Dialect)
 	return 0
 }
@@ -159,6 +163,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if cfg == nil {
 		return code
 	}
+	logWarnings(log, cfg)
 	opts := agent.Options{Logger: log, Build: agent.Build{Version: version, Commit: commitID()}}
 	changes := make(chan struct{}, 1)
 	opts.OnChange = func() {

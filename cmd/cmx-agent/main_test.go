@@ -12,6 +12,8 @@ func TestCommands_ExitCodesAndOutput(t *testing.T) {
 	dir := t.TempDir()
 	valid := filepath.Join(dir, "valid.toml")
 	invalid := filepath.Join(dir, "invalid.toml")
+	dotted := filepath.Join(dir, "dotted.toml")
+	writeOrFail(t, dotted, "[kaa]\napp_version = \"a\"\n[[endpoint]]\ntoken = \"dev.002\"\noutput = \"out/t.json\"\n")
 	writeOrFail(t, valid, "[kaa]\napp_version = \"a\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"out/t.json\"\n")
 	writeOrFail(t, invalid, "[kaa]\napp_version = \"a\"\ncolour = \"blue\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"o.json\"\nhook_timeout = \"soon\"\n")
 
@@ -26,6 +28,9 @@ func TestCommands_ExitCodesAndOutput(t *testing.T) {
 		{"check valid", []string{"check", "--config", valid}, 0, []string{valid + ": ok (1 endpoints, dialect cmx3)"}, nil, true},
 		{"check invalid lists every problem with its line", []string{"check", "--config", invalid}, 2, nil,
 			[]string{invalid + ":3: unknown key kaa.colour", invalid + ":7: "}, false},
+		{"check warns about a dot in a token and still passes", []string{"check", "--config", dotted}, 0,
+			[]string{dotted + ": ok (1 endpoints, dialect cmx3)"},
+			[]string{dotted + `:4: warning: endpoint #1 token: "dev.002" contains a dot: on RabbitMQ`}, false},
 		{"check missing file", []string{"check", "--config", filepath.Join(dir, "nope.toml")}, 2, nil, []string{"nope.toml"}, false},
 		{"run with invalid config", []string{"run", "--config", invalid}, 2, nil, []string{invalid + ":3: unknown key kaa.colour"}, false},
 		{"run with bad log format", []string{"run", "--config", valid, "--log-format", "xml"}, 2, nil, []string{"--log-format"}, false},

@@ -163,6 +163,7 @@ func (m *mainLoop) runUntilRestart(ctx context.Context, cfg *config.Config, firs
 				continue
 			}
 			m.current = data
+			logWarnings(m.log, nc)
 			// Reload waits for an apply in progress (a hook may take hook_timeout): off the main
 			// loop, so the watchdog is still fed meanwhile. One reload at a time.
 			reloadIn = nil
@@ -202,6 +203,13 @@ func trigger(c chan string, why string) {
 	select {
 	case c <- why:
 	default:
+	}
+}
+
+// logWarnings logs what check would warn about a valid configuration, one line each.
+func logWarnings(log *slog.Logger, cfg *config.Config) {
+	for _, w := range cfg.Warnings {
+		log.Warn("configuration warning", "problem", w.String())
 	}
 }
 

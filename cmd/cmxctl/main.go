@@ -40,7 +40,8 @@ commands:
   serve  --configs DIR [--embedded HOST:PORT] [--share GROUP]
          answer requests with DIR/<token>.json (cmp7 also DIR/<token>.<name>.json), push when a
          file changes (cmp7: to the endpoint's latest observing request), print every
-         confirmation or applied report
+         confirmation or applied report; --share splits the work between servers on mosquitto or
+         the embedded broker (RabbitMQ does not support $share: it delivers nothing to it)
   version
 
 common flags of push and serve:
@@ -171,7 +172,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	c.register(fs)
 	configs := fs.String("configs", "", "folder of configurations, <token>.json each, <token>.<name>.json for a cmp7 named one (required)")
 	embedded := fs.String("embedded", "", "run an MQTT broker in this process on HOST:PORT (e.g. 127.0.0.1:1883) and use it")
-	share := fs.String("share", "", "subscribe as $share/GROUP/ so several servers split the work")
+	share := fs.String("share", "", "subscribe as $share/GROUP/ so several servers split the work (not on RabbitMQ: it does not support $share and delivers nothing)")
 	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
 		return 2
 	}

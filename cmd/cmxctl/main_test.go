@@ -127,3 +127,14 @@ func TestUsageErrorsExit2(t *testing.T) {
 		}
 	}
 }
+
+func TestServeHelp_SaysRabbitMQDoesNotSupportShare(t *testing.T) {
+	_, stderr, _ := cmxctl(t)
+	if !strings.Contains(stderr, "RabbitMQ does not support $share") {
+		t.Errorf("usage does not warn about $share on RabbitMQ:\n%s", stderr)
+	}
+	_, stderr, _ = cmxctl(t, "serve", "-h")
+	if !strings.Contains(stderr, "not on RabbitMQ: it does not support $share") {
+		t.Errorf("serve -h does not warn about $share on RabbitMQ:\n%s", stderr)
+	}
+}

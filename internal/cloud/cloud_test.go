@@ -202,6 +202,36 @@ func TestServe_SharedGroupAnswersEachRequestOnce(t *testing.T) {
 	answers.None(t, 300*time.Millisecond)
 }
 
+func TestServe_ShareSplitsWorkOnTheEmbeddedBrokerAndSaysRabbitMQDoesNotSupportIt(t *testing.T) {
+	b, err := StartBroker("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	configs := t.TempDir()
+	if err := os.WriteFile(filepath.Join(configs, "gw-001.json"), []byte(`[1]`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dev := mqtttest.Dial(t, b.URL())
+	answers := dev.Subscribe(t, "kp1/"+testApp+"/cmx/gw-001/json/+", 1)
+	for i, share := range []string{"servers", ""} {
+		var log lockedBuf
+		startServe(t, ServeOptions{
+			Options: Options{Broker: b.URL(), AppVersion: testApp, Logger: slog.New(slog.NewTextHandler(&log, nil))},
+			Configs: configs, Share: share,
+		})
+		said := strings.Contains(log.String(), "RabbitMQ does not support $share")
+		if said != (share != "") {
+			t.Errorf("share %q: log says RabbitMQ does not support $share: %v, want %v\n%s", share, said, share != "", log.String())
+		}
+		if share != "" {
+			// mochi delivers to a $share group: the request is answered.
+			dev.Publish(t, "kp1/"+testApp+"/cmx/gw-001/pull/json", 1, cmx.PullRequest(uint64(i+1)))
+			answers.Next(t, waitFor)
+		}
+	}
+}
+
 func TestPush_WaitsForTheAgentsConfirmation(t *testing.T) {
 	b := mqtttest.Start(t)
 	// A push to an agent that never connected is lost (the broker has no session for it yet), so

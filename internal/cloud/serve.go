@@ -30,6 +30,8 @@ type ServeOptions struct {
 	Configs string
 	// Share, when set, subscribes through $share/<Share>/ so that several servers on one broker
 	// split the requests and confirmations between them instead of each answering every one.
+	// mosquitto 2.0 and the embedded broker support it; RabbitMQ 3.10 grants such a subscription
+	// and never delivers to it, so a server with Share on RabbitMQ hears nothing.
 	Share string
 	// Out receives one line per confirmation.
 	Out io.Writer
@@ -120,6 +122,10 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		return nil
 	}
 	o.Logger.Info("serving configurations", "folder", o.Configs, "broker", o.Broker, "app_version", o.AppVersion, "dialect", o.Dialect)
+	if o.Share != "" {
+		// The broker's SUBACK cannot tell: RabbitMQ grants a $share filter and delivers nothing.
+		o.Logger.Warn("subscribed through $share: RabbitMQ does not support $share (it grants the subscription and delivers nothing); on RabbitMQ run one server without --share", "group", o.Share)
+	}
 	if o.Ready != nil {
 		o.Ready()
 	}

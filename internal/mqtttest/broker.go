@@ -89,6 +89,10 @@ type Options struct {
 	// Broker.Client keeps working; per-listener settings are turned on so
 	// that each extra listener can have its own password_file or TLS files.
 	Listeners []Listener
+	// Lines are added to the main section of mosquitto.conf, after the main
+	// listener's settings and before the extra listeners: global settings
+	// and bridges ("connection NAME", "address 127.0.0.1:PORT", "topic ...").
+	Lines []string
 }
 
 // Listener is an extra mosquitto listener.
@@ -191,6 +195,9 @@ func (b *Broker) writeConfig() error {
 		"log_type all",
 		"connection_messages true",
 	), "\n") + "\n"
+	for _, line := range b.opts.Lines {
+		conf += line + "\n"
+	}
 	for i, l := range b.opts.Listeners {
 		conf += fmt.Sprintf("\nlistener %d 127.0.0.1\n", b.Ports[i])
 		anon := false

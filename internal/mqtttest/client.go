@@ -1,9 +1,12 @@
 package mqtttest
 
 import (
+	"context"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -125,6 +128,33 @@ func (b *Broker) Client(t testing.TB, opts ...ClientOption) *Client {
 		cfg.id = fmt.Sprintf("mqtttest-%d", b.clientSeq)
 		b.mu.Unlock()
 	}
+	c := dial(t, b, b.URL, cfg)
+	b.mu.Lock()
+	b.clients[c] = struct{}{}
+	b.mu.Unlock()
+	return c
+}
+
+// Dial connects a recording client to a broker this package does not run
+// (a RabbitMQ node, an embedded broker) at url, and disconnects it when the
+// test ends. Without WithClientID its id is random. Disconnect does not wait
+// for the broker's log there: there is none to read.
+func Dial(t testing.TB, url string, opts ...ClientOption) *Client {
+	t.Helper()
+	cfg := clientConfig{clean: true}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.id == "" {
+		cfg.id = fmt.Sprintf("mqtttest-%d-%d", os.Getpid(), dialSeq.Add(1))
+	}
+	return dial(t, nil, url, cfg)
+}
+
+var dialSeq atomic.Int64
+
+func dial(t testing.TB, b *Broker, url string, cfg clientConfig) *Client {
+	t.Helper()
 	c := &Client{
 		ID:      cfg.id,
 		broker:  b,
@@ -139,7 +169,7 @@ func (b *Broker) Client(t testing.TB, opts ...ClientOption) *Client {
 	// before Connect, so a persistent session's queued messages are recorded
 	// (and acknowledged) even before any Subscribe.
 	o := mqtt.NewClientOptions().
-		AddBroker(b.URL).
+		AddBroker(url).
 		SetClientID(cfg.id).
 		SetCleanSession(cfg.clean).
 		SetOrderMatters(true).
@@ -155,10 +185,10 @@ func (b *Broker) Client(t testing.TB, opts ...ClientOption) *Client {
 
 	tok := c.pc.Connect()
 	if !tok.WaitTimeout(opTimeout) {
-		t.Fatalf("mqtttest: connect %s to %s: no CONNACK within %v", cfg.id, b.URL, opTimeout)
+		t.Fatalf("mqtttest: connect %s to %s: no CONNACK within %v", cfg.id, url, opTimeout)
 	}
 	if err := tok.Error(); err != nil {
-		t.Fatalf("mqtttest: connect %s to %s: %v\n%s", cfg.id, b.URL, err, b.logTail())
+		t.Fatalf("mqtttest: connect %s to %s: %v%s", cfg.id, url, err, c.brokerLogTail())
 	}
 	c.mu.Lock()
 	c.sessionPresent = tok.(*mqtt.ConnectToken).SessionPresent()
@@ -168,12 +198,15 @@ func (b *Broker) Client(t testing.TB, opts ...ClientOption) *Client {
 	if err := c.waitConnected(true, opTimeout); err != nil {
 		t.Fatalf("mqtttest: connect %s: %v", cfg.id, err)
 	}
-
-	b.mu.Lock()
-	b.clients[c] = struct{}{}
-	b.mu.Unlock()
 	t.Cleanup(c.close)
 	return c
+}
+
+func (c *Client) brokerLogTail() string {
+	if c.broker == nil {
+		return ""
+	}
+	return "\n" + c.broker.logTail()
 }
 
 // SessionPresent reports the CONNACK's session-present flag of the first
@@ -267,6 +300,24 @@ func (c *Client) PublishRetained(t testing.TB, topic string, qos byte, payload [
 	c.publish(t, topic, qos, true, payload)
 }
 
+// TryPublish is Publish that returns the error instead of failing the test,
+// for servers that must retry: a clustered broker may drop a publisher's
+// connection during a failover.
+func (c *Client) TryPublish(topic string, qos byte, payload []byte) error {
+	if err := waitToken(c.pc.Publish(topic, qos, false, payload)); err != nil {
+		return fmt.Errorf("mqtttest: %s publish to %q (qos%d): %w", c.ID, topic, qos, err)
+	}
+	return nil
+}
+
+// Connected reports whether the client is connected now (and, with a clean
+// session, subscribed again).
+func (c *Client) Connected() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.connected && !c.closed
+}
+
 func (c *Client) publish(t testing.TB, topic string, qos byte, retained bool, payload []byte) {
 	t.Helper()
 	if err := waitToken(c.pc.Publish(topic, qos, retained, payload)); err != nil {
@@ -318,6 +369,10 @@ func (c *Client) Inbox() *Sub {
 // sent to this connection. The client does not reconnect afterwards.
 func (c *Client) Disconnect(t testing.TB) {
 	t.Helper()
+	if c.broker == nil {
+		c.close()
+		return
+	}
 	marker := "Client " + c.ID + " disconnected."
 	before := strings.Count(c.broker.Log(), marker)
 	c.mu.Lock()
@@ -341,9 +396,11 @@ func (c *Client) close() {
 	c.closed = true
 	c.mu.Unlock()
 
-	c.broker.mu.Lock()
-	delete(c.broker.clients, c)
-	c.broker.mu.Unlock()
+	if c.broker != nil {
+		c.broker.mu.Lock()
+		delete(c.broker.clients, c)
+		c.broker.mu.Unlock()
+	}
 	c.pc.Disconnect(disconnectQuiesce)
 }
 
@@ -408,6 +465,31 @@ func (s *Sub) NextMatching(t testing.TB, timeout time.Duration, pred func(Messag
 		case <-deadline.C:
 			t.Fatalf("mqtttest: no matching message on %s within %v; received so far:%s", s.filter, timeout, s.summary())
 			return Message{}
+		}
+	}
+}
+
+// Follow calls fn with every message of the Sub, those received before
+// included, in arrival order and on the caller's goroutine, until ctx ends.
+// It has its own cursor: Next and NextMatching are not affected. fn may block
+// and publish (it does not run on paho's router), e.g. a server answering
+// requests.
+func (s *Sub) Follow(ctx context.Context, fn func(Message)) {
+	for i := 0; ; {
+		s.mu.Lock()
+		msgs, changed := s.msgs[i:], s.changed
+		s.mu.Unlock()
+		for _, m := range msgs {
+			if ctx.Err() != nil {
+				return
+			}
+			fn(m)
+		}
+		i += len(msgs)
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package mqtttest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -336,4 +337,62 @@ func expectFatal(t *testing.T, fn func(tb testing.TB)) string {
 		t.Fatal("the helper did not fail the test")
 	}
 	return rec.msg
+}
+
+func TestStartWith_LinesConfigureABridgeBetweenTwoBrokers(t *testing.T) {
+	remote := Start(t)
+	local := StartWith(t, Options{Lines: []string{
+		"connection to-remote",
+		"address " + remote.Addr,
+		"remote_clientid to-remote",
+		"topic bridged/# both 1",
+	}})
+	got := remote.Client(t).Subscribe(t, "bridged/#", 2)
+	// Once the bridge has subscribed on the remote broker, it is connected in both directions.
+	remote.WaitLog(t, "Received SUBSCRIBE from to-remote", 1, wait)
+	local.Client(t).Publish(t, "bridged/x", 1, []byte("across"))
+	if m := got.Next(t, wait); m.Topic != "bridged/x" || string(m.Payload) != "across" {
+		t.Fatalf("got %v through the bridge", m)
+	}
+}
+
+func TestDial_RecordsFromABrokerThisPackageDoesNotRun(t *testing.T) {
+	b := Start(t)
+	c := Dial(t, b.URL)
+	sub := c.Subscribe(t, "dialed/#", 1)
+	if err := b.Client(t).TryPublish("dialed/a", 1, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if m := sub.Next(t, wait); string(m.Payload) != "hi" {
+		t.Fatalf("got %v", m)
+	}
+	c.Disconnect(t) // no broker log to wait for
+	if c.Connected() {
+		t.Fatalf("still connected after Disconnect")
+	}
+}
+
+func TestSub_FollowSeesEarlierAndLaterMessagesInOrder(t *testing.T) {
+	b := Start(t)
+	sub := b.Client(t).Subscribe(t, "follow/#", 1)
+	pub := b.Client(t)
+	pub.Publish(t, "follow/1", 1, []byte("1"))
+	sub.Next(t, wait) // Follow has its own cursor
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	seen := make(chan string, 3)
+	go sub.Follow(ctx, func(m Message) { seen <- string(m.Payload) })
+	pub.Publish(t, "follow/2", 1, []byte("2"))
+	pub.Publish(t, "follow/3", 1, []byte("3"))
+	for _, want := range []string{"1", "2", "3"} {
+		select {
+		case got := <-seen:
+			if got != want {
+				t.Fatalf("Follow gave %q, want %q", got, want)
+			}
+		case <-time.After(wait):
+			t.Fatalf("Follow did not give %q within %v", want, wait)
+		}
+	}
 }
