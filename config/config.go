@@ -44,6 +44,10 @@ const (
 	OnDriftIgnore = "ignore"
 )
 
+// MaxPayloadLimit is the largest max_payload: an MQTT packet's remaining length is at most
+// 268,435,455 bytes.
+const MaxPayloadLimit = 256 << 20
+
 // Defaults for keys left out of the file.
 const (
 	DefaultServer       = "tcp://127.0.0.1:1883"

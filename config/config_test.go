@@ -775,3 +775,16 @@ func TestParse_MetricsListenIsLoopbackUnlessAllowed(t *testing.T) {
 		})
 	}
 }
+
+func TestParse_MaxPayloadIsAtMostMQTTsLargestPacket(t *testing.T) {
+	base := "[kaa]\napp_version = \"a\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"/tmp/o.json\"\n[agent]\n"
+	for _, tc := range []struct {
+		value string
+		ok    bool
+	}{{`"256MiB"`, true}, {`"1MiB"`, true}, {`"257MiB"`, false}, {`"2GiB"`, false}, {`"4GiB"`, false}} {
+		_, err := Parse("/x/agent.toml", []byte(base+"max_payload = "+tc.value+"\n"))
+		if (err == nil) != tc.ok {
+			t.Errorf("max_payload = %s: error %v, want ok=%v", tc.value, err, tc.ok)
+		}
+	}
+}

@@ -524,7 +524,11 @@ func (d *decoder) agent(t table, a *Agent) {
 		// sun_path holds 108 bytes with the terminating NUL.
 		d.add(t.path("socket"), "agent.socket: %s is longer than 107 bytes, the limit for a unix socket path", a.Socket)
 	}
-	t.size("max_payload", &a.MaxPayload)
+	if t.size("max_payload", &a.MaxPayload) && a.MaxPayload > MaxPayloadLimit {
+		// An MQTT packet cannot be larger; the limit also keeps the value an int on 32-bit
+		// gateways (armv7), where 2 GiB wrapped to "no limit".
+		d.add(t.path("max_payload"), "agent.max_payload: %d bytes is over MQTT's largest packet (256 MiB)", int64(a.MaxPayload))
+	}
 	t.boolean("metrics_allow_remote", &a.MetricsAllowRemote)
 	if t.str("metrics_listen", &a.MetricsListen) && a.MetricsListen != "" {
 		if problem := metricsAddrProblem(a.MetricsListen, a.MetricsAllowRemote); problem != "" {
