@@ -29,6 +29,12 @@ func procWriteBytes(t *testing.T) int64 {
 // The disk pays for the pages a commit writes, not for the folios around them: without dropCache,
 // bbolt's first write of a new file (16 KiB) leaves a folio that every meta page write dirties whole.
 func TestOpenStore_CommitsAreAccountedByThePage(t *testing.T) {
+	if os.Getenv("CMX_TEST_UNDER_QEMU") != "" {
+		// The accounting is the host kernel's page cache seen through qemu-user's emulation of
+		// posix_fadvise: there 64 commits of 194 pages were accounted 1,556,480 bytes, as if the
+		// cache had not been dropped. What is measured is the kernel's, not the CPU's.
+		t.Skip("page-cache accounting under qemu-user is not the target's")
+	}
 	st := openTestStore(t)
 	body := bytes.Repeat([]byte("x"), 256)
 	for i := range 40 {
