@@ -42,6 +42,9 @@ type params struct {
 	Keep      bool   `json:"-"`
 	Out       string `json:"-"`
 	Only      string `json:"only,omitempty"`
+	// Cluster is the folder of a running scripts/rabbitmq-cluster; with it, --only fleet-cluster
+	// measures a fleet on that cluster with a node killed.
+	Cluster string `json:"cluster,omitempty"`
 }
 
 func main() {
@@ -70,6 +73,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&p.Mosquitto, "mosquitto", "/usr/sbin/mosquitto", "mosquitto binary")
 	fs.StringVar(&p.Dir, "dir", "", "work folder (default: a new temporary folder); its disk is what is measured")
 	fs.BoolVar(&p.Keep, "keep", false, "keep the work folder (logs, databases, broker log)")
+	fs.StringVar(&p.Cluster, "cluster", "", "folder of a running scripts/rabbitmq-cluster, for --only fleet-cluster (node 1 is killed)")
 	fs.StringVar(&p.Only, "only", "", "run only these parts, comma-separated: single (footprint, latency, large push), disk (sync calls, bytes written), fanout (with idle CPU), fleet")
 	fs.StringVar(&p.Out, "out", "dist/bench.json", "JSON report, relative to the repository root unless absolute")
 	if err := fs.Parse(args); err != nil {
@@ -171,6 +175,7 @@ func bench(p params, logw io.Writer) (*report, error) {
 		{"disk", "sync calls and bytes written per push", r.disk},
 		{"fanout", "fan-out", r.fanout},
 		{"fleet", "fleet", r.fleet},
+		{"fleet-cluster", "fleet on a RabbitMQ cluster", r.fleetCluster},
 	}
 	for _, s := range steps {
 		if p.Only != "" && !slices.Contains(strings.Split(p.Only, ","), s.key) {

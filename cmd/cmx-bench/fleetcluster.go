@@ -1,0 +1,149 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// clusterURLs reads the MQTT ports scripts/rabbitmq-cluster wrote into dir.
+func clusterURLs(dir string) ([]string, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, "mqtt-ports"))
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w (start it with scripts/rabbitmq-cluster start %s)", err, dir)
+	}
+	var urls []string
+	for _, f := range strings.Fields(string(raw)) {
+		if _, err := strconv.Atoi(f); err != nil {
+			return nil, fmt.Errorf("cluster: port %q in %s/mqtt-ports", f, dir)
+		}
+		urls = append(urls, "tcp://127.0.0.1:"+f)
+	}
+	if len(urls) < 2 {
+		return nil, fmt.Errorf("cluster: %d nodes in %s/mqtt-ports, want at least 2", len(urls), dir)
+	}
+	return urls, nil
+}
+
+// fleetCluster measures a fleet on a RabbitMQ cluster whose first node, the one every agent
+// connects to (servers are tried in order), dies with kill -9: the time until every agent has
+// pulled again from a surviving node, and the most pulls per 100 ms at a server on the last node.
+func (r *runner) fleetCluster() error {
+	if r.p.Cluster == "" {
+		return nil
+	}
+	urls, err := clusterURLs(r.p.Cluster)
+	if err != nil {
+		return err
+	}
+	n := r.p.Fleet
+	app := "fleetc" + strconv.FormatInt(time.Now().Unix()%100000, 10) // fresh sessions on a reused cluster
+	srv, err := newServer(urls[len(urls)-1], "cmx-bench-cluster-server-"+app)
+	if err != nil {
+		return err
+	}
+	defer srv.close()
+	r.logf("fleet on the cluster: starting %d agents on %v", n, urls)
+	agents := make([]*agentProc, 0, n)
+	defer func() {
+		var wg sync.WaitGroup
+		for _, a := range agents {
+			wg.Add(1)
+			go func() { defer wg.Done(); a.stop() }()
+		}
+		wg.Wait()
+	}()
+	quoted := make([]string, len(urls))
+	for i, u := range urls {
+		quoted[i] = strconv.Quote(u)
+	}
+	for i := range n {
+		dir := mkdir(r.dir, app, strconv.Itoa(i))
+		tok := fmt.Sprintf("gw-%04d", i)
+		cfg, err := agentConfig(dir, urls[0], app, []string{tok}, "64KiB", r.p.Spread)
+		if err != nil {
+			return err
+		}
+		// All the nodes, the first one first.
+		if err := rewrite(cfg, fmt.Sprintf("servers = [%q]", urls[0]), "servers = ["+strings.Join(quoted, ", ")+"]"); err != nil {
+			return err
+		}
+		a, err := startAgent(r.bin, dir, cfg, false)
+		if err != nil {
+			return err
+		}
+		agents = append(agents, a)
+	}
+	pulled := func(timeout time.Duration) ([]time.Time, error) {
+		seen := map[string]bool{}
+		var at []time.Time
+		err := srv.collect(app, timeout, func(ev event) bool {
+			if ev.pull && !seen[ev.token] {
+				seen[ev.token] = true
+				at = append(at, ev.at)
+			}
+			return len(seen) == n
+		})
+		if err != nil {
+			err = fmt.Errorf("%d of %d agents pulled: %w", len(seen), n, err)
+		}
+		return at, err
+	}
+	if _, err := pulled(180 * time.Second); err != nil {
+		return err
+	}
+	r.logf("fleet on the cluster: all %d pulled; killing node 1", n)
+	tKill := time.Now()
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	script := filepath.Join(root, "scripts", "rabbitmq-cluster")
+	if out, err := exec.Command(script, "kill-node", r.p.Cluster, "1").CombinedOutput(); err != nil {
+		return fmt.Errorf("kill node 1: %v\n%s", err, out)
+	}
+	at, err := pulled(240 * time.Second)
+	restart := exec.Command(script, "start-node", r.p.Cluster, "1")
+	if out, rerr := restart.CombinedOutput(); rerr != nil {
+		r.logf("node 1 did not come back: %v\n%s", rerr, out)
+	}
+	if err != nil {
+		return err
+	}
+	last := slices.MaxFunc(at, time.Time.Compare)
+	windows := map[int64]int{}
+	peak := 0
+	for _, t := range at {
+		w := int64(t.Sub(tKill) / (100 * time.Millisecond))
+		windows[w]++
+		peak = max(peak, windows[w])
+	}
+	spread := r.p.Spread
+	if spread == "" {
+		spread = "default (30s)"
+	}
+	note := fmt.Sprintf("%d agents, 3-node RabbitMQ 3.10 cluster, quorum queues; node 1 (every agent's) killed with kill -9; reconnect_spread %s", n, spread)
+	r.rep.limit("fleet on a cluster: node killed → all pulled again from a surviving node", "ms", ms(last.Sub(tKill)), 0, note)
+	r.rep.limit("fleet on a cluster: peak pulls per 100 ms at the server", "agents", float64(peak), 0, fmt.Sprintf("%d windows used", len(windows)))
+	r.logf("fleet on the cluster: all pulled again %v after the kill; peak %d per 100 ms", last.Sub(tKill).Round(time.Millisecond), peak)
+	return nil
+}
+
+// rewrite replaces old with new in the file at path.
+func rewrite(path, old, new string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	s := string(b)
+	if !strings.Contains(s, old) {
+		return fmt.Errorf("%s: %q not found", path, old)
+	}
+	return os.WriteFile(path, []byte(strings.Replace(s, old, new, 1)), 0o644)
+}
