@@ -32,6 +32,7 @@ type endpoint struct {
 	wake    chan struct{}
 	started bool
 	quit    bool
+	closed  bool // the goroutine has returned: what is posted now is answered at once
 	done    chan struct{}
 
 	m machine // the state machine: the endpoint's goroutine only
@@ -84,6 +85,13 @@ type (
 // post queues ev for the machine; it never blocks.
 func (ep *endpoint) post(ev event) {
 	ep.mu.Lock()
+	if ep.closed {
+		ep.mu.Unlock()
+		if a, ok := ev.(evArrival); ok {
+			a.receipt.release(errEndpointGone)
+		}
+		return
+	}
 	ep.queue = append(ep.queue, ev)
 	ep.mu.Unlock()
 	select {
@@ -135,11 +143,13 @@ func (ep *endpoint) run(ctx context.Context) {
 		ep.queue = nil
 		quit := ep.quit
 		ep.mu.Unlock()
+		m.quitting = quit || ctx.Err() != nil
 		for _, ev := range evs {
 			m.handle(ev)
 		}
-		if (quit || ctx.Err() != nil) && m.phase != applying {
+		if m.quitting && m.phase != applying {
 			m.shutdown()
+			ep.close(quit && ctx.Err() == nil)
 			return
 		}
 		if len(evs) > 0 {
@@ -217,6 +227,7 @@ type machine struct {
 	cfgDue    *config.Endpoint // options from a reload, taken at the next idle moment
 	driftDue  bool
 	driftLate bool // a drift event came during an apply
+	quitting  bool // the endpoint stops after the apply in progress: nothing more is started
 	// lastDrift is the hash of the drifted output last reported, so a report is logged once per
 	// change.
 	lastDrift string
@@ -276,7 +287,7 @@ func (m *machine) settle() {
 			return
 		}
 	}
-	if m.next != nil {
+	if m.next != nil && !m.quitting {
 		n := m.next
 		m.next = nil
 		m.start(n)
@@ -483,6 +494,9 @@ func (m *machine) applied(p *pending, out outcome) {
 		// Stopping: nothing is committed; a durable offer is applied again after the restart, a held
 		// one is delivered again by the broker.
 		e.log.Warn("stopping: configuration left pending", "endpoint", ep.key, "id", p.o.Text)
+		for _, r := range p.waiters {
+			r.release(errEndpointGone) // unacknowledged: the broker sends it again after the restart
+		}
 		m.phase, m.running = idle, nil
 		return
 	}
@@ -617,6 +631,38 @@ func (m *machine) reapplyIfReshaped() {
 }
 
 // shutdown ends the machine: nothing more is applied; what waits stays durable or with the broker.
+// close ends the endpoint's queue. The receipts of what it will not apply are released: for an
+// endpoint removed by a reload with nil, so the broker forgets messages nobody wants (and the
+// PUBACKs after them are not held up); when the agent stops with an error, so they stay
+// unacknowledged and come again after the restart.
+func (ep *endpoint) close(removed bool) {
+	err := errEndpointGone
+	if removed {
+		err = nil
+	}
+	ep.mu.Lock()
+	ep.closed = true
+	evs := ep.queue
+	ep.queue = nil
+	ep.mu.Unlock()
+	for _, ev := range evs {
+		if a, ok := ev.(evArrival); ok {
+			a.receipt.release(err)
+		}
+	}
+	m := &ep.m
+	for _, p := range []*pending{m.next, m.running} {
+		if p != nil {
+			for _, r := range p.waiters {
+				r.release(err)
+			}
+		}
+	}
+	for _, r := range m.j.waiters {
+		r.release(err)
+	}
+}
+
 func (m *machine) shutdown() {
 	if m.phase == retrying {
 		// One last try, so a result that can be committed is not redone after the restart.

@@ -507,3 +507,36 @@ func TestClientID_TheFirstOneUsedIsKept(t *testing.T) {
 		t.Errorf("client ids %q then %q (%v), want cmx-agent-a both times", first, again, err)
 	}
 }
+
+func TestReload_RemovedEndpointReleasesWhatItWillNotApply(t *testing.T) {
+	blocked, release, pause := holdFirstWrite()
+	c := startCore(t, config.DialectCMX3, pause, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "other"})
+	r1 := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
+	<-blocked // 1 is being written
+	r2 := c.deliver(p+"/json", 1, `{"id": 2, "entries": [2]}`) // waits behind it
+	done := make(chan struct{})
+	go func() {
+		var other config.Endpoint
+		for _, ep := range c.e.endpointList() {
+			if ep.key == "other" {
+				other = ep.config()
+			}
+		}
+		c.e.Reload([]config.Endpoint{other})
+		close(done)
+	}()
+	close(release)
+	select {
+	case <-done:
+	case <-time.After(testWait):
+		t.Fatal("Reload did not return after the apply in progress")
+	}
+	// Both receipts are released, so the PUBACKs behind them are not held up; the waiting push is
+	// not applied.
+	waitReceipt(t, r1)
+	waitReceipt(t, r2)
+	out, _ := os.ReadFile(filepath.Join(c.dir, "out", "gw.json"))
+	if string(out) != "[1]" {
+		t.Errorf("output %q, want [1]: the push waiting behind the removal is not applied", out)
+	}
+}

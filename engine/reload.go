@@ -17,7 +17,10 @@ type Changes struct {
 	Request     []string // endpoint keys
 }
 
-var errNotStored = errors.New("could not be stored")
+var (
+	errNotStored    = errors.New("could not be stored")
+	errEndpointGone = errors.New("the endpoint stopped before this was applied")
+)
 
 func (ep *endpoint) removed() bool {
 	ep.mu.Lock()
