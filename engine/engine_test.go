@@ -512,7 +512,7 @@ func TestReload_RemovedEndpointReleasesWhatItWillNotApply(t *testing.T) {
 	blocked, release, pause := holdFirstWrite()
 	c := startCore(t, config.DialectCMX3, pause, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "other"})
 	r1 := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
-	<-blocked // 1 is being written
+	<-blocked                                                  // 1 is being written
 	r2 := c.deliver(p+"/json", 1, `{"id": 2, "entries": [2]}`) // waits behind it
 	done := make(chan struct{})
 	go func() {
