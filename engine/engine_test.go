@@ -514,17 +514,27 @@ func TestReload_RemovedEndpointReleasesWhatItWillNotApply(t *testing.T) {
 	r1 := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
 	<-blocked                                                  // 1 is being written
 	r2 := c.deliver(p+"/json", 1, `{"id": 2, "entries": [2]}`) // waits behind it
+	var gw *endpoint
+	var other config.Endpoint
+	for _, ep := range c.e.endpointList() {
+		switch ep.key {
+		case "gw":
+			gw = ep
+		case "other":
+			other = ep.config()
+		}
+	}
 	done := make(chan struct{})
 	go func() {
-		var other config.Endpoint
-		for _, ep := range c.e.endpointList() {
-			if ep.key == "other" {
-				other = ep.config()
-			}
-		}
 		c.e.Reload([]config.Endpoint{other})
 		close(done)
 	}()
+	// The removal must come while 1 is still being written: then 1 is the apply in progress.
+	for deadline := time.Now().Add(testWait); !gw.removed(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Reload did not stop the endpoint")
+		}
+	}
 	close(release)
 	select {
 	case <-done:
