@@ -129,8 +129,11 @@ func TestFinding_CMP7TransientFailureIsRetriedWhenTheServerSendsItAgain(t *testi
 func TestFinding_ReloadChangingTheTemplateAppliesTheStoredConfigurationAtOnce(t *testing.T) {
 	h := newHarness(t)
 	tmplA, tmplB := filepath.Join(h.dir, "a.tmpl"), filepath.Join(h.dir, "b.tmpl")
-	os.WriteFile(tmplA, []byte(`A={{index . 0}}`), 0o644)
-	os.WriteFile(tmplB, []byte(`B={{index . 0}}`), 0o644)
+	for path, body := range map[string]string{tmplA: `A={{index . 0}}`, tmplB: `B={{index . 0}}`} {
+		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	h.cfg.Endpoints[0].Template = tmplA
 	h.start()
 	h.pulled("gw-001")

@@ -2,29 +2,11 @@ package engine
 
 import (
 	"fmt"
-	"os"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/cmx-agent/cmx-agent/config"
 )
-
-// writeBytes reads this process's write_bytes from /proc/self/io: what it sent to the disk.
-func writeBytes(b *testing.B) int64 {
-	raw, err := os.ReadFile("/proc/self/io")
-	if err != nil {
-		b.Skip("no /proc/self/io")
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(line, "write_bytes: "); ok {
-			n, _ := strconv.ParseInt(v, 10, 64)
-			return n
-		}
-	}
-	b.Skip("no write_bytes")
-	return 0
-}
 
 // BenchmarkHeldPush pushes 256-byte configurations one at a time to one endpoint on the held path
 // (no broker: an in-memory transport) and reports the bytes written to disk per push: the output
@@ -35,13 +17,13 @@ func BenchmarkHeldPush(b *testing.B) {
 	for i := range 20 { // warm-up: the handled set and the outbox get their pages
 		waitReceiptB(b, c.deliver(p+"/json", 1, fmt.Sprintf(`{"id": %d, "entries": [%q]}`, i+1, body)))
 	}
-	before := writeBytes(b)
+	before := procWriteBytes(b)
 	b.ResetTimer()
 	for i := range b.N {
 		waitReceiptB(b, c.deliver(p+"/json", 1, fmt.Sprintf(`{"id": %d, "entries": [%q]}`, i+100, body)))
 	}
 	b.StopTimer()
-	b.ReportMetric(float64(writeBytes(b)-before)/float64(b.N), "disk-bytes/op")
+	b.ReportMetric(float64(procWriteBytes(b)-before)/float64(b.N), "disk-bytes/op")
 }
 
 func waitReceiptB(b *testing.B, r *Receipt) {

@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"strings"
+
 	"github.com/cmx-agent/cmx-agent/cmx"
 )
 
@@ -38,11 +40,11 @@ func legacyCode(status string) Code {
 	switch {
 	case status == cmx.StatusOK:
 		return CodeOK
-	case len(status) >= 10 && status[:10] == "superseded":
+	case strings.HasPrefix(status, "superseded"):
 		return CodeSuperseded
-	case len(status) >= 7 && status[:7] == "invalid":
+	case strings.HasPrefix(status, "invalid"):
 		return CodeInvalid
-	case len(status) >= 8 && (status[:8] == "validate" || status[:8] == "rejected"):
+	case strings.HasPrefix(status, "validate"), strings.HasPrefix(status, "rejected"):
 		return CodeRejected
 	}
 	return CodeFailed

@@ -10,7 +10,6 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -424,9 +423,6 @@ func (e *Engine) Healthy(ctx context.Context) error {
 		return fmt.Errorf("state database does not answer: %w", ctx.Err())
 	}
 }
-
-// ErrStopped is returned by calls that need Run.
-var ErrStopped = errors.New("engine not running")
 
 func prefixOf(k config.Kaa, token string) string { return cmx.Prefix(k.AppVersion, k.Extension, token) }
 

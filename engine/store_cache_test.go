@@ -10,7 +10,7 @@ import (
 
 // procWriteBytes is this process's write_bytes (/proc/self/io): what the kernel accounts as sent to
 // the disk, a whole folio for every one dirtied.
-func procWriteBytes(t *testing.T) int64 {
+func procWriteBytes(t testing.TB) int64 {
 	t.Helper()
 	raw, err := os.ReadFile("/proc/self/io")
 	if err != nil {

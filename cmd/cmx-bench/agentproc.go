@@ -41,11 +41,16 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(mod), nil
 }
 
-// agentConfig writes an agent configuration with one endpoint per token; spread, when not "", is
-// its broker.reconnect_spread; the endpoints of the tokens in hooked run `true` as their hook.
+// agentConfig writes an agent configuration with one endpoint per token; url is its broker, or
+// several separated by spaces (failover, in order); spread, when not "", is its
+// broker.reconnect_spread; the endpoints of the tokens in hooked run `true` as their hook.
 func agentConfig(dir, url, app string, tokens []string, maxPayload, spread string, hooked ...string) (string, error) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "[broker]\nservers = [%q]\nclient_id = %q\n", url, "cmx-agent-"+app+"-"+tokens[0])
+	servers := strings.Fields(url)
+	for i, s := range servers {
+		servers[i] = strconv.Quote(s)
+	}
+	fmt.Fprintf(&b, "[broker]\nservers = [%s]\nclient_id = %q\n", strings.Join(servers, ", "), "cmx-agent-"+app+"-"+tokens[0])
 	if spread != "" {
 		fmt.Fprintf(&b, "reconnect_spread = %q\n", spread)
 	}

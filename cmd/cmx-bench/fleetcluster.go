@@ -59,19 +59,12 @@ func (r *runner) fleetCluster() error {
 		}
 		wg.Wait()
 	}()
-	quoted := make([]string, len(urls))
-	for i, u := range urls {
-		quoted[i] = strconv.Quote(u)
-	}
 	for i := range n {
 		dir := mkdir(r.dir, app, strconv.Itoa(i))
 		tok := fmt.Sprintf("gw-%04d", i)
-		cfg, err := agentConfig(dir, urls[0], app, []string{tok}, "64KiB", r.p.Spread)
-		if err != nil {
-			return err
-		}
 		// All the nodes, the first one first.
-		if err := rewrite(cfg, fmt.Sprintf("servers = [%q]", urls[0]), "servers = ["+strings.Join(quoted, ", ")+"]"); err != nil {
+		cfg, err := agentConfig(dir, strings.Join(urls, " "), app, []string{tok}, "64KiB", r.p.Spread)
+		if err != nil {
 			return err
 		}
 		a, err := startAgent(r.bin, dir, cfg, false)
@@ -80,21 +73,7 @@ func (r *runner) fleetCluster() error {
 		}
 		agents = append(agents, a)
 	}
-	pulled := func(timeout time.Duration) ([]time.Time, error) {
-		seen := map[string]bool{}
-		var at []time.Time
-		err := srv.collect(app, timeout, func(ev event) bool {
-			if ev.pull && !seen[ev.token] {
-				seen[ev.token] = true
-				at = append(at, ev.at)
-			}
-			return len(seen) == n
-		})
-		if err != nil {
-			err = fmt.Errorf("%d of %d agents pulled: %w", len(seen), n, err)
-		}
-		return at, err
-	}
+	pulled := func(timeout time.Duration) ([]time.Time, error) { return srv.pulls(app, n, timeout) }
 	if _, err := pulled(180 * time.Second); err != nil {
 		return err
 	}
@@ -133,17 +112,4 @@ func (r *runner) fleetCluster() error {
 	r.rep.limit("fleet on a cluster: peak pulls per 100 ms at the server", "agents", float64(peak), 0, fmt.Sprintf("%d windows used", len(windows)))
 	r.logf("fleet on the cluster: all pulled again %v after the kill; peak %d per 100 ms", last.Sub(tKill).Round(time.Millisecond), peak)
 	return nil
-}
-
-// rewrite replaces old with new in the file at path.
-func rewrite(path, old, new string) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	s := string(b)
-	if !strings.Contains(s, old) {
-		return fmt.Errorf("%s: %q not found", path, old)
-	}
-	return os.WriteFile(path, []byte(strings.Replace(s, old, new, 1)), 0o644)
 }

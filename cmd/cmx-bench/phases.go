@@ -477,21 +477,7 @@ func (r *runner) fleet() error {
 		}
 		agents = append(agents, a)
 	}
-	pulled := func(timeout time.Duration) ([]time.Time, error) {
-		seen := map[string]bool{}
-		var at []time.Time
-		err := r.srv.collect(app, timeout, func(ev event) bool {
-			if ev.pull && !seen[ev.token] {
-				seen[ev.token] = true
-				at = append(at, ev.at)
-			}
-			return len(seen) == n
-		})
-		if err != nil {
-			err = fmt.Errorf("%d of %d agents pulled: %w", len(seen), n, err)
-		}
-		return at, err
-	}
+	pulled := func(timeout time.Duration) ([]time.Time, error) { return r.srv.pulls(app, n, timeout) }
 	if _, err := pulled(120 * time.Second); err != nil {
 		return err
 	}
@@ -589,4 +575,21 @@ func spreadLabel(s string) string {
 		return "default (" + config.DefaultReconnectSpread.String() + ")"
 	}
 	return s
+}
+
+// pulls waits until n agents of app have each pulled once and returns when each first did.
+func (s *server) pulls(app string, n int, timeout time.Duration) ([]time.Time, error) {
+	seen := map[string]bool{}
+	var at []time.Time
+	err := s.collect(app, timeout, func(ev event) bool {
+		if ev.pull && !seen[ev.token] {
+			seen[ev.token] = true
+			at = append(at, ev.at)
+		}
+		return len(seen) == n
+	})
+	if err != nil {
+		err = fmt.Errorf("%d of %d agents pulled: %w", len(seen), n, err)
+	}
+	return at, err
 }
