@@ -117,7 +117,13 @@ func (c *conn) close() {
 
 type ack struct {
 	m mqtt.Message
-	r *engine.Receipt
+	r receipt
+}
+
+// receipt is what acknowledging needs of an engine.Receipt.
+type receipt interface {
+	Done() <-chan struct{}
+	Err() error
 }
 
 func (c *conn) deliver(ctx context.Context, acks chan<- ack) {

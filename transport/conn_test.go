@@ -12,7 +12,6 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/cmx-agent/cmx-agent/config"
-	"github.com/cmx-agent/cmx-agent/engine"
 )
 
 type fakeMsg struct {
@@ -27,6 +26,14 @@ func (m *fakeMsg) Topic() string     { return m.topic }
 func (m *fakeMsg) MessageID() uint16 { return 1 }
 func (m *fakeMsg) Payload() []byte   { return nil }
 func (m *fakeMsg) Ack()              { m.acked(m.topic) }
+
+// fakeReceipt stands in for the engine's receipt; the test releases it.
+type fakeReceipt struct{ done chan struct{} }
+
+func newFakeReceipt() *fakeReceipt           { return &fakeReceipt{done: make(chan struct{})} }
+func (r *fakeReceipt) Done() <-chan struct{} { return r.done }
+func (r *fakeReceipt) Err() error            { return nil }
+func (r *fakeReceipt) release()              { close(r.done) }
 
 func TestAcknowledge_PUBACKsGoOutInArrivalOrderWhateverOrderTheEngineReleases(t *testing.T) {
 	s := New(config.Broker{}, nil, Options{Logger: slog.New(slog.DiscardHandler)})
@@ -43,20 +50,20 @@ func TestAcknowledge_PUBACKsGoOutInArrivalOrderWhateverOrderTheEngineReleases(t 
 		acked <- struct{}{}
 	}
 	acks := make(chan ack, 3)
-	rs := []*engine.Receipt{engine.NewReceiptForTest(), engine.NewReceiptForTest(), engine.NewReceiptForTest()}
+	rs := []*fakeReceipt{newFakeReceipt(), newFakeReceipt(), newFakeReceipt()}
 	for i, topic := range []string{"a", "b", "c"} {
 		acks <- ack{m: &fakeMsg{topic: topic, acked: record}, r: rs[i]}
 	}
 	go c.acknowledge(context.Background(), acks)
 	// The last message's result is committed first (another endpoint, a quicker apply).
-	engine.ReleaseForTest(rs[2], nil)
-	engine.ReleaseForTest(rs[1], nil)
+	rs[2].release()
+	rs[1].release()
 	select {
 	case <-acked:
 		t.Fatal("a PUBACK went out before the one for the message that came first")
 	case <-time.After(50 * time.Millisecond): // proves absence
 	}
-	engine.ReleaseForTest(rs[0], nil)
+	rs[0].release()
 	for range 3 {
 		select {
 		case <-acked:
