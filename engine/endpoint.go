@@ -219,6 +219,9 @@ type machine struct {
 	running *pending // being applied (applying), or its result being committed (retrying)
 	next    *pending // the newest offer waiting behind running
 	result  *outcome // retrying: the outcome whose commit failed
+	// st is the endpoint's committed state, read once and then kept: the machine is its only
+	// writer, so neither an apply nor its result has to read it back from the store.
+	st *EndpointState
 
 	j journal // what waits for the next commit
 
@@ -231,6 +234,15 @@ type machine struct {
 	// lastDrift is the hash of the drifted output last reported, so a report is logged once per
 	// change.
 	lastDrift string
+}
+
+// state returns the endpoint's committed state.
+func (m *machine) state() EndpointState {
+	if m.st == nil {
+		st := m.ep.e.stateOf(m.ep)
+		m.st = &st
+	}
+	return *m.st
 }
 
 func (m *machine) setTimer(d time.Duration) {
@@ -308,11 +320,11 @@ func (m *machine) settle() {
 func (m *machine) start(p *pending) {
 	m.phase, m.running = applying, p
 	ep, e := m.ep, m.ep.e
-	cfg := ep.config()
+	cfg, st := ep.config(), m.state()
 	e.applies.Add(1)
 	go func() {
 		defer e.applies.Done()
-		out := e.runPipeline(m.ctx, ep, cfg, p.o)
+		out := e.runPipeline(m.ctx, ep, cfg, st, p.o)
 		ep.post(evApplied{o: p, out: out})
 	}()
 }
@@ -369,7 +381,7 @@ func (m *machine) arrive(a evArrival) {
 			a.receipt.release(fmt.Errorf("read handled ids: %w", err))
 			return
 		}
-		if seen && !e.dia.again(h, o, e.stateOf(ep), m.running != nil || m.next != nil) {
+		if seen && !e.dia.again(h, o, m.state(), m.running != nil || m.next != nil) {
 			e.log.Warn("duplicate id confirmed again", "endpoint", ep.key, "id", o.Text, "topic", a.topic, "status", h.Status)
 			m.j.answer(e, ep, o, Result(h), fast)
 			m.j.waiters = append(m.j.waiters, a.receipt)
@@ -510,7 +522,7 @@ func (m *machine) applied(p *pending, out outcome) {
 func (m *machine) recordResult(p *pending, out outcome) {
 	e, ep := m.ep.e, m.ep
 	now := e.opt.Now()
-	st := e.stateOf(ep)
+	st := m.state()
 	st.LastText, st.LastStatus, st.LastCode, st.LastAt = p.o.Text, out.r.Status, out.r.Code, now
 	if out.applied {
 		st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedShape, st.AppliedAt = p.o.ID, p.o.Text, out.hash, out.shape, now
@@ -537,6 +549,7 @@ func (m *machine) commitResult() {
 	p, out := m.running, *m.result
 	// Status must not show the result committed while the endpoint still reads as busy.
 	ep.busyFlag.Store(m.next != nil)
+	committedState := m.j.state
 	if err := e.commit(ep, &m.j); err != nil {
 		ep.busyFlag.Store(true)
 		d := m.backoff.next()
@@ -546,6 +559,7 @@ func (m *machine) commitResult() {
 		return
 	}
 	m.backoff.reset()
+	m.st = committedState
 	if !p.o.Internal {
 		ep.stats.count(out.r.Code)
 	}
@@ -606,7 +620,7 @@ func (m *machine) takeOptions(c config.Endpoint) {
 // longer match the ones it was applied with.
 func (m *machine) reapplyIfReshaped() {
 	ep, e := m.ep, m.ep.e
-	st := e.stateOf(ep)
+	st := m.state()
 	if st.AppliedHash == "" || st.AppliedShape == "" {
 		return
 	}

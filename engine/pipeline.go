@@ -57,7 +57,7 @@ func (p previous) name() string {
 // Until the machine commits the outcome, the offer stays pending (in the database, or unacknowledged
 // at the broker), so a crash anywhere here makes the agent run the whole pipeline again after the
 // restart; that is why hooks must be idempotent.
-func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpoint, o *Offer) outcome {
+func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpoint, st EndpointState, o *Offer) outcome {
 	select {
 	case e.applyC <- struct{}{}:
 	case <-ctx.Done():
@@ -66,7 +66,6 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 	defer func() { <-e.applyC }()
 	start := time.Now()
 	defer func() { e.applyTimes.observe(time.Since(start)) }()
-	st := e.stateOf(ep)
 	data := o.Body
 	rendered := false
 	if cfg.Template != "" {
