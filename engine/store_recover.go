@@ -42,11 +42,11 @@ func openChecked(path string, lockTimeout time.Duration) (db *bolt.DB, err error
 	}()
 	db, err = bolt.Open(path, 0o600, &bolt.Options{
 		Timeout: lockTimeout,
-		// The free list is rebuilt from the pages at open instead of being written with every
-		// commit: one page less per commit, which a gateway's SD card or eMMC pays for in wear.
-		// Data and meta pages are still fsynced by every commit; nothing durable depends on it.
-		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
+		// The free list is written with every commit (one page more) rather than rebuilt from
+		// the pages at open (NoFreelistSync): bbolt rebuilds it in a goroutine of its own, where
+		// a damaged page panics beyond any recover, and a damaged database must be moved aside,
+		// never become a crash loop (seen in the soak's "corrupt agent.db" fault).
+		FreelistType: bolt.FreelistMapType,
 	})
 	switch {
 	case errors.Is(err, bolterrors.ErrTimeout):
