@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/engine"
+	"github.com/cmx-agent/cmx-agent/transport"
 )
 
 // The local API: HTTP + JSON on the unix socket [agent] socket. `cmx-agent status` and `cmx-agent
@@ -31,7 +32,10 @@ type Status struct {
 	Connected bool   `json:"connected"`
 	Server    string `json:"server,omitempty"`     // broker of the live connection
 	LastError string `json:"last_error,omitempty"` // last connection error while disconnected
-	Dialect   string `json:"dialect"`
+	// Degraded says, while connected, why the subscriptions are at QoS 0 and when QoS 1 is tried
+	// again (the broker refuses the agent's QoS 1 subscription; see docs/brokers.md).
+	Degraded string `json:"degraded,omitempty"`
+	Dialect  string `json:"dialect"`
 	// Endpoints are sorted by key.
 	Endpoints []EndpointStatus `json:"endpoints"`
 }
@@ -56,6 +60,7 @@ func (a *Agent) Status() (Status, error) {
 	if !c.Connected {
 		st.Server = "" // Server names the live connection only
 	}
+	st.Degraded = degraded(c)
 	eps, err := a.eng.Endpoints()
 	if err != nil {
 		return Status{}, err
@@ -63,6 +68,15 @@ func (a *Agent) Status() (Status, error) {
 	st.Endpoints = append(st.Endpoints, eps...)
 	sortEndpoints(st.Endpoints)
 	return st, nil
+}
+
+// degraded is Status.Degraded for c.
+func degraded(c transport.ConnState) string {
+	if !c.Connected || c.QoS != 0 {
+		return ""
+	}
+	return "subscribed at QoS 0: the broker refuses this client id a QoS 1 subscription; pushes made while disconnected are lost, " +
+		"the latest configuration is requested at every connection; QoS 1 is tried again at " + c.QoS1RetryAt.Format(time.RFC3339)
 }
 
 func sortEndpoints(es []EndpointStatus) {

@@ -97,7 +97,7 @@ func TestMetrics_ParseAndCarryEveryFamily(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	for _, name := range []string{
-		"cmx_agent_build_info", "cmx_agent_connected", "cmx_agent_reconnects_total",
+		"cmx_agent_build_info", "cmx_agent_connected", "cmx_agent_subscription_degraded", "cmx_agent_reconnects_total",
 		"cmx_agent_endpoint_applied_info", "cmx_agent_endpoint_last_apply_timestamp_seconds",
 		"cmx_agent_configurations_received_total", "cmx_agent_configurations_total",
 		"cmx_agent_drift_repairs_total", "cmx_agent_apply_duration_seconds",
@@ -114,6 +114,7 @@ func TestMetrics_ParseAndCarryEveryFamily(t *testing.T) {
 		says   string
 	}{
 		{"cmx_agent_connected", nil, func(v float64) bool { return v == 1 }, "1"},
+		{"cmx_agent_subscription_degraded", nil, func(v float64) bool { return v == 0 }, "0"},
 		{"cmx_agent_endpoint_applied_info", map[string]string{"endpoint": "gw-001", "id": "cfg-1"}, func(v float64) bool { return v == 1 }, "1"},
 		{"cmx_agent_endpoint_applied_info", map[string]string{"endpoint": "dev-2", "id": ""}, func(v float64) bool { return v == 0 }, "0"},
 		{"cmx_agent_configurations_received_total", map[string]string{"endpoint": "gw-001"}, func(v float64) bool { return v == 2 }, "2"},
@@ -190,7 +191,7 @@ func TestMetrics_SeriesAreBoundedByTheEndpointList(t *testing.T) {
 			series++
 		}
 	}
-	if series != 8*1000+23 {
-		t.Errorf("%d series for 1,000 endpoints, want 8,023 (8 per endpoint and 23 besides)", series)
+	if series != 8*1000+24 {
+		t.Errorf("%d series for 1,000 endpoints, want 8,024 (8 per endpoint and 24 besides)", series)
 	}
 }

@@ -141,18 +141,8 @@ func TestRun_RefusedAttemptsWaitThePolicysBackoff(t *testing.T) {
 
 func TestRun_ALostConnectionWaitsARandomPartOfTheSpread(t *testing.T) {
 	b := mqtttest.Start(t)
-	dir := t.TempDir()
 	const spread = 45 * time.Second
-	src := fmt.Sprintf("[broker]\nservers = [%q]\nreconnect_spread = %q\n[kaa]\napp_version = \"v1\"\n[agent]\nstate_dir = %q\nsocket = %q\n[[endpoint]]\ntoken = \"gw-1\"\noutput = %q\n",
-		b.URL, spread, filepath.Join(dir, "state"), filepath.Join(dir, "state", "agent.sock"), filepath.Join(dir, "out", "gw-1.json"))
-	path := filepath.Join(dir, "agent.toml")
-	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, _ := oneEndpointConfig(t, b.URL, spread)
 	eng, err := engine.New(cfg, engine.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -192,4 +182,23 @@ func TestRun_ALostConnectionWaitsARandomPartOfTheSpread(t *testing.T) {
 	if got[0] >= spread {
 		t.Errorf("wait %v, want within [0, %v)", got[0], spread)
 	}
+}
+
+// oneEndpointConfig loads a configuration with server, reconnect_spread and one endpoint gw-1,
+// whose output path it returns, all in a temporary folder.
+func oneEndpointConfig(t *testing.T, server string, spread time.Duration) (*config.Config, string) {
+	t.Helper()
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out", "gw-1.json")
+	src := fmt.Sprintf("[broker]\nservers = [%q]\nreconnect_spread = %q\n[kaa]\napp_version = \"v1\"\n[agent]\nstate_dir = %q\nsocket = %q\n[[endpoint]]\ntoken = \"gw-1\"\noutput = %q\n",
+		server, spread, filepath.Join(dir, "state"), filepath.Join(dir, "state", "agent.sock"), out)
+	path := filepath.Join(dir, "agent.toml")
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, out
 }

@@ -51,6 +51,8 @@ type Options struct {
 	// Sleep waits d or until ctx ends, before a connection attempt (a test records the delays
 	// instead of waiting them); nil waits on a timer.
 	Sleep func(ctx context.Context, d time.Duration)
+	// After is time.After, for the probe of a QoS 0 connection (a test fires it at will).
+	After func(d time.Duration) <-chan time.Time
 }
 
 // Session owns the MQTT client. It connects with its own backoff loop (paho's auto-reconnect has no
@@ -78,10 +80,8 @@ type Session struct {
 	lastErrAt time.Time   // when lastErr first happened
 	vagueSeen bool        // a reset without a cause was seen since the last connection
 	nextGen   uint64
-	// fresh makes the next connection start a new session (clean_session once): a broker that
-	// refused the SUBSCRIBE of a resumed session (RabbitMQ, after the node holding the session's
-	// queue died) refuses it again on every reconnect to the same session.
-	fresh bool
+	qos       byte      // QoS of the live connection's subscriptions (see ladder)
+	probeAt   time.Time // when a QoS 0 connection tries QoS 1 again; zero otherwise
 
 	attempted atomic.Value // string: the broker of the latest connection attempt
 }
@@ -103,6 +103,9 @@ func New(cfg config.Broker, core Core, opt Options) *Session {
 	if opt.Sleep == nil {
 		opt.Sleep = sleepCtx
 	}
+	if opt.After == nil {
+		opt.After = time.After
+	}
 	s := &Session{cfg: cfg, clientID: opt.ClientID, core: core, log: opt.Logger, opt: opt}
 	s.attempted.Store("")
 	return s
@@ -115,6 +118,8 @@ func (s *Session) State() ConnState {
 	st := ConnState{Connected: s.online, Server: s.server, LastError: s.lastErr, LastErrorAt: s.lastErrAt, Connects: s.nextGen}
 	if !st.Connected {
 		st.Server, _ = s.attempted.Load().(string)
+	} else {
+		st.QoS, st.QoS1RetryAt = s.qos, s.probeAt
 	}
 	return st
 }
@@ -150,6 +155,7 @@ func (s *Session) down(gen uint64) {
 		s.gen = 0
 		s.client = nil
 		s.online = false
+		s.probeAt = time.Time{}
 	}
 	s.mu.Unlock()
 	if was {
@@ -164,17 +170,15 @@ func (s *Session) Run(ctx context.Context) error {
 	// with backoff and shown in status, so fixing the file on disk is enough and a gateway never
 	// restart-loops over it.
 	pol := NewReconnectPolicy(s.cfg.ReconnectSpread.Duration)
+	lad := ladder{persistent: !s.cfg.CleanSession}
 	refused := 0 // attempts refused in a row since start or since the last lost connection
 	backoff := func() {
 		refused++
 		s.opt.Sleep(ctx, pol.Delay(refused, s.opt.Rand))
 	}
 	for ctx.Err() == nil {
-		s.mu.Lock()
-		fresh := s.fresh
-		s.fresh = false
-		s.mu.Unlock()
-		c, err := s.newConn(ctx, fresh)
+		clean, qos := lad.clean(), lad.qos()
+		c, err := s.newConn(ctx, clean)
 		if err != nil {
 			s.noteConnectError(err)
 			backoff()
@@ -194,35 +198,54 @@ func (s *Session) Run(ctx context.Context) error {
 		server := s.attempted.Load().(string)
 		gen := s.up(server, c.client)
 		c.gen = gen
-		s.log.Info("connected to broker", "server", server, "client_id", s.clientID, "fresh_session", fresh)
+		s.log.Info("connected to broker", "server", server, "client_id", s.clientID, "clean_session", clean, "qos", qos)
 		c.start(ctx)
-		if err := s.subscribe(ctx, c.client, s.core.Filters()); err != nil {
+		if err := subscribe(ctx, c.client, s.core.Filters(), qos); err != nil {
 			s.down(gen)
 			c.close()
 			c.client.Disconnect(0)
 			if ctx.Err() != nil {
 				break
 			}
-			var refused *RefusedError
-			if errors.As(err, &refused) && !fresh && !s.cfg.CleanSession {
-				s.mu.Lock()
-				s.fresh = true
-				s.mu.Unlock()
-				s.log.Error("the broker refused the subscription of the resumed session; starting a fresh session (messages queued in the old one are lost; the latest configuration is requested)", "err", err)
+			var ref *RefusedError
+			if errors.As(err, &ref) {
+				if line := lad.refused(ref.Closed); line != "" {
+					s.log.Error(line, "server", server, "err", err)
+				} else {
+					s.log.Warn("connection closed before the SUBACK; reconnecting (a second time in a row counts as a refusal)", "server", server, "err", err)
+				}
 			} else {
 				s.log.Error("cannot subscribe; reconnecting", "err", err)
 			}
 			backoff()
 			continue
 		}
-		s.core.Online(gen, !s.cfg.CleanSession && !fresh)
+		if line := lad.subscribed(); line != "" {
+			s.log.Info(line, "server", server)
+		}
+		var probe <-chan time.Time
+		var probeAt time.Time
+		if qos == 0 {
+			d := lad.probeDelay(s.opt.Rand)
+			probeAt = s.opt.Now().Add(d)
+			probe = s.opt.After(d)
+			s.log.Warn("subscribed at QoS 0: the broker refuses this client id a QoS 1 subscription", "server", server, "qos1_again_in", d.Round(time.Second))
+		}
+		s.core.Online(gen, !clean && qos == 1)
 		s.mu.Lock()
 		s.online = s.gen == gen
+		s.qos, s.probeAt = qos, probeAt
 		s.mu.Unlock()
 		s.changed()
 		refused = 0
 		select {
 		case <-ctx.Done():
+			s.down(gen)
+			c.close()
+			c.client.Disconnect(250)
+		case <-probe:
+			s.log.Info("trying the QoS 1 subscription again", "server", server)
+			lad.probe()
 			s.down(gen)
 			c.close()
 			c.client.Disconnect(250)
@@ -240,41 +263,6 @@ func (s *Session) Run(ctx context.Context) error {
 	return nil
 }
 
-// RefusedError is a SUBSCRIBE the broker answered with a failure code.
-type RefusedError struct{ Filter string }
-
-func (e *RefusedError) Error() string {
-	return fmt.Sprintf("subscribe %s: refused by the broker (not authorised, or the session's queue is unavailable)", e.Filter)
-}
-
-// subscribe subscribes filters at QoS 1 and waits for the SUBACK.
-func (s *Session) subscribe(ctx context.Context, client mqtt.Client, filters []string) error {
-	if len(filters) == 0 {
-		return nil
-	}
-	m := make(map[string]byte, len(filters))
-	for _, f := range filters {
-		m[f] = 1
-	}
-	tok := client.SubscribeMultiple(m, nil)
-	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if !waitToken(tctx, tok) {
-		return fmt.Errorf("subscribe: no SUBACK within 30s")
-	}
-	if err := tok.Error(); err != nil {
-		return fmt.Errorf("subscribe: %w", err)
-	}
-	if st, ok := tok.(*mqtt.SubscribeToken); ok {
-		for f, code := range st.Result() {
-			if code == 0x80 {
-				return &RefusedError{Filter: f}
-			}
-		}
-	}
-	return nil
-}
-
 // Apply carries out a reload's changes on the live connection: subscribe the new filters, then
 // unsubscribe the old ones (so nothing falls between), then have the engine request. When not
 // connected it does nothing: the next connection subscribes everything and requests for all.
@@ -283,7 +271,10 @@ func (s *Session) Apply(ctx context.Context, ch engine.Changes, request func([]s
 	if client == nil {
 		return nil
 	}
-	if err := s.subscribe(ctx, client, ch.Subscribe); err != nil {
+	s.mu.Lock()
+	qos := s.qos
+	s.mu.Unlock()
+	if err := subscribe(ctx, client, ch.Subscribe, qos); err != nil {
 		return err
 	}
 	if len(ch.Unsubscribe) > 0 {

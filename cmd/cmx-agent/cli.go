@@ -52,6 +52,9 @@ func printStatus(w io.Writer, st agent.Status) {
 	switch {
 	case st.Connected:
 		fmt.Fprintf(w, "broker:  connected to %s (dialect %s)\n", st.Server, st.Dialect)
+		if st.Degraded != "" {
+			fmt.Fprintf(w, "         degraded: %s\n", st.Degraded)
+		}
 	case st.LastError != "":
 		fmt.Fprintf(w, "broker:  not connected: %s (dialect %s)\n", st.LastError, st.Dialect)
 	default:

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cmx-agent/cmx-agent/agent"
 )
 
 func TestCommands_ExitCodesAndOutput(t *testing.T) {
@@ -66,5 +68,30 @@ func writeOrFail(t *testing.T, path, data string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestStatus_PrintsTheBrokerLine(t *testing.T) {
+	degraded := "subscribed at QoS 0: the broker refuses this client id a QoS 1 subscription; ..."
+	cases := []struct {
+		name string
+		st   agent.Status
+		want string
+	}{
+		{"connected", agent.Status{Connected: true, Server: "tcp://127.0.0.1:1883", Dialect: "cmx3"},
+			"broker:  connected to tcp://127.0.0.1:1883 (dialect cmx3)\nENDPOINT"},
+		{"connected at QoS 0", agent.Status{Connected: true, Server: "tcp://127.0.0.1:1883", Dialect: "cmx3", Degraded: degraded},
+			"broker:  connected to tcp://127.0.0.1:1883 (dialect cmx3)\n         degraded: " + degraded + "\nENDPOINT"},
+		{"not connected", agent.Status{LastError: "connection refused", Dialect: "cmp7"},
+			"broker:  not connected: connection refused (dialect cmp7)\nENDPOINT"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var b bytes.Buffer
+			printStatus(&b, c.st)
+			if !strings.HasPrefix(b.String(), c.want) {
+				t.Errorf("status printed\n%s\nwant it to begin with\n%s", b.String(), c.want)
+			}
+		})
 	}
 }

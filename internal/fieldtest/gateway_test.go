@@ -181,6 +181,7 @@ type agentStatus struct {
 	Connected bool   `json:"connected"`
 	Server    string `json:"server"`
 	LastError string `json:"last_error"`
+	Degraded  string `json:"degraded"`
 	Endpoints []struct {
 		Token     string `json:"token"`
 		AppliedID string `json:"applied_id"`
@@ -224,18 +225,6 @@ func (g *gateway) waitConnected(server string, within time.Duration) agentStatus
 		return st.Connected && (server == "" || st.Server == server), fmt.Sprintf("status %+v, want connected to %q", st, server)
 	})
 	return st
-}
-
-// runSkipped names the environment variable that runs the tests skipped for a known agent defect,
-// so that the defect can be seen, and a fix checked.
-const runSkipped = "CMX_FIELD_RUN_SKIPPED"
-
-// skipDefect skips a test that specifies what the agent should do and does not do yet.
-func skipDefect(t *testing.T, defect string) {
-	t.Helper()
-	if os.Getenv(runSkipped) != "1" {
-		t.Skipf("agent defect: %s (set %s=1 to run it)", defect, runSkipped)
-	}
 }
 
 // eventually polls cond until it holds, and fails the test with cond's last description when it

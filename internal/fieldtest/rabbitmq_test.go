@@ -315,9 +315,10 @@ func TestRabbitMQ_QuorumSessionSurvivesANodesDeath(t *testing.T) {
 
 // TestRabbitMQ_ClassicSessionIsRefusedWhileItsHomeNodeIsDown shows what RabbitMQ's default
 // (classic session queues) does to a gateway when the node homing its session dies: every other
-// node refuses the session's SUBSCRIBE, with a clean session too (its queue has the same name),
-// pushes published meanwhile are acknowledged to the server and dropped, and only the node's return
-// brings the agent back; its pull at connect then brings the newest configuration.
+// node refuses the session's SUBSCRIBE by closing the connection, with a clean session too (its
+// queue has the same name), and grants only QoS 0; pushes published while the agent has no
+// subscription are acknowledged to the server and dropped, and the agent's pull at connect brings
+// the newest configuration.
 func TestRabbitMQ_ClassicSessionIsRefusedWhileItsHomeNodeIsDown(t *testing.T) {
 	r := needRabbit(t)
 	r.queueType("classic")
@@ -356,40 +357,57 @@ func TestRabbitMQ_ClassicSessionIsRefusedWhileItsHomeNodeIsDown(t *testing.T) {
 	t.Logf("node 2 refused the session queue of %s %d times while node 1 was down", clientID, refusals(nodeLog(r, 2), clientID))
 }
 
-// TestRabbitMQ_ClassicRefusedSubscribeStartsAFreshSessionAndPulls is what the agent should do when
-// a SUBSCRIBE is refused: connect once with clean_session=true (a fresh session), then go back to
-// a persistent one, and pull, so it ends on the newest configuration while the node homing its old
-// session is still down. Two things stand in the way on RabbitMQ 3.10 (see
-// TestRabbitMQ_ClassicSessionIsRefusedWhileItsHomeNodeIsDown): the refusal is the connection
-// closed right after the SUBSCRIBE, with no SUBACK; and a clean session of the same client id is
-// refused its QoS 1 SUBSCRIBE too, while a QoS 0 one is granted. The fresh session has to follow a
-// connection lost before the SUBACK and subscribe at QoS 0 (or use another client id) to pass.
-func TestRabbitMQ_ClassicRefusedSubscribeStartsAFreshSessionAndPulls(t *testing.T) {
-	skipDefect(t, "RabbitMQ refuses the SUBSCRIBE by closing the connection, not with SUBACK 0x80, so the transport's "+
-		"fresh-session fallback (taken on 0x80 only) never starts: the agent reconnects to the same refused session until "+
-		"the node homing it is back; and the fresh session's QoS 1 SUBSCRIBE would be refused as well")
+// TestRabbitMQ_ClassicSessionRefusedIsServedAtQoS0UntilItsNodeReturns is what the agent does when
+// its SUBSCRIBE is refused (transport's ladder): RabbitMQ closes the connection instead of a
+// SUBACK, for the resumed session and a fresh one alike, so the agent subscribes at QoS 0 on a
+// surviving node, pulls, and takes pushes while connected; back on QoS 1 (here by a restart once
+// the node has returned; the probe does the same without one), pushes made while it is stopped wait
+// in its session again.
+func TestRabbitMQ_ClassicSessionRefusedIsServedAtQoS0UntilItsNodeReturns(t *testing.T) {
 	r := needRabbit(t)
 	r.queueType("classic")
 	defer r.queueType("quorum")
 	srv, gw, clientID := bootedGateway(t, r, []string{"gw-001"})
+	if typ, _ := r.sessionQueue(2, clientID); typ != "classic" {
+		t.Fatalf("session queue type %q, want classic", typ)
+	}
 	pulls := srv.pullsSeen("gw-001")
+	killed := time.Now()
 	r.killNode(1)
-	srv.push("gw-001", 1)
-	srv.push("gw-001", 1)
-	// Within a minute the agent must be subscribed on a surviving node and have pulled.
-	deadline := time.Now().Add(60 * time.Second)
-	for srv.pullsSeen("gw-001") <= pulls && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
+	srv.push("gw-001", 1) // while the agent has no subscription: dropped, and brought by the pull
+	srv.waitPulls("gw-001", pulls+1, 60*time.Second)
+	st := gw.waitConnected("", 30*time.Second)
+	if !strings.HasPrefix(st.Degraded, "subscribed at QoS 0") || st.Server == r.urls[0] {
+		t.Fatalf("status %+v, want connected to a surviving node and degraded to QoS 0", st)
 	}
 	log := nodeLog(r, 2) + nodeLog(r, 3)
-	t.Logf("after node 1 died: %d connections of %s to nodes 2 and 3, %d refused queue declarations, %d pulls",
-		strings.Count(log, "client id: "+clientID+")"), clientID, refusals(log, clientID), srv.pullsSeen("gw-001")-pulls)
+	t.Logf("node 1 killed: the agent pulled at QoS 0 on %s after %v, with %d refused queue declarations on nodes 2 and 3",
+		st.Server, time.Since(killed).Round(100*time.Millisecond), refusals(log, clientID))
 	srv.settle(gw, 30*time.Second)
-	// Back on a persistent session: a push made while the agent is stopped waits for it.
-	gw.stop()
+	// A push while connected at QoS 0 is delivered and confirmed at once.
 	srv.push("gw-001", 1)
+	srv.settle(gw, 30*time.Second)
+
+	r.startNode(1)
+	gw.stop()
+	gw.start()
+	eventually(t, 60*time.Second, func() (bool, string) {
+		st, err := gw.status()
+		return err == nil && st.Connected && st.Degraded == "", fmt.Sprintf("status %+v, %v; want connected at QoS 1", st, err)
+	})
+	srv.settle(gw, 30*time.Second)
+	// Back on a persistent QoS 1 session: a push made while the agent is stopped waits for it and
+	// is delivered by the session, not by a pull's answer.
+	gw.stop()
+	queued := srv.push("gw-001", 1)
 	gw.start()
 	srv.settle(gw, 60*time.Second)
+	for _, cf := range srv.confirmations() {
+		if string(cf.id) == strconv.Itoa(queued.id) && cf.topic == srv.prefix("gw-001")+"/json/status" {
+			return
+		}
+	}
+	t.Errorf("the push made while the agent was stopped was not delivered by its session: %+v", srv.confirmations())
 }
 
 // trySubscribe connects as clientID to url and subscribes at qos. RabbitMQ answers a refused
