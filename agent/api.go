@@ -75,8 +75,12 @@ func degraded(c transport.ConnState) string {
 	if !c.Connected || c.QoS != 0 {
 		return ""
 	}
-	return "subscribed at QoS 0: the broker refuses this client id a QoS 1 subscription; pushes made while disconnected are lost, " +
-		"the latest configuration is requested at every connection; QoS 1 is tried again at " + c.QoS1RetryAt.Format(time.RFC3339)
+	const lost = "; pushes made while disconnected are lost, the latest configuration is requested at every connection"
+	if c.QoS1RetryAt.IsZero() {
+		return "subscribed at QoS 0: the broker grants no more" + lost
+	}
+	return "subscribed at QoS 0: the broker refuses this client id a QoS 1 subscription" + lost +
+		"; QoS 1 is tried again at " + c.QoS1RetryAt.Format(time.RFC3339)
 }
 
 func sortEndpoints(es []EndpointStatus) {

@@ -248,7 +248,7 @@ func (c *conn) send(ctx context.Context) {
 				}
 				continue
 			}
-			if g, _ := c.s.current(); g != c.gen {
+			if g, _, _ := c.s.current(); g != c.gen {
 				return // completed after its connection ended: not proof of delivery
 			}
 			if r.m.QoS > 0 {

@@ -16,9 +16,9 @@ type ConnState struct {
 	// Connects counts the connections made since the agent started; all but the first are
 	// reconnections.
 	Connects uint64
-	// QoS is the QoS of the live connection's subscriptions: 1, or 0 while the broker refuses this
-	// client id a QoS 1 subscription (see ladder); then QoS1RetryAt is when the session tries
-	// QoS 1 again.
+	// QoS is, while Connected, the QoS the broker granted the subscriptions: 1, or 0 when it grants
+	// no more or while it refuses this client id a QoS 1 subscription; in that case QoS1RetryAt is
+	// when the session tries QoS 1 again (zero otherwise).
 	QoS         byte
 	QoS1RetryAt time.Time
 }

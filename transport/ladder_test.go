@@ -26,29 +26,47 @@ type refuser struct {
 	ln     net.Listener
 	target string
 
+	now func() time.Time // the agent's clock
+
 	mu       sync.Mutex
 	refuse   int // QoS 1 SUBSCRIBEs still to refuse; < 0: all
 	attempts []attempt
-	changed  chan struct{} // closed and replaced on each new attempt
+	changed  chan struct{} // closed and replaced on each CONNECT and SUBSCRIBE
 }
 
 // attempt is one connection as the refuser saw it.
 type attempt struct {
-	Clean   bool // CONNECT asked for a clean session
-	QoS     byte // the highest QoS its SUBSCRIBE asked for
-	Refused bool
+	Clean      bool // CONNECT asked for a clean session
+	Subscribed bool // it sent a SUBSCRIBE
+	QoS        byte // the highest QoS that SUBSCRIBE asked for
+	Refused    bool
+	At         time.Time // the agent's clock at the CONNECT
 }
 
+// key leaves out the time, for comparing with a wanted list.
+func (a attempt) key() attempt { a.At = time.Time{}; return a }
+
 func (a attempt) String() string {
+	if !a.Subscribed {
+		return fmt.Sprintf("{clean:%v no SUBSCRIBE}", a.Clean)
+	}
 	return fmt.Sprintf("{clean:%v qos:%d refused:%v}", a.Clean, a.QoS, a.Refused)
 }
 
-func newRefuser(t *testing.T, target string, refuse int) *refuser {
+func keys(as []attempt) []attempt {
+	out := make([]attempt, len(as))
+	for i, a := range as {
+		out[i] = a.key()
+	}
+	return out
+}
+
+func newRefuser(t *testing.T, target string, refuse int, now func() time.Time) *refuser {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &refuser{t: t, ln: ln, target: target, refuse: refuse, changed: make(chan struct{})}
+	r := &refuser{t: t, ln: ln, target: target, refuse: refuse, now: now, changed: make(chan struct{})}
 	t.Cleanup(func() { ln.Close() })
 	go r.serve()
 	return r
@@ -68,31 +86,46 @@ func (r *refuser) list() []attempt {
 	return slices.Clone(r.attempts)
 }
 
-// waitAttempts waits until n attempts have subscribed or been refused.
-func (r *refuser) waitAttempts(n int) []attempt {
+// waitFor waits until the attempts so far satisfy done.
+func (r *refuser) waitFor(what string, done func([]attempt) bool) []attempt {
 	r.t.Helper()
 	deadline := time.After(20 * time.Second)
 	for {
 		r.mu.Lock()
 		got, ch := slices.Clone(r.attempts), r.changed
 		r.mu.Unlock()
-		if len(got) >= n {
+		if done(got) {
 			return got
 		}
 		select {
 		case <-ch:
 		case <-deadline:
-			r.t.Fatalf("%d connection attempts subscribed or refused, want %d: %v", len(got), n, got)
+			r.t.Fatalf("not %s: attempts %v", what, got)
 		}
 	}
 }
 
-func (r *refuser) record(a attempt) {
+// add records a new connection and returns its index.
+func (r *refuser) add(a attempt) int {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.attempts = append(r.attempts, a)
+	r.notify()
+	return len(r.attempts) - 1
+}
+
+// update changes attempt i.
+func (r *refuser) update(i int, f func(*attempt)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f(&r.attempts[i])
+	r.notify()
+}
+
+// notify wakes the waiters; r.mu is held.
+func (r *refuser) notify() {
 	close(r.changed)
 	r.changed = make(chan struct{})
-	r.mu.Unlock()
 }
 
 func (r *refuser) serve() {
@@ -114,7 +147,7 @@ func (r *refuser) relay(client net.Conn) {
 	defer broker.Close()
 	go func() { io.Copy(client, broker); client.Close() }()
 	in := bufio.NewReader(client)
-	var clean bool
+	idx := -1
 	for {
 		pkt, err := readPacket(in)
 		if err != nil {
@@ -122,9 +155,11 @@ func (r *refuser) relay(client net.Conn) {
 		}
 		switch pkt[0] & 0xf0 {
 		case 0x10: // CONNECT: flags after the protocol name and level
+			clean := false
 			if b := body(pkt); len(b) >= 8 {
 				clean = b[7]&0x02 != 0
 			}
+			idx = r.add(attempt{Clean: clean, At: r.now()})
 		case 0x80: // SUBSCRIBE: packet id, then (topic, QoS) pairs
 			qos := maxQoS(body(pkt))
 			r.mu.Lock()
@@ -133,7 +168,7 @@ func (r *refuser) relay(client net.Conn) {
 				r.refuse--
 			}
 			r.mu.Unlock()
-			r.record(attempt{Clean: clean, QoS: qos, Refused: refuse})
+			r.update(idx, func(a *attempt) { a.Subscribed, a.QoS, a.Refused = true, qos, refuse })
 			if refuse {
 				return
 			}
@@ -195,7 +230,8 @@ func maxQoS(b []byte) byte {
 	return q
 }
 
-// ladderRig is a real engine and session behind a refuser, with the probe timer in the test's hand.
+// ladderRig is a real engine and session behind a refuser, on a clock that moves only when the
+// session sleeps (so its backoff takes no real time), with the probe timer in the test's hand.
 type ladderRig struct {
 	t      *testing.T
 	broker *mqtttest.Broker
@@ -205,27 +241,34 @@ type ladderRig struct {
 	prefix string
 
 	mu     sync.Mutex
+	clock  time.Time
 	probes []time.Duration
 	fire   chan time.Time
 	change chan struct{}
 }
 
-func startLadderRig(t *testing.T, refuse int) *ladderRig {
-	b := mqtttest.Start(t)
-	ref := newRefuser(t, b.URL[len("tcp://"):], refuse)
-	cfg, out := oneEndpointConfig(t, ref.url(), 0)
+func startLadderRig(t *testing.T, refuse int, brokerOpts mqtttest.Options) *ladderRig {
+	b := mqtttest.StartWith(t, brokerOpts)
+	rig := &ladderRig{t: t, broker: b, prefix: cmx.Prefix("v1", "cmx", "gw-1"), clock: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+		fire: make(chan time.Time), change: make(chan struct{}, 1)}
+	rig.ref = newRefuser(t, b.URL[len("tcp://"):], refuse, rig.now)
+	cfg, out := oneEndpointConfig(t, rig.ref.url(), 0)
+	rig.out = out
 	eng, err := engine.New(cfg, engine.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	rig := &ladderRig{t: t, broker: b, ref: ref, out: out, prefix: cmx.Prefix("v1", "cmx", "gw-1"),
-		fire: make(chan time.Time), change: make(chan struct{}, 1)}
 	rig.s = New(cfg.Broker, eng, Options{
 		ClientID: "cmx-ladder-test",
-		// The backoff between attempts is the policy's (tested elsewhere); here it only must not
-		// spin.
-		Sleep: func(ctx context.Context, _ time.Duration) { sleepCtx(ctx, 5*time.Millisecond) },
+		Rand:     seeded(11),
+		Now:      rig.now,
+		Sleep: func(ctx context.Context, d time.Duration) {
+			rig.mu.Lock()
+			rig.clock = rig.clock.Add(d)
+			rig.mu.Unlock()
+			sleepCtx(ctx, time.Millisecond) // not a spin
+		},
 		After: func(d time.Duration) <-chan time.Time {
 			rig.mu.Lock()
 			rig.probes = append(rig.probes, d)
@@ -245,6 +288,12 @@ func startLadderRig(t *testing.T, refuse int) *ladderRig {
 	go func() { defer wg.Done(); rig.s.Run(ctx) }()
 	t.Cleanup(func() { cancel(); wg.Wait(); eng.Close() })
 	return rig
+}
+
+func (r *ladderRig) now() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.clock
 }
 
 // waitQoS waits until the session is online with subscriptions at qos.
@@ -269,20 +318,33 @@ func (r *ladderRig) probeDelays() []time.Duration {
 	return slices.Clone(r.probes)
 }
 
+var (
+	resumeRefused  = attempt{Clean: false, Subscribed: true, QoS: 1, Refused: true}
+	resumeGranted  = attempt{Clean: false, Subscribed: true, QoS: 1}
+	discardSession = attempt{Clean: true}
+	qos0Granted    = attempt{Clean: true, Subscribed: true, QoS: 0}
+)
+
 func TestSession_QoS1SubscribeAnsweredByAClosedConnectionEndsAtQoS0AndProbesBack(t *testing.T) {
-	rig := startLadderRig(t, -1)
+	rig := startLadderRig(t, -1, mqtttest.Options{})
 	st := rig.waitQoS(0)
-	want := []attempt{
-		{Clean: false, QoS: 1, Refused: true}, // the resumed session; once may be a network fault
-		{Clean: false, QoS: 1, Refused: true}, // twice is a refusal
-		{Clean: true, QoS: 1, Refused: true},  // a fresh session, refused as well
-		{Clean: true, QoS: 0},                 // QoS 0 is granted
+	got := rig.ref.list()
+	// The resumed session is retried while the closes last less than closeWindow: a broker's
+	// hiccup must not cost the session.
+	n := 0
+	for n < len(got) && got[n].key() == resumeRefused {
+		n++
 	}
-	if got := rig.ref.list(); !slices.Equal(got, want) {
-		t.Fatalf("attempts %v, want %v", got, want)
+	if n < 3 || got[n-1].At.Sub(got[0].At) < closeWindow || got[n-2].At.Sub(got[0].At) >= closeWindow {
+		t.Fatalf("%d closes of the resumed session before giving it up, over %v; want them to span just over %v: %v",
+			n, got[max(n-1, 0)].At.Sub(got[0].At), closeWindow, got)
 	}
-	if d := rig.probeDelays(); len(d) != 1 || d[0] < ProbeMin/2 || d[0] > ProbeMin {
-		t.Errorf("probe delays %v, want one in [%v, %v]", d, ProbeMin/2, ProbeMin)
+	// Then the old session is discarded, the fresh one is refused as well, and QoS 0 is granted.
+	if want := []attempt{discardSession, resumeRefused, qos0Granted}; !slices.Equal(keys(got[n:]), want) {
+		t.Fatalf("attempts after the resumed session %v, want %v", got[n:], want)
+	}
+	if d := rig.probeDelays(); len(d) != 1 || d[0] < ProbeMin/2-2*time.Second || d[0] > ProbeMin {
+		t.Errorf("probe delays %v, want one in [%v, %v] less a backoff", d, ProbeMin/2, ProbeMin)
 	}
 	if st.QoS1RetryAt.IsZero() {
 		t.Errorf("status has no time for the QoS 1 retry: %+v", st)
@@ -302,21 +364,27 @@ func TestSession_QoS1SubscribeAnsweredByAClosedConnectionEndsAtQoS0AndProbesBack
 
 	// A probe the broker still refuses goes straight back to QoS 0, and the next probe waits longer.
 	rig.fire <- time.Now()
-	got := rig.ref.waitAttempts(6)
-	if want := []attempt{{Clean: false, QoS: 1, Refused: true}, {Clean: true, QoS: 0}}; !slices.Equal(got[4:], want) {
-		t.Fatalf("attempts after a refused probe %v, want %v", got[4:], want)
+	before := len(got)
+	got = rig.ref.waitFor("back at QoS 0 after a probe", func(as []attempt) bool {
+		return len(as) >= before+3 && as[before+2].Subscribed
+	})
+	if want := []attempt{discardSession, resumeRefused, qos0Granted}; !slices.Equal(keys(got[before:]), want) {
+		t.Fatalf("attempts of a refused probe %v, want %v", got[before:], want)
 	}
 	rig.waitQoS(0)
-	if d := rig.probeDelays(); len(d) != 2 || d[1] < ProbeMin || d[1] > 2*ProbeMin {
-		t.Errorf("probe delays %v, want the second in [%v, %v]", d, ProbeMin, 2*ProbeMin)
+	if d := rig.probeDelays(); len(d) != 2 || d[1] < ProbeMin-2*time.Second || d[1] > 2*ProbeMin {
+		t.Errorf("probe delays %v, want the second in [%v, %v] less a backoff", d, ProbeMin, 2*ProbeMin)
 	}
 
-	// Once the broker grants QoS 1 again, the probe resumes the persistent session at QoS 1.
+	// Once the broker grants QoS 1 again, the probe starts a new persistent session at QoS 1.
 	rig.ref.setRefuse(0)
 	rig.fire <- time.Now()
-	got = rig.ref.waitAttempts(7)
-	if want := (attempt{Clean: false, QoS: 1}); got[6] != want {
-		t.Fatalf("probe %v, want %v", got[6], want)
+	before = len(got)
+	got = rig.ref.waitFor("subscribed by the second probe", func(as []attempt) bool {
+		return len(as) >= before+2 && as[before+1].Subscribed
+	})
+	if want := []attempt{discardSession, resumeGranted}; !slices.Equal(keys(got[before:]), want) {
+		t.Fatalf("attempts of a granted probe %v, want %v", got[before:], want)
 	}
 	if st := rig.waitQoS(1); !st.QoS1RetryAt.IsZero() {
 		t.Errorf("status at QoS 1 still has a retry time: %+v", st)
@@ -328,79 +396,112 @@ func TestSession_QoS1SubscribeAnsweredByAClosedConnectionEndsAtQoS0AndProbesBack
 	}
 }
 
-func TestSession_OneConnectionClosedBeforeTheSUBACKResumesTheSameSession(t *testing.T) {
-	rig := startLadderRig(t, 1)
+func TestSession_ConnectionsClosedBeforeTheSUBACKForAShortWhileKeepTheSession(t *testing.T) {
+	rig := startLadderRig(t, 4, mqtttest.Options{})
 	rig.waitQoS(1)
-	want := []attempt{{Clean: false, QoS: 1, Refused: true}, {Clean: false, QoS: 1}}
-	if got := rig.ref.list(); !slices.Equal(got, want) {
-		t.Fatalf("attempts %v, want %v: one closed connection must not throw the session away", got, want)
+	want := []attempt{resumeRefused, resumeRefused, resumeRefused, resumeRefused, resumeGranted}
+	got := rig.ref.list()
+	if !slices.Equal(keys(got), want) {
+		t.Fatalf("attempts %v, want %v: closes for %v (under %v) must not throw the session away",
+			got, want, got[len(got)-1].At.Sub(got[0].At), closeWindow)
 	}
 	if d := rig.probeDelays(); len(d) != 0 {
 		t.Errorf("probe scheduled at QoS 1: %v", d)
 	}
 }
 
+func TestSession_ASubscriptionGrantedAtQoS0IsShownAsSuchWithoutProbes(t *testing.T) {
+	rig := startLadderRig(t, 0, mqtttest.Options{Lines: []string{"max_qos 0"}})
+	st := rig.waitQoS(0)
+	if !st.QoS1RetryAt.IsZero() || len(rig.probeDelays()) != 0 {
+		t.Errorf("a QoS 0 grant is the broker's setting, not a refusal to probe: %+v, probes %v", st, rig.probeDelays())
+	}
+	if got, want := keys(rig.ref.list()), []attempt{resumeGranted}; !slices.Equal(got, want) {
+		t.Errorf("attempts %v, want %v", got, want)
+	}
+}
+
 func TestLadder_Rungs(t *testing.T) {
-	type ev int
-	const (
-		refusedSuback ev = iota
-		refusedClosed
-		granted
-		probe
-	)
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	type step struct {
+		ev string        // "0x80", "closed", "granted", "interrupted", "probe"
+		at time.Duration // since t0
+	}
 	type want struct {
-		clean bool
-		qos   byte
+		discard, clean bool
+		qos            byte
 	}
 	tests := []struct {
 		name       string
 		persistent bool
-		events     []ev
+		steps      []step
 		want       want
 	}{
-		{"starts on the configured persistent session", true, nil, want{false, 1}},
-		{"starts on the configured clean session", false, nil, want{true, 1}},
-		{"SUBACK 0x80 goes to a fresh session at once", true, []ev{refusedSuback}, want{true, 1}},
-		{"one closed connection retries the same session", true, []ev{refusedClosed}, want{false, 1}},
-		{"a closed connection after a granted one counts from zero", true, []ev{refusedClosed, granted, refusedClosed}, want{false, 1}},
-		{"a fresh session once subscribed is resumed", true, []ev{refusedSuback, granted}, want{false, 1}},
-		{"a refused fresh session goes to QoS 0", true, []ev{refusedSuback, refusedClosed}, want{true, 0}},
-		{"a clean session configured skips the fresh rung", false, []ev{refusedClosed, refusedClosed}, want{true, 0}},
-		{"a probe tries the persistent session", true, []ev{refusedSuback, refusedSuback, granted, probe}, want{false, 1}},
-		{"a refused probe goes back to QoS 0 at once", true, []ev{refusedSuback, refusedSuback, granted, probe, refusedClosed}, want{true, 0}},
-		{"a refused QoS 0 starts over", true, []ev{refusedSuback, refusedSuback, refusedSuback}, want{false, 1}},
-		{"a probe at QoS 1 does nothing", true, []ev{probe}, want{false, 1}},
+		{"starts on the configured persistent session", true, nil, want{false, false, 1}},
+		{"starts on the configured clean session", false, nil, want{false, true, 1}},
+		{"SUBACK 0x80 discards the session at once", true, []step{{"0x80", 0}}, want{true, false, 1}},
+		{"closes for less than the window keep the session", true, []step{{"closed", 0}, {"closed", 14 * time.Second}}, want{false, false, 1}},
+		{"closes for the window discard it", true, []step{{"closed", 0}, {"closed", 15 * time.Second}}, want{true, false, 1}},
+		{"a granted SUBSCRIBE between closes restarts the window", true,
+			[]step{{"closed", 0}, {"granted", time.Second}, {"closed", 10 * time.Second}, {"closed", 20 * time.Second}}, want{false, false, 1}},
+		{"a failed connection between closes restarts the window", true,
+			[]step{{"closed", 0}, {"interrupted", time.Second}, {"closed", 10 * time.Second}, {"closed", 20 * time.Second}}, want{false, false, 1}},
+		{"a fresh session once subscribed is resumed", true, []step{{"0x80", 0}, {"granted", 0}}, want{false, false, 1}},
+		{"one close of a fresh session goes to QoS 0", true, []step{{"0x80", 0}, {"closed", 0}}, want{false, true, 0}},
+		{"with a clean session configured there is no fresh rung", false, []step{{"closed", 0}, {"closed", 15 * time.Second}}, want{false, true, 0}},
+		{"at QoS 0 a close is a fault, not a refusal", true, []step{{"0x80", 0}, {"0x80", 0}, {"closed", time.Second}}, want{false, true, 0}},
+		{"at QoS 0 a SUBACK 0x80 starts over", true, []step{{"0x80", 0}, {"0x80", 0}, {"0x80", time.Second}}, want{false, false, 1}},
+		{"the probe timer makes the next connection a fresh session", true, []step{{"0x80", 0}, {"0x80", 0}, {"granted", 0}, {"probe", time.Second}}, want{true, false, 1}},
+		{"a reconnect after the probe time is the probe", true, []step{{"0x80", 0}, {"0x80", 0}, {"granted", 0}, {"", ProbeMin}}, want{true, false, 1}},
+		{"a reconnect before the probe time stays at QoS 0", true, []step{{"0x80", 0}, {"0x80", 0}, {"granted", 0}, {"", ProbeMin/2 - time.Second}}, want{false, true, 0}},
+		{"a refused probe goes back to QoS 0", true, []step{{"0x80", 0}, {"0x80", 0}, {"probe", 0}, {"closed", 0}}, want{false, true, 0}},
+		{"the probe timer at QoS 1 does nothing", true, []step{{"probe", 0}}, want{false, false, 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			l := ladder{persistent: tt.persistent}
-			for _, e := range tt.events {
-				switch e {
-				case refusedSuback:
-					l.refused(false)
-				case refusedClosed:
-					l.refused(true)
-				case granted:
+			r := seeded(3)
+			now := t0
+			for _, st := range tt.steps {
+				now = t0.Add(st.at)
+				switch st.ev {
+				case "0x80":
+					l.refused(false, now, r)
+				case "closed":
+					l.refused(true, now, r)
+				case "granted":
 					l.subscribed()
-				case probe:
-					l.probe()
+				case "interrupted":
+					l.interrupted()
+				case "probe":
+					l.probeNow()
 				}
 			}
-			if got := (want{l.clean(), l.qos()}); got != tt.want {
-				t.Errorf("clean %v qos %d, want clean %v qos %d", got.clean, got.qos, tt.want.clean, tt.want.qos)
+			discard, clean, qos := l.plan(now)
+			if got := (want{discard, clean, qos}); got != tt.want {
+				t.Errorf("next connection: discard %v clean %v qos %d, want discard %v clean %v qos %d",
+					got.discard, got.clean, got.qos, tt.want.discard, tt.want.clean, tt.want.qos)
 			}
 		})
 	}
 }
 
-func TestLadder_ProbeDelayDoublesPerRefusedProbeUpToTheMax(t *testing.T) {
-	r := seeded(9)
-	for probes, d := range []time.Duration{ProbeMin, 2 * ProbeMin, 4 * ProbeMin, 8 * ProbeMin, 16 * ProbeMin, ProbeMax, ProbeMax} {
-		l := ladder{probes: probes}
-		for range 50 {
-			if got := l.probeDelay(r); got < d/2 || got > d {
-				t.Fatalf("after %d refused probes: delay %v, want in [%v, %v]", probes, got, d/2, d)
-			}
+func TestLadder_ARefusedProbeDoublesTheNextWaitAndAGrantedOneResetsIt(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	r := seeded(4)
+	l := ladder{persistent: true}
+	l.refused(false, t0, r) // resume refused: fresh
+	l.refused(false, t0, r) // fresh refused: QoS 0
+	for i, d := range []time.Duration{ProbeMin, 2 * ProbeMin, 4 * ProbeMin, 8 * ProbeMin, 16 * ProbeMin, ProbeMax, ProbeMax} {
+		if wait := l.probeAt.Sub(t0); wait < d/2 || wait > d {
+			t.Fatalf("after %d refused probes: wait %v, want in [%v, %v]", i, wait, d/2, d)
 		}
+		l.probeNow()
+		l.refused(true, t0, r)
+	}
+	l.probeNow()
+	l.subscribed()
+	if l.probes != 0 || l.step != rungResume || !l.probeAt.IsZero() {
+		t.Errorf("after a granted probe: %+v, want resume with no probes counted", l)
 	}
 }

@@ -51,7 +51,8 @@ type Options struct {
 	// Sleep waits d or until ctx ends, before a connection attempt (a test records the delays
 	// instead of waiting them); nil waits on a timer.
 	Sleep func(ctx context.Context, d time.Duration)
-	// After is time.After, for the probe of a QoS 0 connection (a test fires it at will).
+	// After waits for the probe of a QoS 0 connection (see ladder); nil is time.After. A test
+	// fires it at will.
 	After func(d time.Duration) <-chan time.Time
 }
 
@@ -80,8 +81,8 @@ type Session struct {
 	lastErrAt time.Time   // when lastErr first happened
 	vagueSeen bool        // a reset without a cause was seen since the last connection
 	nextGen   uint64
-	qos       byte      // QoS of the live connection's subscriptions (see ladder)
-	probeAt   time.Time // when a QoS 0 connection tries QoS 1 again; zero otherwise
+	qos       byte      // QoS the live connection subscribes at: asked for, then as granted
+	probeAt   time.Time // at QoS 0: when the session tries QoS 1 again (see ladder); else zero
 
 	attempted atomic.Value // string: the broker of the latest connection attempt
 }
@@ -130,15 +131,17 @@ func (s *Session) changed() {
 	}
 }
 
-func (s *Session) current() (uint64, mqtt.Client) {
+// current is the live connection: its generation, client and the QoS it subscribes at.
+func (s *Session) current() (uint64, mqtt.Client, byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.gen, s.client
+	return s.gen, s.client, s.qos
 }
 
-func (s *Session) up(server string, client mqtt.Client) uint64 {
+func (s *Session) up(server string, client mqtt.Client, qos byte) uint64 {
 	s.mu.Lock()
 	s.client = client
+	s.qos = qos
 	s.nextGen++
 	s.gen = s.nextGen
 	s.server = server
@@ -171,15 +174,26 @@ func (s *Session) Run(ctx context.Context) error {
 	// restart-loops over it.
 	pol := NewReconnectPolicy(s.cfg.ReconnectSpread.Duration)
 	lad := ladder{persistent: !s.cfg.CleanSession}
-	refused := 0 // attempts refused in a row since start or since the last lost connection
+	refused := 0 // attempts refused in a row since start, the last lost connection or rung
 	backoff := func() {
 		refused++
 		s.opt.Sleep(ctx, pol.Delay(refused, s.opt.Rand))
 	}
 	for ctx.Err() == nil {
-		clean, qos := lad.clean(), lad.qos()
+		discard, clean, qos := lad.plan(s.opt.Now())
+		if discard {
+			if err := s.discardSession(ctx); err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				s.noteConnectError(err)
+				backoff()
+				continue
+			}
+		}
 		c, err := s.newConn(ctx, clean)
 		if err != nil {
+			lad.interrupted()
 			s.noteConnectError(err)
 			backoff()
 			continue
@@ -191,16 +205,18 @@ func (s *Session) Run(ctx context.Context) error {
 		}
 		if err := tok.Error(); err != nil {
 			c.close()
+			lad.interrupted()
 			s.noteConnectError(err)
 			backoff()
 			continue
 		}
 		server := s.attempted.Load().(string)
-		gen := s.up(server, c.client)
+		gen := s.up(server, c.client, qos)
 		c.gen = gen
 		s.log.Info("connected to broker", "server", server, "client_id", s.clientID, "clean_session", clean, "qos", qos)
 		c.start(ctx)
-		if err := subscribe(ctx, c.client, s.core.Filters(), qos); err != nil {
+		granted, err := subscribe(ctx, c.client, s.core.Filters(), qos)
+		if err != nil {
 			s.down(gen)
 			c.close()
 			c.client.Disconnect(0)
@@ -209,12 +225,14 @@ func (s *Session) Run(ctx context.Context) error {
 			}
 			var ref *RefusedError
 			if errors.As(err, &ref) {
-				if line := lad.refused(ref.Closed); line != "" {
+				if line, moved := lad.refused(ref.Closed, s.opt.Now(), s.opt.Rand); moved {
 					s.log.Error(line, "server", server, "err", err)
+					refused = 0 // the next rung is a new attempt, not a repeat of the refused one
 				} else {
-					s.log.Warn("connection closed before the SUBACK; reconnecting (a second time in a row counts as a refusal)", "server", server, "err", err)
+					s.log.Warn("connection closed before the SUBACK; reconnecting (closes that go on for 15s count as a refusal)", "server", server, "err", err)
 				}
 			} else {
+				lad.interrupted()
 				s.log.Error("cannot subscribe; reconnecting", "err", err)
 			}
 			backoff()
@@ -225,16 +243,19 @@ func (s *Session) Run(ctx context.Context) error {
 		}
 		var probe <-chan time.Time
 		var probeAt time.Time
-		if qos == 0 {
-			d := lad.probeDelay(s.opt.Rand)
-			probeAt = s.opt.Now().Add(d)
+		switch {
+		case lad.step == rungQoS0:
+			probeAt = lad.probeAt
+			d := max(probeAt.Sub(s.opt.Now()), 0)
 			probe = s.opt.After(d)
 			s.log.Warn("subscribed at QoS 0: the broker refuses this client id a QoS 1 subscription", "server", server, "qos1_again_in", d.Round(time.Second))
+		case granted < qos:
+			s.log.Warn("the broker granted the subscription at QoS 0 only: pushes made while disconnected are not kept", "server", server)
 		}
-		s.core.Online(gen, !clean && qos == 1)
+		s.core.Online(gen, !clean && granted == 1)
 		s.mu.Lock()
 		s.online = s.gen == gen
-		s.qos, s.probeAt = qos, probeAt
+		s.qos, s.probeAt = granted, probeAt
 		s.mu.Unlock()
 		s.changed()
 		refused = 0
@@ -245,7 +266,7 @@ func (s *Session) Run(ctx context.Context) error {
 			c.client.Disconnect(250)
 		case <-probe:
 			s.log.Info("trying the QoS 1 subscription again", "server", server)
-			lad.probe()
+			lad.probeNow()
 			s.down(gen)
 			c.close()
 			c.client.Disconnect(250)
@@ -263,18 +284,34 @@ func (s *Session) Run(ctx context.Context) error {
 	return nil
 }
 
+// discardSession connects once with a clean session and leaves: MQTT 3.1.1 has the broker discard
+// the client id's previous session on such a CONNECT, so the next connection starts a new one.
+func (s *Session) discardSession(ctx context.Context) error {
+	c, err := s.newConn(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	tok := c.client.Connect()
+	if !waitToken(ctx, tok) {
+		return ctx.Err()
+	}
+	if err := tok.Error(); err != nil {
+		return err
+	}
+	c.client.Disconnect(250)
+	return nil
+}
+
 // Apply carries out a reload's changes on the live connection: subscribe the new filters, then
 // unsubscribe the old ones (so nothing falls between), then have the engine request. When not
 // connected it does nothing: the next connection subscribes everything and requests for all.
 func (s *Session) Apply(ctx context.Context, ch engine.Changes, request func([]string)) error {
-	_, client := s.current()
+	_, client, qos := s.current()
 	if client == nil {
 		return nil
 	}
-	s.mu.Lock()
-	qos := s.qos
-	s.mu.Unlock()
-	if err := subscribe(ctx, client, ch.Subscribe, qos); err != nil {
+	if _, err := subscribe(ctx, client, ch.Subscribe, qos); err != nil {
 		return err
 	}
 	if len(ch.Unsubscribe) > 0 {

@@ -21,115 +21,152 @@ import (
 //
 // So the session climbs down a ladder, one rung per refusal, and back up on probes:
 //
-//	resume ──refused──▶ fresh ──refused──▶ QoS 0 ──probe due──▶ resume (probing)
-//	  ▲                   │ subscribed        ▲                    │
-//	  └───────────────────┘                   └─────refused────────┘
+//	resume ──refused──▶ fresh ──refused──▶ QoS 0 ──probe due──▶ fresh (probe)
+//	  ▲                   │ subscribed      ▲  │                   │
+//	  └───────────────────┘                 │  └─QoS 0 refused:    │
+//	                                        │    back to resume    │
+//	                                        └──────refused─────────┘
 //
 // The rungs:
 //   - resume: the configured session (persistent unless clean_session), QoS 1. A SUBACK 0x80 is a
-//     refusal; a connection closed before the SUBACK is one only the second time in a row, since a
-//     network fault can end a connection at that moment too, and a fresh session throws away what
-//     the broker had queued.
-//   - fresh: a clean session once (what the broker kept for the old one is dropped), QoS 1; once
-//     subscribed, the next connection resumes the new session.
+//     refusal at once. A connection closed before the SUBACK is one only when such closes have
+//     followed each other, with nothing else between, for closeWindow: a broker's hiccup (a quorum
+//     queue's leader election, a takeover between nodes) can close a connection at that moment
+//     too, and the next rung throws away what the broker queued for the session.
+//   - fresh: a clean-session connection that only discards the old session, then the configured
+//     session again, new, at QoS 1 (with clean_session = true every connection is clean, and fresh
+//     is resume). One refusal is enough here: the session is new, nothing is lost by going on.
 //   - QoS 0: a clean session subscribed at QoS 0. Pushes arrive while connected (the broker
 //     delivers at most once, and their confirmations go at QoS 0, as the protocol wants them at
 //     the push's QoS); what is pushed while disconnected is not kept, and the pull at every
-//     connect brings the newest configuration. After a probe delay (1 min, doubling per refused
-//     probe up to 30 min, jittered) the session ends the connection and tries resume again; a
-//     refused probe goes straight back to QoS 0. If even QoS 0 is refused (an ACL, not a missing
-//     queue) the ladder starts again from resume, with the usual backoff between attempts.
+//     connect brings the newest configuration. A closed connection here is a fault, not a refusal;
+//     a SUBACK 0x80 (an ACL, not a queue) starts the ladder again from resume.
+//   - probe: when the probe delay is over (ProbeMin doubled per refused probe up to ProbeMax,
+//     jittered; kept across reconnects), the session tries fresh again; a refused probe goes
+//     straight back to QoS 0. The probe discards the old session rather than resuming it: what it
+//     held is older than what QoS 0 and the pulls have brought since, and resuming it would apply
+//     stale configurations before the pull's answer put the newest back.
 //
 // Another client id would get a QoS 1 session on a surviving node, but brokers key ACLs, session
 // limits and bridges on the client id, so the agent never changes it on its own.
 type ladder struct {
 	persistent bool // the configuration wants a persistent session (clean_session false)
 	step       rung
-	closed     int  // SUBSCRIBEs of the resumed session answered by a closed connection, in a row
-	probing    bool // this resume is a probe from QoS 0
-	probes     int  // probes refused since QoS 0 began
+	// closedSince is when the first of the resumed session's SUBSCRIBEs answered by a closed
+	// connection, in a row, was; zero when the last attempt was anything else.
+	closedSince time.Time
+	probing     bool      // this fresh is a probe from QoS 0
+	probes      int       // probes refused since QoS 0 began
+	probeAt     time.Time // QoS 0: when to probe
 }
 
+// rung is where on the ladder the session is.
 type rung int
 
 const (
-	rungResume rung = iota
-	rungFresh
-	rungQoS0
+	rungResume rung = iota // the configured session, QoS 1
+	rungFresh              // the old session discarded, then the configured one, QoS 1
+	rungQoS0               // a clean session at QoS 0, probing back
 )
 
-// Probe delays of the QoS 0 rung.
+// Timing of the ladder.
 const (
+	// closeWindow is how long SUBSCRIBEs of the resumed session must go on being answered by a
+	// closed connection before that counts as a refusal. With the refused-attempt backoff
+	// (1 s doubling) that is the sixth or seventh close, 15 to 25 s after the first.
+	closeWindow = 15 * time.Second
+	// ProbeMin and ProbeMax bound the wait at QoS 0 before a probe.
 	ProbeMin = time.Minute
 	ProbeMax = 30 * time.Minute
 )
 
-// clean reports whether the next connection asks for a clean session.
-func (l *ladder) clean() bool { return !l.persistent || l.step != rungResume }
-
-// qos is the QoS the next connection subscribes at.
-func (l *ladder) qos() byte {
-	if l.step == rungQoS0 {
-		return 0
+// plan says how the next connection is made at now: first a clean connection that discards the
+// old session (discard), then one with clean session clean, subscribing at qos.
+func (l *ladder) plan(now time.Time) (discard, clean bool, qos byte) {
+	if l.step == rungQoS0 && !l.probeAt.IsZero() && !now.Before(l.probeAt) {
+		l.step, l.probing, l.probeAt = rungFresh, true, time.Time{}
 	}
-	return 1
+	switch l.step {
+	case rungFresh:
+		return l.persistent, !l.persistent, 1
+	case rungQoS0:
+		return false, true, 0
+	default:
+		return false, !l.persistent, 1
+	}
 }
 
-// refused moves the ladder after a refused SUBSCRIBE; closed says the refusal was a connection
-// closed before the SUBACK. It returns a line for the log, "" when the refusal is retried as it is.
-func (l *ladder) refused(closed bool) string {
+// refused moves the ladder after a refused SUBSCRIBE at now; closed says the refusal was a
+// connection closed before the SUBACK. It returns a line for the log and whether the ladder moved
+// to another rung; "" when the refusal is retried as it is.
+func (l *ladder) refused(closed bool, now time.Time, r *rand.Rand) (line string, moved bool) {
 	switch l.step {
 	case rungResume:
+		if closed {
+			if l.closedSince.IsZero() {
+				l.closedSince = now
+			}
+			if now.Sub(l.closedSince) < closeWindow {
+				return "", false
+			}
+		}
+		l.closedSince = time.Time{}
+		if l.persistent {
+			l.step = rungFresh
+			return "the broker refuses the subscription of the resumed session; discarding it for a fresh one (messages queued in the old one are lost; the latest configuration is requested)", true
+		}
+		l.toQoS0(now, r)
+		return "the broker refuses the QoS 1 subscription; subscribing at QoS 0 (pushes made while disconnected are not kept; the latest configuration is requested at every connection)", true
+	case rungFresh:
 		if l.probing {
 			l.probing = false
 			l.probes++
-			l.step = rungQoS0
-			return "the broker still refuses the QoS 1 subscription; staying at QoS 0"
+			l.toQoS0(now, r)
+			return "the broker still refuses the QoS 1 subscription; staying at QoS 0", true
 		}
-		if closed && l.closed == 0 {
-			l.closed++
-			return ""
-		}
-		l.closed = 0
-		if l.persistent {
-			l.step = rungFresh
-			return "the broker refused the subscription of the resumed session; starting a fresh session (messages queued in the old one are lost; the latest configuration is requested)"
-		}
-		l.step = rungQoS0
-		return "the broker refused the QoS 1 subscription; subscribing at QoS 0 (pushes made while disconnected are not kept; the latest configuration is requested at every connection)"
-	case rungFresh:
-		l.step = rungQoS0
-		return "the broker refused the QoS 1 subscription of a fresh session too; subscribing at QoS 0 (pushes made while disconnected are not kept; the latest configuration is requested at every connection)"
+		l.toQoS0(now, r)
+		return "the broker refuses the QoS 1 subscription of a fresh session too; subscribing at QoS 0 (pushes made while disconnected are not kept; the latest configuration is requested at every connection)", true
 	default:
-		l.step, l.probes = rungResume, 0
-		return "the broker refused the QoS 0 subscription too; starting over with the configured session"
+		if closed {
+			return "", false
+		}
+		l.step, l.probes, l.probeAt = rungResume, 0, time.Time{}
+		return "the broker refuses the QoS 0 subscription too; starting over with the configured session", true
 	}
+}
+
+func (l *ladder) toQoS0(now time.Time, r *rand.Rand) {
+	l.step = rungQoS0
+	l.probeAt = now.Add(l.probeDelay(r))
 }
 
 // subscribed moves the ladder after a granted SUBSCRIBE. It returns a line for the log, or "".
 func (l *ladder) subscribed() string {
-	l.closed = 0
-	switch l.step {
-	case rungFresh:
-		l.step = rungResume
-	case rungResume:
-		if l.probing {
-			l.probing, l.probes = false, 0
-			return "the broker grants the QoS 1 subscription again"
-		}
+	l.closedSince = time.Time{}
+	if l.step != rungFresh {
+		return ""
+	}
+	l.step = rungResume
+	if l.probing {
+		l.probing, l.probes = false, 0
+		return "the broker grants the QoS 1 subscription again"
 	}
 	return ""
 }
 
-// probe moves a QoS 0 ladder to a probe of resume.
-func (l *ladder) probe() {
+// probeNow makes the next connection the probe (its timer fired while connected at QoS 0).
+func (l *ladder) probeNow() {
 	if l.step == rungQoS0 {
-		l.step, l.probing = rungResume, true
+		l.step, l.probing, l.probeAt = rungFresh, true, time.Time{}
 	}
 }
 
-// probeDelay is how long a QoS 0 connection waits before its probe: ProbeMin doubled per refused
-// probe, at most ProbeMax, drawn from [d/2, d] so that a fleet's probes spread out.
+// interrupted records an attempt that ended before any answer to its SUBSCRIBE (a refused
+// connection, a SUBACK that never came): closes before it and after it are not in a row.
+func (l *ladder) interrupted() { l.closedSince = time.Time{} }
+
+// probeDelay is how long QoS 0 lasts before a probe: ProbeMin doubled per refused probe, at most
+// ProbeMax, drawn from [d/2, d] so that a fleet's probes spread out.
 func (l *ladder) probeDelay(r *rand.Rand) time.Duration {
 	d := ProbeMin
 	for i := 0; i < l.probes && d < ProbeMax; i++ {
@@ -156,12 +193,13 @@ func (e *RefusedError) Error() string {
 
 func (e *RefusedError) Unwrap() error { return e.Err }
 
-// subscribe subscribes filters at qos and waits for the SUBACK. Any error paho ends a SUBSCRIBE
-// with is the connection's end (paho fails pending SUBSCRIBEs when it loses the connection), so
-// it is reported as a RefusedError with Closed; a missing SUBACK is a plain error.
-func subscribe(ctx context.Context, client mqtt.Client, filters []string, qos byte) error {
+// subscribe subscribes filters at qos, waits for the SUBACK and returns the lowest QoS granted.
+// paho fails a pending SUBSCRIBE when it loses the connection: an error with the connection gone
+// is a RefusedError with Closed. Other errors (a write timeout on a live connection, a missing
+// SUBACK) are plain ones and say nothing about the broker's will.
+func subscribe(ctx context.Context, client mqtt.Client, filters []string, qos byte) (byte, error) {
 	if len(filters) == 0 {
-		return nil
+		return qos, nil
 	}
 	m := make(map[string]byte, len(filters))
 	for _, f := range filters {
@@ -172,19 +210,24 @@ func subscribe(ctx context.Context, client mqtt.Client, filters []string, qos by
 	defer cancel()
 	if !waitToken(tctx, tok) {
 		if ctx.Err() != nil {
-			return fmt.Errorf("subscribe: %w", ctx.Err())
+			return 0, fmt.Errorf("subscribe: %w", ctx.Err())
 		}
-		return fmt.Errorf("subscribe: no SUBACK within 30s")
+		return 0, fmt.Errorf("subscribe: no SUBACK within 30s")
 	}
 	if err := tok.Error(); err != nil {
-		return &RefusedError{Closed: true, Err: err}
+		if !client.IsConnectionOpen() {
+			return 0, &RefusedError{Closed: true, Err: err}
+		}
+		return 0, fmt.Errorf("subscribe: %w", err)
 	}
+	granted := qos
 	if st, ok := tok.(*mqtt.SubscribeToken); ok {
 		for f, code := range st.Result() {
 			if code == 0x80 {
-				return &RefusedError{Filter: f}
+				return 0, &RefusedError{Filter: f}
 			}
+			granted = min(granted, code)
 		}
 	}
-	return nil
+	return granted, nil
 }
