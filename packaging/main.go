@@ -92,6 +92,9 @@ func run(args []string) error {
 				return err
 			}
 		}
+		if err := writeNotices(bin, filepath.Join(bin, "cmx-agent"), filepath.Join(bin, "cmxctl")); err != nil {
+			return err
+		}
 		for _, format := range []string{"deb", "rpm"} {
 			path, err := pack(format, t, *version, mtime, bin, changelog, man, *out)
 			if err != nil {
@@ -214,15 +217,20 @@ func pack(format string, t target, version string, mtime time.Time, bin, changel
 	contents = append(contents, completions(format, mtime)...)
 	// The licence: Debian wants the machine-readable copyright file, which names Apache-2.0 and
 	// points at the system's copy of its text; rpm distributions want the text itself as a %license
-	// file under /usr/share/licenses.
+	// file under /usr/share/licenses. Both carry the notices of the code linked into the binaries
+	// (notices.go).
 	if format == "deb" {
 		contents = append(contents,
 			&files.Content{Source: "packaging/copyright", Destination: "/usr/share/doc/cmx-agent/copyright", FileInfo: doc()},
+			&files.Content{Source: filepath.Join(bin, noticesName+".gz"), Destination: "/usr/share/doc/cmx-agent/" + noticesName + ".gz", FileInfo: doc()},
 			&files.Content{Source: changelog, Destination: "/usr/share/doc/cmx-agent/changelog.gz", FileInfo: doc()},
 			&files.Content{Source: "packaging/lintian-overrides", Destination: "/usr/share/lintian/overrides/cmx-agent", FileInfo: doc()},
 		)
 	} else {
-		contents = append(contents, &files.Content{Source: "LICENSE", Destination: "/usr/share/licenses/cmx-agent/LICENSE", Type: files.TypeRPMLicense, FileInfo: doc()})
+		contents = append(contents,
+			&files.Content{Source: "LICENSE", Destination: "/usr/share/licenses/cmx-agent/LICENSE", Type: files.TypeRPMLicense, FileInfo: doc()},
+			&files.Content{Source: filepath.Join(bin, noticesName), Destination: "/usr/share/licenses/cmx-agent/" + noticesName, Type: files.TypeRPMLicense, FileInfo: doc()},
+		)
 	}
 	info := &nfpm.Info{
 		Name:          "cmx-agent",

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"debug/buildinfo"
 	"debug/elf"
 	"os"
 	"os/exec"
@@ -147,6 +148,7 @@ func TestPackages_ContentsFlagsAndScripts(t *testing.T) {
 		"./usr/share/doc/cmx-agent/agent.toml.example\n",
 		"./usr/share/doc/cmx-agent/operations.md\n",
 		"./usr/share/doc/cmx-agent/copyright\n",
+		"-rw-r--r-- root/root .* ./usr/share/doc/cmx-agent/THIRD-PARTY-NOTICES.gz\n",
 		"./usr/share/doc/cmx-agent/changelog.gz\n",
 		"-rw-r--r-- root/root .* ./usr/share/man/man1/cmx-agent.1.gz\n",
 		"-rw-r--r-- root/root .* ./usr/share/man/man1/cmxctl.1.gz\n",
@@ -208,6 +210,7 @@ func TestPackages_ContentsFlagsAndScripts(t *testing.T) {
 		"-rw-r--r--  root /usr/share/zsh/site-functions/_cmx-agent",
 		"-rw-r--r--  root /usr/share/zsh/site-functions/_cmxctl",
 		"-rw-r--r-- l root /usr/share/licenses/cmx-agent/LICENSE",
+		"-rw-r--r-- l root /usr/share/licenses/cmx-agent/THIRD-PARTY-NOTICES",
 	} {
 		if !strings.Contains(flags, want+"\n") {
 			t.Errorf("rpm files lack %q:\n%s", want, flags)
@@ -224,7 +227,7 @@ func TestPackages_ContentsFlagsAndScripts(t *testing.T) {
 	}
 }
 
-func TestPackages_CarryTheApacheLicence(t *testing.T) {
+func TestPackages_CarryTheLicenceAndTheNoticesOfEverythingLinked(t *testing.T) {
 	needPackaging(t)
 	repoRoot(t)
 	p := buildPackages(t, "1.2.3")
@@ -252,8 +255,8 @@ func TestPackages_CarryTheApacheLicence(t *testing.T) {
 	if got := command(t, "rpm", "-qp", "--qf", "%{LICENSE}", p.rpm); got != "Apache-2.0" {
 		t.Errorf("rpm License = %q, want Apache-2.0", got)
 	}
-	if got := command(t, "rpm", "-qp", "--licensefiles", p.rpm); got != "/usr/share/licenses/cmx-agent/LICENSE\n" {
-		t.Errorf("rpm licence files = %q, want /usr/share/licenses/cmx-agent/LICENSE", got)
+	if got, want := command(t, "rpm", "-qp", "--licensefiles", p.rpm), "/usr/share/licenses/cmx-agent/LICENSE\n/usr/share/licenses/cmx-agent/THIRD-PARTY-NOTICES\n"; got != want {
+		t.Errorf("rpm licence files = %q, want %q", got, want)
 	}
 	rpmLicence := extractRPMFile(t, p.rpm, "./usr/share/licenses/cmx-agent/LICENSE")
 	root, err := os.ReadFile("LICENSE")
@@ -262,6 +265,56 @@ func TestPackages_CarryTheApacheLicence(t *testing.T) {
 	}
 	if string(rpmLicence) != string(root) || !strings.Contains(string(root), "Apache License\n                           Version 2.0, January 2004") {
 		t.Errorf("the rpm's LICENSE is not the repository's Apache License 2.0 text")
+	}
+
+	// The notices, checked against the build information of the binaries in the packages: every
+	// module they link, and the Go runtime, is named with its version and followed by its
+	// licence text.
+	deb := command(t, "sh", "-c", `gzip -dc "$1"`, "sh", filepath.Join(x, "usr/share/doc/cmx-agent/THIRD-PARTY-NOTICES.gz"))
+	rpm := string(extractRPMFile(t, p.rpm, "./usr/share/licenses/cmx-agent/THIRD-PARTY-NOTICES"))
+	if deb != rpm {
+		t.Errorf("the deb's and the rpm's notices differ")
+	}
+	if !strings.Contains(string(copyright), "/usr/share/doc/cmx-agent/THIRD-PARTY-NOTICES.gz") {
+		t.Errorf("the deb's copyright file does not point at the notices:\n%s", copyright)
+	}
+	// Each section is "== <module> <version>" and then "-- <licence file>" and its text.
+	sections := map[string]string{}
+	for _, sec := range strings.Split(deb, "\n== ")[1:] {
+		head, body, _ := strings.Cut(sec, "\n")
+		sections[head] = body
+	}
+	for _, bin := range []string{"usr/bin/cmx-agent", "usr/bin/cmxctl"} {
+		bi, err := buildinfo.ReadFile(filepath.Join(x, bin))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"Go standard library and runtime " + bi.GoVersion}
+		for _, d := range bi.Deps {
+			if d.Replace != nil {
+				d = d.Replace
+			}
+			want = append(want, d.Path+" "+d.Version)
+		}
+		if len(want) < 5 {
+			t.Fatalf("%s links only %v: build information missing?", bin, want)
+		}
+		for _, w := range want {
+			body, ok := sections[w]
+			if !ok {
+				t.Errorf("the notices lack %s, linked into %s", w, bin)
+				continue
+			}
+			if !strings.Contains(body, "\n-- ") || len(body) < 200 {
+				t.Errorf("the notice of %s carries no licence text:\n%s", w, body)
+			}
+		}
+	}
+	// paho is under the EPL 2.0 and the EDL 1.0; the Go runtime under Go's BSD licence.
+	for _, want := range []string{"Eclipse Public License", "Eclipse Distribution License", "Copyright 2009 The Go Authors"} {
+		if !strings.Contains(deb, want) {
+			t.Errorf("the notices lack %q", want)
+		}
 	}
 }
 
