@@ -32,8 +32,8 @@ type Status struct {
 	Connected bool   `json:"connected"`
 	Server    string `json:"server,omitempty"`     // broker of the live connection
 	LastError string `json:"last_error,omitempty"` // last connection error while disconnected
-	// Degraded says, while connected, why the subscriptions are at QoS 0 and when QoS 1 is tried
-	// again (the broker refuses the agent's QoS 1 subscription; see docs/brokers.md).
+	// Degraded says, while connected, what of the subscription the broker did not grant: topics it
+	// refused, or QoS 1 (then when QoS 1 is tried again); see docs/brokers.md.
 	Degraded string `json:"degraded,omitempty"`
 	Dialect  string `json:"dialect"`
 	// Endpoints are sorted by key.
@@ -72,15 +72,24 @@ func (a *Agent) Status() (Status, error) {
 
 // degraded is Status.Degraded for c.
 func degraded(c transport.ConnState) string {
-	if !c.Connected || c.QoS != 0 {
+	if !c.Connected {
 		return ""
 	}
-	const lost = "; pushes made while disconnected are lost, the latest configuration is requested at every connection"
-	if c.QoS1RetryAt.IsZero() {
-		return "subscribed at QoS 0: the broker grants no more" + lost
+	var parts []string
+	if len(c.RefusedFilters) > 0 {
+		parts = append(parts, "the broker refused the subscription to "+strings.Join(c.RefusedFilters, ", ")+
+			" (its ACL?): those endpoints receive nothing")
 	}
-	return "subscribed at QoS 0: the broker refuses this client id a QoS 1 subscription" + lost +
-		"; QoS 1 is tried again at " + c.QoS1RetryAt.Format(time.RFC3339)
+	if c.QoS == 0 {
+		const lost = "; pushes made while disconnected are lost, the latest configuration is requested at every connection"
+		if c.QoS1RetryAt.IsZero() {
+			parts = append(parts, "subscribed at QoS 0: the broker grants no more"+lost)
+		} else {
+			parts = append(parts, "subscribed at QoS 0: the broker refuses this client id a QoS 1 subscription"+lost+
+				"; QoS 1 is tried again at "+c.QoS1RetryAt.Format(time.RFC3339))
+		}
+	}
+	return strings.Join(parts, "; and ")
 }
 
 func sortEndpoints(es []EndpointStatus) {

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"errors"
-	"github.com/cmx-agent/cmx-agent/engine"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,7 +11,9 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/cmx"
+	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+	"github.com/cmx-agent/cmx-agent/transport"
 )
 
 func (h *harness) api() *APIClient { return NewAPIClient(h.cfg.Agent.Socket) }
@@ -201,5 +202,41 @@ func TestOnChange_CalledOnConnectAndApply(t *testing.T) {
 			t.Fatalf("OnChange not called after apply")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestStatus_DegradedSaysWhatTheBrokerDidNotGrant(t *testing.T) {
+	retry := time.Date(2026, 12, 1, 23, 0, 0, 0, time.UTC)
+	cases := []struct {
+		name string
+		c    transport.ConnState
+		want []string // substrings, in order; none: ""
+	}{
+		{"all granted", transport.ConnState{Connected: true, QoS: 1}, nil},
+		{"disconnected", transport.ConnState{QoS: 0, QoS1RetryAt: retry}, nil},
+		{"QoS 1 refused", transport.ConnState{Connected: true, QoS: 0, QoS1RetryAt: retry},
+			[]string{"subscribed at QoS 0: the broker refuses this client id a QoS 1 subscription", "tried again at 2026-12-01T23:00:00Z"}},
+		{"QoS 0 granted only", transport.ConnState{Connected: true, QoS: 0}, []string{"subscribed at QoS 0: the broker grants no more"}},
+		{"a topic refused", transport.ConnState{Connected: true, QoS: 1, RefusedFilters: []string{"kp1/v1/cmx/gw-9/json"}},
+			[]string{"the broker refused the subscription to kp1/v1/cmx/gw-9/json (its ACL?)"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := degraded(c.c)
+			if len(c.want) == 0 {
+				if got != "" {
+					t.Errorf("degraded %q, want none", got)
+				}
+				return
+			}
+			rest := got
+			for _, w := range c.want {
+				i := strings.Index(rest, w)
+				if i < 0 {
+					t.Fatalf("degraded %q lacks %q", got, w)
+				}
+				rest = rest[i+len(w):]
+			}
+		})
 	}
 }

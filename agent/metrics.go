@@ -42,8 +42,8 @@ func (a *Agent) writeMetrics(w *metrics.Writer) error {
 	w.Sample("cmx_agent_build_info", 1, l("version", a.build.Version), l("commit", a.build.Commit), l("goversion", runtime.Version()))
 	w.Family("cmx_agent_connected", "1 while the agent has a connection to the broker.", "gauge")
 	w.Sample("cmx_agent_connected", b(c.Connected))
-	w.Family("cmx_agent_subscription_degraded", "1 while connected with QoS 0 subscriptions because the broker refuses the agent's QoS 1 subscription.", "gauge")
-	w.Sample("cmx_agent_subscription_degraded", b(c.Connected && c.QoS == 0))
+	w.Family("cmx_agent_subscription_degraded", "1 while connected with a subscription the broker did not wholly grant: topics refused, or QoS 0 only.", "gauge")
+	w.Sample("cmx_agent_subscription_degraded", b(c.Connected && (c.QoS == 0 || len(c.RefusedFilters) > 0)))
 	w.Family("cmx_agent_reconnects_total", "Connections to the broker made after the first since the agent started.", "counter")
 	w.Sample("cmx_agent_reconnects_total", float64(max(c.Connects, 1)-1))
 

@@ -222,7 +222,7 @@ func pack(format string, t target, version string, mtime time.Time, bin, changel
 	if format == "deb" {
 		contents = append(contents,
 			&files.Content{Source: "packaging/copyright", Destination: "/usr/share/doc/cmx-agent/copyright", FileInfo: doc()},
-			&files.Content{Source: filepath.Join(bin, noticesName+".gz"), Destination: "/usr/share/doc/cmx-agent/" + noticesName + ".gz", FileInfo: doc()},
+			&files.Content{Source: filepath.Join(bin, noticesName), Destination: "/usr/share/doc/cmx-agent/" + noticesName, FileInfo: doc()},
 			&files.Content{Source: changelog, Destination: "/usr/share/doc/cmx-agent/changelog.gz", FileInfo: doc()},
 			&files.Content{Source: "packaging/lintian-overrides", Destination: "/usr/share/lintian/overrides/cmx-agent", FileInfo: doc()},
 		)

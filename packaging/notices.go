@@ -19,14 +19,16 @@ import (
 // exactly what was linked, read from the binaries' own build information (not from go.mod, which
 // also lists test-only and tool modules), with each licence file as its module ships it.
 
-// noticesName is the file's name in the packages: /usr/share/doc/cmx-agent/NAME.gz in the deb
-// (policy compresses documentation), /usr/share/licenses/cmx-agent/NAME in the rpm.
+// noticesName is the file's name in the packages: /usr/share/doc/cmx-agent/NAME in the deb (not
+// compressed: Debian policy wants copyright information readable as it is, like the copyright file),
+// /usr/share/licenses/cmx-agent/NAME in the rpm.
 const noticesName = "THIRD-PARTY-NOTICES"
 
 // linked is one body of code linked into a binary.
 type linked struct {
 	Path    string // module path, or "std" for the Go standard library and runtime
 	Version string
+	Dir     string // the folder of a module replaced by a local one; "" otherwise
 }
 
 func (m linked) name() string {
@@ -36,16 +38,13 @@ func (m linked) name() string {
 	return m.Path
 }
 
-// writeNotices writes THIRD-PARTY-NOTICES and its gzip -9n copy into dir for the binaries there.
+// writeNotices writes THIRD-PARTY-NOTICES into dir for the binaries there.
 func writeNotices(dir string, bins ...string) error {
 	text, err := notices(bins...)
 	if err != nil {
 		return fmt.Errorf("third-party notices: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, noticesName), text, 0o644); err != nil {
-		return err
-	}
-	return writeGzip(filepath.Join(dir, noticesName+".gz"), text)
+	return os.WriteFile(filepath.Join(dir, noticesName), text, 0o644)
 }
 
 // linkedModules returns what the binaries were built from, besides cmx-agent's own module, sorted
@@ -58,12 +57,23 @@ func linkedModules(bins ...string) ([]linked, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read build information of %s: %w", bin, err)
 		}
-		mods := []linked{{"std", bi.GoVersion}}
+		if v, err := goEnv("GOVERSION"); err != nil || v != bi.GoVersion {
+			return nil, fmt.Errorf("%s was built with %s, but go env says %q (%v): the standard library's licence would come from another toolchain", bin, bi.GoVersion, v, err)
+		}
+		mods := []linked{{Path: "std", Version: bi.GoVersion}}
 		for _, d := range bi.Deps {
-			if d.Replace != nil {
-				d = d.Replace
+			switch {
+			case d.Replace != nil && d.Replace.Version == "": // replaced by a folder
+				dir, err := filepath.Abs(d.Replace.Path)
+				if err != nil {
+					return nil, err
+				}
+				mods = append(mods, linked{Path: d.Path, Version: "(local " + d.Replace.Path + ")", Dir: dir})
+			case d.Replace != nil:
+				mods = append(mods, linked{Path: d.Replace.Path, Version: d.Replace.Version})
+			default:
+				mods = append(mods, linked{Path: d.Path, Version: d.Version})
 			}
-			mods = append(mods, linked{d.Path, d.Version})
 		}
 		for _, m := range mods {
 			if !seen[m] {
@@ -91,6 +101,10 @@ func moduleDirs(mods []linked) (map[linked]string, error) {
 	dirs := map[linked]string{}
 	var args []string
 	for _, m := range mods {
+		if m.Dir != "" {
+			dirs[m] = m.Dir
+			continue
+		}
 		if m.Path == "std" {
 			root, err := goEnv("GOROOT")
 			if err != nil {
@@ -123,7 +137,7 @@ func moduleDirs(mods []linked) (map[linked]string, error) {
 		if d.Error != "" || d.Dir == "" {
 			return nil, fmt.Errorf("go mod download %s@%s: %s", d.Path, d.Version, d.Error)
 		}
-		dirs[linked{d.Path, d.Version}] = d.Dir
+		dirs[linked{Path: d.Path, Version: d.Version}] = d.Dir
 	}
 	return dirs, nil
 }
@@ -149,7 +163,11 @@ func licenceFiles(dir string) ([]string, error) {
 	var out []string
 	for _, e := range entries {
 		name := strings.ToUpper(e.Name())
-		if e.Type().IsRegular() && slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(name, p) }) {
+		if !slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(name, p) }) {
+			continue
+		}
+		// Stat, not the entry's type: a distribution's Go links its LICENSE from elsewhere.
+		if fi, err := os.Stat(filepath.Join(dir, e.Name())); err == nil && fi.Mode().IsRegular() {
 			out = append(out, e.Name())
 		}
 	}

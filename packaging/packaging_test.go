@@ -148,7 +148,7 @@ func TestPackages_ContentsFlagsAndScripts(t *testing.T) {
 		"./usr/share/doc/cmx-agent/agent.toml.example\n",
 		"./usr/share/doc/cmx-agent/operations.md\n",
 		"./usr/share/doc/cmx-agent/copyright\n",
-		"-rw-r--r-- root/root .* ./usr/share/doc/cmx-agent/THIRD-PARTY-NOTICES.gz\n",
+		"-rw-r--r-- root/root .* ./usr/share/doc/cmx-agent/THIRD-PARTY-NOTICES\n",
 		"./usr/share/doc/cmx-agent/changelog.gz\n",
 		"-rw-r--r-- root/root .* ./usr/share/man/man1/cmx-agent.1.gz\n",
 		"-rw-r--r-- root/root .* ./usr/share/man/man1/cmxctl.1.gz\n",
@@ -270,12 +270,16 @@ func TestPackages_CarryTheLicenceAndTheNoticesOfEverythingLinked(t *testing.T) {
 	// The notices, checked against the build information of the binaries in the packages: every
 	// module they link, and the Go runtime, is named with its version and followed by its
 	// licence text.
-	deb := command(t, "sh", "-c", `gzip -dc "$1"`, "sh", filepath.Join(x, "usr/share/doc/cmx-agent/THIRD-PARTY-NOTICES.gz"))
+	debNotices, err := os.ReadFile(filepath.Join(x, "usr/share/doc/cmx-agent/THIRD-PARTY-NOTICES"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deb := string(debNotices)
 	rpm := string(extractRPMFile(t, p.rpm, "./usr/share/licenses/cmx-agent/THIRD-PARTY-NOTICES"))
 	if deb != rpm {
 		t.Errorf("the deb's and the rpm's notices differ")
 	}
-	if !strings.Contains(string(copyright), "/usr/share/doc/cmx-agent/THIRD-PARTY-NOTICES.gz") {
+	if !strings.Contains(string(copyright), "/usr/share/doc/cmx-agent/THIRD-PARTY-NOTICES") {
 		t.Errorf("the deb's copyright file does not point at the notices:\n%s", copyright)
 	}
 	// Each section is "== <module> <version>" and then "-- <licence file>" and its text.

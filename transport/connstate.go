@@ -21,4 +21,7 @@ type ConnState struct {
 	// when the session tries QoS 1 again (zero otherwise).
 	QoS         byte
 	QoS1RetryAt time.Time
+	// RefusedFilters are, while Connected, the topic filters the broker refused (SUBACK 0x80)
+	// while it granted the others: their endpoints receive nothing.
+	RefusedFilters []string
 }

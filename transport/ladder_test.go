@@ -18,9 +18,10 @@ import (
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
 )
 
-// refuser stands between the agent and a real mosquitto and does what a RabbitMQ node does to a
-// session whose classic queue is homed on a dead node: it closes the connection when a SUBSCRIBE
-// asks for QoS 1, and passes everything else through. No real broker refuses on demand.
+// refuser stands between the agent and a real mosquitto and refuses SUBSCRIBEs on demand, which
+// no real broker does: as a RabbitMQ node does to a session whose classic queue is homed on a dead
+// node (it closes the connection when a SUBSCRIBE asks for QoS 1), or as a broker's ACL does (it
+// turns the SUBACK's code for a denied filter into 0x80). Everything else passes through.
 type refuser struct {
 	t      *testing.T
 	ln     net.Listener
@@ -29,7 +30,8 @@ type refuser struct {
 	now func() time.Time // the agent's clock
 
 	mu       sync.Mutex
-	refuse   int // QoS 1 SUBSCRIBEs still to refuse; < 0: all
+	refuse   int             // QoS 1 SUBSCRIBEs still to refuse by closing; < 0: all
+	deny     map[string]bool // filters whose SUBACK code becomes 0x80
 	attempts []attempt
 	changed  chan struct{} // closed and replaced on each CONNECT and SUBSCRIBE
 }
@@ -78,6 +80,15 @@ func (r *refuser) setRefuse(n int) {
 	r.mu.Lock()
 	r.refuse = n
 	r.mu.Unlock()
+}
+
+func (r *refuser) denyFilters(filters ...string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.deny = map[string]bool{}
+	for _, f := range filters {
+		r.deny[f] = true
+	}
 }
 
 func (r *refuser) list() []attempt {
@@ -145,7 +156,31 @@ func (r *refuser) relay(client net.Conn) {
 		return
 	}
 	defer broker.Close()
-	go func() { io.Copy(client, broker); client.Close() }()
+	var denyMu sync.Mutex
+	denied := map[uint16][]bool{} // per SUBSCRIBE packet id: which of its filters to refuse
+	go func() {
+		defer client.Close()
+		in := bufio.NewReader(broker)
+		for {
+			pkt, err := readPacket(in)
+			if err != nil {
+				return
+			}
+			if pkt[0] == 0x90 { // SUBACK: packet id, then a code per filter
+				b := body(pkt)
+				denyMu.Lock()
+				for i, d := range denied[uint16(b[0])<<8|uint16(b[1])] {
+					if d && 2+i < len(b) {
+						b[2+i] = 0x80
+					}
+				}
+				denyMu.Unlock()
+			}
+			if _, err := client.Write(pkt); err != nil {
+				return
+			}
+		}
+	}()
 	in := bufio.NewReader(client)
 	idx := -1
 	for {
@@ -172,6 +207,16 @@ func (r *refuser) relay(client net.Conn) {
 			if refuse {
 				return
 			}
+			b := body(pkt)
+			r.mu.Lock()
+			var deny []bool
+			for _, f := range filtersOf(b) {
+				deny = append(deny, r.deny[f])
+			}
+			r.mu.Unlock()
+			denyMu.Lock()
+			denied[uint16(b[0])<<8|uint16(b[1])] = deny
+			denyMu.Unlock()
 		}
 		if _, err := broker.Write(pkt); err != nil {
 			return
@@ -217,6 +262,20 @@ func body(pkt []byte) []byte {
 	return pkt[i+1:]
 }
 
+// filtersOf lists the topic filters of a SUBSCRIBE's body, in order.
+func filtersOf(b []byte) []string {
+	var out []string
+	for i := 2; i+2 <= len(b); {
+		n := int(b[i])<<8 | int(b[i+1])
+		if i+2+n > len(b) {
+			break
+		}
+		out = append(out, string(b[i+2:i+2+n]))
+		i += 3 + n
+	}
+	return out
+}
+
 func maxQoS(b []byte) byte {
 	var q byte
 	for i := 2; i+2 <= len(b); {
@@ -242,16 +301,18 @@ type ladderRig struct {
 
 	mu     sync.Mutex
 	clock  time.Time
+	sleeps []time.Duration
 	probes []time.Duration
 	fire   chan time.Time
 	change chan struct{}
 }
 
-func startLadderRig(t *testing.T, refuse int, brokerOpts mqtttest.Options) *ladderRig {
+func startLadderRig(t *testing.T, refuse int, brokerOpts mqtttest.Options, deny ...string) *ladderRig {
 	b := mqtttest.StartWith(t, brokerOpts)
 	rig := &ladderRig{t: t, broker: b, prefix: cmx.Prefix("v1", "cmx", "gw-1"), clock: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
 		fire: make(chan time.Time), change: make(chan struct{}, 1)}
 	rig.ref = newRefuser(t, b.URL[len("tcp://"):], refuse, rig.now)
+	rig.ref.denyFilters(deny...)
 	cfg, out := oneEndpointConfig(t, rig.ref.url(), 0)
 	rig.out = out
 	eng, err := engine.New(cfg, engine.Options{})
@@ -266,6 +327,7 @@ func startLadderRig(t *testing.T, refuse int, brokerOpts mqtttest.Options) *ladd
 		Sleep: func(ctx context.Context, d time.Duration) {
 			rig.mu.Lock()
 			rig.clock = rig.clock.Add(d)
+			rig.sleeps = append(rig.sleeps, d)
 			rig.mu.Unlock()
 			sleepCtx(ctx, time.Millisecond) // not a spin
 		},
@@ -316,6 +378,12 @@ func (r *ladderRig) probeDelays() []time.Duration {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.probes)
+}
+
+func (r *ladderRig) sleepList() []time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.sleeps)
 }
 
 var (
@@ -421,6 +489,55 @@ func TestSession_ASubscriptionGrantedAtQoS0IsShownAsSuchWithoutProbes(t *testing
 	}
 }
 
+func TestSession_TopicsRefusedWhileOthersAreGrantedLeaveTheOthersWorking(t *testing.T) {
+	prefix := cmx.Prefix("v1", "cmx", "gw-1")
+	denied := cmx.PushFilters(prefix)[1] // P/json/+: pushes with a request id
+	rig := startLadderRig(t, 0, mqtttest.Options{}, denied)
+	st := rig.waitQoS(1)
+	if !slices.Equal(st.RefusedFilters, []string{denied}) {
+		t.Errorf("refused filters in status %q, want [%s]", st.RefusedFilters, denied)
+	}
+	server := rig.broker.Client(t)
+	confirms := server.Subscribe(t, cmx.StatusTopic(cmx.PushTopic(prefix, 0)), 1)
+	server.Publish(t, cmx.PushTopic(prefix, 0), 1, []byte(`{"id":"p1","entries":[1]}`))
+	if m := confirms.Next(t, 10*time.Second); string(m.Payload) != `{"id":"p1","status":"ok"}` || m.QoS != 1 {
+		t.Errorf("confirmation %v, want {\"id\":\"p1\",\"status\":\"ok\"} at QoS 1", m)
+	}
+	// An ACL's refusal of some topics is not the session's: no reconnect, no other rung.
+	if got, want := keys(rig.ref.list()), []attempt{resumeGranted}; !slices.Equal(got, want) {
+		t.Errorf("attempts %v, want %v", got, want)
+	}
+	if st := rig.s.State(); st.Connects != 1 {
+		t.Errorf("%d connections, want 1", st.Connects)
+	}
+}
+
+func TestSession_ABrokerRefusingEverythingIsRetriedWithAGrowingBackoff(t *testing.T) {
+	prefix := cmx.Prefix("v1", "cmx", "gw-1")
+	rig := startLadderRig(t, 0, mqtttest.Options{}, cmx.PushFilters(prefix)...)
+	refusedAll := attempt{Clean: false, Subscribed: true, QoS: 1}
+	freshAll := refusedAll
+	qos0All := attempt{Clean: true, Subscribed: true, QoS: 0}
+	want := []attempt{refusedAll, discardSession, freshAll, qos0All, refusedAll, discardSession, freshAll, qos0All}
+	got := rig.ref.waitFor("round the ladder twice", func(as []attempt) bool { return len(as) >= len(want) && as[len(want)-1].Subscribed })
+	if !slices.Equal(keys(got[:len(want)]), want) {
+		t.Fatalf("attempts %v, want %v", got, want)
+	}
+	// The first descent is quick; once even QoS 0 was refused, every attempt waits longer than the
+	// one before, up to the policy's 60 s: the ladder does not spin round at 1 s.
+	sl := rig.sleepList()
+	pol := NewReconnectPolicy(0)
+	for i := 2; i < len(sl) && i < 7; i++ {
+		lower := min(pol.Min<<(i-1), pol.Max) / 2 // the policy's Delay(i) is drawn from [d/2, d]
+		if sl[i] < lower {
+			t.Errorf("wait %d = %v, want at least %v: %v", i+1, sl[i], lower, sl)
+		}
+	}
+	if st := rig.s.State(); st.Connected {
+		t.Errorf("online while the broker refuses every topic: %+v", st)
+	}
+}
+
 func TestLadder_Rungs(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	type step struct {
@@ -441,14 +558,15 @@ func TestLadder_Rungs(t *testing.T) {
 		{"starts on the configured clean session", false, nil, want{false, true, 1}},
 		{"SUBACK 0x80 discards the session at once", true, []step{{"0x80", 0}}, want{true, false, 1}},
 		{"closes for less than the window keep the session", true, []step{{"closed", 0}, {"closed", 14 * time.Second}}, want{false, false, 1}},
-		{"closes for the window discard it", true, []step{{"closed", 0}, {"closed", 15 * time.Second}}, want{true, false, 1}},
+		{"closes for the window discard it", true, []step{{"closed", 0}, {"closed", 5 * time.Second}, {"closed", 15 * time.Second}}, want{true, false, 1}},
+		{"two closes over the window keep it", true, []step{{"closed", 0}, {"closed", time.Minute}}, want{false, false, 1}},
 		{"a granted SUBSCRIBE between closes restarts the window", true,
 			[]step{{"closed", 0}, {"granted", time.Second}, {"closed", 10 * time.Second}, {"closed", 20 * time.Second}}, want{false, false, 1}},
 		{"a failed connection between closes restarts the window", true,
 			[]step{{"closed", 0}, {"interrupted", time.Second}, {"closed", 10 * time.Second}, {"closed", 20 * time.Second}}, want{false, false, 1}},
 		{"a fresh session once subscribed is resumed", true, []step{{"0x80", 0}, {"granted", 0}}, want{false, false, 1}},
 		{"one close of a fresh session goes to QoS 0", true, []step{{"0x80", 0}, {"closed", 0}}, want{false, true, 0}},
-		{"with a clean session configured there is no fresh rung", false, []step{{"closed", 0}, {"closed", 15 * time.Second}}, want{false, true, 0}},
+		{"with a clean session configured there is no fresh rung", false, []step{{"closed", 0}, {"closed", 5 * time.Second}, {"closed", 15 * time.Second}}, want{false, true, 0}},
 		{"at QoS 0 a close is a fault, not a refusal", true, []step{{"0x80", 0}, {"0x80", 0}, {"closed", time.Second}}, want{false, true, 0}},
 		{"at QoS 0 a SUBACK 0x80 starts over", true, []step{{"0x80", 0}, {"0x80", 0}, {"0x80", time.Second}}, want{false, false, 1}},
 		{"the probe timer makes the next connection a fresh session", true, []step{{"0x80", 0}, {"0x80", 0}, {"granted", 0}, {"probe", time.Second}}, want{true, false, 1}},

@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/url"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -83,6 +85,7 @@ type Session struct {
 	nextGen   uint64
 	qos       byte      // QoS the live connection subscribes at: asked for, then as granted
 	probeAt   time.Time // at QoS 0: when the session tries QoS 1 again (see ladder); else zero
+	refused   []string  // filters the broker refused on the live connection while granting others
 
 	attempted atomic.Value // string: the broker of the latest connection attempt
 }
@@ -120,7 +123,7 @@ func (s *Session) State() ConnState {
 	if !st.Connected {
 		st.Server, _ = s.attempted.Load().(string)
 	} else {
-		st.QoS, st.QoS1RetryAt = s.qos, s.probeAt
+		st.QoS, st.QoS1RetryAt, st.RefusedFilters = s.qos, s.probeAt, slices.Clone(s.refused)
 	}
 	return st
 }
@@ -158,7 +161,7 @@ func (s *Session) down(gen uint64) {
 		s.gen = 0
 		s.client = nil
 		s.online = false
-		s.probeAt = time.Time{}
+		s.probeAt, s.refused = time.Time{}, nil
 	}
 	s.mu.Unlock()
 	if was {
@@ -215,7 +218,7 @@ func (s *Session) Run(ctx context.Context) error {
 		c.gen = gen
 		s.log.Info("connected to broker", "server", server, "client_id", s.clientID, "clean_session", clean, "qos", qos)
 		c.start(ctx)
-		granted, err := subscribe(ctx, c.client, s.core.Filters(), qos)
+		res, err := subscribe(ctx, c.client, s.core.Filters(), qos)
 		if err != nil {
 			s.down(gen)
 			c.close()
@@ -225,11 +228,14 @@ func (s *Session) Run(ctx context.Context) error {
 			}
 			var ref *RefusedError
 			if errors.As(err, &ref) {
-				if line, moved := lad.refused(ref.Closed, s.opt.Now(), s.opt.Rand); moved {
-					s.log.Error(line, "server", server, "err", err)
-					refused = 0 // the next rung is a new attempt, not a repeat of the refused one
+				v := lad.refused(ref.Closed, s.opt.Now(), s.opt.Rand)
+				if v.moved {
+					s.log.Error(v.line, "server", server, "err", err)
 				} else {
-					s.log.Warn("connection closed before the SUBACK; reconnecting (closes that go on for 15s count as a refusal)", "server", server, "err", err)
+					s.log.Warn(v.line, "server", server, "err", err)
+				}
+				if v.restart {
+					refused = 0
 				}
 			} else {
 				lad.interrupted()
@@ -249,13 +255,16 @@ func (s *Session) Run(ctx context.Context) error {
 			d := max(probeAt.Sub(s.opt.Now()), 0)
 			probe = s.opt.After(d)
 			s.log.Warn("subscribed at QoS 0: the broker refuses this client id a QoS 1 subscription", "server", server, "qos1_again_in", d.Round(time.Second))
-		case granted < qos:
+		case res.granted < qos:
 			s.log.Warn("the broker granted the subscription at QoS 0 only: pushes made while disconnected are not kept", "server", server)
 		}
-		s.core.Online(gen, !clean && granted == 1)
+		if len(res.refused) > 0 {
+			s.log.Error("the broker refused the subscription to some topics (its ACL?); their endpoints receive nothing, the others work", "server", server, "filters", res.refused)
+		}
+		s.core.Online(gen, !clean && res.granted == 1)
 		s.mu.Lock()
 		s.online = s.gen == gen
-		s.qos, s.probeAt = granted, probeAt
+		s.qos, s.probeAt, s.refused = res.granted, probeAt, res.refused
 		s.mu.Unlock()
 		s.changed()
 		refused = 0
@@ -294,6 +303,7 @@ func (s *Session) discardSession(ctx context.Context) error {
 	defer c.close()
 	tok := c.client.Connect()
 	if !waitToken(ctx, tok) {
+		c.client.Disconnect(0)
 		return ctx.Err()
 	}
 	if err := tok.Error(); err != nil {
@@ -311,8 +321,22 @@ func (s *Session) Apply(ctx context.Context, ch engine.Changes, request func([]s
 	if client == nil {
 		return nil
 	}
-	if _, err := subscribe(ctx, client, ch.Subscribe, qos); err != nil {
+	res, err := subscribe(ctx, client, ch.Subscribe, qos)
+	var ref *RefusedError
+	if errors.As(err, &ref) && !ref.Closed {
+		res.refused = ref.Filters
+	} else if err != nil {
 		return err
+	}
+	if len(res.refused) > 0 {
+		s.mu.Lock()
+		if s.client == client {
+			s.refused = append(s.refused, res.refused...)
+			slices.Sort(s.refused)
+		}
+		s.mu.Unlock()
+		s.changed()
+		err = fmt.Errorf("the broker refused the subscription to %s (its ACL?); those endpoints receive nothing", strings.Join(res.refused, ", "))
 	}
 	if len(ch.Unsubscribe) > 0 {
 		tok := client.Unsubscribe(ch.Unsubscribe...)
@@ -324,9 +348,15 @@ func (s *Session) Apply(ctx context.Context, ch engine.Changes, request func([]s
 		if err := tok.Error(); err != nil {
 			return fmt.Errorf("unsubscribe: %w", err)
 		}
+		s.mu.Lock()
+		if s.client == client {
+			s.refused = slices.DeleteFunc(s.refused, func(f string) bool { return slices.Contains(ch.Unsubscribe, f) })
+		}
+		s.mu.Unlock()
+		s.changed()
 	}
 	request(ch.Request)
-	return nil
+	return err
 }
 
 // noteConnectError records a failed connection attempt. The cause, in plain words, is logged once per

@@ -2,8 +2,11 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -53,8 +56,13 @@ type ladder struct {
 	persistent bool // the configuration wants a persistent session (clean_session false)
 	step       rung
 	// closedSince is when the first of the resumed session's SUBSCRIBEs answered by a closed
-	// connection, in a row, was; zero when the last attempt was anything else.
+	// connection, in a row, was (zero when the last attempt was anything else); closes counts them.
 	closedSince time.Time
+	closes      int
+	// startedOver is set when even QoS 0 was refused, until a SUBSCRIBE is granted: the broker
+	// refuses whatever the agent asks (an ACL), and the rungs no longer restart the backoff, so
+	// the ladder goes round at most once a minute.
+	startedOver bool
 	probing     bool      // this fresh is a probe from QoS 0
 	probes      int       // probes refused since QoS 0 began
 	probeAt     time.Time // QoS 0: when to probe
@@ -71,10 +79,12 @@ const (
 
 // Timing of the ladder.
 const (
-	// closeWindow is how long SUBSCRIBEs of the resumed session must go on being answered by a
-	// closed connection before that counts as a refusal. With the refused-attempt backoff
-	// (1 s doubling) that is the sixth or seventh close, 15 to 25 s after the first.
+	// closeWindow and minCloses: SUBSCRIBEs of the resumed session answered by a closed
+	// connection count as a refusal once there have been minCloses of them in a row over
+	// closeWindow. The first close restarts the backoff of refused attempts (1 s doubling), so
+	// that is the sixth close, 15 to 31 s after the first.
 	closeWindow = 15 * time.Second
+	minCloses   = 3
 	// ProbeMin and ProbeMax bound the wait at QoS 0 before a probe.
 	ProbeMin = time.Minute
 	ProbeMax = 30 * time.Minute
@@ -96,42 +106,52 @@ func (l *ladder) plan(now time.Time) (discard, clean bool, qos byte) {
 	}
 }
 
+// verdict is what the ladder makes of a refused SUBSCRIBE.
+type verdict struct {
+	line    string // for the log
+	moved   bool   // the next connection is on another rung
+	restart bool   // the next attempt is a new one: the backoff of refused attempts starts over
+}
+
 // refused moves the ladder after a refused SUBSCRIBE at now; closed says the refusal was a
-// connection closed before the SUBACK. It returns a line for the log and whether the ladder moved
-// to another rung; "" when the refusal is retried as it is.
-func (l *ladder) refused(closed bool, now time.Time, r *rand.Rand) (line string, moved bool) {
+// connection closed before the SUBACK.
+func (l *ladder) refused(closed bool, now time.Time, r *rand.Rand) verdict {
+	const lost = " (pushes made while disconnected are not kept; the latest configuration is requested at every connection)"
+	down := func(line string) verdict { return verdict{line: line, moved: true, restart: !l.startedOver} }
 	switch l.step {
 	case rungResume:
 		if closed {
-			if l.closedSince.IsZero() {
+			first := l.closedSince.IsZero()
+			if first {
 				l.closedSince = now
 			}
-			if now.Sub(l.closedSince) < closeWindow {
-				return "", false
+			l.closes++
+			if l.closes < minCloses || now.Sub(l.closedSince) < closeWindow {
+				return verdict{line: "connection closed before the SUBACK; reconnecting (closes that go on for 15s count as a refusal)", restart: first && !l.startedOver}
 			}
 		}
-		l.closedSince = time.Time{}
+		l.closedSince, l.closes = time.Time{}, 0
 		if l.persistent {
 			l.step = rungFresh
-			return "the broker refuses the subscription of the resumed session; discarding it for a fresh one (messages queued in the old one are lost; the latest configuration is requested)", true
+			return down("the broker refuses the subscription of the resumed session; discarding it for a fresh one (messages queued in the old one are lost; the latest configuration is requested)")
 		}
 		l.toQoS0(now, r)
-		return "the broker refuses the QoS 1 subscription; subscribing at QoS 0 (pushes made while disconnected are not kept; the latest configuration is requested at every connection)", true
+		return down("the broker refuses the QoS 1 subscription; subscribing at QoS 0" + lost)
 	case rungFresh:
 		if l.probing {
 			l.probing = false
 			l.probes++
 			l.toQoS0(now, r)
-			return "the broker still refuses the QoS 1 subscription; staying at QoS 0", true
+			return down("the broker still refuses the QoS 1 subscription; staying at QoS 0")
 		}
 		l.toQoS0(now, r)
-		return "the broker refuses the QoS 1 subscription of a fresh session too; subscribing at QoS 0 (pushes made while disconnected are not kept; the latest configuration is requested at every connection)", true
+		return down("the broker refuses the QoS 1 subscription of a fresh session too; subscribing at QoS 0" + lost)
 	default:
 		if closed {
-			return "", false
+			return verdict{line: "connection closed before the SUBACK at QoS 0; reconnecting"}
 		}
-		l.step, l.probes, l.probeAt = rungResume, 0, time.Time{}
-		return "the broker refuses the QoS 0 subscription too; starting over with the configured session", true
+		l.step, l.probes, l.probeAt, l.startedOver = rungResume, 0, time.Time{}, true
+		return verdict{line: "the broker refuses the QoS 0 subscription too; starting over with the configured session, with backoff", moved: true}
 	}
 }
 
@@ -142,7 +162,7 @@ func (l *ladder) toQoS0(now time.Time, r *rand.Rand) {
 
 // subscribed moves the ladder after a granted SUBSCRIBE. It returns a line for the log, or "".
 func (l *ladder) subscribed() string {
-	l.closedSince = time.Time{}
+	l.closedSince, l.closes, l.startedOver = time.Time{}, 0, false
 	if l.step != rungFresh {
 		return ""
 	}
@@ -163,7 +183,7 @@ func (l *ladder) probeNow() {
 
 // interrupted records an attempt that ended before any answer to its SUBSCRIBE (a refused
 // connection, a SUBACK that never came): closes before it and after it are not in a row.
-func (l *ladder) interrupted() { l.closedSince = time.Time{} }
+func (l *ladder) interrupted() { l.closedSince, l.closes = time.Time{}, 0 }
 
 // probeDelay is how long QoS 0 lasts before a probe: ProbeMin doubled per refused probe, at most
 // ProbeMax, drawn from [d/2, d] so that a fleet's probes spread out.
@@ -176,30 +196,40 @@ func (l *ladder) probeDelay(r *rand.Rand) time.Duration {
 	return d/2 + time.Duration(int64n(r, int64(d/2)+1))
 }
 
-// RefusedError is a SUBSCRIBE the broker refused: with a SUBACK failure code (0x80) for Filter, or
-// by closing the connection before any SUBACK (Closed; Err is how paho ended the SUBSCRIBE).
+// RefusedError is a SUBSCRIBE the broker refused: with a SUBACK failure code (0x80) for every
+// filter (Filters), or by closing the connection before any SUBACK (Closed; Err is how paho ended
+// the SUBSCRIBE).
 type RefusedError struct {
-	Filter string
-	Closed bool
-	Err    error
+	Filters []string
+	Closed  bool
+	Err     error
 }
 
 func (e *RefusedError) Error() string {
 	if e.Closed {
 		return fmt.Sprintf("subscribe: the broker closed the connection instead of answering (refused, or the session's queue is unavailable): %v", e.Err)
 	}
-	return fmt.Sprintf("subscribe %s: refused by the broker (not authorised, or the session's queue is unavailable)", e.Filter)
+	return fmt.Sprintf("subscribe %s: refused by the broker (not authorised, or the session's queue is unavailable)", strings.Join(e.Filters, ", "))
 }
 
 func (e *RefusedError) Unwrap() error { return e.Err }
 
-// subscribe subscribes filters at qos, waits for the SUBACK and returns the lowest QoS granted.
-// paho fails a pending SUBSCRIBE when it loses the connection: an error with the connection gone
-// is a RefusedError with Closed. Other errors (a write timeout on a live connection, a missing
-// SUBACK) are plain ones and say nothing about the broker's will.
-func subscribe(ctx context.Context, client mqtt.Client, filters []string, qos byte) (byte, error) {
+// subResult is a granted SUBSCRIBE: the lowest QoS granted, and the filters the broker refused
+// (0x80) while it granted others. Those are an ACL's doing, not the session's: the other
+// endpoints go on working, and status names the refused ones.
+type subResult struct {
+	granted byte
+	refused []string
+}
+
+// subscribe subscribes filters at qos and waits for the SUBACK. paho fails a pending SUBSCRIBE
+// when it loses the connection: an error with the connection gone after the SUBSCRIBE was sent is
+// a RefusedError with Closed. Other errors (a write timeout on a live connection, a connection
+// lost before the SUBSCRIBE went out, a missing SUBACK) are plain ones and say nothing of the
+// broker's will.
+func subscribe(ctx context.Context, client mqtt.Client, filters []string, qos byte) (subResult, error) {
 	if len(filters) == 0 {
-		return qos, nil
+		return subResult{granted: qos}, nil
 	}
 	m := make(map[string]byte, len(filters))
 	for _, f := range filters {
@@ -210,24 +240,29 @@ func subscribe(ctx context.Context, client mqtt.Client, filters []string, qos by
 	defer cancel()
 	if !waitToken(tctx, tok) {
 		if ctx.Err() != nil {
-			return 0, fmt.Errorf("subscribe: %w", ctx.Err())
+			return subResult{}, fmt.Errorf("subscribe: %w", ctx.Err())
 		}
-		return 0, fmt.Errorf("subscribe: no SUBACK within 30s")
+		return subResult{}, fmt.Errorf("subscribe: no SUBACK within 30s")
 	}
 	if err := tok.Error(); err != nil {
-		if !client.IsConnectionOpen() {
-			return 0, &RefusedError{Closed: true, Err: err}
+		if !client.IsConnectionOpen() && !errors.Is(err, mqtt.ErrNotConnected) {
+			return subResult{}, &RefusedError{Closed: true, Err: err}
 		}
-		return 0, fmt.Errorf("subscribe: %w", err)
+		return subResult{}, fmt.Errorf("subscribe: %w", err)
 	}
-	granted := qos
+	res := subResult{granted: qos}
 	if st, ok := tok.(*mqtt.SubscribeToken); ok {
 		for f, code := range st.Result() {
 			if code == 0x80 {
-				return 0, &RefusedError{Filter: f}
+				res.refused = append(res.refused, f)
+				continue
 			}
-			granted = min(granted, code)
+			res.granted = min(res.granted, code)
 		}
 	}
-	return granted, nil
+	slices.Sort(res.refused)
+	if len(res.refused) == len(filters) {
+		return subResult{}, &RefusedError{Filters: res.refused}
+	}
+	return res, nil
 }
