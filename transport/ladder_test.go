@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -533,8 +534,8 @@ func TestSession_ABrokerRefusingEverythingIsRetriedWithAGrowingBackoff(t *testin
 			t.Errorf("wait %d = %v, want at least %v: %v", i+1, sl[i], lower, sl)
 		}
 	}
-	if st := rig.s.State(); st.Connected {
-		t.Errorf("online while the broker refuses every topic: %+v", st)
+	if st := rig.s.State(); st.Connected || !strings.HasPrefix(st.LastError, "the broker refused the subscription to "+prefix) {
+		t.Errorf("status %+v, want not connected, and the refusal as the last error", st)
 	}
 }
 

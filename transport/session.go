@@ -148,7 +148,7 @@ func (s *Session) up(server string, client mqtt.Client, qos byte) uint64 {
 	s.nextGen++
 	s.gen = s.nextGen
 	s.server = server
-	s.lastErr, s.vagueSeen = "", false
+	s.vagueSeen = false
 	gen := s.gen
 	s.mu.Unlock()
 	return gen
@@ -226,6 +226,7 @@ func (s *Session) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				break
 			}
+			s.noteSubscribeError(err)
 			var ref *RefusedError
 			if errors.As(err, &ref) {
 				v := lad.refused(ref.Closed, s.opt.Now(), s.opt.Rand)
@@ -265,6 +266,7 @@ func (s *Session) Run(ctx context.Context) error {
 		s.mu.Lock()
 		s.online = s.gen == gen
 		s.qos, s.probeAt, s.refused = res.granted, probeAt, res.refused
+		s.lastErr = ""
 		s.mu.Unlock()
 		s.changed()
 		refused = 0
@@ -357,6 +359,31 @@ func (s *Session) Apply(ctx context.Context, ch engine.Changes, request func([]s
 	}
 	request(ch.Request)
 	return err
+}
+
+// noteSubscribeError keeps a failed SUBSCRIBE's cause for status, as noteConnectError does for a
+// failed CONNECT (the ladder logs its own lines): a broker refusing every subscription leaves the
+// agent unconnected, and status says why.
+func (s *Session) noteSubscribeError(err error) {
+	cause := err.Error()
+	var ref *RefusedError
+	if errors.As(err, &ref) {
+		if ref.Closed {
+			cause = "the broker closes the connection in answer to the SUBSCRIBE (the session's queue unavailable?)"
+		} else {
+			cause = "the broker refused the subscription to " + strings.Join(ref.Filters, ", ") + " (not authorised?)"
+		}
+	}
+	s.mu.Lock()
+	changed := s.lastErr != cause
+	s.lastErr = cause
+	if changed {
+		s.lastErrAt = s.opt.Now()
+	}
+	s.mu.Unlock()
+	if changed {
+		s.changed()
+	}
 }
 
 // noteConnectError records a failed connection attempt. The cause, in plain words, is logged once per
