@@ -375,15 +375,21 @@ func (s *Session) noteSubscribeError(err error) {
 		}
 	}
 	s.mu.Lock()
-	changed := s.lastErr != cause
-	s.lastErr = cause
-	if changed {
-		s.lastErrAt = s.opt.Now()
-	}
+	changed := s.setLastErr(cause)
 	s.mu.Unlock()
 	if changed {
 		s.changed()
 	}
+}
+
+// setLastErr keeps cause for status, with the time it was first seen; s.mu is held. It reports
+// whether the cause changed.
+func (s *Session) setLastErr(cause string) bool {
+	if s.lastErr == cause {
+		return false
+	}
+	s.lastErr, s.lastErrAt = cause, s.opt.Now()
+	return true
 }
 
 // noteConnectError records a failed connection attempt. The cause, in plain words, is logged once per
@@ -405,11 +411,7 @@ func (s *Session) noteConnectError(err error) {
 			return
 		}
 	}
-	changed := s.lastErr != cause
-	s.lastErr = cause
-	if changed {
-		s.lastErrAt = s.opt.Now()
-	}
+	changed := s.setLastErr(cause)
 	s.mu.Unlock()
 	if changed {
 		s.log.Warn("cannot connect to broker; retrying with backoff", "servers", redactServers(s.cfg.Servers), "cause", cause, "err", err)
