@@ -43,7 +43,7 @@ func (a *Agent) writeMetrics(w *metrics.Writer) error {
 	w.Family("cmx_agent_connected", "1 while the agent has a connection to the broker.", "gauge")
 	w.Sample("cmx_agent_connected", b(c.Connected))
 	w.Family("cmx_agent_subscription_degraded", "1 while connected with a subscription the broker did not wholly grant: topics refused, or QoS 0 only.", "gauge")
-	w.Sample("cmx_agent_subscription_degraded", b(c.Connected && (c.QoS == 0 || len(c.RefusedFilters) > 0)))
+	w.Sample("cmx_agent_subscription_degraded", b(degraded(c) != ""))
 	w.Family("cmx_agent_reconnects_total", "Connections to the broker made after the first since the agent started.", "counter")
 	w.Sample("cmx_agent_reconnects_total", float64(max(c.Connects, 1)-1))
 

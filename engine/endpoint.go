@@ -644,7 +644,6 @@ func (m *machine) reapplyIfReshaped() {
 	m.start(&pending{o: o})
 }
 
-// shutdown ends the machine: nothing more is applied; what waits stays durable or with the broker.
 // close ends the endpoint's queue. The receipts of what it will not apply are released: for an
 // endpoint removed by a reload with nil, so the broker forgets messages nobody wants (and the
 // PUBACKs after them are not held up); when the agent stops with an error, so they stay
@@ -677,6 +676,7 @@ func (ep *endpoint) close(removed bool) {
 	}
 }
 
+// shutdown ends the machine: nothing more is applied; what waits stays durable or with the broker.
 func (m *machine) shutdown() {
 	if m.phase == retrying {
 		// One last try, so a result that can be committed is not redone after the restart.

@@ -457,10 +457,6 @@ func (t *Tx) Pending(ep string) ([]*Offer, error) {
 		if err := json.Unmarshal(v, &o); err != nil {
 			return nil, fmt.Errorf("endpoint %s pending offer: %w", ep, err)
 		}
-		if len(o.Routes) == 0 && o.OldTopic != "" {
-			o.Routes = []Route{{Topic: o.OldTopic, QoS: o.OldQoS}}
-		}
-		o.OldTopic, o.OldQoS = "", 0
 		if o.Body == nil {
 			if raw := b.Get(pendingBody(ep, binary.BigEndian.Uint64(k[len(prefix):]))); raw != nil {
 				o.Body = bytes.Clone(raw) // raw lives in the mmap only while the transaction is open

@@ -130,6 +130,9 @@ func TestOpenStore_MigratesTheNestedLayout(t *testing.T) {
 		has2, _ := tx.HasPending("gw-002/x")
 		check("has pending (second endpoint)", has2, false)
 		last, err := tx.LastSeq()
+		if err != nil {
+			t.Fatalf("LastSeq: %v", err)
+		}
 		check("last seq", last, uint64(100))
 
 		for id, want := range map[string]Handled{

@@ -50,6 +50,10 @@ func writeNotices(dir string, bins ...string) error {
 // linkedModules returns what the binaries were built from, besides cmx-agent's own module, sorted
 // by path, with the Go toolchain first.
 func linkedModules(bins ...string) ([]linked, error) {
+	goVersion, err := goEnv("GOVERSION")
+	if err != nil {
+		return nil, err
+	}
 	seen := map[linked]bool{}
 	var out []linked
 	for _, bin := range bins {
@@ -57,8 +61,8 @@ func linkedModules(bins ...string) ([]linked, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read build information of %s: %w", bin, err)
 		}
-		if v, err := goEnv("GOVERSION"); err != nil || v != bi.GoVersion {
-			return nil, fmt.Errorf("%s was built with %s, but go env says %q (%v): the standard library's licence would come from another toolchain", bin, bi.GoVersion, v, err)
+		if goVersion != bi.GoVersion {
+			return nil, fmt.Errorf("%s was built with %s, but go env says %q: the standard library's licence would come from another toolchain", bin, bi.GoVersion, goVersion)
 		}
 		mods := []linked{{Path: "std", Version: bi.GoVersion}}
 		for _, d := range bi.Deps {

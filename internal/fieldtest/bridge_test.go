@@ -142,7 +142,7 @@ func TestBridge_PushAcrossTwoHopsKeepsIdsAndQoS(t *testing.T) {
 			}
 			m := sub.Next(t, 30*time.Second)
 			got := parseConfirmation(t, m)
-			want := confirmation{topic: p + tc.topic + "/status", qos: tc.qos, id: json.RawMessage(tc.id), status: "ok", noID: tc.id == ""}
+			want := confirmation{topic: p + tc.topic + "/status", qos: tc.qos, id: json.RawMessage(tc.id), status: "ok"}
 			if !sameConfirmation(got, want) {
 				t.Fatalf("confirmation %+v, want %+v", got, want)
 			}
@@ -199,7 +199,7 @@ func parseConfirmation(t *testing.T, m mqtttest.Message) confirmation {
 	if err := json.Unmarshal(m.Payload, &p); err != nil {
 		t.Fatalf("confirmation %v is not JSON: %v", m, err)
 	}
-	cf := confirmation{topic: m.Topic, qos: m.QoS, status: p.Status, noID: p.ID == nil}
+	cf := confirmation{topic: m.Topic, qos: m.QoS, status: p.Status}
 	if p.ID != nil {
 		cf.id = *p.ID
 	}
@@ -207,7 +207,7 @@ func parseConfirmation(t *testing.T, m mqtttest.Message) confirmation {
 }
 
 func sameConfirmation(a, b confirmation) bool {
-	return a.topic == b.topic && a.qos == b.qos && string(a.id) == string(b.id) && a.status == b.status && a.noID == b.noID
+	return a.topic == b.topic && a.qos == b.qos && string(a.id) == string(b.id) && a.status == b.status
 }
 
 // TestBridge_RoundTripAcrossTwoHops measures push → confirmation through both hops, one push at a

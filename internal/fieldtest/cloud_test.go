@@ -37,8 +37,7 @@ type cloud struct {
 
 // sent is one configuration the cloud sent: id N, entries [N].
 type sent struct {
-	id  int
-	qos byte
+	id int
 }
 
 func (s sent) body() string { return fmt.Sprintf("[%d]", s.id) }
@@ -77,13 +76,13 @@ func (c *cloud) prefix(token string) string { return "kp1/" + c.app + "/cmx/" + 
 
 // assign makes a configuration the newest for token without pushing it: the agent gets it by
 // asking (boot pull).
-func (c *cloud) assign(token string) sent { return c.next(token, 1) }
+func (c *cloud) assign(token string) sent { return c.next(token) }
 
-func (c *cloud) next(token string, qos byte) sent {
+func (c *cloud) next(token string) sent {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.nextID++
-	s := sent{id: c.nextID, qos: qos}
+	s := sent{id: c.nextID}
 	c.latest[token] = s
 	c.pushes[token] = append(c.pushes[token], s)
 	return s
@@ -92,7 +91,7 @@ func (c *cloud) next(token string, qos byte) sent {
 // push sends the next configuration to token at P/json.
 func (c *cloud) push(token string, qos byte) sent {
 	c.t.Helper()
-	s := c.next(token, qos)
+	s := c.next(token)
 	c.publish(c.prefix(token)+"/json", qos, s.payload())
 	return s
 }
@@ -107,7 +106,7 @@ func (c *cloud) pushParallel(tokens []string, workers int) {
 		go func() {
 			defer wg.Done()
 			for token := range work {
-				s := c.next(token, 1)
+				s := c.next(token)
 				if err := c.tryPublish(c.prefix(token)+"/json", 1, s.payload()); err != nil {
 					c.t.Error(err)
 				}
@@ -179,9 +178,8 @@ func (c *cloud) tryPublish(topic string, qos byte, payload string) error {
 type confirmation struct {
 	topic  string
 	qos    byte
-	id     json.RawMessage // as sent: its JSON type is part of the contract
+	id     json.RawMessage // as sent (empty when none): its JSON type is part of the contract
 	status string
-	noID   bool
 }
 
 func (c *cloud) confirmations() []confirmation {

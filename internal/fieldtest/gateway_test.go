@@ -63,7 +63,6 @@ type gateway struct {
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
-	runs int
 }
 
 func newGateway(t *testing.T, spec gatewaySpec) *gateway {
@@ -139,7 +138,6 @@ func (g *gateway) start() {
 	go func() { cmd.Wait(); close(done) }()
 	g.mu.Lock()
 	g.cmd, g.done = cmd, done
-	g.runs++
 	g.mu.Unlock()
 }
 

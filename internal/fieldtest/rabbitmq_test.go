@@ -110,9 +110,10 @@ func (r *rabbit) accepting(n int) bool {
 func (r *rabbit) killNode(n int) {
 	r.t.Helper()
 	r.run("kill-node", strconv.Itoa(n))
+	top := r.in(r.top) // the cleanup runs after a subtest has ended: it reports to the whole test
 	r.top.Cleanup(func() {
-		if !r.accepting(n) {
-			r.startNode(n)
+		if !top.accepting(n) {
+			top.startNode(n)
 		}
 	})
 }
@@ -134,11 +135,20 @@ func (r *rabbit) runningNodes(n int) []string {
 	var st struct {
 		Running []string `json:"running_nodes"`
 	}
-	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &st); err != nil {
+	if err := json.Unmarshal([]byte(jsonPart(out, "{")), &st); err != nil {
 		r.t.Fatalf("cluster_status: %v\n%s", err, out)
 	}
 	slices.Sort(st.Running)
 	return st.Running
+}
+
+// jsonPart is rabbitmqctl's output from the first start (`{` or `[`) on: it may print lines
+// before its JSON. Without one it is all of out, for the decoder to fail on.
+func jsonPart(out, start string) string {
+	if i := strings.Index(out, start); i >= 0 {
+		return out[i:]
+	}
+	return out
 }
 
 // sessionQueue returns the type and arguments of the queue holding clientID's QoS 1 session.
@@ -150,7 +160,7 @@ func (r *rabbit) sessionQueue(n int, clientID string) (string, map[string]any) {
 		Type string  `json:"type"`
 		Args [][]any `json:"arguments"`
 	}
-	if err := json.Unmarshal([]byte(out[strings.Index(out, "["):]), &qs); err != nil {
+	if err := json.Unmarshal([]byte(jsonPart(out, "[")), &qs); err != nil {
 		r.t.Fatalf("list_queues: %v\n%s", err, out)
 	}
 	for _, q := range qs {
@@ -325,17 +335,14 @@ func TestRabbitMQ_QuorumSessionSurvivesANodesDeath(t *testing.T) {
 // the newest configuration.
 func TestRabbitMQ_ClassicSessionIsRefusedWhileItsHomeNodeIsDown(t *testing.T) {
 	r := needRabbit(t)
-	r.queueType("classic")
-	defer r.queueType("quorum")
-	srv, gw, clientID := bootedGateway(t, r, []string{"gw-001"})
-	if typ, _ := r.sessionQueue(2, clientID); typ != "classic" {
-		t.Fatalf("session queue type %q, want classic", typ)
-	}
+	srv, gw, clientID := classicGateway(t, r)
 	gw.stop() // so that the probe below is the only client with this id
 	r.killNode(1)
 	for _, clean := range []bool{false, true} {
 		if err := trySubscribe(r.urls[1], clientID, clean, 1); err == nil {
 			t.Fatalf("node 2 granted SUBSCRIBE to %s (clean session %v) while its classic queue's home node is down", clientID, clean)
+		} else if errors.Is(err, errNoConnect) {
+			t.Fatalf("node 2, clean session %v: %v; want a connection refusing the SUBSCRIBE", clean, err)
 		} else {
 			t.Logf("node 2, clean session %v, QoS 1: %v", clean, err)
 		}
@@ -353,10 +360,8 @@ func TestRabbitMQ_ClassicSessionIsRefusedWhileItsHomeNodeIsDown(t *testing.T) {
 	srv.settle(gw, 60*time.Second)
 	// The agent confirms at the topic a configuration came on: only the pull's answer brought it,
 	// the session never delivered the push itself.
-	for _, cf := range srv.confirmations() {
-		if string(cf.id) == strconv.Itoa(dropped.id) && cf.topic == srv.prefix("gw-001")+"/json/status" {
-			t.Fatalf("the push made while node 1 was down was delivered by the session: %+v", cf)
-		}
+	if confirmedAsPush(srv, "gw-001", dropped) {
+		t.Fatalf("the push made while node 1 was down was delivered by the session: %+v", srv.confirmations())
 	}
 	t.Logf("node 2 refused the session queue of %s %d times while node 1 was down", clientID, refusals(nodeLog(r, 2), clientID))
 }
@@ -369,12 +374,7 @@ func TestRabbitMQ_ClassicSessionIsRefusedWhileItsHomeNodeIsDown(t *testing.T) {
 // pushes made while it is stopped wait in its session again.
 func TestRabbitMQ_ClassicSessionRefusedIsServedAtQoS0UntilItsNodeReturns(t *testing.T) {
 	r := needRabbit(t)
-	r.queueType("classic")
-	defer r.queueType("quorum")
-	srv, gw, clientID := bootedGateway(t, r, []string{"gw-001"})
-	if typ, _ := r.sessionQueue(2, clientID); typ != "classic" {
-		t.Fatalf("session queue type %q, want classic", typ)
-	}
+	srv, gw, clientID := classicGateway(t, r)
 	pulls := srv.pullsSeen("gw-001")
 	killed := time.Now()
 	r.killNode(1)
@@ -414,6 +414,19 @@ func TestRabbitMQ_ClassicSessionRefusedIsServedAtQoS0UntilItsNodeReturns(t *test
 	}
 }
 
+// classicGateway is bootedGateway with one endpoint on a classic session queue; the cluster goes
+// back to quorum queues for new sessions when the test ends.
+func classicGateway(t *testing.T, r *rabbit) (*cloud, *gateway, string) {
+	t.Helper()
+	r.queueType("classic")
+	t.Cleanup(func() { r.queueType("quorum") })
+	srv, gw, clientID := bootedGateway(t, r, []string{"gw-001"})
+	if typ, _ := r.sessionQueue(2, clientID); typ != "classic" {
+		t.Fatalf("session queue type %q, want classic", typ)
+	}
+	return srv, gw, clientID
+}
+
 // confirmedAsPush reports whether s was confirmed at the push topic, where only the push itself
 // is confirmed (a pull's answer comes at P/json/<request id>).
 func confirmedAsPush(srv *cloud, token string, s sent) bool {
@@ -425,6 +438,9 @@ func confirmedAsPush(srv *cloud, token string, s sent) bool {
 	return false
 }
 
+// errNoConnect is a trySubscribe that never got as far as the SUBSCRIBE: no refusal.
+var errNoConnect = errors.New("connect failed")
+
 // trySubscribe connects as clientID to url and subscribes at qos. RabbitMQ answers a refused
 // queue declaration by closing the connection, without a SUBACK.
 func trySubscribe(url, clientID string, clean bool, qos byte) error {
@@ -432,8 +448,10 @@ func trySubscribe(url, clientID string, clean bool, qos byte) error {
 	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID(clientID).
 		SetCleanSession(clean).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) { lost <- err }))
-	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		return fmt.Errorf("connect: %v", tok.Error())
+	if tok := c.Connect(); !tok.WaitTimeout(10 * time.Second) {
+		return fmt.Errorf("%w: no CONNACK within 10s", errNoConnect)
+	} else if tok.Error() != nil {
+		return fmt.Errorf("%w: %v", errNoConnect, tok.Error())
 	}
 	defer c.Disconnect(0)
 	tok := c.Subscribe("kp1/probe/+", qos, nil)
@@ -466,7 +484,10 @@ func refusals(log, clientID string) int {
 }
 
 func nodeLog(r *rabbit, n int) string {
-	data, _ := os.ReadFile(filepath.Join(r.dir, fmt.Sprintf("rabbit%d", n), "log", fmt.Sprintf("rabbit%d@localhost.log", n)))
+	data, err := os.ReadFile(filepath.Join(r.dir, fmt.Sprintf("rabbit%d", n), "log", fmt.Sprintf("rabbit%d@localhost.log", n)))
+	if err != nil {
+		r.t.Errorf("node %d's log: %v", n, err)
+	}
 	return string(data)
 }
 

@@ -304,7 +304,11 @@ func (c *Client) PublishRetained(t testing.TB, topic string, qos byte, payload [
 // for servers that must retry: a clustered broker may drop a publisher's
 // connection during a failover.
 func (c *Client) TryPublish(topic string, qos byte, payload []byte) error {
-	if err := waitToken(c.pc.Publish(topic, qos, false, payload)); err != nil {
+	return c.tryPublish(topic, qos, false, payload)
+}
+
+func (c *Client) tryPublish(topic string, qos byte, retained bool, payload []byte) error {
+	if err := waitToken(c.pc.Publish(topic, qos, retained, payload)); err != nil {
 		return fmt.Errorf("mqtttest: %s publish to %q (qos%d): %w", c.ID, topic, qos, err)
 	}
 	return nil
@@ -320,8 +324,8 @@ func (c *Client) Connected() bool {
 
 func (c *Client) publish(t testing.TB, topic string, qos byte, retained bool, payload []byte) {
 	t.Helper()
-	if err := waitToken(c.pc.Publish(topic, qos, retained, payload)); err != nil {
-		t.Fatalf("mqtttest: %s publish to %q (qos%d): %v", c.ID, topic, qos, err)
+	if err := c.tryPublish(topic, qos, retained, payload); err != nil {
+		t.Fatal(err)
 	}
 }
 
