@@ -289,6 +289,19 @@ func (e *Engine) checkDrift(m *machine) {
 	}
 }
 
+// scheduleDrift checks ep a debounce from now, on the watcher's timer for ep, so that this check
+// and one the watcher schedules for the same events are one.
+func (e *Engine) scheduleDrift(ep *endpoint) {
+	e.mu.RLock()
+	d := e.drift
+	e.mu.RUnlock()
+	if d == nil {
+		time.AfterFunc(DriftDebounce, func() { ep.post(evDrift{}) })
+		return
+	}
+	d.schedule(ep)
+}
+
 // kickDriftFor is kickDrift after a write to output: it does nothing when output's folder is
 // watched already, so a burst of applies (a fan-out to 1,000 endpoints) does not make the watcher
 // rebuild its view of every endpoint once per write.

@@ -311,8 +311,7 @@ func (m *machine) settle() {
 	}
 	if m.driftLate {
 		m.driftLate = false
-		ep := m.ep
-		time.AfterFunc(DriftDebounce, func() { ep.post(evDrift{}) })
+		m.ep.e.scheduleDrift(m.ep)
 	}
 }
 

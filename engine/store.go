@@ -227,11 +227,12 @@ func OpenStore(dir string, lockTimeout time.Duration, handledMax int) (*Store, e
 		}
 	}
 	// Start on a page cache of single pages (see dropCache): closed, the file is mapped by nobody.
+	// It was walked a moment ago; opening it again needs no second walk.
 	if err := db.Close(); err != nil {
 		return nil, fmt.Errorf("init %s: %w", path, err)
 	}
 	dropCache(path)
-	if db, err = openChecked(path, lockTimeout); err != nil {
+	if db, err = openFile(path, lockTimeout, false); err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	if handledMax <= 0 {
@@ -475,8 +476,10 @@ func (t *Tx) LastSeq() (uint64, error) {
 	if v := b.Get(keyOfferSeq); len(v) == 8 {
 		last = binary.BigEndian.Uint64(v) // the counter of the layout before
 	}
+	// A pending offer's key ends with its seq (SetPending writes every one, migrated ones too), so
+	// the keys alone give the highest.
 	c := b.Cursor()
-	for k, v := c.Seek([]byte{'e'}); k != nil && k[0] == 'e'; k, v = c.Next() {
+	for k, _ := c.Seek([]byte{'e'}); k != nil && k[0] == 'e'; k, _ = c.Next() {
 		n, w := binary.Uvarint(k[1:])
 		if w <= 0 {
 			continue
@@ -485,13 +488,7 @@ func (t *Tx) LastSeq() (uint64, error) {
 		if uint64(len(rest)) != n+9 || rest[n] != kindPending {
 			continue
 		}
-		var o struct {
-			Seq uint64 `json:"seq"`
-		}
-		if err := json.Unmarshal(v, &o); err != nil {
-			return 0, fmt.Errorf("pending offer: %w", err)
-		}
-		last = max(last, o.Seq, binary.BigEndian.Uint64(rest[n+1:]))
+		last = max(last, binary.BigEndian.Uint64(rest[n+1:]))
 	}
 	return last, nil
 }

@@ -24,7 +24,13 @@ type Recovery struct {
 // size its meta page claims is there, and every bucket and key can be walked. bbolt trusts the file
 // it maps; a truncated or overwritten page would otherwise fault or panic later, in the middle of
 // handling a push, and again after every restart.
-func openChecked(path string, lockTimeout time.Duration) (db *bolt.DB, err error) {
+func openChecked(path string, lockTimeout time.Duration) (*bolt.DB, error) {
+	return openFile(path, lockTimeout, true)
+}
+
+// openFile opens path with the store's options; check walks it as openChecked says. Without check
+// it is for a file this process has just checked and closed.
+func openFile(path string, lockTimeout time.Duration, check bool) (db *bolt.DB, err error) {
 	// A page past a truncated end faults as soon as bbolt touches it, Open included (it reads the
 	// free list): with this the fault is a panic, recovered below, instead of a fatal signal.
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
@@ -61,6 +67,9 @@ func openChecked(path string, lockTimeout time.Duration) (db *bolt.DB, err error
 		}
 		return nil, err
 	}
+	if !check {
+		return db, nil
+	}
 	if werr := walk(db, path); werr != nil {
 		db.Close()
 		return nil, fmt.Errorf("%w: %v", errUnreadable, werr)
@@ -68,7 +77,7 @@ func openChecked(path string, lockTimeout time.Duration) (db *bolt.DB, err error
 	return db, nil
 }
 
-// walk reads every page the database references. It runs under openChecked's fault and panic
+// walk reads every page the database references. It runs under openFile's fault and panic
 // handling.
 func walk(db *bolt.DB, path string) error {
 	return db.View(func(tx *bolt.Tx) error {

@@ -96,20 +96,11 @@ func (r *runner) fleetCluster() error {
 		return err
 	}
 	last := slices.MaxFunc(at, time.Time.Compare)
-	windows := map[int64]int{}
-	peak := 0
-	for _, t := range at {
-		w := int64(t.Sub(tKill) / (100 * time.Millisecond))
-		windows[w]++
-		peak = max(peak, windows[w])
-	}
-	spread := r.p.Spread
-	if spread == "" {
-		spread = "default (30s)"
-	}
-	note := fmt.Sprintf("%d agents, 3-node RabbitMQ 3.10 cluster, quorum queues; node 1 (every agent's) killed with kill -9; reconnect_spread %s", n, spread)
+	peak, windows := peakPer100ms(at, tKill)
+	note := fmt.Sprintf("%d agents, %d-node RabbitMQ 3.10 cluster, quorum queues; node 1 (every agent's) killed with kill -9; reconnect_spread %s",
+		n, len(urls), spreadLabel(r.p.Spread))
 	r.rep.limit("fleet on a cluster: node killed → all pulled again from a surviving node", "ms", ms(last.Sub(tKill)), 0, note)
-	r.rep.limit("fleet on a cluster: peak pulls per 100 ms at the server", "agents", float64(peak), 0, fmt.Sprintf("%d windows used", len(windows)))
+	r.rep.limit("fleet on a cluster: peak pulls per 100 ms at the server", "agents", float64(peak), 0, fmt.Sprintf("%d windows used", windows))
 	r.logf("fleet on the cluster: all pulled again %v after the kill; peak %d per 100 ms", last.Sub(tKill).Round(time.Millisecond), peak)
 	return nil
 }

@@ -512,13 +512,7 @@ func (r *runner) fleet() error {
 		return err
 	}
 	last := slices.MaxFunc(at, time.Time.Compare)
-	windows := map[int64]int{}
-	peak := 0
-	for _, t := range at {
-		w := int64(t.Sub(tUp) / (100 * time.Millisecond))
-		windows[w]++
-		peak = max(peak, windows[w])
-	}
+	peak, windows := peakPer100ms(at, tUp)
 	connects := r.broker.countLog("New client connected") - connectsBefore - 1 // minus the server
 	// The agents' own logs time each reconnection to the millisecond (the CONNACK as the agent saw
 	// it); the pulls' arrival at the server also carries the broker's and the server's delays.
@@ -540,7 +534,7 @@ func (r *runner) fleet() error {
 	r.rep.limit("fleet: peak reconnections per 100 ms", "agents", float64(connPeak), targetFleetShare*float64(n),
 		fmt.Sprintf("%d agents, from their logs (%d found); %d windows used", n, connSeen, len(connWindows)))
 	r.rep.limit("fleet: peak pulls per 100 ms at the server", "agents", float64(peak), 0,
-		fmt.Sprintf("%d windows used", len(windows)))
+		fmt.Sprintf("%d windows used", windows))
 	r.rep.limit("fleet: mean RSS per agent", "MB", kbToMB(rss)/float64(n), 0, "")
 	r.logf("fleet: all pulled again %v after the broker came up; peak %d per 100 ms", last.Sub(tUp).Round(time.Millisecond), peak)
 	return nil
@@ -568,6 +562,18 @@ func lastConnected(logPath string) (time.Time, bool) {
 		}
 	}
 	return last, found
+}
+
+// peakPer100ms is the most times of at in one window [from + k·100 ms, from + (k+1)·100 ms), and
+// how many windows have any.
+func peakPer100ms(at []time.Time, from time.Time) (peak, windows int) {
+	count := map[int64]int{}
+	for _, t := range at {
+		w := int64(t.Sub(from) / (100 * time.Millisecond))
+		count[w]++
+		peak = max(peak, count[w])
+	}
+	return peak, len(count)
 }
 
 func spreadLabel(s string) string {
