@@ -37,6 +37,13 @@ type conn struct {
 	closed bool
 	stop   chan struct{}
 	wg     sync.WaitGroup
+
+	// ready is closed once the SUBACK has told the QoS the broker takes; nothing is published
+	// before. A broker that grants QoS 0 to a QoS 1 SUBSCRIBE may drop a client that publishes
+	// at QoS 1 (mosquitto's max_qos does, MQTT 3.1.1 has no other way to say so), so pubMax caps
+	// what this connection publishes at.
+	ready  chan struct{}
+	pubMax byte
 }
 
 // maxInboxBytes bounds the payload bytes waiting in the inbox, beyond the engine's own queues: a
@@ -49,7 +56,7 @@ func (s *Session) newConn(ctx context.Context, clean bool) (*conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &conn{s: s, lost: make(chan error, 1), wake: make(chan struct{}, 1), stop: make(chan struct{})}
+	c := &conn{s: s, lost: make(chan error, 1), wake: make(chan struct{}, 1), stop: make(chan struct{}), ready: make(chan struct{})}
 	randRead(c.nonce[:])
 	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { c.add(m) })
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) { c.end(err) })
@@ -89,6 +96,12 @@ func (c *conn) add(m mqtt.Message) {
 	case c.wake <- struct{}{}:
 	default:
 	}
+}
+
+// subscribed lets the sender start, publishing at pubMax at most; called once.
+func (c *conn) subscribed(pubMax byte) {
+	c.pubMax = pubMax
+	close(c.ready)
 }
 
 // start runs the delivering, acknowledging and sending goroutines until close.
@@ -186,9 +199,20 @@ func (c *conn) acknowledge(ctx context.Context, acks <-chan ack) {
 // send publishes the outbox on this connection: every entry once, in order, at most window in
 // flight. A message leaves the outbox only when the broker acknowledged it on this connection; a
 // publish that fails on a live connection is sent again after a pause, without waiting for a
-// reconnect, and a slow one never holds up the others.
+// reconnect, and a slow one never holds up the others. It starts once subscribed: an answer
+// waiting from an earlier connection goes at the QoS the broker takes, after the SUBACK.
+//
+// An answer sent at QoS 0 because of pubMax is done once written: on such a broker nothing better
+// exists, and the pull at every connect brings the server's newest back.
 func (c *conn) send(ctx context.Context) {
 	const window = 64
+	select {
+	case <-c.ready:
+	case <-ctx.Done():
+		return
+	case <-c.stop:
+		return
+	}
 	ob := c.s.core.Outbox()
 	type result struct {
 		m   engine.OutMsg
@@ -214,7 +238,7 @@ func (c *conn) send(ctx context.Context) {
 		}
 		for _, m := range batch {
 			inflight++
-			tok := c.client.Publish(m.Topic, m.QoS, false, m.Payload)
+			tok := c.client.Publish(m.Topic, min(m.QoS, c.pubMax), false, m.Payload)
 			ob.Sent(m.Seq)
 			go func(m engine.OutMsg, tok mqtt.Token) {
 				select {

@@ -34,6 +34,7 @@ type refuser struct {
 	refuse   int             // QoS 1 SUBSCRIBEs still to refuse by closing; < 0: all
 	deny     map[string]bool // filters whose SUBACK code becomes 0x80
 	attempts []attempt
+	pubQoS   []byte        // the QoS of each PUBLISH the agent sent, in order
 	changed  chan struct{} // closed and replaced on each CONNECT and SUBSCRIBE
 }
 
@@ -90,6 +91,13 @@ func (r *refuser) denyFilters(filters ...string) {
 	for _, f := range filters {
 		r.deny[f] = true
 	}
+}
+
+// published lists the QoS of every PUBLISH the agent sent so far.
+func (r *refuser) published() []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.pubQoS)
 }
 
 func (r *refuser) list() []attempt {
@@ -196,6 +204,10 @@ func (r *refuser) relay(client net.Conn) {
 				clean = b[7]&0x02 != 0
 			}
 			idx = r.add(attempt{Clean: clean, At: r.now()})
+		case 0x30: // PUBLISH: its QoS in the fixed header's flags
+			r.mu.Lock()
+			r.pubQoS = append(r.pubQoS, pkt[0]>>1&0x03)
+			r.mu.Unlock()
 		case 0x80: // SUBSCRIBE: packet id, then (topic, QoS) pairs
 			qos := maxQoS(body(pkt))
 			r.mu.Lock()
@@ -297,8 +309,11 @@ type ladderRig struct {
 	broker *mqtttest.Broker
 	ref    *refuser
 	s      *Session
+	eng    *engine.Engine
 	out    string
 	prefix string
+	ctx    context.Context
+	wg     sync.WaitGroup
 
 	mu     sync.Mutex
 	clock  time.Time
@@ -309,6 +324,14 @@ type ladderRig struct {
 }
 
 func startLadderRig(t *testing.T, refuse int, brokerOpts mqtttest.Options, deny ...string) *ladderRig {
+	rig := newLadderRig(t, refuse, brokerOpts, deny...)
+	rig.run()
+	return rig
+}
+
+// newLadderRig sets the rig up with its engine running and the session not yet started, so a
+// test can give the engine something to answer first.
+func newLadderRig(t *testing.T, refuse int, brokerOpts mqtttest.Options, deny ...string) *ladderRig {
 	b := mqtttest.StartWith(t, brokerOpts)
 	rig := &ladderRig{t: t, broker: b, prefix: cmx.Prefix("v1", "cmx", "gw-1"), clock: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
 		fire: make(chan time.Time), change: make(chan struct{}, 1)}
@@ -320,7 +343,9 @@ func startLadderRig(t *testing.T, refuse int, brokerOpts mqtttest.Options, deny 
 	if err != nil {
 		t.Fatal(err)
 	}
+	rig.eng = eng
 	ctx, cancel := context.WithCancel(context.Background())
+	rig.ctx = ctx
 	rig.s = New(cfg.Broker, eng, Options{
 		ClientID: "cmx-ladder-test",
 		Rand:     seeded(11),
@@ -345,12 +370,16 @@ func startLadderRig(t *testing.T, refuse int, brokerOpts mqtttest.Options, deny 
 			}
 		},
 	})
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); eng.Run(ctx) }()
-	go func() { defer wg.Done(); rig.s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); wg.Wait(); eng.Close() })
+	rig.wg.Add(1)
+	go func() { defer rig.wg.Done(); eng.Run(ctx) }()
+	t.Cleanup(func() { cancel(); rig.wg.Wait(); eng.Close() })
 	return rig
+}
+
+// run starts the session.
+func (r *ladderRig) run() {
+	r.wg.Add(1)
+	go func() { defer r.wg.Done(); r.s.Run(r.ctx) }()
 }
 
 func (r *ladderRig) now() time.Time {
@@ -485,8 +514,52 @@ func TestSession_ASubscriptionGrantedAtQoS0IsShownAsSuchWithoutProbes(t *testing
 	if !st.QoS1RetryAt.IsZero() || len(rig.probeDelays()) != 0 {
 		t.Errorf("a QoS 0 grant is the broker's setting, not a refusal to probe: %+v, probes %v", st, rig.probeDelays())
 	}
+	// mosquitto disconnects a 3.1.1 client that publishes above max_qos: the pull and the
+	// confirmation go at QoS 0. The pull went out before the confirmation, on the same connection,
+	// so once the confirmation is here the broker has taken both.
+	server := rig.broker.Client(t)
+	confirms := server.Subscribe(t, cmx.StatusTopic(cmx.PushTopic(rig.prefix, 0)), 1)
+	server.Publish(t, cmx.PushTopic(rig.prefix, 0), 0, []byte(`{"id":"p1","entries":[1]}`)) // the server too
+	if m := confirms.Next(t, 10*time.Second); string(m.Payload) != `{"id":"p1","status":"ok"}` || m.QoS != 0 {
+		t.Errorf("confirmation %v, want {\"id\":\"p1\",\"status\":\"ok\"} at QoS 0", m)
+	}
+	if got := rig.ref.published(); len(got) < 2 || slices.Max(got) != 0 {
+		t.Errorf("the agent published at QoS %v, want the pull and the confirmation, all at QoS 0", got)
+	}
 	if got, want := keys(rig.ref.list()), []attempt{resumeGranted}; !slices.Equal(got, want) {
 		t.Errorf("attempts %v, want %v", got, want)
+	}
+}
+
+func TestSession_AnAnswerWaitingAtConnectGoesAtTheQoSTheBrokerGrants(t *testing.T) {
+	rig := newLadderRig(t, 0, mqtttest.Options{Lines: []string{"max_qos 0"}})
+	// A push taken before the connection (as from the session's last connection) leaves a QoS 1
+	// confirmation in the outbox.
+	push := cmx.PushTopic(rig.prefix, 0)
+	r := rig.eng.Deliver(engine.Message{Topic: push, QoS: 1, Payload: []byte(`{"id":"p0","entries":[0]}`)})
+	select {
+	case <-r.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the push was not taken")
+	}
+	if err := r.Err(); err != nil {
+		t.Fatal(err)
+	}
+	server := rig.broker.Client(t)
+	confirms := server.Subscribe(t, cmx.StatusTopic(push), 1)
+	rig.run()
+	if m := confirms.Next(t, 10*time.Second); string(m.Payload) != `{"id":"p0","status":"ok"}` || m.QoS != 0 {
+		t.Errorf("confirmation %v, want {\"id\":\"p0\",\"status\":\"ok\"} at QoS 0", m)
+	}
+	// Sent before the SUBACK told the QoS, it would have cost the connection.
+	if got, want := keys(rig.ref.list()), []attempt{resumeGranted}; !slices.Equal(got, want) {
+		t.Errorf("attempts %v, want %v", got, want)
+	}
+	if got := rig.ref.published(); len(got) == 0 || slices.Max(got) != 0 {
+		t.Errorf("the agent published at QoS %v, want all at QoS 0", got)
+	}
+	if st := rig.s.State(); st.Connects != 1 || !st.Connected {
+		t.Errorf("status %+v, want connected once", st)
 	}
 }
 

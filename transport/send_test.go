@@ -61,7 +61,8 @@ func TestSend_APublishThatFailsOnALiveConnectionIsSentAgainWithoutReconnecting(t
 	defer eng.Close()
 	s := New(config.Broker{}, eng, Options{Logger: slog.New(slog.DiscardHandler)})
 	fc := &flakyClient{seen: map[string]int{}, sent: make(chan string, 16)}
-	c := &conn{s: s, client: fc, gen: 1, lost: make(chan error, 1), stop: make(chan struct{})}
+	c := &conn{s: s, client: fc, gen: 1, lost: make(chan error, 1), stop: make(chan struct{}), ready: make(chan struct{})}
+	c.subscribed(1)
 	s.mu.Lock()
 	s.gen, s.client = 1, fc
 	s.mu.Unlock()

@@ -257,7 +257,7 @@ func (s *Session) Run(ctx context.Context) error {
 			probe = s.opt.After(d)
 			s.log.Warn("subscribed at QoS 0: the broker refuses this client id a QoS 1 subscription", "server", server, "qos1_again_in", d.Round(time.Second))
 		case res.granted < qos:
-			s.log.Warn("the broker granted the subscription at QoS 0 only: pushes made while disconnected are not kept", "server", server)
+			s.log.Warn("the broker granted the subscription at QoS 0 only: pushes made while disconnected are not kept, and answers go at QoS 0", "server", server)
 		}
 		if len(res.refused) > 0 {
 			s.log.Error("the broker refused the subscription to some topics (its ACL?); their endpoints receive nothing, the others work", "server", server, "filters", res.refused)
@@ -269,6 +269,13 @@ func (s *Session) Run(ctx context.Context) error {
 		s.lastErr = ""
 		s.mu.Unlock()
 		s.changed()
+		// Publishing starts once status says connected, so nothing the broker sees from this
+		// connection comes before it.
+		pubMax := byte(1) // asked for QoS 0 (the ladder's rung), the broker told nothing
+		if res.granted < qos {
+			pubMax = res.granted
+		}
+		c.subscribed(pubMax)
 		refused = 0
 		select {
 		case <-ctx.Done():
