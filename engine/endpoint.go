@@ -236,13 +236,16 @@ type machine struct {
 	lastDrift string
 }
 
-// state returns the endpoint's committed state.
-func (m *machine) state() EndpointState {
+// state returns the endpoint's committed state, read once and then kept (a failed read is not).
+func (m *machine) state() (EndpointState, error) {
 	if m.st == nil {
-		st := m.ep.e.stateOf(m.ep)
+		st, err := m.ep.e.stateOf(m.ep)
+		if err != nil {
+			return EndpointState{}, err
+		}
 		m.st = &st
 	}
-	return *m.st
+	return *m.st, nil
 }
 
 func (m *machine) setTimer(d time.Duration) {
@@ -316,10 +319,21 @@ func (m *machine) settle() {
 }
 
 // start runs the pipeline for p in a goroutine of its own; its outcome comes back as evApplied.
+// When the state cannot be read, p waits for the timer: the state is read before the apply, so the
+// result is always recorded on the state as committed.
 func (m *machine) start(p *pending) {
-	m.phase, m.running = applying, p
 	ep, e := m.ep, m.ep.e
-	cfg, st := ep.config(), m.state()
+	st, err := m.state()
+	if err != nil {
+		d := m.backoff.next()
+		e.log.Error("cannot start the apply; retrying", "endpoint", ep.key, "id", p.o.Text, "in", d.Round(time.Millisecond), "err", err)
+		m.phase, m.next = waiting, p
+		m.setTimer(d)
+		return
+	}
+	m.backoff.reset()
+	m.phase, m.running = applying, p
+	cfg := ep.config()
 	e.applies.Add(1)
 	go func() {
 		defer e.applies.Done()
@@ -380,12 +394,19 @@ func (m *machine) arrive(a evArrival) {
 			a.receipt.release(fmt.Errorf("read handled ids: %w", err))
 			return
 		}
-		if seen && !e.dia.again(h, o, m.state(), m.running != nil || m.next != nil) {
-			e.log.Warn("duplicate id confirmed again", "endpoint", ep.key, "id", o.Text, "topic", a.topic, "status", h.Status)
-			m.j.answer(e, ep, o, Result(h), fast)
-			m.j.waiters = append(m.j.waiters, a.receipt)
-			m.commitSoon(fast)
-			return
+		if seen {
+			st, err := m.state()
+			if err != nil {
+				a.receipt.release(err) // unacknowledged: the broker sends it again
+				return
+			}
+			if !e.dia.again(h, o, st, m.running != nil || m.next != nil) {
+				e.log.Warn("duplicate id confirmed again", "endpoint", ep.key, "id", o.Text, "topic", a.topic, "status", h.Status)
+				m.j.answer(e, ep, o, Result(h), fast)
+				m.j.waiters = append(m.j.waiters, a.receipt)
+				m.commitSoon(fast)
+				return
+			}
 		}
 	}
 
@@ -393,7 +414,9 @@ func (m *machine) arrive(a evArrival) {
 	o.Seq = seq
 	p := &pending{o: o, durable: !fast}
 	p.waiters = append(p.waiters, a.receipt)
-	if m.phase == idle && m.next == nil {
+	// A stopping endpoint starts nothing: the offer waits in next, which close releases (removed)
+	// or leaves to the broker and the database (the agent stopping).
+	if m.phase == idle && m.next == nil && !m.quitting {
 		if !fast {
 			m.j.putPending(p.o)
 			if !m.commitAt(StepReceived) {
@@ -521,7 +544,7 @@ func (m *machine) applied(p *pending, out outcome) {
 func (m *machine) recordResult(p *pending, out outcome) {
 	e, ep := m.ep.e, m.ep
 	now := e.opt.Now()
-	st := m.state()
+	st := *m.st // read by start, before the apply
 	st.LastText, st.LastStatus, st.LastCode, st.LastAt = p.o.Text, out.r.Status, out.r.Code, now
 	if out.applied {
 		st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedShape, st.AppliedAt = p.o.ID, p.o.Text, out.hash, out.shape, now
@@ -619,8 +642,8 @@ func (m *machine) takeOptions(c config.Endpoint) {
 // longer match the ones it was applied with.
 func (m *machine) reapplyIfReshaped() {
 	ep, e := m.ep, m.ep.e
-	st := m.state()
-	if st.AppliedHash == "" || st.AppliedShape == "" {
+	st, err := m.state()
+	if err != nil || st.AppliedHash == "" || st.AppliedShape == "" {
 		return
 	}
 	if shapeOf(ep.config()) == st.AppliedShape {

@@ -40,7 +40,8 @@ type core struct {
 type coreOptions struct {
 	Dialect    string // default cmx3
 	Pause      func(string)
-	MaxPayload config.Size // default 64 KiB
+	MaxPayload config.Size  // default 64 KiB
+	FailRead   func() error // the engine's failRead
 }
 
 func startCore(t testing.TB, dialect string, pause func(string), eps ...config.Endpoint) *core {
@@ -88,6 +89,7 @@ func (c *core) run() {
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	e.failRead = c.opt.FailRead
 	ctx, cancel := context.WithCancel(context.Background())
 	c.gen++
 	c.e, c.cancel = e, cancel
@@ -297,9 +299,14 @@ func readLines(t testing.TB, path string) []string {
 // holdFirstWrite returns a pause function that holds the first apply once its file is written under
 // the temporary name, until release is closed; blocked receives when it holds.
 func holdFirstWrite() (blocked chan struct{}, release chan struct{}, pause func(string)) {
+	return holdFirst(StepSynced)
+}
+
+// holdFirst blocks the first time the engine reaches step, until release is closed.
+func holdFirst(step string) (blocked chan struct{}, release chan struct{}, pause func(string)) {
 	blocked, release = make(chan struct{}, 1), make(chan struct{})
-	return blocked, release, func(step string) {
-		if step == StepSynced {
+	return blocked, release, func(s string) {
+		if s == step {
 			select {
 			case blocked <- struct{}{}:
 				<-release
@@ -346,7 +353,10 @@ func TestReceipt_HeldUntilTheResultIsCommitted(t *testing.T) {
 	}
 	close(release)
 	waitReceipt(t, r)
-	st := c.e.stateOf(c.e.endpointList()[0])
+	st, err := c.e.stateOf(c.e.endpointList()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
 	if st.AppliedText != "1" || st.LastCode != CodeOK {
 		t.Errorf("state after release = %+v, want 1 applied", st)
 	}
@@ -377,7 +387,10 @@ func TestCMP7_ServerGoingBackToTheOneBeingWrittenEndsOnIt(t *testing.T) {
 	close(release)
 	waitReceipt(t, r)
 	c.waitFile(out, `["z"]`)
-	st := c.e.stateOf(c.e.endpointList()[0])
+	st, err := c.e.stateOf(c.e.endpointList()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
 	if st.AppliedText != "z" {
 		t.Errorf("applied %q, want z (the server's last word)", st.AppliedText)
 	}
@@ -490,8 +503,8 @@ func TestResultCommitFailure_RetriesTheCommitAndNoDriftRepairFightsIt(t *testing
 	if n := strings.Count(logs.String(), "cannot record the result; retrying"); n != 2 {
 		t.Errorf("commit retried after %d failures, want 2", n)
 	}
-	if st := e.stateOf(e.endpointList()[0]); st.AppliedText != "2" {
-		t.Errorf("applied %q, want 2", st.AppliedText)
+	if st, err := e.stateOf(e.endpointList()[0]); err != nil || st.AppliedText != "2" {
+		t.Errorf("applied %q (%v), want 2", st.AppliedText, err)
 	}
 }
 
@@ -509,44 +522,87 @@ func TestClientID_TheFirstOneUsedIsKept(t *testing.T) {
 }
 
 func TestReload_RemovedEndpointReleasesWhatItWillNotApply(t *testing.T) {
-	blocked, release, pause := holdFirstWrite()
-	c := startCore(t, config.DialectCMX3, pause, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "other"})
-	r1 := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
-	<-blocked                                                  // 1 is being written
-	r2 := c.deliver(p+"/json", 1, `{"id": 2, "entries": [2]}`) // waits behind it
-	var gw *endpoint
-	var other config.Endpoint
-	for _, ep := range c.e.endpointList() {
-		switch ep.key {
-		case "gw":
-			gw = ep
-		case "other":
-			other = ep.config()
+	tests := []struct {
+		name string
+		at   string // where push 1 is when the endpoint is removed
+	}{
+		{"push 2 waits behind the apply in progress", StepSynced},
+		// Then push 2 comes to an idle endpoint that is stopping: it must not start either.
+		{"push 2 arrives as the result of 1 is committed", StepCommitted},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			blocked, release, pause := holdFirst(tt.at)
+			c := startCore(t, config.DialectCMX3, pause, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "other"})
+			r1 := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
+			<-blocked
+			r2 := c.deliver(p+"/json", 1, `{"id": 2, "entries": [2]}`)
+			var gw *endpoint
+			var other config.Endpoint
+			for _, ep := range c.e.endpointList() {
+				switch ep.key {
+				case "gw":
+					gw = ep
+				case "other":
+					other = ep.config()
+				}
+			}
+			done := make(chan struct{})
+			go func() {
+				c.e.Reload([]config.Endpoint{other})
+				close(done)
+			}()
+			// The removal must come while 1 is still in hand: then 1 is the apply in progress.
+			for deadline := time.Now().Add(testWait); !gw.removed(); time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("Reload did not stop the endpoint")
+				}
+			}
+			close(release)
+			select {
+			case <-done:
+			case <-time.After(testWait):
+				t.Fatal("Reload did not return after the apply in progress")
+			}
+			// Both receipts are released, so the PUBACKs behind them are not held up; push 2 is
+			// not applied.
+			waitReceipt(t, r1)
+			waitReceipt(t, r2)
+			out, _ := os.ReadFile(filepath.Join(c.dir, "out", "gw.json"))
+			if string(out) != "[1]" {
+				t.Errorf("output %q, want [1]: a push that comes after the removal is not applied", out)
+			}
+		})
+	}
+}
+
+func TestState_AFailedReadIsNotTakenForAnEmptyState(t *testing.T) {
+	var failing atomic.Bool
+	c := startCoreWith(t, coreOptions{FailRead: func() error {
+		if failing.Load() {
+			return errors.New("input/output error")
 		}
+		return nil
+	}}, config.Endpoint{Token: "gw", Validate: []string{"sh", "-c", `! grep -q 666 "$CMX_CANDIDATE"`}})
+	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`))
+	c.next("/status")
+	// From its start, the endpoint cannot read its state; push 2 arrives then.
+	failing.Store(true)
+	c.restart()
+	r := c.deliver(p+"/json", 1, `{"id": 2, "entries": [666]}`)
+	c.waitLog("cannot start the apply; retrying", 1)
+	failing.Store(false)
+	waitReceipt(t, r)
+	if m := c.next("/status"); !strings.Contains(string(m.Payload), "rejected by validate") {
+		t.Fatalf("confirmation %s, want push 2 rejected by validate", m.Payload)
 	}
-	done := make(chan struct{})
-	go func() {
-		c.e.Reload([]config.Endpoint{other})
-		close(done)
-	}()
-	// The removal must come while 1 is still being written: then 1 is the apply in progress.
-	for deadline := time.Now().Add(testWait); !gw.removed(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("Reload did not stop the endpoint")
-		}
+	// The result of 2 is recorded on the state as it is in the database, not on the empty state a
+	// failed read returned: 1 is still what is applied.
+	eps, err := c.e.Endpoints()
+	if err != nil {
+		t.Fatal(err)
 	}
-	close(release)
-	select {
-	case <-done:
-	case <-time.After(testWait):
-		t.Fatal("Reload did not return after the apply in progress")
-	}
-	// Both receipts are released, so the PUBACKs behind them are not held up; the waiting push is
-	// not applied.
-	waitReceipt(t, r1)
-	waitReceipt(t, r2)
-	out, _ := os.ReadFile(filepath.Join(c.dir, "out", "gw.json"))
-	if string(out) != "[1]" {
-		t.Errorf("output %q, want [1]: the push waiting behind the removal is not applied", out)
+	if len(eps) != 1 || eps[0].AppliedID != "1" {
+		t.Errorf("endpoints %+v, want 1 still applied", eps)
 	}
 }
