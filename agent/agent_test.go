@@ -73,7 +73,13 @@ func newHarness(t *testing.T, tokens ...string) *harness {
 // newHarnessConfig is newHarness with a dialect and the [[endpoint]] tables written out.
 func newHarnessConfig(t *testing.T, dialect, endpoints string) *harness {
 	t.Helper()
-	b := mqtttest.Start(t)
+	return newHarnessBroker(t, mqtttest.Options{}, dialect, endpoints)
+}
+
+// newHarnessBroker is newHarnessConfig on a broker started with opts.
+func newHarnessBroker(t *testing.T, opts mqtttest.Options, dialect, endpoints string) *harness {
+	t.Helper()
+	b := mqtttest.StartWith(t, opts)
 	dir := t.TempDir()
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "[broker]\nservers = [%q]\nkeepalive = \"5s\"\nreconnect_spread = \"0s\"\n[kaa]\napp_version = %q\ndialect = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\nmax_payload = \"64KiB\"\n", b.URL, app, dialect)
@@ -83,7 +89,9 @@ func newHarnessConfig(t *testing.T, dialect, endpoints string) *harness {
 		t.Fatalf("config: %v", err)
 	}
 	h := &harness{t: t, broker: b, dir: dir, cfg: cfg}
-	h.server = b.Client(t)
+	// A persistent session: what the agent publishes while a broker restart has the server
+	// disconnected (the agent may reconnect first) waits for it instead of being lost.
+	h.server = b.Client(t, mqtttest.WithPersistentSession())
 	h.all = h.server.Subscribe(t, "kp1/#", 2)
 	t.Cleanup(h.stop)
 	return h
@@ -401,4 +409,28 @@ func (h *harness) clientID() string {
 		return h.cfg.Broker.ClientID
 	}
 	return config.DefaultClientPrefix + h.cfg.Endpoints[0].Token
+}
+
+func TestPush_ASlowHookDoesNotHoldUpPushesToOtherEndpoints(t *testing.T) {
+	gate := filepath.Join(t.TempDir(), "go")
+	// One message in flight per client: the broker sends the next push only once the last is
+	// acknowledged, as every broker does once its window (mosquitto 20, RabbitMQ 10) is full.
+	h := newHarnessBroker(t, mqtttest.Options{Lines: []string{"max_inflight_messages 1"}}, config.DialectCMX3, fmt.Sprintf(
+		"[[endpoint]]\ntoken = \"gw-001\"\noutput = \"out/gw-001.json\"\nhook = [\"sh\", \"-c\", 'while [ ! -e \"$0\" ]; do sleep 0.01; done', %q]\n"+
+			"[[endpoint]]\ntoken = \"gw-002\"\noutput = \"out/gw-002.json\"\n", gate))
+	h.start()
+	h.pulled("gw-001")
+	h.pulled("gw-002")
+	h.server.Publish(t, h.prefix("gw-001")+"/json", 1, []byte(`{"id":"a1","entries":[1]}`))
+	h.server.Publish(t, h.prefix("gw-002")+"/json", 1, []byte(`{"id":"b1","entries":[2]}`))
+	// gw-001's hook is still waiting: its push was acknowledged once stored, so the next one came.
+	if _, c := h.confirmed(h.prefix("gw-002") + "/json/status"); string(c["id"]) != `"b1"` || string(c["status"]) != `"ok"` {
+		t.Errorf("gw-002 confirmation %v, want b1 ok", c)
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, c := h.confirmed(h.prefix("gw-001") + "/json/status"); string(c["id"]) != `"a1"` || string(c["status"]) != `"ok"` {
+		t.Errorf("gw-001 confirmation %v, want a1 ok", c)
+	}
 }

@@ -139,8 +139,7 @@ func TestMetrics_ServedOnTCPWhenConfigured(t *testing.T) {
 	h.cfg.Agent.MetricsListen = "127.0.0.1:0"
 	h.start()
 	h.pulled("gw-001")
-	// The pull goes out while the session tells the engine it is online, a moment before status
-	// (and the metric) say connected: wait for that too, not only for the listener.
+	// The pull goes out once status says connected; the listener may come up a moment later.
 	var addr string
 	h.waitStatus(func(s Status) bool { addr = h.agent.MetricsAddr(); return s.Connected && addr != "" })
 	resp, err := http.Get(fmt.Sprintf("http://%s/metrics", addr))

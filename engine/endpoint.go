@@ -144,12 +144,14 @@ func (ep *endpoint) run(ctx context.Context) {
 		quit := ep.quit
 		ep.mu.Unlock()
 		m.quitting = quit || ctx.Err() != nil
+		m.removing = quit && ctx.Err() == nil
 		for _, ev := range evs {
 			m.handle(ev)
 		}
 		if m.quitting && m.phase != applying {
-			m.shutdown()
-			ep.close(quit && ctx.Err() == nil)
+			removed := quit && ctx.Err() == nil
+			m.shutdown(removed)
+			ep.close(removed)
 			return
 		}
 		if len(evs) > 0 {
@@ -231,21 +233,19 @@ type machine struct {
 	driftDue  bool
 	driftLate bool // a drift event came during an apply
 	quitting  bool // the endpoint stops after the apply in progress: nothing more is started
+	removing  bool // quitting because a reload removed it (not because the agent stops)
 	// lastDrift is the hash of the drifted output last reported, so a report is logged once per
 	// change.
 	lastDrift string
 }
 
-// state returns the endpoint's committed state, read once and then kept (a failed read is not).
-func (m *machine) state() (EndpointState, error) {
+// state returns the endpoint's committed state.
+func (m *machine) state() EndpointState {
 	if m.st == nil {
-		st, err := m.ep.e.stateOf(m.ep)
-		if err != nil {
-			return EndpointState{}, err
-		}
+		st := m.ep.e.stateOf(m.ep)
 		m.st = &st
 	}
-	return *m.st, nil
+	return *m.st
 }
 
 func (m *machine) setTimer(d time.Duration) {
@@ -319,21 +319,10 @@ func (m *machine) settle() {
 }
 
 // start runs the pipeline for p in a goroutine of its own; its outcome comes back as evApplied.
-// When the state cannot be read, p waits for the timer: the state is read before the apply, so the
-// result is always recorded on the state as committed.
 func (m *machine) start(p *pending) {
-	ep, e := m.ep, m.ep.e
-	st, err := m.state()
-	if err != nil {
-		d := m.backoff.next()
-		e.log.Error("cannot start the apply; retrying", "endpoint", ep.key, "id", p.o.Text, "in", d.Round(time.Millisecond), "err", err)
-		m.phase, m.next = waiting, p
-		m.setTimer(d)
-		return
-	}
-	m.backoff.reset()
 	m.phase, m.running = applying, p
-	cfg := ep.config()
+	ep, e := m.ep, m.ep.e
+	cfg, st := ep.config(), m.state()
 	e.applies.Add(1)
 	go func() {
 		defer e.applies.Done()
@@ -394,31 +383,32 @@ func (m *machine) arrive(a evArrival) {
 			a.receipt.release(fmt.Errorf("read handled ids: %w", err))
 			return
 		}
-		if seen {
-			st, err := m.state()
-			if err != nil {
-				a.receipt.release(err) // unacknowledged: the broker sends it again
-				return
-			}
-			if !e.dia.again(h, o, st, m.running != nil || m.next != nil) {
-				e.log.Warn("duplicate id confirmed again", "endpoint", ep.key, "id", o.Text, "topic", a.topic, "status", h.Status)
-				m.j.answer(e, ep, o, Result(h), fast)
-				m.j.waiters = append(m.j.waiters, a.receipt)
-				m.commitSoon(fast)
-				return
-			}
+		if seen && !e.dia.again(h, o, m.state(), m.running != nil || m.next != nil) {
+			e.log.Warn("duplicate id confirmed again", "endpoint", ep.key, "id", o.Text, "topic", a.topic, "status", h.Status)
+			m.j.answer(e, ep, o, Result(h), fast)
+			m.j.waiters = append(m.j.waiters, a.receipt)
+			m.commitSoon(fast)
+			return
 		}
 	}
 
 	seq := e.nextSeq()
 	o.Seq = seq
-	p := &pending{o: o, durable: !fast}
-	p.waiters = append(p.waiters, a.receipt)
+	// The committed path stores the offer now and releases the receipt with that commit (the PUBACK
+	// goes at `received`); the held path keeps it until the result's commit. A removed endpoint's
+	// offer is not stored: it is dropped at the endpoint's stop, which releases the receipt.
+	store := !fast && !m.removing
+	p := &pending{o: o, durable: store}
+	if store {
+		m.j.putPending(p.o)
+		m.j.waiters = append(m.j.waiters, a.receipt)
+	} else {
+		p.waiters = append(p.waiters, a.receipt)
+	}
 	// A stopping endpoint starts nothing: the offer waits in next, which close releases (removed)
 	// or leaves to the broker and the database (the agent stopping).
 	if m.phase == idle && m.next == nil && !m.quitting {
-		if !fast {
-			m.j.putPending(p.o)
+		if store {
 			if !m.commitAt(StepReceived) {
 				return
 			}
@@ -432,8 +422,7 @@ func (m *machine) arrive(a evArrival) {
 		m.supersede(m.next, o)
 	}
 	m.next = p
-	if !fast {
-		m.j.putPending(p.o)
+	if store {
 		m.commitAt(StepReceived)
 	}
 }
@@ -544,7 +533,7 @@ func (m *machine) applied(p *pending, out outcome) {
 func (m *machine) recordResult(p *pending, out outcome) {
 	e, ep := m.ep.e, m.ep
 	now := e.opt.Now()
-	st := *m.st // read by start, before the apply
+	st := m.state()
 	st.LastText, st.LastStatus, st.LastCode, st.LastAt = p.o.Text, out.r.Status, out.r.Code, now
 	if out.applied {
 		st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedShape, st.AppliedAt = p.o.ID, p.o.Text, out.hash, out.shape, now
@@ -642,8 +631,8 @@ func (m *machine) takeOptions(c config.Endpoint) {
 // longer match the ones it was applied with.
 func (m *machine) reapplyIfReshaped() {
 	ep, e := m.ep, m.ep.e
-	st, err := m.state()
-	if err != nil || st.AppliedHash == "" || st.AppliedShape == "" {
+	st := m.state()
+	if st.AppliedHash == "" || st.AppliedShape == "" {
 		return
 	}
 	if shapeOf(ep.config()) == st.AppliedShape {
@@ -699,10 +688,18 @@ func (ep *endpoint) close(removed bool) {
 }
 
 // shutdown ends the machine: nothing more is applied; what waits stays durable or with the broker.
-func (m *machine) shutdown() {
+//
+// A removed endpoint's waiting offer leaves the database: it is not applied, its receipts are
+// released (the broker forgets it), and were the endpoint added again it asks for its latest
+// configuration instead of applying one the reload dropped.
+func (m *machine) shutdown(removed bool) {
 	if m.phase == retrying {
 		// One last try, so a result that can be committed is not redone after the restart.
 		m.commitResult()
+	}
+	if removed && m.next != nil && m.next.durable {
+		m.j.deletePending(m.next.o.Seq)
+		m.next.durable = false
 	}
 	if len(m.j.ops) > 0 {
 		m.commitNow()

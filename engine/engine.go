@@ -97,8 +97,6 @@ type Engine struct {
 
 	// failCommit, set by tests, makes a commit fail as a full or read-only state disk would.
 	failCommit func() error
-	// failRead, set by tests, makes a read of an endpoint's state fail as a failing disk would.
-	failRead func() error
 }
 
 // New opens the state database and prepares the engine; it starts nothing.
@@ -391,26 +389,17 @@ func (e *Engine) nextID() uint64 {
 	return id
 }
 
-// stateOf returns ep's committed state. A failed read is logged and returned: an empty state in
-// its place would be taken for a fresh endpoint, and a result recorded on it would drop what is
-// applied.
-func (e *Engine) stateOf(ep *endpoint) (EndpointState, error) {
+// stateOf returns ep's committed state.
+func (e *Engine) stateOf(ep *endpoint) EndpointState {
 	var st EndpointState
-	err := e.store.View(func(tx *Tx) error {
-		if e.failRead != nil {
-			if err := e.failRead(); err != nil {
-				return err
-			}
-		}
+	if err := e.store.View(func(tx *Tx) error {
 		var err error
 		st, err = tx.State(ep.key)
 		return err
-	})
-	if err != nil {
+	}); err != nil {
 		e.log.Error("cannot read endpoint state", "endpoint", ep.key, "err", err)
-		return EndpointState{}, fmt.Errorf("read the state of %s: %w", ep.key, err)
 	}
-	return st, nil
+	return st
 }
 
 // changed tells Options.OnChange that an applied configuration changed.

@@ -40,8 +40,7 @@ type core struct {
 type coreOptions struct {
 	Dialect    string // default cmx3
 	Pause      func(string)
-	MaxPayload config.Size  // default 64 KiB
-	FailRead   func() error // the engine's failRead
+	MaxPayload config.Size // default 64 KiB
 }
 
 func startCore(t testing.TB, dialect string, pause func(string), eps ...config.Endpoint) *core {
@@ -89,7 +88,6 @@ func (c *core) run() {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	e.failRead = c.opt.FailRead
 	ctx, cancel := context.WithCancel(context.Background())
 	c.gen++
 	c.e, c.cancel = e, cancel
@@ -353,10 +351,7 @@ func TestReceipt_HeldUntilTheResultIsCommitted(t *testing.T) {
 	}
 	close(release)
 	waitReceipt(t, r)
-	st, err := c.e.stateOf(c.e.endpointList()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := c.e.stateOf(c.e.endpointList()[0])
 	if st.AppliedText != "1" || st.LastCode != CodeOK {
 		t.Errorf("state after release = %+v, want 1 applied", st)
 	}
@@ -387,10 +382,7 @@ func TestCMP7_ServerGoingBackToTheOneBeingWrittenEndsOnIt(t *testing.T) {
 	close(release)
 	waitReceipt(t, r)
 	c.waitFile(out, `["z"]`)
-	st, err := c.e.stateOf(c.e.endpointList()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := c.e.stateOf(c.e.endpointList()[0])
 	if st.AppliedText != "z" {
 		t.Errorf("applied %q, want z (the server's last word)", st.AppliedText)
 	}
@@ -503,8 +495,8 @@ func TestResultCommitFailure_RetriesTheCommitAndNoDriftRepairFightsIt(t *testing
 	if n := strings.Count(logs.String(), "cannot record the result; retrying"); n != 2 {
 		t.Errorf("commit retried after %d failures, want 2", n)
 	}
-	if st, err := e.stateOf(e.endpointList()[0]); err != nil || st.AppliedText != "2" {
-		t.Errorf("applied %q (%v), want 2", st.AppliedText, err)
+	if st := e.stateOf(e.endpointList()[0]); st.AppliedText != "2" {
+		t.Errorf("applied %q, want 2", st.AppliedText)
 	}
 }
 
@@ -525,10 +517,13 @@ func TestReload_RemovedEndpointReleasesWhatItWillNotApply(t *testing.T) {
 	tests := []struct {
 		name string
 		at   string // where push 1 is when the endpoint is removed
+		qos  byte   // of push 2: 1 takes the held path, 0 the committed one (a pending record)
 	}{
-		{"push 2 waits behind the apply in progress", StepSynced},
+		{"push 2 waits behind the apply in progress, held", StepSynced, 1},
+		{"push 2 waits behind the apply in progress, committed", StepSynced, 0},
 		// Then push 2 comes to an idle endpoint that is stopping: it must not start either.
-		{"push 2 arrives as the result of 1 is committed", StepCommitted},
+		{"push 2 arrives as the result of 1 is committed, held", StepCommitted, 1},
+		{"push 2 arrives as the result of 1 is committed, committed", StepCommitted, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -536,7 +531,7 @@ func TestReload_RemovedEndpointReleasesWhatItWillNotApply(t *testing.T) {
 			c := startCore(t, config.DialectCMX3, pause, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "other"})
 			r1 := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
 			<-blocked
-			r2 := c.deliver(p+"/json", 1, `{"id": 2, "entries": [2]}`)
+			r2 := c.deliver(p+"/json", tt.qos, `{"id": 2, "entries": [2]}`)
 			var gw *endpoint
 			var other config.Endpoint
 			for _, ep := range c.e.endpointList() {
@@ -572,37 +567,65 @@ func TestReload_RemovedEndpointReleasesWhatItWillNotApply(t *testing.T) {
 			if string(out) != "[1]" {
 				t.Errorf("output %q, want [1]: a push that comes after the removal is not applied", out)
 			}
+			// Nor is it kept to be applied should the endpoint be added again.
+			var left []*Offer
+			if err := c.e.store.View(func(tx *Tx) error {
+				var err error
+				left, err = tx.Pending("gw")
+				return err
+			}); err != nil || len(left) != 0 {
+				t.Errorf("pending offers of the removed endpoint %v (%v), want none", left, err)
+			}
 		})
 	}
 }
 
-func TestState_AFailedReadIsNotTakenForAnEmptyState(t *testing.T) {
-	var failing atomic.Bool
-	c := startCoreWith(t, coreOptions{FailRead: func() error {
-		if failing.Load() {
-			return errors.New("input/output error")
-		}
-		return nil
-	}}, config.Endpoint{Token: "gw", Validate: []string{"sh", "-c", `! grep -q 666 "$CMX_CANDIDATE"`}})
+func TestState_ACorruptStateRecordIsReplacedByTheNextResult(t *testing.T) {
+	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"})
 	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`))
 	c.next("/status")
-	// From its start, the endpoint cannot read its state; push 2 arrives then.
-	failing.Store(true)
-	c.restart()
-	r := c.deliver(p+"/json", 1, `{"id": 2, "entries": [666]}`)
-	c.waitLog("cannot start the apply; retrying", 1)
-	failing.Store(false)
-	waitReceipt(t, r)
-	if m := c.next("/status"); !strings.Contains(string(m.Payload), "rejected by validate") {
-		t.Fatalf("confirmation %s, want push 2 rejected by validate", m.Payload)
+	// bbolt's pages check out at open; the record inside one does not decode.
+	c.stop()
+	st, err := OpenStore(filepath.Join(c.dir, "state"), time.Second, 1000)
+	if err != nil {
+		t.Fatal(err)
 	}
-	// The result of 2 is recorded on the state as it is in the database, not on the empty state a
-	// failed read returned: 1 is still what is applied.
+	if err := st.Update(func(tx *Tx) error { return tx.hot().Put(epKey("gw", kindState), []byte(`{"applied_id":`)) }); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	c.run()
+	// The endpoint works on as one with nothing applied: the next push is applied and its result
+	// replaces the record, which reads again.
+	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 2, "entries": [2]}`))
+	if m := c.next("/status"); string(m.Payload) != `{"id":2,"status":"ok"}` {
+		t.Errorf("confirmation %s, want 2 ok", m.Payload)
+	}
+	c.waitFile(filepath.Join(c.dir, "out", "gw.json"), "[2]")
 	eps, err := c.e.Endpoints()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(eps) != 1 || eps[0].AppliedID != "1" {
-		t.Errorf("endpoints %+v, want 1 still applied", eps)
+	if len(eps) != 1 || eps[0].AppliedID != "2" {
+		t.Errorf("endpoints %+v, want 2 applied", eps)
+	}
+	if !strings.Contains(c.logs.String(), "cannot read endpoint state") {
+		t.Error("the unreadable record was not logged")
+	}
+}
+
+func TestPush_CommittedPathReleasesTheReceiptOnceStoredNotOnceApplied(t *testing.T) {
+	gate := filepath.Join(t.TempDir(), "go")
+	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw",
+		Hook: []string{"sh", "-c", `while [ ! -e "$0" ]; do sleep 0.01; done`, gate}})
+	// An endpoint with a hook takes the committed path: the PUBACK must not wait for the hook, or
+	// it holds every PUBACK behind it and, once the broker's in-flight window is full, every push.
+	r := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
+	waitReceipt(t, r) // the hook is still waiting for the gate
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if m := c.next("/status"); string(m.Payload) != `{"id":1,"status":"ok"}` {
+		t.Errorf("confirmation %s, want 1 ok", m.Payload)
 	}
 }

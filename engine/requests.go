@@ -124,8 +124,7 @@ func (e *Engine) request(gen uint64, eps []*endpoint) {
 func (e *Engine) send(gen uint64, eps []*endpoint) {
 	for _, ep := range eps {
 		id := e.nextID()
-		st, _ := e.stateOf(ep) // unread, the request is the one of an endpoint with nothing applied
-		topic, payload := e.dia.request(ep, id, st)
+		topic, payload := e.dia.request(ep, id, e.stateOf(ep))
 		ep.answered.Store(false)
 		ep.lastRID.Store(id)
 		e.out.request(OutMsg{Endpoint: ep.key, Topic: topic, QoS: 1, Payload: payload, Request: true}, gen)
