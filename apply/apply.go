@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -291,4 +292,19 @@ func RemoveTemps(path string) (removed int, err error) {
 		return removed, fmt.Errorf("remove temporary files of %s: %w", path, errors.Join(errs...))
 	}
 	return removed, nil
+}
+
+// HashFile returns the hex sha256 of the file at path, read in small pieces: the form in which
+// the agent records the hash of what it applied.
+func HashFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -299,8 +299,8 @@ func objectFields(payload []byte, lim Limits) (map[string]json.RawMessage, error
 	if depth, balanced := nestingDepth(payload); balanced && lim.MaxDepth > 0 && depth > lim.MaxDepth {
 		return nil, &InputError{Reason: fmt.Sprintf("nesting deeper than %d levels", lim.MaxDepth)}
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(payload, &fields); err != nil {
+	fields, err := splitObject(payload)
+	if err != nil {
 		if isJSONSyntax(payload) {
 			return nil, &InputError{Reason: "payload must be a JSON object, got " + jsonKind(bytes.TrimSpace(payload))}
 		}

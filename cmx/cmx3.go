@@ -81,7 +81,8 @@ func (e *InputError) Error() string { return e.Status() }
 func (e *InputError) Status() string { return "invalid payload: " + e.Reason }
 
 // ParsePush parses and checks a 3/CMX push payload. Any problem is returned as an *InputError that
-// names it.
+// names it. The push's Entries are a slice of payload, not a copy: payload must not change while
+// the push is in use.
 func ParsePush(payload []byte, lim Limits) (Push, error) {
 	if lim.MaxPayload > 0 && len(payload) > lim.MaxPayload {
 		return Push{}, TooLarge(payload[:min(len(payload), HeadLen)], len(payload), "id", lim)
@@ -91,8 +92,8 @@ func ParsePush(payload []byte, lim Limits) (Push, error) {
 	if depth, balanced := nestingDepth(payload); balanced && lim.MaxDepth > 0 && depth > lim.MaxDepth {
 		return Push{}, &InputError{Reason: fmt.Sprintf("nesting deeper than %d levels", lim.MaxDepth)}
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(payload, &fields); err != nil {
+	fields, err := splitObject(payload)
+	if err != nil {
 		if isJSONSyntax(payload) {
 			return Push{}, &InputError{Reason: "payload must be a JSON object, got " + jsonKind(bytes.TrimSpace(payload))}
 		}
@@ -123,6 +124,33 @@ func ParsePush(payload []byte, lim Limits) (Push, error) {
 	}
 	p.Entries = entries
 	return p, nil
+}
+
+// borrowed is a JSON value kept as a slice of the payload it was decoded from: json.RawMessage
+// copies it, and for a configuration of several MiB that copy is the largest allocation of a
+// push. The payload must not change while a value is in use; the agent never changes a received
+// payload, and the offer it becomes keeps the payload alive as long as it needs it.
+type borrowed []byte
+
+func (b *borrowed) UnmarshalJSON(data []byte) error {
+	*b = data // a slice of the input to json.Unmarshal (the payload), not of a buffer of its own
+	return nil
+}
+
+// splitObject splits a JSON object into its fields without copying them; nil for "null".
+func splitObject(payload []byte) (map[string]json.RawMessage, error) {
+	var fields map[string]borrowed
+	if err := json.Unmarshal(payload, &fields); err != nil {
+		return nil, err
+	}
+	if fields == nil {
+		return nil, nil
+	}
+	out := make(map[string]json.RawMessage, len(fields))
+	for k, v := range fields {
+		out[k] = json.RawMessage(v)
+	}
+	return out, nil
 }
 
 func parseID(raw json.RawMessage, lim Limits) (ID, error) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -227,44 +226,43 @@ func (e *Engine) checkDrift(m *machine) {
 	if cfg.OnDrift == config.OnDriftIgnore {
 		return
 	}
-	var (
-		st   EndpointState
-		body []byte
-		have bool
-	)
-	err := e.store.View(func(tx *Tx) error {
-		var err error
-		if st, err = tx.State(ep.key); err != nil {
-			return err
-		}
-		body, have, err = tx.Body(ep.key)
-		return err
-	})
-	if err != nil {
-		e.log.Error("cannot read applied configuration for the drift check", "endpoint", ep.key, "err", err)
-		return
-	}
+	// The output is hashed as it is read and the applied bytes are read only for a repair: a check
+	// follows every write of the agent's own, and a configuration of a few MiB must not cost its
+	// size twice over in memory each time.
+	st := m.state()
 	if st.AppliedHash == "" {
 		return // nothing applied yet: the file is not the agent's
 	}
-	cur, err := os.ReadFile(cfg.Output)
+	sum, err := apply.HashFile(cfg.Output)
 	what := "edited"
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		what, cur = "deleted", nil
+		what, sum = "deleted", hashOf(nil)
 	case err != nil:
 		e.log.Error("cannot read output for the drift check", "endpoint", ep.key, "err", err)
 		return
-	case hashOf(cur) == st.AppliedHash:
+	case sum == st.AppliedHash:
 		m.lastDrift = ""
 		return
 	}
-	driftKey := what + hashOf(cur)
+	driftKey := what + sum
 	if cfg.OnDrift == config.OnDriftReport {
 		if m.lastDrift != driftKey {
 			e.log.Warn("output changed locally; on_drift = report, left as it is", "endpoint", ep.key, "output", cfg.Output, "change", what, "applied_id", st.AppliedText)
 			m.lastDrift = driftKey
 		}
+		return
+	}
+	var (
+		body []byte
+		have bool
+	)
+	if err := e.store.View(func(tx *Tx) error {
+		var err error
+		body, have, err = tx.Body(ep.key)
+		return err
+	}); err != nil {
+		e.log.Error("cannot read applied configuration for the drift check", "endpoint", ep.key, "err", err)
 		return
 	}
 	if !have {

@@ -265,8 +265,10 @@ func (e *Engine) Filters() []string {
 
 // Message is one PUBLISH received from the broker.
 type Message struct {
-	Topic   string
-	QoS     byte
+	Topic string
+	QoS   byte
+	// Payload is kept, not copied (an offer's body is a slice of it): the caller must not change
+	// it afterwards. paho allocates each message's payload of its own.
 	Payload []byte
 	// Size is the payload's length as the broker sent it: larger than len(Payload) when the
 	// transport kept only the beginning of a payload over the limit.

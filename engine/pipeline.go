@@ -36,6 +36,10 @@ type previous struct {
 	body   []byte
 	text   string // the id people read; "" for a file the agent did not write or a push without id
 	ours   bool   // body is a configuration the agent applied (not a file it found)
+	// stored: body is the applied body in the database, read only when a rollback needs it (most
+	// applies need none, and a configuration of a few MiB should not be copied for nothing). Only
+	// the endpoint's result commit changes it, and that comes after the pipeline.
+	stored bool
 }
 
 func (p previous) name() string {
@@ -195,10 +199,9 @@ func (e *Engine) previous(ep *endpoint, cfg config.Endpoint, st EndpointState) (
 		found bool
 	)
 	err := e.store.View(func(tx *Tx) error {
-		body, ok, err := tx.Body(ep.key)
-		if err != nil || ok {
-			p, found = previous{exists: true, body: body, text: st.AppliedText, ours: true}, ok
-			return err
+		if tx.HasBody(ep.key) {
+			p, found = previous{exists: true, stored: true, text: st.AppliedText, ours: true}, true
+			return nil
 		}
 		pr, ok, err := tx.Prior(ep.key)
 		if ok {
@@ -234,6 +237,16 @@ func (e *Engine) rollback(ctx context.Context, ep *endpoint, cfg config.Endpoint
 		}
 		e.log.Warn("output removed: there was no previous file", "endpoint", ep.key, "id", o.Text)
 		return fail(status + "; output removed (there was no previous file)")
+	}
+	if prev.stored {
+		if err := e.store.View(func(tx *Tx) error {
+			var err error
+			prev.body, _, err = tx.Body(ep.key)
+			return err
+		}); err != nil {
+			e.log.Error("rollback failed", "endpoint", ep.key, "err", err)
+			return fail(status + "; rollback failed: cannot read the previous configuration: " + err.Error())
+		}
 	}
 	err := apply.WriteFile(cfg.Output, prev.body, apply.Options{Perm: fs.FileMode(cfg.Mode)})
 	if err == nil {

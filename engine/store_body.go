@@ -28,6 +28,9 @@ func (t *Tx) Body(ep string) (body []byte, ok bool, err error) {
 	return append([]byte{}, v...), true, nil
 }
 
+// HasBody reports whether applied output bytes are stored for an endpoint, without copying them.
+func (t *Tx) HasBody(ep string) bool { return t.hot().Get(epKey(ep, kindBody)) != nil }
+
 // SetBody stores the applied output bytes of an endpoint, in the transaction that records the
 // applied hash, so the two never disagree. body must not change until the transaction ends.
 func (t *Tx) SetBody(ep string, body []byte) error {

@@ -3,12 +3,9 @@ package bundle
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -23,6 +20,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/agent"
+	"github.com/cmx-agent/cmx-agent/apply"
 )
 
 // ErrNoJournal is returned by Options.Journal where the system has no journal to read.
@@ -175,7 +173,7 @@ func (b *builder) addOutputs(v view, st agent.Status, ok bool) {
 	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ENDPOINT\tOUTPUT\tFILE\tSHA256\tAS APPLIED")
 	for i, o := range outputs {
-		sum, err := hashFile(o.path)
+		sum, err := apply.HashFile(o.path)
 		if err != nil {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\n", o.key, o.path, describe(o.path))
 			continue
@@ -209,19 +207,6 @@ func containsKey(list []namedPath, key string) bool {
 		}
 	}
 	return false
-}
-
-func hashFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // addJournal adds the unit's last journal lines, or says why there are none.
