@@ -173,16 +173,14 @@ func (ep *endpoint) run(ctx context.Context) {
 
 // phase is where an endpoint's state machine stands.
 //
-//	          arrive                      applied, committed, nothing next
-//	 idle ─────────────▶ applying ──────────────────────────────────────▶ idle
-//	  ▲                  │  ▲  │ applied, committed, next waiting: apply it
-//	  │                  │  └──┘
-//	  │     applied, the │ arrive: the newer offer waits in next (an older waiting one is
-//	  │   commit failed  │         superseded); the same id merges with the offer it repeats
-//	  │                  ▼
-//	  │               retrying ── timer: commit again ──▶ applying (next) or idle
-//	  │
-//	waiting ◀── a store failure before an apply could start; timer: start it again
+//	         arrive                      applied, committed, nothing next
+//	idle ─────────────▶ applying ──────────────────────────────────────▶ idle
+//	 ▲                  │  ▲  │ applied, committed, next waiting: apply it
+//	 │                  │  └──┘
+//	 │     applied, the │ arrive: the newer offer waits in next (an older waiting one is
+//	 │   commit failed  │         superseded); the same id merges with the offer it repeats
+//	 │                  ▼
+//	 └────────────── retrying ── timer: commit again ──▶ applying (next) or idle
 //
 // Options from a reload and drift checks are taken only in idle (or before the next apply starts),
 // so an endpoint's options never change in the middle of an apply and a repair never undoes a write
@@ -193,22 +191,22 @@ const (
 	idle     phase = iota // nothing to apply
 	applying              // the pipeline runs for running; a newer offer may wait in next
 	retrying              // the pipeline has finished; its result could not be committed yet
-	waiting               // next could not be started (the store failed); retried on a timer
 )
 
 func (p phase) String() string {
-	return [...]string{"idle", "applying", "retrying", "waiting"}[p]
+	return [...]string{"idle", "applying", "retrying"}[p]
 }
 
 // pending is an offer the machine holds: in memory, and in the database when durable.
 type pending struct {
 	o *Offer
-	// durable: the offer is in the database (a receive commit, or left by a crash). Otherwise the
-	// broker still holds it, unacknowledged, and will deliver it again after a crash: it must not be
-	// acknowledged before its result is committed.
+	// durable: the offer is in the database, or goes there with the journal's next commit (a
+	// receive commit, or left by a crash). Otherwise the broker still holds it, unacknowledged, and
+	// will deliver it again after a crash: it must not be acknowledged before its result is
+	// committed (a removed endpoint's, which is dropped, is acknowledged at its stop).
 	durable bool
 	// waiters are the receipts released when the offer's result (or its being superseded) is
-	// committed.
+	// committed: the held path's. A stored offer's receipt goes with its receive commit.
 	waiters []*Receipt
 }
 
@@ -372,6 +370,14 @@ func (m *machine) arrive(a evArrival) {
 			m.supersede(m.next, o)
 			m.next = nil
 		}
+		if m.phase == retrying {
+			// Its result is recorded and waits for its commit: the repeat is answered with it, in
+			// that commit. Joining would store the offer as pending again after its deletion, or
+			// hold a receipt on an offer whose receipts were handed over already.
+			m.j.answer(e, ep, o, m.result.r, fast)
+			m.j.waiters = append(m.j.waiters, a.receipt)
+			return
+		}
 		m.join(m.running, o, a, fast)
 		return
 	case o.ID != "" && m.next != nil && m.next.o.ID == o.ID:
@@ -399,6 +405,7 @@ func (m *machine) arrive(a evArrival) {
 	// offer is not stored: it is dropped at the endpoint's stop, which releases the receipt.
 	store := !fast && !m.removing
 	p := &pending{o: o, durable: store}
+	mark := len(m.j.ops)
 	if store {
 		m.j.putPending(p.o)
 		m.j.waiters = append(m.j.waiters, a.receipt)
@@ -410,6 +417,9 @@ func (m *machine) arrive(a evArrival) {
 	if m.phase == idle && m.next == nil && !m.quitting {
 		if store {
 			if !m.commitAt(StepReceived) {
+				// Not applied: the broker delivers it again. Its record must not reach the
+				// database with a later commit either, with nothing in memory to apply it.
+				m.j.ops = m.j.ops[:mark]
 				return
 			}
 		} else {
@@ -586,11 +596,8 @@ func (m *machine) commitResult() {
 }
 
 func (m *machine) retryTick() {
-	switch m.phase {
-	case retrying:
+	if m.phase == retrying {
 		m.commitResult()
-	case waiting:
-		m.phase = idle
 	}
 }
 
@@ -600,7 +607,7 @@ func (m *machine) retryTick() {
 func (m *machine) recover(offers []*Offer) {
 	for _, o := range offers {
 		p := &pending{o: o, durable: true}
-		if m.phase == idle && m.next == nil {
+		if m.phase == idle && m.next == nil && !m.quitting {
 			m.start(p)
 			continue
 		}
@@ -632,8 +639,8 @@ func (m *machine) takeOptions(c config.Endpoint) {
 func (m *machine) reapplyIfReshaped() {
 	ep, e := m.ep, m.ep.e
 	st := m.state()
-	if st.AppliedHash == "" || st.AppliedShape == "" {
-		return
+	if m.quitting || st.AppliedHash == "" || st.AppliedShape == "" {
+		return // stopping: the next start compares the shapes again
 	}
 	if shapeOf(ep.config()) == st.AppliedShape {
 		return

@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,7 +43,8 @@ type core struct {
 type coreOptions struct {
 	Dialect    string // default cmx3
 	Pause      func(string)
-	MaxPayload config.Size // default 64 KiB
+	MaxPayload config.Size  // default 64 KiB
+	FailCommit func() error // the engine's failCommit
 }
 
 func startCore(t testing.TB, dialect string, pause func(string), eps ...config.Endpoint) *core {
@@ -88,6 +92,7 @@ func (c *core) run() {
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	e.failCommit = c.opt.FailCommit
 	ctx, cancel := context.WithCancel(context.Background())
 	c.gen++
 	c.e, c.cancel = e, cancel
@@ -532,6 +537,9 @@ func TestReload_RemovedEndpointReleasesWhatItWillNotApply(t *testing.T) {
 			r1 := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
 			<-blocked
 			r2 := c.deliver(p+"/json", tt.qos, `{"id": 2, "entries": [2]}`)
+			if tt.at == StepSynced && tt.qos == 0 {
+				waitReceipt(t, r2) // stored before the removal: its record is what shutdown deletes
+			}
 			var gw *endpoint
 			var other config.Endpoint
 			for _, ep := range c.e.endpointList() {
@@ -628,4 +636,97 @@ func TestPush_CommittedPathReleasesTheReceiptOnceStoredNotOnceApplied(t *testing
 	if m := c.next("/status"); string(m.Payload) != `{"id":1,"status":"ok"}` {
 		t.Errorf("confirmation %s, want 1 ok", m.Payload)
 	}
+}
+
+// failingCommits is a failCommit that fails the next n commits, n set by the test.
+type failingCommits struct{ n atomic.Int32 }
+
+func (f *failingCommits) fail() error {
+	if f.n.Load() > 0 {
+		f.n.Add(-1)
+		return errors.New("no space left on device")
+	}
+	return nil
+}
+
+// pendingOf lists the pending offers the database holds for endpoint key.
+func (c *core) pendingOf(key string) []*Offer {
+	c.t.Helper()
+	var out []*Offer
+	if err := c.e.store.View(func(tx *Tx) error {
+		var err error
+		out, err = tx.Pending(key)
+		return err
+	}); err != nil {
+		c.t.Fatal(err)
+	}
+	return out
+}
+
+// confirmations collects n published confirmations as topic → payload.
+func (c *core) confirmations(n int) map[string]string {
+	c.t.Helper()
+	got := map[string]string{}
+	for range n {
+		m := c.next("/status")
+		got[m.Topic] = string(m.Payload)
+	}
+	return got
+}
+
+func TestResultCommitFailure_ARepeatMeanwhileIsAnsweredWithTheResult(t *testing.T) {
+	for _, qos := range []byte{1, 0} { // the repeat on the held path, then on the committed one
+		t.Run(fmt.Sprintf("repeat at QoS %d", qos), func(t *testing.T) {
+			var f failingCommits
+			c := startCoreWith(t, coreOptions{FailCommit: f.fail}, config.Endpoint{Token: "gw"})
+			f.n.Store(1) // the result commit of push 1 (held: it has no receive commit)
+			r1 := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
+			c.waitLog("cannot record the result; retrying", 1)
+			// The same push again, as the answer to a pull, while the result waits for its commit.
+			r2 := c.deliver(p+"/json/42", qos, `{"id": 1, "entries": [1]}`)
+			waitReceipt(t, r1)
+			waitReceipt(t, r2)
+			want := map[string]string{p + "/json/status": `{"id":1,"status":"ok"}`, p + "/json/42/status": `{"id":1,"status":"ok"}`}
+			if got := c.confirmations(2); !maps.Equal(got, want) {
+				t.Errorf("confirmations %v, want %v", got, want)
+			}
+			if left := c.pendingOf("gw"); len(left) != 0 {
+				t.Errorf("pending offers %v after the result was committed, want none", left)
+			}
+		})
+	}
+}
+
+func TestReceiveCommitFailure_TheNewerOfferIsNotLostAndTheOlderNotRevived(t *testing.T) {
+	var f failingCommits
+	blocked, release, pause := holdFirst(StepSynced)
+	c := startCoreWith(t, coreOptions{FailCommit: f.fail, Pause: pause}, config.Endpoint{Token: "gw"})
+	r1 := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
+	<-blocked                                                            // 1 is being written
+	waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 2, "entries": [2]}`)) // stored, waits behind 1
+	f.n.Store(1)
+	r3 := c.deliver(p+"/json", 0, `{"id": 3, "entries": [3]}`) // supersedes 2; its commit fails
+	<-r3.Done()
+	if r3.Err() == nil {
+		t.Fatal("push 3 was acknowledged although its commit failed")
+	}
+	close(release)
+	waitReceipt(t, r1)
+	c.waitFile(filepath.Join(c.dir, "out", "gw.json"), "[3]")
+	// The broker sends 3 again, unacknowledged; it joins the offer in hand.
+	waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 3, "entries": [3]}`))
+	// Each push is answered once: 2 as superseded by 3 (the repeat of 3 came on the same topic).
+	var got []string
+	for range 3 {
+		got = append(got, string(c.next("/status").Payload))
+	}
+	slices.Sort(got)
+	if want := []string{`{"id":1,"status":"ok"}`, `{"id":2,"status":"superseded by 3"}`, `{"id":3,"status":"ok"}`}; !slices.Equal(got, want) {
+		t.Errorf("confirmations %q, want %q", got, want)
+	}
+	c.restart()
+	if left := c.pendingOf("gw"); len(left) != 0 {
+		t.Errorf("pending offers after the restart: %d (seq %d…), want none", len(left), left[0].Seq)
+	}
+	c.waitFile(filepath.Join(c.dir, "out", "gw.json"), "[3]")
 }

@@ -93,15 +93,16 @@ func (j *journal) answer(e *Engine, ep *endpoint, o *Offer, r Result, early bool
 	}
 }
 
-// fail releases every waiting receipt with err and forgets the journal: nothing of it was stored.
+// fail releases every waiting receipt with err: nothing of the journal was stored, and the
+// transport does not acknowledge them, so the broker delivers them again. The operations and
+// answers stay for the next commit: the machine has acted on them (an offer superseded, a newer
+// one waiting in its place), and forgetting them would leave the database behind memory, with a
+// superseded offer's record to be applied again after a restart.
 func (j *journal) fail(err error) {
 	for _, r := range j.waiters {
 		r.release(err)
 	}
-	for _, a := range j.answers {
-		a.ob.drop(a)
-	}
-	*j = journal{}
+	j.waiters = nil
 }
 
 // committed releases the receipts and makes the answers durable in the outbox.

@@ -148,15 +148,6 @@ func (o *Outbox) storable(en *outEntry) bool {
 	return en.stored
 }
 
-// drop forgets an entry whose commit failed.
-func (o *Outbox) drop(en *outEntry) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if _, ok := o.bySeq[en.msg.Seq]; ok {
-		o.remove(en)
-	}
-}
-
 // Next returns, in order, up to n entries that may be sent on connection gen and have not been
 // handed to it yet. An answer can become sendable after later ones (its commit came after their
 // early publish), so this is not a plain cursor over sequence numbers; the entries are in memory, and
