@@ -363,24 +363,33 @@ func (m *machine) arrive(a evArrival) {
 		m.j.waiters = append(m.j.waiters, a.receipt)
 		m.commitSoon(fast)
 		return
-	case o.ID != "" && m.running != nil && m.running.o.ID == o.ID:
+	// An internal offer (the stored configuration applied again) answers nobody: a push with its
+	// id is not one it repeats, and goes to the handled ids below.
+	case o.ID != "" && m.running != nil && !m.running.o.Internal && m.running.o.ID == o.ID:
 		// The offer being written, again. In 7/CMP a server sending it while a newer one waits has
 		// changed its mind: the waiting one is superseded and this one ends on disk.
 		if m.next != nil && e.dia.lastWordWins() {
 			m.supersede(m.next, o)
 			m.next = nil
 		}
-		if m.phase == retrying {
-			// Its result is recorded and waits for its commit: the repeat is answered with it, in
-			// that commit. Joining would store the offer as pending again after its deletion, or
-			// hold a receipt on an offer whose receipts were handed over already.
+		if m.phase != retrying {
+			m.join(m.running, o, a, fast)
+			return
+		}
+		// Its result is recorded and waits for its commit. Joining would store the offer as
+		// pending again after its deletion, or hold a receipt on an offer whose receipts were
+		// handed over already: the repeat is answered with the result in that commit, unless the
+		// dialect applies it again (a 7/CMP transient failure), as a new offer behind the commit.
+		st := m.state()
+		if m.j.state != nil {
+			st = *m.j.state
+		}
+		if !e.dia.again(Handled(m.result.r), o, st, m.next != nil) {
 			m.j.answer(e, ep, o, m.result.r, fast)
 			m.j.waiters = append(m.j.waiters, a.receipt)
 			return
 		}
-		m.join(m.running, o, a, fast)
-		return
-	case o.ID != "" && m.next != nil && m.next.o.ID == o.ID:
+	case o.ID != "" && m.next != nil && !m.next.o.Internal && m.next.o.ID == o.ID:
 		m.join(m.next, o, a, fast)
 		return
 	case o.ID != "":
@@ -419,7 +428,7 @@ func (m *machine) arrive(a evArrival) {
 			if !m.commitAt(StepReceived) {
 				// Not applied: the broker delivers it again. Its record must not reach the
 				// database with a later commit either, with nothing in memory to apply it.
-				m.j.ops = m.j.ops[:mark]
+				m.j.truncate(mark)
 				return
 			}
 		} else {
@@ -458,16 +467,18 @@ func (m *machine) join(p *pending, o *Offer, a evArrival, fast bool) {
 func (m *machine) supersede(old *pending, newer *Offer) {
 	e := m.ep.e
 	r := e.dia.superseded(newer)
-	if old.o.ID != "" {
+	if old.o.ID != "" && !old.o.Internal { // an internal offer's id is the applied one's: kept
 		m.j.setHandled(old.o.ID, Handled(r))
 	}
-	m.j.answer(e, m.ep, old.o, r, !old.durable)
+	if !old.o.Internal {
+		m.j.answer(e, m.ep, old.o, r, !old.durable)
+		m.ep.stats.count(r.Code)
+	}
 	if old.durable {
 		m.j.deletePending(old.o.Seq)
 	}
 	m.j.waiters = append(m.j.waiters, old.waiters...)
 	old.waiters = nil
-	m.ep.stats.count(r.Code)
 	e.log.Warn("configuration superseded", "endpoint", m.ep.key, "superseded", old.o.Text, "by", newer.Text)
 }
 
@@ -605,6 +616,9 @@ func (m *machine) retryTick() {
 // applied in turn only if one of them was being written (it may have half run its hook); the
 // newest waits behind it.
 func (m *machine) recover(offers []*Offer) {
+	if m.quitting && !m.removing {
+		return // the agent stops: the records stay, to be recovered at the next start
+	}
 	for _, o := range offers {
 		p := &pending{o: o, durable: true}
 		if m.phase == idle && m.next == nil && !m.quitting {

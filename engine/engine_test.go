@@ -638,10 +638,14 @@ func TestPush_CommittedPathReleasesTheReceiptOnceStoredNotOnceApplied(t *testing
 	}
 }
 
-// failingCommits is a failCommit that fails the next n commits, n set by the test.
-type failingCommits struct{ n atomic.Int32 }
+// failingCommits is a failCommit that lets skip commits pass, then fails the next n.
+type failingCommits struct{ skip, n atomic.Int32 }
 
 func (f *failingCommits) fail() error {
+	if f.skip.Load() > 0 {
+		f.skip.Add(-1)
+		return nil
+	}
 	if f.n.Load() > 0 {
 		f.n.Add(-1)
 		return errors.New("no space left on device")
@@ -710,11 +714,11 @@ func TestReceiveCommitFailure_TheNewerOfferIsNotLostAndTheOlderNotRevived(t *tes
 	if r3.Err() == nil {
 		t.Fatal("push 3 was acknowledged although its commit failed")
 	}
+	// The broker sends 3 again, unacknowledged; it joins the offer waiting in its place.
+	waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 3, "entries": [3]}`))
 	close(release)
 	waitReceipt(t, r1)
 	c.waitFile(filepath.Join(c.dir, "out", "gw.json"), "[3]")
-	// The broker sends 3 again, unacknowledged; it joins the offer in hand.
-	waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 3, "entries": [3]}`))
 	// Each push is answered once: 2 as superseded by 3 (the repeat of 3 came on the same topic).
 	var got []string
 	for range 3 {
@@ -729,4 +733,93 @@ func TestReceiveCommitFailure_TheNewerOfferIsNotLostAndTheOlderNotRevived(t *tes
 		t.Errorf("pending offers after the restart: %d (seq %d…), want none", len(left), left[0].Seq)
 	}
 	c.waitFile(filepath.Join(c.dir, "out", "gw.json"), "[3]")
+}
+
+func TestReceiveCommitFailure_APushToAnIdleEndpointIsNotAppliedLater(t *testing.T) {
+	var f failingCommits
+	c := startCoreWith(t, coreOptions{FailCommit: f.fail}, config.Endpoint{Token: "gw"})
+	f.n.Store(1)
+	r1 := c.deliver(p+"/json", 0, `{"id": 1, "entries": [1]}`) // committed path: its commit fails
+	<-r1.Done()
+	if r1.Err() == nil {
+		t.Fatal("push 1 was acknowledged although its commit failed")
+	}
+	waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 2, "entries": [2]}`))
+	out := filepath.Join(c.dir, "out", "gw.json")
+	c.waitFile(out, "[2]")
+	if m := c.next("/status"); string(m.Payload) != `{"id":2,"status":"ok"}` {
+		t.Errorf("confirmation %s, want 2 ok", m.Payload)
+	}
+	// Push 1 was not applied, so no record of it may have gone in with 2's commits, to be applied
+	// over 2 at the next start.
+	c.restart()
+	if left := c.pendingOf("gw"); len(left) != 0 {
+		t.Errorf("%d pending offers after the restart, want none", len(left))
+	}
+	waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 3, "entries": [3]}`)) // recovery has run before it
+	c.waitFile(out, "[3]")
+}
+
+func TestResultCommitFailure_ACMP7RepeatOfATransientFailureIsAppliedAgain(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "ran")
+	var f failingCommits
+	// The hook fails once (500, rolled back); the result commit fails too.
+	c := startCoreWith(t, coreOptions{Dialect: config.DialectCMP7, FailCommit: f.fail}, config.Endpoint{Token: "gw",
+		Hook: []string{"sh", "-c", `if [ -e "$0" ]; then exit 0; fi; touch "$0"; exit 1`, marker}})
+	f.skip.Store(1) // the receive commit
+	f.n.Store(1)    // the result commit
+	c.deliver(p+"/config/json/status", 1, `{"configId": "c1", "config": [1]}`)
+	c.waitLog("cannot record the result; retrying", 1)
+	// The server sends c1 again (the answer to the pull after the reconnect the failure caused).
+	c.deliver(p+"/config/json/status", 1, `{"configId": "c1", "config": [1]}`)
+	reports := []int{}
+	for len(reports) == 0 || reports[len(reports)-1] != 200 {
+		m := c.next("")
+		if !strings.Contains(m.Topic, "/applied/") {
+			continue
+		}
+		var a struct {
+			StatusCode int `json:"statusCode"`
+		}
+		if err := json.Unmarshal(m.Payload, &a); err != nil {
+			t.Fatal(err)
+		}
+		reports = append(reports, a.StatusCode)
+		if len(reports) > 3 {
+			t.Fatalf("reports %v, want c1 applied after its transient failure", reports)
+		}
+	}
+	c.waitFile(filepath.Join(c.dir, "out", "gw.json"), "[1]")
+}
+
+func TestReload_APushWithTheAppliedIDDuringAReapplyIsConfirmedWithItsOutcome(t *testing.T) {
+	counter := filepath.Join(t.TempDir(), "runs")
+	// The hook passes on its first run; the second (the re-apply the reload causes) waits for a gate.
+	hook := []string{"sh", "-c", `n=$(cat "$0" 2>/dev/null || echo 0); echo $((n+1)) > "$0"; [ "$n" = 0 ] || while [ ! -e "$0.go" ]; do sleep 0.01; done`, counter}
+	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", Hook: hook})
+	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`))
+	if m := c.next("/status"); string(m.Payload) != `{"id":1,"status":"ok"}` {
+		t.Fatalf("confirmation %s, want 1 ok", m.Payload)
+	}
+	ep := c.e.endpointList()[0].config()
+	ep.Mode = 0o600 // a new shape: the stored configuration is applied again, by the agent itself
+	c.e.Reload([]config.Endpoint{ep})
+	for deadline := time.Now().Add(testWait); ; time.Sleep(5 * time.Millisecond) {
+		if b, _ := os.ReadFile(counter); strings.TrimSpace(string(b)) == "2" {
+			break // the re-apply's hook is running
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the reload did not apply the configuration again")
+		}
+	}
+	// The server sends 1 again: it is the handled id, confirmed with its outcome, not a repeat of
+	// the agent's own re-apply (which answers nobody).
+	r := c.deliver(p+"/json/7", 1, `{"id": 1, "entries": [1]}`)
+	if m := c.next("/status"); m.Topic != p+"/json/7/status" || string(m.Payload) != `{"id":1,"status":"ok"}` {
+		t.Errorf("confirmation %s on %s, want 1 ok on %s/json/7/status", m.Payload, m.Topic, p)
+	}
+	if err := os.WriteFile(counter+".go", nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitReceipt(t, r)
 }

@@ -105,6 +105,12 @@ func (j *journal) fail(err error) {
 	j.waiters = nil
 }
 
+// truncate takes back the operations from mark on, which were not committed and must not be.
+func (j *journal) truncate(mark int) {
+	clear(j.ops[mark:]) // the closures hold their offers' bodies
+	j.ops = j.ops[:mark]
+}
+
 // committed releases the receipts and makes the answers durable in the outbox.
 func (j *journal) committed() {
 	for _, a := range j.answers {

@@ -163,9 +163,13 @@ func (e *Engine) noteServer(m *machine, topic string, n serverNote) error {
 	// Only a change is written: an unchanged answer ({}) costs no commit. A note that comes with a
 	// configuration is committed with it.
 	if st != old {
+		mark := len(m.j.ops)
 		m.j.setServerState(st)
 		if n.kind != noteConfig && n.kind != noteAnswered {
 			if !m.commitNow() {
+				// Compared with the stored state, the note must not reach it with a later commit,
+				// after what came since.
+				m.j.truncate(mark)
 				return errNotStored
 			}
 		}
