@@ -229,7 +229,8 @@ func (e *Engine) startEndpoint(ctx context.Context, ep *endpoint) {
 		offers, err = tx.Pending(ep.key)
 		return err
 	}); err != nil {
-		e.log.Error("cannot read pending configurations", "endpoint", ep.key, "err", err)
+		// The offers that read are still applied; the pull at connect brings the newest anyway.
+		e.log.Error("pending configuration unreadable; left out", "endpoint", ep.key, "err", err)
 	}
 	if len(offers) > 0 {
 		ep.post(evRecovery{offers: offers})

@@ -823,3 +823,34 @@ func TestReload_APushWithTheAppliedIDDuringAReapplyIsConfirmedWithItsOutcome(t *
 	}
 	waitReceipt(t, r)
 }
+
+func TestState_ADamagedPendingRecordDoesNotCostTheOthers(t *testing.T) {
+	gate := filepath.Join(t.TempDir(), "go")
+	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw",
+		Hook: []string{"sh", "-c", `while [ ! -e "$0" ]; do sleep 0.01; done`, gate}})
+	// Push 1 is stored (committed path) and being applied when the agent stops: it stays pending.
+	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`))
+	c.stop()
+	st, err := OpenStore(filepath.Join(c.dir, "state"), time.Second, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Update(func(tx *Tx) error {
+		if left, err := tx.Pending("gw"); err != nil || len(left) != 1 {
+			return fmt.Errorf("%d pending offers after the stop (%v), want 1", len(left), err)
+		}
+		return tx.hot().Put(pendingKey("gw", 1<<40), []byte(`{"seq":`))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.run()
+	c.waitFile(filepath.Join(c.dir, "out", "gw.json"), "[1]")
+	if m := c.next("/status"); string(m.Payload) != `{"id":1,"status":"ok"}` {
+		t.Errorf("confirmation %s, want 1 ok", m.Payload)
+	}
+	c.waitLog("pending configuration unreadable; left out", 1)
+}

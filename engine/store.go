@@ -444,11 +444,15 @@ func (t *Tx) DeletePending(ep string, seq uint64) error {
 	return b.Delete(pendingKey(ep, seq))
 }
 
-// Pending returns an endpoint's pending offers, oldest first.
+// Pending returns an endpoint's pending offers, oldest first. A record that does not decode is left
+// out and named in the error, which comes with the others.
 func (t *Tx) Pending(ep string) ([]*Offer, error) {
 	b := t.hot()
 	prefix := epKey(ep, kindPending)
-	var out []*Offer
+	var (
+		out []*Offer
+		bad []error
+	)
 	c := b.Cursor()
 	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 		if len(k) != len(prefix)+8 {
@@ -456,7 +460,9 @@ func (t *Tx) Pending(ep string) ([]*Offer, error) {
 		}
 		var o Offer
 		if err := json.Unmarshal(v, &o); err != nil {
-			return nil, fmt.Errorf("endpoint %s pending offer: %w", ep, err)
+			// One damaged record must not cost the others: they are returned, with the error.
+			bad = append(bad, fmt.Errorf("endpoint %s pending offer %d: %w", ep, binary.BigEndian.Uint64(k[len(prefix):]), err))
+			continue
 		}
 		if o.Body == nil {
 			if raw := b.Get(pendingBody(ep, binary.BigEndian.Uint64(k[len(prefix):]))); raw != nil {
@@ -466,7 +472,7 @@ func (t *Tx) Pending(ep string) ([]*Offer, error) {
 		out = append(out, &o)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
-	return out, nil
+	return out, errors.Join(bad...)
 }
 
 // LastSeq is the highest offer sequence number the database has seen.
