@@ -334,10 +334,16 @@ func (m *machine) start(p *pending) {
 // waited).
 func (m *machine) arrive(a evArrival) {
 	e, ep := m.ep.e, m.ep
+	// mark is where this arrival's operations begin, so a failed receive commit can take them all
+	// back: the note of a response that carries a configuration is one of them.
+	mark := len(m.j.ops)
 	if a.in.note != nil {
 		if err := e.noteServer(m, a.topic, *a.in.note); err != nil {
 			a.receipt.release(err)
 			return
+		}
+		if len(m.j.ops) < mark {
+			mark = 0 // the note was committed, with everything before it
 		}
 	}
 	o := a.in.offer
@@ -366,6 +372,10 @@ func (m *machine) arrive(a evArrival) {
 	// An internal offer (the stored configuration applied again) answers nobody: a push with its
 	// id is not one it repeats, and goes to the handled ids below.
 	case o.ID != "" && m.running != nil && !m.running.o.Internal && m.running.o.ID == o.ID:
+		if m.phase == retrying && m.next != nil && m.next.o.ID == o.ID {
+			m.join(m.next, o, a, fast) // a repeat to be applied again after the commit, again
+			return
+		}
 		// The offer being written, again. In 7/CMP a server sending it while a newer one waits has
 		// changed its mind: the waiting one is superseded and this one ends on disk.
 		if m.next != nil && e.dia.lastWordWins() {
@@ -414,7 +424,6 @@ func (m *machine) arrive(a evArrival) {
 	// offer is not stored: it is dropped at the endpoint's stop, which releases the receipt.
 	store := !fast && !m.removing
 	p := &pending{o: o, durable: store}
-	mark := len(m.j.ops)
 	if store {
 		m.j.putPending(p.o)
 		m.j.waiters = append(m.j.waiters, a.receipt)

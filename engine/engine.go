@@ -230,7 +230,13 @@ func (e *Engine) startEndpoint(ctx context.Context, ep *endpoint) {
 		return err
 	}); err != nil {
 		// The offers that read are still applied; the pull at connect brings the newest anyway.
-		e.log.Error("pending configuration unreadable; left out", "endpoint", ep.key, "err", err)
+		e.log.Error("pending configuration unreadable; deleted", "endpoint", ep.key, "err", err)
+		if err := e.store.Update(func(tx *Tx) error {
+			_, err := tx.DeleteUnreadablePending(ep.key)
+			return err
+		}); err != nil {
+			e.log.Error("cannot delete the unreadable pending configuration", "endpoint", ep.key, "err", err)
+		}
 	}
 	if len(offers) > 0 {
 		ep.post(evRecovery{offers: offers})

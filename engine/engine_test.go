@@ -770,7 +770,9 @@ func TestResultCommitFailure_ACMP7RepeatOfATransientFailureIsAppliedAgain(t *tes
 	f.n.Store(1)    // the result commit
 	c.deliver(p+"/config/json/status", 1, `{"configId": "c1", "config": [1]}`)
 	c.waitLog("cannot record the result; retrying", 1)
-	// The server sends c1 again (the answer to the pull after the reconnect the failure caused).
+	// The server sends c1 again (the answer to the pull after the reconnect the failure caused),
+	// twice: the second joins the first, which waits to be applied again.
+	c.deliver(p+"/config/json/status", 1, `{"configId": "c1", "config": [1]}`)
 	c.deliver(p+"/config/json/status", 1, `{"configId": "c1", "config": [1]}`)
 	reports := []int{}
 	for len(reports) == 0 || reports[len(reports)-1] != 200 {
@@ -790,6 +792,9 @@ func TestResultCommitFailure_ACMP7RepeatOfATransientFailureIsAppliedAgain(t *tes
 		}
 	}
 	c.waitFile(filepath.Join(c.dir, "out", "gw.json"), "[1]")
+	if strings.Contains(c.logs.String(), "configuration superseded") {
+		t.Errorf("c1 superseded by itself:\n%s", c.logs.String())
+	}
 }
 
 func TestReload_APushWithTheAppliedIDDuringAReapplyIsConfirmedWithItsOutcome(t *testing.T) {
@@ -852,5 +857,52 @@ func TestState_ADamagedPendingRecordDoesNotCostTheOthers(t *testing.T) {
 	if m := c.next("/status"); string(m.Payload) != `{"id":1,"status":"ok"}` {
 		t.Errorf("confirmation %s, want 1 ok", m.Payload)
 	}
-	c.waitLog("pending configuration unreadable; left out", 1)
+	c.waitLog("pending configuration unreadable; deleted", 1)
+	// Nothing can apply the damaged record: it is gone, and the endpoint does not read as waiting.
+	if left := c.pendingOf("gw"); len(left) != 0 {
+		t.Errorf("%d pending offers left, want none", len(left))
+	}
+	eps, err := c.e.Endpoints()
+	if err != nil || len(eps) != 1 || eps[0].Waiting || eps[0].Pending != 0 {
+		t.Errorf("endpoints %+v (%v), want gw neither waiting nor pending", eps, err)
+	}
+}
+
+func TestReceiveCommitFailure_WhatTheServerSaidIsNotRecordedOutOfTurn(t *testing.T) {
+	var f failingCommits
+	c := startCoreWith(t, coreOptions{Dialect: config.DialectCMP7, FailCommit: f.fail}, config.Endpoint{Token: "gw"})
+	server := func() ServerState {
+		t.Helper()
+		sts, err := c.e.ServerStates()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sts["gw"]
+	}
+	commitOf := func(r *Receipt) {
+		t.Helper()
+		<-r.Done()
+		if r.Err() == nil {
+			t.Fatal("acknowledged although its commit failed")
+		}
+	}
+	// An error response whose commit fails, then a configuration: the error must not land after it.
+	f.n.Store(1)
+	commitOf(c.deliver(p+"/config/json/error", 1, `{"statusCode": 503, "reasonPhrase": "busy"}`))
+	waitReceipt(t, c.deliver(p+"/config/json/status", 1, `{"configId": "c1", "config": [1]}`))
+	c.waitFile(filepath.Join(c.dir, "out", "gw.json"), "[1]")
+	if st := server(); st.ErrorCode != 0 {
+		t.Errorf("server state %+v after a configuration, want no error", st)
+	}
+	// "None assigned" is stored; a configuration whose receive commit fails (QoS 0: the committed
+	// path) is not applied, and neither is its note; "none" again changes nothing, so the next
+	// commit must not carry the dropped configuration's note.
+	waitReceipt(t, c.deliver(p+"/config/json/status", 1, `{"configId": "", "config": null}`))
+	f.n.Store(1)
+	commitOf(c.deliver(p+"/config/json/status", 0, `{"configId": "c2", "config": [2]}`))
+	waitReceipt(t, c.deliver(p+"/config/json/status", 1, `{"configId": "", "config": null}`))
+	waitReceipt(t, c.deliver(p+"/config/json/status", 1, `{"configId": "c3"}`)) // refused: committed
+	if st := server(); !st.NoneAssigned {
+		t.Errorf("server state %+v, want none assigned (the server's last word)", st)
+	}
 }

@@ -444,6 +444,28 @@ func (t *Tx) DeletePending(ep string, seq uint64) error {
 	return b.Delete(pendingKey(ep, seq))
 }
 
+// DeleteUnreadablePending removes an endpoint's pending records that do not decode, with their
+// bodies, and returns how many: nothing can apply them, and left in place they would count as
+// waiting forever.
+func (t *Tx) DeleteUnreadablePending(ep string) (int, error) {
+	b := t.hot()
+	prefix := epKey(ep, kindPending)
+	var bad []uint64
+	c := b.Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		var o Offer
+		if len(k) == len(prefix)+8 && json.Unmarshal(v, &o) != nil {
+			bad = append(bad, binary.BigEndian.Uint64(k[len(prefix):]))
+		}
+	}
+	for _, seq := range bad {
+		if err := t.DeletePending(ep, seq); err != nil {
+			return 0, fmt.Errorf("endpoint %s: delete unreadable pending offer %d: %w", ep, seq, err)
+		}
+	}
+	return len(bad), nil
+}
+
 // Pending returns an endpoint's pending offers, oldest first. A record that does not decode is left
 // out and named in the error, which comes with the others.
 func (t *Tx) Pending(ep string) ([]*Offer, error) {
