@@ -253,15 +253,8 @@ func (e *Engine) checkDrift(m *machine) {
 		}
 		return
 	}
-	var (
-		body []byte
-		have bool
-	)
-	if err := e.store.View(func(tx *Tx) error {
-		var err error
-		body, have, err = tx.Body(ep.key)
-		return err
-	}); err != nil {
+	body, have, err := e.store.storedBytes(ep.key, (*Tx).Body)
+	if err != nil {
 		e.log.Error("cannot read applied configuration for the drift check", "endpoint", ep.key, "err", err)
 		return
 	}

@@ -149,9 +149,8 @@ func (ep *endpoint) run(ctx context.Context) {
 			m.handle(ev)
 		}
 		if m.quitting && m.phase != applying {
-			removed := quit && ctx.Err() == nil
-			m.shutdown(removed)
-			ep.close(removed)
+			m.shutdown(m.removing)
+			ep.close(m.removing)
 			return
 		}
 		if len(evs) > 0 {
@@ -390,11 +389,9 @@ func (m *machine) arrive(a evArrival) {
 		// pending again after its deletion, or hold a receipt on an offer whose receipts were
 		// handed over already: the repeat is answered with the result in that commit, unless the
 		// dialect applies it again (a 7/CMP transient failure), as a new offer behind the commit.
-		st := m.state()
-		if m.j.state != nil {
-			st = *m.j.state
-		}
-		if !e.dia.again(Handled(m.result.r), o, st, m.next != nil) {
+		// The state as the result leaves it: recordResult put it in the journal, which a failed
+		// commit keeps.
+		if !e.dia.again(Handled(m.result.r), o, *m.j.state, m.next != nil) {
 			m.j.answer(e, ep, o, m.result.r, fast)
 			m.j.waiters = append(m.j.waiters, a.receipt)
 			return
@@ -668,15 +665,8 @@ func (m *machine) reapplyIfReshaped() {
 	if shapeOf(ep.config()) == st.AppliedShape {
 		return
 	}
-	var (
-		raw []byte
-		ok  bool
-	)
-	if err := e.store.View(func(tx *Tx) error {
-		var err error
-		raw, ok, err = tx.Raw(ep.key)
-		return err
-	}); err != nil || !ok {
+	raw, ok, err := e.store.storedBytes(ep.key, (*Tx).Raw)
+	if err != nil || !ok {
 		e.log.Error("cannot read the stored configuration to apply it under the new options", "endpoint", ep.key, "err", err)
 		return
 	}

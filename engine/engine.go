@@ -10,6 +10,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -229,13 +230,23 @@ func (e *Engine) startEndpoint(ctx context.Context, ep *endpoint) {
 		offers, err = tx.Pending(ep.key)
 		return err
 	}); err != nil {
-		// The offers that read are still applied; the pull at connect brings the newest anyway.
-		e.log.Error("pending configuration unreadable; deleted", "endpoint", ep.key, "err", err)
-		if err := e.store.Update(func(tx *Tx) error {
-			_, err := tx.DeleteUnreadablePending(ep.key)
-			return err
-		}); err != nil {
-			e.log.Error("cannot delete the unreadable pending configuration", "endpoint", ep.key, "err", err)
+		e.log.Error("cannot read pending configurations", "endpoint", ep.key, "err", err)
+		// The offers that read are still applied (the pull at connect brings the newest anyway);
+		// nothing can apply the others, and left in place they would read as waiting forever.
+		var bad *UnreadablePendingError
+		if errors.As(err, &bad) {
+			if err := e.store.Update(func(tx *Tx) error {
+				for _, seq := range bad.Seqs {
+					if err := tx.DeletePending(ep.key, seq); err != nil {
+						return err
+					}
+				}
+				return nil
+			}); err != nil {
+				e.log.Error("cannot delete the unreadable pending configurations", "endpoint", ep.key, "err", err)
+			} else {
+				e.log.Warn("unreadable pending configurations deleted", "endpoint", ep.key, "count", len(bad.Seqs))
+			}
 		}
 	}
 	if len(offers) > 0 {

@@ -857,7 +857,7 @@ func TestState_ADamagedPendingRecordDoesNotCostTheOthers(t *testing.T) {
 	if m := c.next("/status"); string(m.Payload) != `{"id":1,"status":"ok"}` {
 		t.Errorf("confirmation %s, want 1 ok", m.Payload)
 	}
-	c.waitLog("pending configuration unreadable; deleted", 1)
+	c.waitLog("unreadable pending configurations deleted", 1)
 	// Nothing can apply the damaged record: it is gone, and the endpoint does not read as waiting.
 	if left := c.pendingOf("gw"); len(left) != 0 {
 		t.Errorf("%d pending offers left, want none", len(left))

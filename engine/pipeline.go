@@ -239,11 +239,8 @@ func (e *Engine) rollback(ctx context.Context, ep *endpoint, cfg config.Endpoint
 		return fail(status + "; output removed (there was no previous file)")
 	}
 	if prev.stored {
-		if err := e.store.View(func(tx *Tx) error {
-			var err error
-			prev.body, _, err = tx.Body(ep.key)
-			return err
-		}); err != nil {
+		var err error
+		if prev.body, _, err = e.store.storedBytes(ep.key, (*Tx).Body); err != nil {
 			e.log.Error("rollback failed", "endpoint", ep.key, "err", err)
 			return fail(status + "; rollback failed: cannot read the previous configuration: " + err.Error())
 		}

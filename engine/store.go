@@ -444,57 +444,56 @@ func (t *Tx) DeletePending(ep string, seq uint64) error {
 	return b.Delete(pendingKey(ep, seq))
 }
 
-// DeleteUnreadablePending removes an endpoint's pending records that do not decode, with their
-// bodies, and returns how many: nothing can apply them, and left in place they would count as
-// waiting forever.
-func (t *Tx) DeleteUnreadablePending(ep string) (int, error) {
-	b := t.hot()
-	prefix := epKey(ep, kindPending)
-	var bad []uint64
-	c := b.Cursor()
-	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-		var o Offer
-		if len(k) == len(prefix)+8 && json.Unmarshal(v, &o) != nil {
-			bad = append(bad, binary.BigEndian.Uint64(k[len(prefix):]))
-		}
-	}
-	for _, seq := range bad {
-		if err := t.DeletePending(ep, seq); err != nil {
-			return 0, fmt.Errorf("endpoint %s: delete unreadable pending offer %d: %w", ep, seq, err)
-		}
-	}
-	return len(bad), nil
+// UnreadablePendingError names the pending records Tx.Pending could not decode, by seq, so that
+// the caller can delete them without walking the records again.
+type UnreadablePendingError struct {
+	Endpoint string
+	Seqs     []uint64
+	Err      error // the first decode error
 }
 
-// Pending returns an endpoint's pending offers, oldest first. A record that does not decode is left
-// out and named in the error, which comes with the others.
+func (e *UnreadablePendingError) Error() string {
+	return fmt.Sprintf("endpoint %s: %d pending offers unreadable (seq %v): %v", e.Endpoint, len(e.Seqs), e.Seqs, e.Err)
+}
+
+func (e *UnreadablePendingError) Unwrap() error { return e.Err }
+
+// Pending returns an endpoint's pending offers, oldest first. Records that do not decode are left
+// out and named in an *UnreadablePendingError, which comes with the others.
 func (t *Tx) Pending(ep string) ([]*Offer, error) {
 	b := t.hot()
 	prefix := epKey(ep, kindPending)
 	var (
 		out []*Offer
-		bad []error
+		bad *UnreadablePendingError
 	)
 	c := b.Cursor()
 	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 		if len(k) != len(prefix)+8 {
 			continue
 		}
+		seq := binary.BigEndian.Uint64(k[len(prefix):])
 		var o Offer
 		if err := json.Unmarshal(v, &o); err != nil {
 			// One damaged record must not cost the others: they are returned, with the error.
-			bad = append(bad, fmt.Errorf("endpoint %s pending offer %d: %w", ep, binary.BigEndian.Uint64(k[len(prefix):]), err))
+			if bad == nil {
+				bad = &UnreadablePendingError{Endpoint: ep, Err: err}
+			}
+			bad.Seqs = append(bad.Seqs, seq)
 			continue
 		}
 		if o.Body == nil {
-			if raw := b.Get(pendingBody(ep, binary.BigEndian.Uint64(k[len(prefix):]))); raw != nil {
+			if raw := b.Get(pendingBody(ep, seq)); raw != nil {
 				o.Body = bytes.Clone(raw) // raw lives in the mmap only while the transaction is open
 			}
 		}
 		out = append(out, &o)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
-	return out, errors.Join(bad...)
+	if bad != nil {
+		return out, bad
+	}
+	return out, nil
 }
 
 // LastSeq is the highest offer sequence number the database has seen.
