@@ -32,7 +32,7 @@ const DefaultMosquitto = "/usr/sbin/mosquitto"
 // Deadlines are generous because the machines running these tests are small
 // and shared: they bound a hang, they are not expected durations.
 const (
-	startTimeout = 10 * time.Second
+	startTimeout = 20 * time.Second
 	stopTimeout  = 10 * time.Second
 	opTimeout    = 10 * time.Second
 	pollInterval = 5 * time.Millisecond
@@ -46,6 +46,11 @@ const portAttempts = 5
 
 // errAddrInUse marks a start that failed only because the port was taken.
 var errAddrInUse = errors.New("address already in use")
+
+// errStartTimeout marks a start that did not accept connections within startTimeout. A first
+// start gets one more try on a fresh port: on a shared CI machine running two emulated suites at
+// once, a broker once stayed silent for 10 s (its log tail and process state are in the error).
+var errStartTimeout = errors.New("did not accept connections in time")
 
 // Broker is a mosquitto process listening on a loopback port. Its
 // configuration, log and persistence file live in a per-test temp folder, so
@@ -63,10 +68,11 @@ type Broker struct {
 	// Like Port, they stay the same across Stop and Start.
 	Ports []int
 
-	bin      string
-	confPath string
-	logPath  string
-	opts     Options
+	bin       string
+	startWait time.Duration // startTimeout, shorter in this package's own tests
+	confPath  string
+	logPath   string
+	opts      Options
 
 	mu        sync.Mutex
 	proc      *process
@@ -128,15 +134,17 @@ func start(t testing.TB, bin string, opts Options) *Broker {
 	}
 	dir := t.TempDir()
 	b := &Broker{
-		Dir:      dir,
-		bin:      path,
-		confPath: filepath.Join(dir, "mosquitto.conf"),
-		logPath:  filepath.Join(dir, "mosquitto.log"),
-		clients:  make(map[*Client]struct{}),
-		opts:     opts,
+		Dir:       dir,
+		bin:       path,
+		startWait: startTimeout,
+		confPath:  filepath.Join(dir, "mosquitto.conf"),
+		logPath:   filepath.Join(dir, "mosquitto.log"),
+		clients:   make(map[*Client]struct{}),
+		opts:      opts,
 	}
 	t.Cleanup(func() { b.cleanup(t) })
 
+	timeouts := 0
 	for attempt := 1; ; attempt++ {
 		b.setPort(FreePort(t))
 		b.Ports = b.Ports[:0]
@@ -150,9 +158,15 @@ func start(t testing.TB, bin string, opts Options) *Broker {
 		if err == nil {
 			return b
 		}
-		if !errors.Is(err, errAddrInUse) || attempt == portAttempts {
+		retry := errors.Is(err, errAddrInUse) && attempt < portAttempts
+		if errors.Is(err, errStartTimeout) && timeouts == 0 {
+			timeouts++
+			retry = true
+		}
+		if !retry {
 			t.Fatalf("mqtttest: start mosquitto on %s: %v\n%s", b.Addr, err, b.logTail())
 		}
+		t.Logf("mqtttest: start mosquitto on %s: %v\n%s\nmqtttest: trying again on another port", b.Addr, err, b.logTail())
 	}
 }
 
@@ -334,10 +348,12 @@ func (b *Broker) launch() error {
 // mosquitto writes only after its listener is bound (so a port taken by some
 // other process is not mistaken for ours), then for a TCP connection to work.
 func (b *Broker) waitAccepting(p *process, runningBefore int) error {
-	deadline := time.NewTimer(startTimeout)
+	deadline := time.NewTimer(b.startWait)
 	defer deadline.Stop()
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
+	running := false
+	var dialErr error
 	for {
 		select {
 		case <-p.done:
@@ -347,19 +363,43 @@ func (b *Broker) waitAccepting(p *process, runningBefore int) error {
 			}
 			return fmt.Errorf("mosquitto exited before accepting connections (%v): %s", p.err, msg)
 		case <-deadline.C:
-			return fmt.Errorf("mosquitto did not accept connections within %v: %s", startTimeout, p.output.String())
+			seen := "its log has no \"running\" line of this start"
+			if running {
+				seen = fmt.Sprintf("its log says running, the last connection attempt: %v", dialErr)
+			}
+			return fmt.Errorf("mosquitto %w (%v; %s; process %s): %s", errStartTimeout, b.startWait, seen,
+				processState(p.cmd.Process.Pid), strings.TrimSpace(p.output.String()))
 		case <-tick.C:
-			if countRunning(b.Log()) <= runningBefore {
+			if !running && countRunning(b.Log()) <= runningBefore {
 				continue
 			}
+			running = true
 			conn, err := net.DialTimeout("tcp", b.Addr, time.Second)
 			if err != nil {
+				dialErr = err
 				continue
 			}
 			_ = conn.Close()
 			return nil
 		}
 	}
+}
+
+// processState is the State line and wait channel of a process from /proc, for the error of a
+// start that timed out: whether mosquitto was running, sleeping in a system call, or stopped.
+func processState(pid int) string {
+	state := "state unknown"
+	if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "State:"); ok {
+				state = "state " + strings.TrimSpace(v)
+			}
+		}
+	}
+	if wchan, err := os.ReadFile(fmt.Sprintf("/proc/%d/wchan", pid)); err == nil && len(wchan) > 0 {
+		state += ", waiting in " + string(wchan)
+	}
+	return state
 }
 
 // countRunning counts "mosquitto version X running" lines: the log file is

@@ -396,3 +396,28 @@ func TestSub_FollowSeesEarlierAndLaterMessagesInOrder(t *testing.T) {
 		}
 	}
 }
+
+// A broker that never says it runs is given up on at the deadline with what could explain it:
+// whether its log said running, and the process's state.
+func TestLaunch_ABrokerThatStaysSilentTimesOutSayingWhatItWasDoing(t *testing.T) {
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "mosquitto")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho 'Warning: silent broker'\nexec sleep 60\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := &Broker{Dir: dir, bin: fake, startWait: 300 * time.Millisecond,
+		confPath: filepath.Join(dir, "mosquitto.conf"), logPath: filepath.Join(dir, "mosquitto.log")}
+	b.setPort(FreePort(t))
+	err := b.launch()
+	if !errors.Is(err, errStartTimeout) {
+		t.Fatalf("launch: %v; want errStartTimeout", err)
+	}
+	for _, want := range []string{`no "running" line`, "process state S", "Warning: silent broker"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("launch: %q lacks %q", err, want)
+		}
+	}
+	if b.Running() {
+		t.Errorf("the silent broker is still recorded as running")
+	}
+}
