@@ -192,6 +192,14 @@ type apiListener struct {
 
 func (l apiListener) owns(fi os.FileInfo) bool { return os.SameFile(l.fi, fi) }
 
+// SocketTempName is where the API socket at path is bound before it is renamed into place: in the
+// same folder (a rename cannot cross file systems), named after the process so that two agents
+// never share it, and short, because a unix socket's path has 107 bytes at most and the temporary
+// name must fit wherever the socket's own path does (config checks both).
+func SocketTempName(path string, pid int) string {
+	return filepath.Join(filepath.Dir(path), "."+strconv.FormatInt(int64(pid), 36)+"~")
+}
+
 // listenSocket binds under a temporary name, sets mode 0660 and the group, and only then renames
 // the socket into place: a client never sees it with the umask's permissions.
 func listenSocket(path string) (apiListener, error) {
@@ -202,7 +210,7 @@ func listenSocket(path string) (apiListener, error) {
 		c.Close()
 		return apiListener{}, fmt.Errorf("%s: another process answers on it", path)
 	}
-	tmp := path + ".tmp" + strconv.Itoa(os.Getpid())
+	tmp := SocketTempName(path, os.Getpid())
 	os.Remove(tmp)
 	ln, err := net.Listen("unix", tmp)
 	if err != nil {

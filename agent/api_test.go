@@ -240,3 +240,30 @@ func TestStatus_DegradedSaysWhatTheBrokerDidNotGrant(t *testing.T) {
 		})
 	}
 }
+
+// A socket path of 107 bytes, the most config accepts, is served: the temporary name it is bound
+// under first fits too (it was the path plus ".tmp" and the process id, up to 11 bytes more).
+func TestAPI_SocketPathOfTheMostConfigAcceptsIsServed(t *testing.T) {
+	dir := t.TempDir()
+	const base = "agent.sock"
+	pad := 107 - len(dir) - 2 - len(base)
+	if pad < 1 {
+		t.Skipf("temp folder %s leaves no room for a 107-byte path", dir)
+	}
+	path := filepath.Join(dir, strings.Repeat("d", pad), base)
+	if len(path) != 107 {
+		t.Fatalf("path of %d bytes, want 107", len(path))
+	}
+	ln, err := listenSocket(path)
+	if err != nil {
+		t.Fatalf("listenSocket(107 bytes): %v", err)
+	}
+	defer ln.Close()
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o660 {
+		t.Fatalf("socket at the path: %v, %v; want a socket with mode 0660", fi, err)
+	}
+	if tmp := SocketTempName(path, 4194304); len(tmp) > 107 {
+		t.Errorf("temporary name %s for the largest process id is %d bytes", tmp, len(tmp))
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
 	"github.com/cmx-agent/cmx-agent/metrics"
 )
 
@@ -194,5 +195,28 @@ func TestMetrics_SeriesAreBoundedByTheEndpointList(t *testing.T) {
 	}
 	if series != 8*1000+24 {
 		t.Errorf("%d series for 1,000 endpoints, want 8,024 (8 per endpoint and 24 besides)", series)
+	}
+}
+
+// A broker that grants the QoS 1 subscription at QoS 0 only (mosquitto's max_qos 0) leaves the
+// agent connected but degraded: status says so and the gauge is 1.
+func TestMetrics_DegradedAtAQoS0Grant(t *testing.T) {
+	h := newHarnessBroker(t, mqtttest.Options{Lines: []string{"max_qos 0"}}, config.DialectCMX3,
+		"[[endpoint]]\ntoken = \"gw-001\"\noutput = \"out/gw-001.json\"\n")
+	h.start()
+	h.waitStatus(func(s Status) bool { return s.Connected })
+	st, err := h.agent.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(st.Degraded, "subscribed at QoS 0: the broker grants no more") {
+		t.Errorf("status degraded %q, want the QoS 0 grant named", st.Degraded)
+	}
+	fams := h.scrape()
+	if v := value(t, fams, "cmx_agent_subscription_degraded", nil); v != 1 {
+		t.Errorf("cmx_agent_subscription_degraded = %v, want 1", v)
+	}
+	if v := value(t, fams, "cmx_agent_connected", nil); v != 1 {
+		t.Errorf("cmx_agent_connected = %v, want 1", v)
 	}
 }

@@ -379,6 +379,8 @@ func TestLoad_ReportsProblemsAtTheirLines(t *testing.T) {
 			[]string{"agent.state_dir: must not be empty"}},
 		{"socket path too long for a unix socket", kaaOK + "[agent]\nsocket = \"/" + strings.Repeat("s", 110) + "\" #!\n" + endpointOK,
 			[]string{"longer than 107 bytes"}},
+		{"socket folder leaves no room for the temporary name", kaaOK + "[agent]\nsocket = \"/" + strings.Repeat("s", 100) + "/a\" #!\n" + endpointOK,
+			[]string{"the agent binds a temporary name of up to 8 bytes in it first"}},
 
 		// [[endpoint]].
 		{"token with a slash", kaaOK + "[[endpoint]]\ntoken = \"gw/1\" #!\noutput = \"o\"\n",
