@@ -192,12 +192,14 @@ type apiListener struct {
 
 func (l apiListener) owns(fi os.FileInfo) bool { return os.SameFile(l.fi, fi) }
 
-// SocketTempName is where the API socket at path is bound before it is renamed into place: in the
-// same folder (a rename cannot cross file systems), named after the process so that two agents
-// never share it, and short, because a unix socket's path has 107 bytes at most and the temporary
-// name must fit wherever the socket's own path does (config checks both).
-func SocketTempName(path string, pid int) string {
-	return filepath.Join(filepath.Dir(path), "."+strconv.FormatInt(int64(pid), 36)+"~")
+// SocketTempName is where the API socket at path is bound before it is renamed into place: beside
+// it (a rename cannot cross file systems), named after it so that it touches no other file, and
+// only 2 bytes longer, because a unix socket's path has 107 bytes at most (config keeps the
+// socket's path at 105). A second agent configured with the same socket finds the first
+// answering on path (with the same state folder, it cannot even open the database the first
+// holds), so only two agents started at the same instant could meet here, as at path itself.
+func SocketTempName(path string) string {
+	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+"~")
 }
 
 // listenSocket binds under a temporary name, sets mode 0660 and the group, and only then renames
@@ -210,7 +212,7 @@ func listenSocket(path string) (apiListener, error) {
 		c.Close()
 		return apiListener{}, fmt.Errorf("%s: another process answers on it", path)
 	}
-	tmp := SocketTempName(path, os.Getpid())
+	tmp := SocketTempName(path)
 	os.Remove(tmp)
 	ln, err := net.Listen("unix", tmp)
 	if err != nil {

@@ -378,9 +378,9 @@ func TestLoad_ReportsProblemsAtTheirLines(t *testing.T) {
 		{"empty state_dir", kaaOK + "[agent]\nstate_dir = \"\" #!\n" + endpointOK,
 			[]string{"agent.state_dir: must not be empty"}},
 		{"socket path too long for a unix socket", kaaOK + "[agent]\nsocket = \"/" + strings.Repeat("s", 110) + "\" #!\n" + endpointOK,
-			[]string{"longer than 107 bytes"}},
-		{"socket folder leaves no room for the temporary name", kaaOK + "[agent]\nsocket = \"/" + strings.Repeat("s", 100) + "/a\" #!\n" + endpointOK,
-			[]string{"the agent binds a temporary name of up to 8 bytes in it first"}},
+			[]string{"longer than 105 bytes"}},
+		{"socket path of 106 bytes leaves no room for the temporary name", kaaOK + "[agent]\nsocket = \"/" + strings.Repeat("s", 105) + "\" #!\n" + endpointOK,
+			[]string{"longer than 105 bytes: a unix socket path has 107 bytes at most, and the agent binds .<name>~ beside it first"}},
 
 		// [[endpoint]].
 		{"token with a slash", kaaOK + "[[endpoint]]\ntoken = \"gw/1\" #!\noutput = \"o\"\n",

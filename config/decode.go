@@ -520,17 +520,10 @@ func (d *decoder) kaa(t table, k *Kaa) bool {
 func (d *decoder) agent(t table, a *Agent) {
 	t.unknown("state_dir", "socket", "max_payload", "metrics_listen", "metrics_allow_remote")
 	t.filePath("state_dir", &a.StateDir, false)
-	if t.filePath("socket", &a.Socket, false) {
-		// sun_path holds 108 bytes with the terminating NUL. The agent binds a temporary name in
-		// the same folder first (agent.SocketTempName: the folder, '/', '.', the process id in
-		// base 36, '~'), which must fit as well.
-		const maxPath, tempName = 107, 1 + 1 + 5 + 1
-		switch {
-		case len(a.Socket) > maxPath:
-			d.add(t.path("socket"), "agent.socket: %s is longer than 107 bytes, the limit for a unix socket path", a.Socket)
-		case len(filepath.Dir(a.Socket))+tempName > maxPath:
-			d.add(t.path("socket"), "agent.socket: the folder of %s is longer than 99 bytes: the agent binds a temporary name of up to 8 bytes in it first, and a unix socket path has 107 bytes at most", a.Socket)
-		}
+	if t.filePath("socket", &a.Socket, false) && len(a.Socket) > 105 {
+		// sun_path holds 108 bytes with the terminating NUL, and the agent binds
+		// .<name>~ beside the socket first (agent.SocketTempName), 2 bytes longer.
+		d.add(t.path("socket"), "agent.socket: %s is longer than 105 bytes: a unix socket path has 107 bytes at most, and the agent binds .<name>~ beside it first", a.Socket)
 	}
 	if t.size("max_payload", &a.MaxPayload) && a.MaxPayload > MaxPayloadLimit {
 		// An MQTT packet cannot be larger; the limit also keeps the value an int on 32-bit

@@ -144,8 +144,8 @@ func start(t testing.TB, bin string, opts Options) *Broker {
 	}
 	t.Cleanup(func() { b.cleanup(t) })
 
-	timeouts := 0
-	for attempt := 1; ; attempt++ {
+	inUse, timeouts := 0, 0
+	for {
 		b.setPort(FreePort(t))
 		b.Ports = b.Ports[:0]
 		for range opts.Listeners {
@@ -158,8 +158,12 @@ func start(t testing.TB, bin string, opts Options) *Broker {
 		if err == nil {
 			return b
 		}
-		retry := errors.Is(err, errAddrInUse) && attempt < portAttempts
-		if errors.Is(err, errStartTimeout) && timeouts == 0 {
+		retry := false
+		switch {
+		case errors.Is(err, errAddrInUse) && inUse < portAttempts-1:
+			inUse++
+			retry = true
+		case errors.Is(err, errStartTimeout) && timeouts == 0:
 			timeouts++
 			retry = true
 		}
