@@ -350,6 +350,9 @@ func (e *Engine) commit(ep *endpoint, j *journal) error {
 	err := e.store.Batch(func(tx *Tx) error {
 		tx.ep = ep.key
 		for _, op := range j.ops {
+			if op == nil { // a record deleted before it was stored (journal.deletePending)
+				continue
+			}
 			if err := op(tx); err != nil {
 				return err
 			}

@@ -10,6 +10,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -904,5 +905,50 @@ func TestReceiveCommitFailure_WhatTheServerSaidIsNotRecordedOutOfTurn(t *testing
 	waitReceipt(t, c.deliver(p+"/config/json/status", 1, `{"configId": "c3"}`)) // refused: committed
 	if st := server(); !st.NoneAssigned {
 		t.Errorf("server state %+v, want none assigned (the server's last word)", st)
+	}
+}
+
+// While the state database refuses every commit, pushes that supersede one another behind the
+// apply in progress must not pile up in memory: a superseded offer's uncommitted record is dropped
+// from the journal with its body, so what the journal holds stays about one offer whatever the
+// number of pushes (40 of 256 KiB here, 10 MiB in all).
+func TestReceiveCommitFailure_SupersededOffersDoNotPileUpInMemory(t *testing.T) {
+	var f failingCommits
+	blocked, release, pause := holdFirst(StepSynced)
+	c := startCoreWith(t, coreOptions{FailCommit: f.fail, Pause: pause, MaxPayload: 1 << 20}, config.Endpoint{Token: "gw"})
+	r1 := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
+	<-blocked // 1 is being written
+	f.n.Store(1 << 30)
+	big := func(i int) string {
+		return fmt.Sprintf(`{"id": %d, "entries": ["%s"]}`, i, strings.Repeat(string(rune('a'+i%26)), 256<<10))
+	}
+	heap := func() uint64 {
+		var ms runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	before := heap()
+	const n = 40
+	for i := 2; i < 2+n; i++ {
+		r := c.deliver(p+"/json", 0, big(i))
+		<-r.Done()
+		if r.Err() == nil {
+			t.Fatalf("push %d acknowledged although its commit failed", i)
+		}
+	}
+	grown := int64(heap()) - int64(before)
+	t.Logf("heap grew by %d KiB for %d pushes of 256 KiB while every commit failed", grown>>10, n)
+	if grown > 3<<20 {
+		t.Errorf("heap grew by %.1f MiB for %d superseded pushes of 256 KiB; want at most 3 MiB (about one offer)", float64(grown)/(1<<20), n)
+	}
+	f.n.Store(0)
+	close(release)
+	waitReceipt(t, r1)
+	last := 2 + n - 1
+	c.waitFile(filepath.Join(c.dir, "out", "gw.json"), `["`+strings.Repeat(string(rune('a'+last%26)), 256<<10)+`"]`)
+	c.restart()
+	if left := c.pendingOf("gw"); len(left) != 0 {
+		t.Errorf("pending offers after the restart: %d, want none", len(left))
 	}
 }

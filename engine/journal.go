@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -51,6 +52,10 @@ type journal struct {
 	state   *EndpointState
 	// answers are in the outbox already (published early or not); the commit makes them durable.
 	answers []*outEntry
+	// puts are the indexes in ops of each offer's uncommitted record, by seq. A deletion takes
+	// them out (nil): while commits fail, pushes that supersede each other would otherwise keep
+	// every superseded body in memory until the disk came back.
+	puts map[uint64][]int
 }
 
 func (j *journal) setHandled(id string, h Handled) {
@@ -73,10 +78,20 @@ func (j *journal) setApplied(body, raw []byte, rendered bool) {
 func (j *journal) putPending(o *Offer) {
 	c := *o
 	c.Routes = append([]Route(nil), o.Routes...)
+	if j.puts == nil {
+		j.puts = map[uint64][]int{}
+	}
+	j.puts[o.Seq] = append(j.puts[o.Seq], len(j.ops))
 	j.ops = append(j.ops, func(tx *Tx) error { return tx.SetPending(keyOf(tx), &c) })
 }
 
+// deletePending deletes the offer's record: its puts in this journal are dropped, and the deletion
+// still goes in, for a record an earlier commit stored.
 func (j *journal) deletePending(seq uint64) {
+	for _, i := range j.puts[seq] {
+		j.ops[i] = nil
+	}
+	delete(j.puts, seq)
 	j.ops = append(j.ops, func(tx *Tx) error { return tx.DeletePending(keyOf(tx), seq) })
 }
 
@@ -109,6 +124,14 @@ func (j *journal) fail(err error) {
 func (j *journal) truncate(mark int) {
 	clear(j.ops[mark:]) // the closures hold their offers' bodies
 	j.ops = j.ops[:mark]
+	for seq, at := range j.puts {
+		at = slices.DeleteFunc(at, func(i int) bool { return i >= mark })
+		if len(at) == 0 {
+			delete(j.puts, seq)
+		} else {
+			j.puts[seq] = at
+		}
+	}
 }
 
 // committed releases the receipts and makes the answers durable in the outbox.
