@@ -943,9 +943,15 @@ func TestReceiveCommitFailure_SupersededOffersDoNotPileUpInMemory(t *testing.T) 
 		t.Errorf("heap grew by %.1f MiB for %d superseded pushes of 256 KiB; want at most 3 MiB (about one offer)", float64(grown)/(1<<20), n)
 	}
 	f.n.Store(0)
+	last := 2 + n - 1
+	// The disk is back: the next commit (a refused push's) takes the journal along, and the newest
+	// offer's record, which no deletion touched, is in the database before it is applied.
+	waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 99, "entries": "not an array"}`))
+	if left := c.pendingOf("gw"); len(left) != 1 || left[0].ID != fmt.Sprint(last) || len(left[0].Body) < 256<<10 {
+		t.Errorf("pending offers once commits work: %d, want the newest (%d) alone, with its body", len(left), last)
+	}
 	close(release)
 	waitReceipt(t, r1)
-	last := 2 + n - 1
 	c.waitFile(filepath.Join(c.dir, "out", "gw.json"), `["`+strings.Repeat(string(rune('a'+last%26)), 256<<10)+`"]`)
 	c.restart()
 	if left := c.pendingOf("gw"); len(left) != 0 {
