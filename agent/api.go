@@ -192,13 +192,13 @@ type apiListener struct {
 
 func (l apiListener) owns(fi os.FileInfo) bool { return os.SameFile(l.fi, fi) }
 
-// SocketTempName is where the API socket at path is bound before it is renamed into place: beside
+// socketTempName is where the API socket at path is bound before it is renamed into place: beside
 // it (a rename cannot cross file systems), named after it so that it touches no other file, and
 // only 2 bytes longer, because a unix socket's path has 107 bytes at most (config keeps the
 // socket's path at 105). A second agent configured with the same socket finds the first
 // answering on path (with the same state folder, it cannot even open the database the first
 // holds), so only two agents started at the same instant could meet here, as at path itself.
-func SocketTempName(path string) string {
+func socketTempName(path string) string {
 	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+"~")
 }
 
@@ -212,7 +212,7 @@ func listenSocket(path string) (apiListener, error) {
 		c.Close()
 		return apiListener{}, fmt.Errorf("%s: another process answers on it", path)
 	}
-	tmp := SocketTempName(path)
+	tmp := socketTempName(path)
 	os.Remove(tmp)
 	ln, err := net.Listen("unix", tmp)
 	if err != nil {

@@ -159,8 +159,8 @@ func TestAPI_SocketIsGroupOnlyAndRemovedOnStop(t *testing.T) {
 	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o660 {
 		t.Errorf("socket mode = %v, want a socket with 0660", fi.Mode())
 	}
-	if _, err := os.Lstat(SocketTempName(h.cfg.Agent.Socket)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("temporary socket %s: %v, want none left", SocketTempName(h.cfg.Agent.Socket), err)
+	if _, err := os.Lstat(socketTempName(h.cfg.Agent.Socket)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("temporary socket %s: %v, want none left", socketTempName(h.cfg.Agent.Socket), err)
 	}
 	h.stop()
 	if _, err := os.Lstat(h.cfg.Agent.Socket); !errors.Is(err, os.ErrNotExist) {

@@ -204,11 +204,7 @@ func TestMetrics_DegradedAtAQoS0Grant(t *testing.T) {
 	h := newHarnessBroker(t, mqtttest.Options{Lines: []string{"max_qos 0"}}, config.DialectCMX3,
 		"[[endpoint]]\ntoken = \"gw-001\"\noutput = \"out/gw-001.json\"\n")
 	h.start()
-	h.waitStatus(func(s Status) bool { return s.Connected })
-	st, err := h.agent.Status()
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := h.waitStatus(func(s Status) bool { return s.Connected })
 	if !strings.HasPrefix(st.Degraded, "subscribed at QoS 0: the broker grants no more") {
 		t.Errorf("status degraded %q, want the QoS 0 grant named", st.Degraded)
 	}

@@ -522,7 +522,7 @@ func (d *decoder) agent(t table, a *Agent) {
 	t.filePath("state_dir", &a.StateDir, false)
 	if t.filePath("socket", &a.Socket, false) && len(a.Socket) > 105 {
 		// sun_path holds 108 bytes with the terminating NUL, and the agent binds
-		// .<name>~ beside the socket first (agent.SocketTempName), 2 bytes longer.
+		// .<name>~ beside the socket first (agent.socketTempName), 2 bytes longer.
 		d.add(t.path("socket"), "agent.socket: %s is longer than 105 bytes: a unix socket path has 107 bytes at most, and the agent binds .<name>~ beside it first", a.Socket)
 	}
 	if t.size("max_payload", &a.MaxPayload) && a.MaxPayload > MaxPayloadLimit {
