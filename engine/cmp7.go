@@ -102,6 +102,7 @@ func (d cmp7) decode(ep *endpoint, topic string, _ byte, payload []byte, size in
 			RequestID: route.RequestID,
 		},
 		note: &serverNote{kind: noteConfig, rid: route.RequestID},
+		own:  route.RequestID != 0,
 	}
 }
 

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"strconv"
 	"strings"
 
 	"github.com/cmx-agent/cmx-agent/cmx"
@@ -57,6 +58,10 @@ type inbound struct {
 	// note is what a server's answer says besides a configuration (cmp7: unchanged, none assigned, an
 	// error); it is recorded for status before the offer, if any, is handled.
 	note *serverNote
+	// own: the message answers one of the agent's own requests (cmx3: P/json/<pull id>; cmp7:
+	// P/config/jsonN/<request id>/status). It is the server's latest word: a configuration handled
+	// before is applied again when it is not the one in place.
+	own bool
 }
 
 // dialect is the protocol-specific part of the engine: which topics to subscribe, how a received
@@ -129,7 +134,20 @@ func (d cmx3) decode(ep *endpoint, topic string, qos byte, payload []byte, size 
 		return inbound{offer: o, reject: &Result{Status: ie.Status(), Code: CodeInvalid}}
 	}
 	o.ID, o.Text, o.Body = p.ID.Key(), p.ID.Text(), p.Entries
-	return inbound{offer: o}
+	return inbound{offer: o, own: ep.requested(pullIDOf(ep, topic))}
+}
+
+// pullIDOf is the request id of a push topic P/json/<request id>; 0 for P/json.
+func pullIDOf(ep *endpoint, topic string) uint64 {
+	level, ok := strings.CutPrefix(topic, ep.prefix+"/json/")
+	if !ok || !cmx.IsRequestID(level) {
+		return 0
+	}
+	id, err := strconv.ParseUint(level, 10, 64)
+	if err != nil {
+		return 0
+	}
+	return id
 }
 
 // answers confirms o on every topic it arrived on, each at the QoS it came with.

@@ -2,7 +2,7 @@ package engine
 
 import (
 	"context"
-	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +21,7 @@ type endpoint struct {
 	// lastRID is the request id of the latest configuration request (an error answering an older
 	// one is not repeated).
 	lastRID atomic.Uint64
+	asked   asked    // the latest request ids, so an answer to one is known as such
 	retry   errRetry // repeats a request the server refused (7/CMP)
 	// busyFlag mirrors the machine for status: an offer is being applied or waits.
 	busyFlag atomic.Bool
@@ -53,6 +54,29 @@ func (e *Engine) newEndpoint(ec config.Endpoint) *endpoint {
 	return ep
 }
 
+// asked remembers the ids of an endpoint's latest configuration requests.
+type asked struct {
+	mu  sync.Mutex
+	ids [8]uint64 // a ring: a server answers the latest requests, not those of an hour ago
+	n   int
+}
+
+func (a *asked) add(id uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.ids[a.n%len(a.ids)] = id
+	a.n++
+}
+
+func (a *asked) has(id uint64) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return id != 0 && slices.Contains(a.ids[:], id)
+}
+
+// requested reports whether id is one of the endpoint's latest configuration requests.
+func (ep *endpoint) requested(id uint64) bool { return ep.asked.has(id) }
+
 // config returns the endpoint's options of the moment.
 func (ep *endpoint) config() config.Endpoint {
 	ep.mu.Lock()
@@ -76,10 +100,11 @@ type (
 		o   *pending
 		out outcome
 	}
-	evRetry    struct{}
-	evDrift    struct{}
-	evOptions  struct{ cfg config.Endpoint }
-	evRecovery struct{ offers []*Offer } // offers a crash left pending, applied at start
+	evRetry     struct{}
+	evHoldBound struct{} // Options.HoldBound has passed since the machine began holding
+	evDrift     struct{}
+	evOptions   struct{ cfg config.Endpoint }
+	evRecovery  struct{ offers []*Offer } // offers a crash left pending, applied at start
 )
 
 // post queues ev for the machine; it never blocks.
@@ -137,6 +162,7 @@ func (ep *endpoint) run(ctx context.Context) {
 	m := &ep.m
 	m.ctx = ctx
 	defer m.stopTimer()
+	defer m.stopHold()
 	for {
 		ep.mu.Lock()
 		evs := ep.queue
@@ -156,9 +182,12 @@ func (ep *endpoint) run(ctx context.Context) {
 		if len(evs) > 0 {
 			continue
 		}
-		var timer <-chan time.Time
+		var timer, hold <-chan time.Time
 		if m.timer != nil {
 			timer = m.timer.C
+		}
+		if m.hold != nil {
+			hold = m.hold.C
 		}
 		select {
 		case <-ctx.Done():
@@ -166,6 +195,9 @@ func (ep *endpoint) run(ctx context.Context) {
 		case <-timer:
 			m.timer = nil
 			m.handle(evRetry{})
+		case <-hold:
+			m.hold = nil
+			m.handle(evHoldBound{})
 		}
 	}
 }
@@ -196,14 +228,15 @@ func (p phase) String() string {
 	return [...]string{"idle", "applying", "retrying"}[p]
 }
 
-// pending is an offer the machine holds: in memory, and in the database when durable.
+// pending is an offer the machine holds: in memory, and in the database when stored.
 type pending struct {
 	o *Offer
-	// durable: the offer is in the database, or goes there with the journal's next commit (a
-	// receive commit, or left by a crash). Otherwise the broker still holds it, unacknowledged, and
-	// will deliver it again after a crash: it must not be acknowledged before its result is
-	// committed (a removed endpoint's, which is dropped, is acknowledged at its stop).
-	durable bool
+	// ack is how the offer's acknowledgement goes. ackStored: the offer is in the database, or goes
+	// there with the journal's next commit (a receive commit, or left by a crash). ackHeld: the
+	// broker still holds it, unacknowledged, and will deliver it again after a crash: it must not
+	// be acknowledged before its result is committed, or before it is stored (releaseHolds); a
+	// removed endpoint's, which is dropped, is acknowledged at its stop.
+	ack ack
 	// waiters are the receipts released when the offer's result (or its being superseded) is
 	// committed: the held path's. A stored offer's receipt goes with its receive commit.
 	waiters []*Receipt
@@ -224,7 +257,9 @@ type machine struct {
 
 	j journal // what waits for the next commit
 
-	timer     *time.Timer
+	timer *time.Timer // the retried result commit's
+	// hold ends the acknowledgements held back once Options.HoldBound has passed (releaseHolds).
+	hold      *time.Timer
 	backoff   backoff
 	cfgDue    *config.Endpoint // options from a reload, taken at the next idle moment
 	driftDue  bool
@@ -250,6 +285,24 @@ func (m *machine) setTimer(d time.Duration) {
 	m.timer = time.NewTimer(d)
 }
 
+// watchHolds starts the hold bound's timer when the machine begins holding acknowledgements back,
+// and stops it when it holds none.
+func (m *machine) watchHolds() {
+	switch holding := m.holding(); {
+	case holding && m.hold == nil:
+		m.hold = time.NewTimer(m.ep.e.opt.HoldBound)
+	case !holding:
+		m.stopHold()
+	}
+}
+
+func (m *machine) stopHold() {
+	if m.hold != nil {
+		m.hold.Stop()
+		m.hold = nil
+	}
+}
+
 func (m *machine) stopTimer() {
 	if m.timer != nil {
 		m.timer.Stop()
@@ -265,6 +318,8 @@ func (m *machine) handle(ev event) {
 		m.applied(ev.o, ev.out)
 	case evRetry:
 		m.retryTick()
+	case evHoldBound:
+		m.releaseHolds()
 	case evDrift:
 		if m.phase == idle {
 			m.driftDue = true
@@ -280,6 +335,7 @@ func (m *machine) handle(ev event) {
 		m.recover(ev.offers)
 	}
 	m.settle()
+	m.watchHolds()
 	m.ep.busyFlag.Store(m.phase != idle || m.next != nil)
 }
 
@@ -328,220 +384,11 @@ func (m *machine) start(p *pending) {
 	}()
 }
 
-// arrive takes a message: a refusal is answered, a repeated id joins the offer it repeats or is
-// answered with its stored outcome, a new offer is applied or waits (superseding an older one that
-// waited).
-func (m *machine) arrive(a evArrival) {
-	e, ep := m.ep.e, m.ep
-	// mark is where this arrival's operations begin, so a failed receive commit can take them all
-	// back: the note of a response that carries a configuration is one of them.
-	mark := len(m.j.ops)
-	if a.in.note != nil {
-		if err := e.noteServer(m, a.topic, *a.in.note); err != nil {
-			a.receipt.release(err)
-			return
-		}
-		if len(m.j.ops) < mark {
-			mark = 0 // the note was committed, with everything before it
-		}
-	}
-	o := a.in.offer
-	if o == nil {
-		a.receipt.release(nil)
-		return
-	}
-	o.Received = e.opt.Now()
-	ep.stats.received.Add(1)
-	fast := e.mayHold(ep.config(), a.qos)
-	if fast {
-		a.receipt.hold(&e.held)
-	}
-
-	switch {
-	case a.in.reject != nil:
-		e.log.Warn("configuration refused", "endpoint", ep.key, "id", o.Text, "topic", a.topic, "reason", a.in.reject.Status)
-		ep.stats.count(a.in.reject.Code)
-		if o.ID != "" {
-			m.j.setHandled(o.ID, Handled{Status: a.in.reject.Status, Code: a.in.reject.Code})
-		}
-		m.j.answer(e, ep, o, *a.in.reject, fast)
-		m.j.waiters = append(m.j.waiters, a.receipt)
-		m.commitSoon(fast)
-		return
-	// An internal offer (the stored configuration applied again) answers nobody: a push with its
-	// id is not one it repeats, and goes to the handled ids below.
-	case o.ID != "" && m.running != nil && !m.running.o.Internal && m.running.o.ID == o.ID:
-		if m.phase == retrying && m.next != nil && m.next.o.ID == o.ID {
-			m.join(m.next, o, a, fast) // a repeat to be applied again after the commit, again
-			return
-		}
-		// The offer being written, again. In 7/CMP a server sending it while a newer one waits has
-		// changed its mind: the waiting one is superseded and this one ends on disk.
-		if m.next != nil && e.dia.lastWordWins() {
-			m.supersede(m.next, o)
-			m.next = nil
-		}
-		if m.phase != retrying {
-			m.join(m.running, o, a, fast)
-			return
-		}
-		// Its result is recorded and waits for its commit. Joining would store the offer as
-		// pending again after its deletion, or hold a receipt on an offer whose receipts were
-		// handed over already: the repeat is answered with the result in that commit, unless the
-		// dialect applies it again (a 7/CMP transient failure), as a new offer behind the commit.
-		// The state as the result leaves it: recordResult put it in the journal, which a failed
-		// commit keeps.
-		if !e.dia.again(Handled(m.result.r), o, *m.j.state, m.next != nil) {
-			m.j.answer(e, ep, o, m.result.r, fast)
-			m.j.waiters = append(m.j.waiters, a.receipt)
-			return
-		}
-	case o.ID != "" && m.next != nil && !m.next.o.Internal && m.next.o.ID == o.ID:
-		m.join(m.next, o, a, fast)
-		return
-	case o.ID != "":
-		h, seen, err := m.handled(o.ID)
-		if err != nil {
-			a.receipt.release(fmt.Errorf("read handled ids: %w", err))
-			return
-		}
-		if seen && !e.dia.again(h, o, m.state(), m.running != nil || m.next != nil) {
-			e.log.Warn("duplicate id confirmed again", "endpoint", ep.key, "id", o.Text, "topic", a.topic, "status", h.Status)
-			m.j.answer(e, ep, o, Result(h), fast)
-			m.j.waiters = append(m.j.waiters, a.receipt)
-			m.commitSoon(fast)
-			return
-		}
-	}
-
-	seq := e.nextSeq()
-	o.Seq = seq
-	// The committed path stores the offer now and releases the receipt with that commit (the PUBACK
-	// goes at `received`); the held path keeps it until the result's commit. A removed endpoint's
-	// offer is not stored: it is dropped at the endpoint's stop, which releases the receipt.
-	store := !fast && !m.removing
-	p := &pending{o: o, durable: store}
-	if store {
-		m.j.putPending(p.o)
-		m.j.waiters = append(m.j.waiters, a.receipt)
-	} else {
-		p.waiters = append(p.waiters, a.receipt)
-	}
-	// A stopping endpoint starts nothing: the offer waits in next, which close releases (removed)
-	// or leaves to the broker and the database (the agent stopping).
-	if m.phase == idle && m.next == nil && !m.quitting {
-		if store {
-			if !m.commitAt(StepReceived) {
-				// Not applied: the broker delivers it again. Its record must not reach the
-				// database with a later commit either, with nothing in memory to apply it.
-				m.j.truncate(mark)
-				return
-			}
-		} else {
-			e.opt.Pause(StepReceived)
-		}
-		m.start(p)
-		return
-	}
-	if m.next != nil {
-		m.supersede(m.next, o)
-	}
-	m.next = p
-	if store {
-		m.commitAt(StepReceived)
-	}
-}
-
-// join merges a repeated arrival into the offer p it repeats: one more route to answer, one more
-// receipt to release with it. A repeat that is not held makes p durable with all its routes.
-func (m *machine) join(p *pending, o *Offer, a evArrival, fast bool) {
-	for _, r := range o.Routes {
-		p.o.addRoute(r)
-	}
-	m.ep.e.log.Info("configuration received again while pending", "endpoint", m.ep.key, "id", o.Text, "topic", a.topic)
-	if fast {
-		p.waiters = append(p.waiters, a.receipt)
-		return
-	}
-	p.durable = true
-	m.j.putPending(p.o)
-	m.j.waiters = append(m.j.waiters, a.receipt)
-	m.commitNow()
-}
-
-// supersede answers old as replaced by newer, in the next commit.
-func (m *machine) supersede(old *pending, newer *Offer) {
-	e := m.ep.e
-	r := e.dia.superseded(newer)
-	if old.o.ID != "" && !old.o.Internal { // an internal offer's id is the applied one's: kept
-		m.j.setHandled(old.o.ID, Handled(r))
-	}
-	if !old.o.Internal {
-		m.j.answer(e, m.ep, old.o, r, !old.durable)
-		m.ep.stats.count(r.Code)
-	}
-	if old.durable {
-		m.j.deletePending(old.o.Seq)
-	}
-	m.j.waiters = append(m.j.waiters, old.waiters...)
-	old.waiters = nil
-	e.log.Warn("configuration superseded", "endpoint", m.ep.key, "superseded", old.o.Text, "by", newer.Text)
-}
-
-// handled looks an id up among the outcomes not yet committed, then in the store.
-func (m *machine) handled(id string) (Handled, bool, error) {
-	if h, ok := m.j.handled[id]; ok {
-		return h, true, nil
-	}
-	var (
-		h  Handled
-		ok bool
-	)
-	err := m.ep.e.store.View(func(tx *Tx) error {
-		var err error
-		h, ok, err = tx.Handled(m.ep.key, id)
-		return err
-	})
-	return h, ok, err
-}
-
-// commitSoon commits the journal now, unless an apply runs whose commit is near and the journal's
-// receipts may wait for it (they are held, which only a fast apply may do).
-func (m *machine) commitSoon(fast bool) {
-	if fast && m.phase == applying {
-		return
-	}
-	m.commitNow()
-}
-
-// commitNow commits the journal; on failure the receipts waiting on it are released with the error
-// (the transport then does not acknowledge them, and the broker delivers them again).
-func (m *machine) commitNow() bool { return m.commitAt("") }
-
-// commitAt is commitNow with the pause point step between the commit and the release.
-func (m *machine) commitAt(step string) bool {
-	if m.phase == retrying {
-		// The result's commit is being retried, and takes this journal along (receipts included)
-		// when it succeeds; a failure here must not drop the result with it.
-		return true
-	}
-	if err := m.ep.e.commit(m.ep, &m.j); err != nil {
-		m.ep.e.log.Error("cannot store received configuration; it stays unacknowledged", "endpoint", m.ep.key, "err", err)
-		m.j.fail(err)
-		return false
-	}
-	if step != "" {
-		m.ep.e.opt.Pause(step)
-	}
-	m.j.committed()
-	return true
-}
-
 // applied takes the pipeline's outcome for p and commits it.
 func (m *machine) applied(p *pending, out outcome) {
 	e, ep := m.ep.e, m.ep
 	if out.abandoned {
-		// Stopping: nothing is committed; a durable offer is applied again after the restart, a held
+		// Stopping: nothing is committed; a stored offer is applied again after the restart, a held
 		// one is delivered again by the broker.
 		e.log.Warn("stopping: configuration left pending", "endpoint", ep.key, "id", p.o.Text)
 		for _, r := range p.waiters {
@@ -571,9 +418,9 @@ func (m *machine) recordResult(p *pending, out outcome) {
 		m.j.setHandled(p.o.ID, Handled(out.r))
 	}
 	if !p.o.Internal {
-		m.j.answer(e, ep, p.o, out.r, !p.durable)
+		m.j.answer(e, ep, p.o, out.r, p.ack != ackStored)
 	}
-	if p.durable {
+	if p.ack == ackStored {
 		m.j.deletePending(p.o.Seq)
 	}
 	m.j.waiters = append(m.j.waiters, p.waiters...)
@@ -626,7 +473,7 @@ func (m *machine) recover(offers []*Offer) {
 		return // the agent stops: the records stay, to be recovered at the next start
 	}
 	for _, o := range offers {
-		p := &pending{o: o, durable: true}
+		p := &pending{o: o, ack: ackStored}
 		if m.phase == idle && m.next == nil && !m.quitting {
 			m.start(p)
 			continue
@@ -707,7 +554,7 @@ func (ep *endpoint) close(removed bool) {
 	}
 }
 
-// shutdown ends the machine: nothing more is applied; what waits stays durable or with the broker.
+// shutdown ends the machine: nothing more is applied; what waits stays stored or with the broker.
 //
 // A removed endpoint's waiting offer leaves the database: it is not applied, its receipts are
 // released (the broker forgets it), and were the endpoint added again it asks for its latest
@@ -717,9 +564,15 @@ func (m *machine) shutdown(removed bool) {
 		// One last try, so a result that can be committed is not redone after the restart.
 		m.commitResult()
 	}
-	if removed && m.next != nil && m.next.durable {
+	if removed && m.next != nil && m.next.ack == ackStored {
 		m.j.deletePending(m.next.o.Seq)
-		m.next.durable = false
+		m.next.ack = ackHeld
+		if m.commitNow() != committed {
+			// The result's commit, or this one, failed: the record must still go, or the endpoint,
+			// added again, would apply what the reload dropped. The engine deletes it with its
+			// next commit, or before the endpoint starts again.
+			m.ep.e.forgetPending(m.ep.key, m.next.o.Seq)
+		}
 	}
 	if len(m.j.ops) > 0 {
 		m.commitNow()

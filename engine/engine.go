@@ -51,6 +51,10 @@ type Options struct {
 	// PullTimeout is how long an unanswered request waits before it is repeated (default 30 s,
 	// doubling to 10 min).
 	PullTimeout time.Duration
+	// HoldBound bounds how long an acknowledgement is held for a quick apply (default
+	// DefaultHoldBound): an apply still running then has its configuration stored and
+	// acknowledged, as on the stored path, so one slow endpoint does not hold every later PUBACK.
+	HoldBound time.Duration
 	// HandledIDs bounds the remembered ids per endpoint (default 1000).
 	HandledIDs int
 	// MaxHeld bounds the acknowledgements held back until a result commit (default 5, half of
@@ -61,6 +65,9 @@ type Options struct {
 	// status. It must not block.
 	OnChange func()
 }
+
+// maxProcesses bounds the validate and hook commands that run at once across endpoints.
+const maxProcesses = 16
 
 // idLease is how many message ids one commit of the counter covers.
 const idLease = 1000
@@ -76,7 +83,7 @@ type Engine struct {
 	out     *Outbox
 	held    atomic.Int64 // receipts held until a result commit
 	applies sync.WaitGroup
-	applyC  chan struct{} // bounds parallel applies across endpoints
+	procs   chan struct{} // process slots: bounds the validate and hook commands running at once
 
 	mu      sync.RWMutex
 	eps     map[string]*endpoint   // by key
@@ -95,6 +102,11 @@ type Engine struct {
 	conn connState // the transport's connection as the engine sees it (requests.go)
 
 	applyTimes histogram // durations of the pipeline, for metrics
+
+	// forget holds the pending records of removed endpoints whose deletion could not be committed
+	// when they stopped; the next commit deletes them, and so does an endpoint's start.
+	forgetMu sync.Mutex
+	forget   map[string][]uint64
 
 	// failCommit, set by tests, makes a commit fail as a full or read-only state disk would.
 	failCommit func() error
@@ -116,6 +128,9 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 	}
 	if opt.PullTimeout <= 0 {
 		opt.PullTimeout = 30 * time.Second
+	}
+	if opt.HoldBound <= 0 {
+		opt.HoldBound = DefaultHoldBound
 	}
 	if opt.MaxHeld <= 0 {
 		opt.MaxHeld = 5
@@ -145,7 +160,7 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 		opt:     opt,
 		store:   st,
 		dia:     d,
-		applyC:  make(chan struct{}, 16),
+		procs:   make(chan struct{}, maxProcesses),
 		eps:     map[string]*endpoint{},
 		byToken: map[string][]*endpoint{},
 	}
@@ -153,10 +168,29 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 		stored  []OutMsg
 		lastOut uint64
 	)
+	configured := map[string]bool{}
+	for _, ec := range cfg.Endpoints {
+		configured[ec.Key()] = true
+	}
+	var dropped []string
 	err = st.Update(func(tx *Tx) error {
 		var err error
 		if stored, err = tx.Outbox(0); err != nil {
 			return err
+		}
+		// A configuration received for an endpoint that is no longer configured is not applied
+		// should the endpoint come back: it then asks for its latest configuration, as after a
+		// reload that removed it.
+		for key, seqs := range tx.PendingSeqs() {
+			if configured[key] {
+				continue
+			}
+			for _, seq := range seqs {
+				if err := tx.DeletePending(key, seq); err != nil {
+					return err
+				}
+			}
+			dropped = append(dropped, key)
 		}
 		lastOut = tx.LastOutboxSeq()
 		seq, err := tx.LastSeq()
@@ -171,6 +205,9 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("read state: %w", err)
+	}
+	for _, key := range dropped {
+		opt.Logger.Info("dropped the pending configurations of an endpoint no longer configured", "endpoint", key)
 	}
 	e.out = newOutbox(lastOut, stored)
 	for _, ec := range cfg.Endpoints {
@@ -225,7 +262,17 @@ func (e *Engine) startEndpoint(ctx context.Context, ep *endpoint) {
 		e.log.Info("removed temporary files left by a crash", "endpoint", ep.key, "count", n)
 	}
 	var offers []*Offer
-	if err := e.store.View(func(tx *Tx) error {
+	forgotten := e.forgotten(ep.key)
+	read := e.store.View
+	if len(forgotten) > 0 {
+		read = e.store.Update
+	}
+	if err := read(func(tx *Tx) error {
+		for _, seq := range forgotten {
+			if err := tx.DeletePending(ep.key, seq); err != nil {
+				return err
+			}
+		}
 		var err error
 		offers, err = tx.Pending(ep.key)
 		return err
@@ -347,7 +394,15 @@ func (e *Engine) commit(ep *endpoint, j *journal) error {
 		}
 	}
 	acked := e.out.takeAcked()
+	forget := e.takeForgotten()
 	err := e.store.Batch(func(tx *Tx) error {
+		for key, seqs := range forget {
+			for _, seq := range seqs {
+				if err := tx.DeletePending(key, seq); err != nil {
+					return err
+				}
+			}
+		}
 		tx.ep = ep.key
 		for _, op := range j.ops {
 			if op == nil { // a record deleted before it was stored (journal.deletePending)
@@ -368,9 +423,46 @@ func (e *Engine) commit(ep *endpoint, j *journal) error {
 	})
 	if err != nil {
 		e.out.giveBack(acked)
+		e.giveBackForgotten(forget)
 		return err
 	}
 	return nil
+}
+
+// forgetPending has the pending record seq of the removed endpoint key deleted by the next commit.
+func (e *Engine) forgetPending(key string, seq uint64) {
+	e.forgetMu.Lock()
+	defer e.forgetMu.Unlock()
+	if e.forget == nil {
+		e.forget = map[string][]uint64{}
+	}
+	e.forget[key] = append(e.forget[key], seq)
+}
+
+// takeForgotten hands the records to delete to a commit, which gives them back if it fails.
+func (e *Engine) takeForgotten() map[string][]uint64 {
+	e.forgetMu.Lock()
+	defer e.forgetMu.Unlock()
+	f := e.forget
+	e.forget = nil
+	return f
+}
+
+func (e *Engine) giveBackForgotten(f map[string][]uint64) {
+	for key, seqs := range f {
+		for _, seq := range seqs {
+			e.forgetPending(key, seq)
+		}
+	}
+}
+
+// forgotten takes the records of key to delete before the endpoint starts again.
+func (e *Engine) forgotten(key string) []uint64 {
+	e.forgetMu.Lock()
+	defer e.forgetMu.Unlock()
+	seqs := e.forget[key]
+	delete(e.forget, key)
+	return seqs
 }
 
 // flushAcked deletes the answers the broker has acknowledged, when no other commit took them: at

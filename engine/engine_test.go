@@ -46,6 +46,9 @@ type coreOptions struct {
 	Pause      func(string)
 	MaxPayload config.Size  // default 64 KiB
 	FailCommit func() error // the engine's failCommit
+	HoldBound  time.Duration
+	// Unsent: no transport runs, so the answers stay in the outbox for the test to read.
+	Unsent bool
 }
 
 func startCore(t testing.TB, dialect string, pause func(string), eps ...config.Endpoint) *core {
@@ -89,7 +92,7 @@ func startCoreWith(t testing.TB, o coreOptions, eps ...config.Endpoint) *core {
 func (c *core) run() {
 	c.t.Helper()
 	logger := slog.New(slog.NewTextHandler(c.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	e, err := New(c.cfg, Options{Pause: c.opt.Pause, Logger: logger})
+	e, err := New(c.cfg, Options{Pause: c.opt.Pause, Logger: logger, HoldBound: c.opt.HoldBound})
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -99,6 +102,12 @@ func (c *core) run() {
 	c.e, c.cancel = e, cancel
 	run, pumped := make(chan struct{}), make(chan struct{})
 	go func() { e.Run(ctx); close(run) }()
+	if c.opt.Unsent {
+		close(pumped)
+		c.done = make(chan struct{})
+		go func() { <-run; close(c.done) }()
+		return
+	}
 	go func() { c.pump(ctx, e); close(pumped) }()
 	c.done = make(chan struct{})
 	go func() { <-run; <-pumped; close(c.done) }()
@@ -915,7 +924,8 @@ func TestReceiveCommitFailure_WhatTheServerSaidIsNotRecordedOutOfTurn(t *testing
 func TestReceiveCommitFailure_SupersededOffersDoNotPileUpInMemory(t *testing.T) {
 	var f failingCommits
 	blocked, release, pause := holdFirst(StepSynced)
-	c := startCoreWith(t, coreOptions{FailCommit: f.fail, Pause: pause, MaxPayload: 1 << 20}, config.Endpoint{Token: "gw"})
+	// Push 1 stays held while it is written (no hold bound here: it is not what is measured).
+	c := startCoreWith(t, coreOptions{FailCommit: f.fail, Pause: pause, MaxPayload: 1 << 20, HoldBound: time.Hour}, config.Endpoint{Token: "gw"})
 	r1 := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
 	<-blocked // 1 is being written
 	f.n.Store(1 << 30)

@@ -108,6 +108,16 @@ func (j *journal) answer(e *Engine, ep *endpoint, o *Offer, r Result, early bool
 	}
 }
 
+// reanswer is answer for an id handled before, answered again. It replaces no newer report still
+// unsent (7/CMP replaces an endpoint's unsent applied report with the next): an old configId sent
+// again must not take the place of the report of the configuration applied since.
+func (j *journal) reanswer(e *Engine, ep *endpoint, o *Offer, r Result, early bool) {
+	for _, m := range e.dia.answers(ep, o, r, e.nextID) {
+		m.Replaces = ""
+		j.answers = append(j.answers, e.out.add(m, early))
+	}
+}
+
 // fail releases every waiting receipt with err: nothing of the journal was stored, and the
 // transport does not acknowledge them, so the broker delivers them again. The operations and
 // answers stay for the next commit: the machine has acted on them (an offer superseded, a newer

@@ -62,12 +62,6 @@ func (p previous) name() string {
 // at the broker), so a crash anywhere here makes the agent run the whole pipeline again after the
 // restart; that is why hooks must be idempotent.
 func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpoint, st EndpointState, o *Offer) outcome {
-	select {
-	case e.applyC <- struct{}{}:
-	case <-ctx.Done():
-		return outcome{abandoned: true}
-	}
-	defer func() { <-e.applyC }()
 	start := time.Now()
 	defer func() { e.applyTimes.observe(time.Since(start)) }()
 	data := o.Body
@@ -110,7 +104,7 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 		return outcome{r: writeFailed(err)}
 	}
 	if len(cfg.Validate) > 0 {
-		err := apply.Run(ctx, e.command(cfg, o.Text, "validate", cfg.Validate, "CMX_CANDIDATE="+p.Path()))
+		err := e.runProcess(ctx, e.command(cfg, o.Text, "validate", cfg.Validate, "CMX_CANDIDATE="+p.Path()))
 		if err != nil {
 			p.Abort()
 			if ctx.Err() != nil {
@@ -133,7 +127,7 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 	e.opt.Pause(StepRenamed)
 
 	if len(cfg.Hook) > 0 {
-		if err := apply.Run(ctx, e.command(cfg, o.Text, "hook", cfg.Hook)); err != nil {
+		if err := e.runProcess(ctx, e.command(cfg, o.Text, "hook", cfg.Hook)); err != nil {
 			if ctx.Err() != nil {
 				return outcome{abandoned: true}
 			}
@@ -181,6 +175,19 @@ func (e *Engine) command(cfg config.Endpoint, configID, what string, argv []stri
 		Log:     e.log.With("endpoint", cfg.Key(), "id", configID),
 		What:    what,
 	}
+}
+
+// runProcess runs a validate or hook command in one of the engine's process slots, which bound how
+// many run at once across endpoints. Only processes take a slot: an endpoint without validate or
+// hook never waits behind another's slow hook. A wait for a slot ends with ctx.
+func (e *Engine) runProcess(ctx context.Context, c apply.Command) error {
+	select {
+	case e.procs <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for a process slot: %w", ctx.Err())
+	}
+	defer func() { <-e.procs }()
+	return apply.Run(ctx, c)
 }
 
 func hookTimeout(c config.Endpoint) time.Duration {
@@ -256,7 +263,7 @@ func (e *Engine) rollback(ctx context.Context, ep *endpoint, cfg config.Endpoint
 	e.log.Warn("rolled back", "endpoint", ep.key, "id", o.Text, "to", prev.name())
 	status += "; rolled back to " + prev.name()
 	if hookAgain {
-		if err := apply.Run(ctx, e.command(cfg, prev.text, "hook", cfg.Hook)); err != nil {
+		if err := e.runProcess(ctx, e.command(cfg, prev.text, "hook", cfg.Hook)); err != nil {
 			if ctx.Err() != nil {
 				return outcome{abandoned: true}
 			}

@@ -127,6 +127,7 @@ func (e *Engine) send(gen uint64, eps []*endpoint) {
 		topic, payload := e.dia.request(ep, id, e.stateOf(ep))
 		ep.answered.Store(false)
 		ep.lastRID.Store(id)
+		ep.asked.add(id)
 		e.out.request(OutMsg{Endpoint: ep.key, Topic: topic, QoS: 1, Payload: payload, Request: true}, gen)
 		e.log.Debug("requested latest configuration", "endpoint", ep.key, "topic", topic, "msg_id", id)
 	}
@@ -166,7 +167,7 @@ func (e *Engine) noteServer(m *machine, topic string, n serverNote) error {
 		mark := len(m.j.ops)
 		m.j.setServerState(st)
 		if n.kind != noteConfig && n.kind != noteAnswered {
-			if !m.commitNow() {
+			if m.commitNow() == commitFailed {
 				// Compared with the stored state, the note must not reach it with a later commit,
 				// after what came since.
 				m.j.truncate(mark)

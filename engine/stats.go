@@ -11,6 +11,9 @@ import (
 // counters are an endpoint's running totals since the agent started.
 type counters struct {
 	received, applied, superseded, rejected, failed, driftRepairs atomic.Uint64
+	// holdsReleased counts the held acknowledgements released at the hold bound, their apply
+	// still running.
+	holdsReleased atomic.Uint64
 }
 
 // count adds one outcome with code c.

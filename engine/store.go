@@ -496,16 +496,18 @@ func (t *Tx) Pending(ep string) ([]*Offer, error) {
 	return out, nil
 }
 
-// LastSeq is the highest offer sequence number the database has seen.
-func (t *Tx) LastSeq() (uint64, error) {
-	b := t.hot()
-	var last uint64
-	if v := b.Get(keyOfferSeq); len(v) == 8 {
-		last = binary.BigEndian.Uint64(v) // the counter of the layout before
-	}
-	// A pending offer's key ends with its seq (SetPending writes every one, migrated ones too), so
-	// the keys alone give the highest.
-	c := b.Cursor()
+// PendingSeqs lists the pending offers' seqs of every endpoint that has any, by endpoint key, from
+// the keys alone (nothing is decoded).
+func (t *Tx) PendingSeqs() map[string][]uint64 {
+	out := map[string][]uint64{}
+	t.eachPendingKey(func(ep []byte, seq uint64) { out[string(ep)] = append(out[string(ep)], seq) })
+	return out
+}
+
+// eachPendingKey calls fn with the endpoint key and seq of every pending offer's key: a pending
+// offer's key ends with its seq (SetPending writes every one, migrated ones too).
+func (t *Tx) eachPendingKey(fn func(ep []byte, seq uint64)) {
+	c := t.hot().Cursor()
 	for k, _ := c.Seek([]byte{'e'}); k != nil && k[0] == 'e'; k, _ = c.Next() {
 		n, w := binary.Uvarint(k[1:])
 		if w <= 0 {
@@ -515,8 +517,19 @@ func (t *Tx) LastSeq() (uint64, error) {
 		if uint64(len(rest)) != n+9 || rest[n] != kindPending {
 			continue
 		}
-		last = max(last, binary.BigEndian.Uint64(rest[n+1:]))
+		fn(rest[:n], binary.BigEndian.Uint64(rest[n+1:]))
 	}
+}
+
+// LastSeq is the highest offer sequence number the database has seen.
+func (t *Tx) LastSeq() (uint64, error) {
+	b := t.hot()
+	var last uint64
+	if v := b.Get(keyOfferSeq); len(v) == 8 {
+		last = binary.BigEndian.Uint64(v) // the counter of the layout before
+	}
+	// The pending offers' keys alone give the highest.
+	t.eachPendingKey(func(_ []byte, seq uint64) { last = max(last, seq) })
 	return last, nil
 }
 
