@@ -21,7 +21,7 @@ type endpoint struct {
 	// lastRID is the request id of the latest configuration request (an error answering an older
 	// one is not repeated).
 	lastRID atomic.Uint64
-	retry   errRetry // repeats a request the server refused (7/CMP)
+	req     requester // the endpoint's one request loop (requests.go)
 	// busyFlag mirrors the machine for status: an offer is being applied or waits.
 	busyFlag atomic.Bool
 	stats    counters // for metrics

@@ -181,8 +181,13 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 	return e, nil
 }
 
-// Close releases the database. Call it after Run has returned.
-func (e *Engine) Close() error { return e.store.Close() }
+// Close releases the database, and stops the repeats of requests. Call it after Run has returned.
+func (e *Engine) Close() error {
+	for _, ep := range e.endpointList() {
+		ep.req.cancel(0)
+	}
+	return e.store.Close()
+}
 
 // Outbox is what the transport sends.
 func (e *Engine) Outbox() *Outbox { return e.out }

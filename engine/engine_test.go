@@ -42,10 +42,11 @@ type core struct {
 
 // coreOptions are what startCoreWith sets besides the endpoints; the zero value is startCore's.
 type coreOptions struct {
-	Dialect    string // default cmx3
-	Pause      func(string)
-	MaxPayload config.Size  // default 64 KiB
-	FailCommit func() error // the engine's failCommit
+	Dialect     string // default cmx3
+	Pause       func(string)
+	MaxPayload  config.Size   // default 64 KiB
+	FailCommit  func() error  // the engine's failCommit
+	PullTimeout time.Duration // Options.PullTimeout; default the engine's
 }
 
 func startCore(t testing.TB, dialect string, pause func(string), eps ...config.Endpoint) *core {
@@ -89,7 +90,7 @@ func startCoreWith(t testing.TB, o coreOptions, eps ...config.Endpoint) *core {
 func (c *core) run() {
 	c.t.Helper()
 	logger := slog.New(slog.NewTextHandler(c.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	e, err := New(c.cfg, Options{Pause: c.opt.Pause, Logger: logger})
+	e, err := New(c.cfg, Options{Pause: c.opt.Pause, Logger: logger, PullTimeout: c.opt.PullTimeout})
 	if err != nil {
 		c.t.Fatal(err)
 	}
