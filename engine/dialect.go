@@ -142,8 +142,24 @@ func (cmx3) answers(ep *endpoint, o *Offer, r Result, _ func() uint64) []OutMsg 
 	return out
 }
 
-// again is false: in 3/CMX a handled id is confirmed again, never applied again (contract §3).
-func (cmx3) again(Handled, *Offer, EndpointState, bool) bool { return false }
+// again is false: in 3/CMX a handled id is confirmed again, never applied again (contract §3);
+// except, while the endpoint's state record is damaged, for an answer to one of the agent's own
+// pulls (at P/json/<pull id>): the server's latest word, applied again so that its result rewrites
+// the record (found unchanged when it is the configuration in place: no write, no hook).
+func (cmx3) again(_ Handled, o *Offer, st EndpointState, _ bool) bool {
+	return st.damaged != "" && answersPull(o)
+}
+
+// answersPull reports whether o came at a push topic with a request id, P/json/<pull id>.
+func answersPull(o *Offer) bool {
+	for _, r := range o.Routes {
+		push := strings.TrimSuffix(r.Topic, "/status")
+		if cmx.IsRequestID(push[strings.LastIndexByte(push, '/')+1:]) {
+			return true
+		}
+	}
+	return false
+}
 
 // lastWordWins is false: in 3/CMX the same id again is the broker redelivering, and the newer push
 // that waits came after it.

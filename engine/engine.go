@@ -417,15 +417,19 @@ func (e *Engine) nextID() uint64 {
 	return id
 }
 
-// stateOf returns ep's committed state.
+// stateOf returns ep's committed state; a damaged record gives the state rebuilt from what else is
+// stored (Tx.stateOrRebuilt), which the endpoint's next result replaces.
 func (e *Engine) stateOf(ep *endpoint) EndpointState {
 	var st EndpointState
 	if err := e.store.View(func(tx *Tx) error {
-		var err error
-		st, err = tx.State(ep.key)
-		return err
+		st = tx.stateOrRebuilt(ep.key)
+		return nil
 	}); err != nil {
 		e.log.Error("cannot read endpoint state", "endpoint", ep.key, "err", err)
+	}
+	if st.damaged != "" {
+		e.log.Error("cannot read endpoint state; going on with the applied bytes' hash until the next result rewrites it",
+			"endpoint", ep.key, "err", st.damaged)
 	}
 	return st
 }
