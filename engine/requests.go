@@ -11,7 +11,6 @@ type connState struct {
 	mu      sync.Mutex
 	gen     uint64 // 0 while offline
 	persist bool
-	done    chan struct{} // closed when gen ends
 }
 
 func (c *connState) persistent() bool {
@@ -20,10 +19,10 @@ func (c *connState) persistent() bool {
 	return c.persist
 }
 
-func (c *connState) current() (uint64, chan struct{}) {
+func (c *connState) current() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.gen, c.done
+	return c.gen
 }
 
 // Online tells the engine that connection gen is up and subscribed to Filters; persistent says the
@@ -31,7 +30,7 @@ func (c *connState) current() (uint64, chan struct{}) {
 // every endpoint on it.
 func (e *Engine) Online(gen uint64, persistent bool) {
 	e.conn.mu.Lock()
-	e.conn.gen, e.conn.persist, e.conn.done = gen, persistent, make(chan struct{})
+	e.conn.gen, e.conn.persist = gen, persistent
 	e.conn.mu.Unlock()
 	e.request(gen, e.endpointList())
 }
@@ -40,10 +39,8 @@ func (e *Engine) Online(gen uint64, persistent bool) {
 // scheduled on it stop.
 func (e *Engine) Offline(gen uint64) {
 	e.conn.mu.Lock()
-	if e.conn.gen == gen && gen != 0 {
+	if e.conn.gen == gen {
 		e.conn.gen = 0
-		close(e.conn.done)
-		e.conn.done = nil
 	}
 	e.conn.mu.Unlock()
 	e.out.dropRequests(gen)
@@ -55,7 +52,7 @@ func (e *Engine) Offline(gen uint64) {
 // Request asks for the latest configuration of the endpoints with these keys on the live
 // connection (after a reload has subscribed their topics).
 func (e *Engine) Request(keys []string) {
-	gen, _ := e.conn.current()
+	gen := e.conn.current()
 	if gen == 0 {
 		return
 	}
@@ -73,7 +70,7 @@ func (e *Engine) Request(keys []string) {
 // Sync asks for the latest configuration of every endpoint now; it returns how many were asked, and
 // false while offline.
 func (e *Engine) Sync() (int, bool) {
-	gen, _ := e.conn.current()
+	gen := e.conn.current()
 	if gen == 0 {
 		return 0, false
 	}
@@ -168,7 +165,7 @@ func (r *requester) fire(e *Engine, ep *endpoint, arming uint64, waited time.Dur
 	}
 	r.timer = nil
 	gen, refused := r.gen, r.refused
-	if g, _ := e.conn.current(); g != gen || ep.removed() || !refused && ep.answered.Load() {
+	if e.conn.current() != gen || ep.removed() || !refused && ep.answered.Load() {
 		r.disarm()
 		return
 	}
@@ -192,7 +189,7 @@ func (r *requester) refuse(e *Engine, ep *endpoint) (d time.Duration, ok bool) {
 	if r.refused && r.timer != nil {
 		return 0, false
 	}
-	gen, _ := e.conn.current()
+	gen := e.conn.current()
 	if gen == 0 {
 		return 0, false
 	}
