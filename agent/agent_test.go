@@ -34,6 +34,8 @@ type harness struct {
 	pause  func(string)
 	// onChange, when set before start, becomes Options.OnChange.
 	onChange func()
+	// pullTimeout, when set before start, becomes Options.PullTimeout.
+	pullTimeout time.Duration
 
 	agent  *Agent
 	cancel context.CancelFunc
@@ -107,9 +109,10 @@ func (h *harness) start() {
 	h.t.Helper()
 	h.logs = &syncBuffer{}
 	a, err := New(h.cfg, Options{
-		Logger:   slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Pause:    h.pause,
-		OnChange: h.onChange,
+		Logger:      slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Pause:       h.pause,
+		OnChange:    h.onChange,
+		PullTimeout: h.pullTimeout,
 	})
 	if err != nil {
 		h.t.Fatalf("New: %v", err)

@@ -118,9 +118,17 @@ func StatusLine(st Status) string {
 		b.WriteString("not connected")
 	}
 	applied := 0
-	var latest *EndpointStatus
+	var (
+		latest  *EndpointStatus
+		damaged []string
+	)
 	for i := range st.Endpoints {
 		e := &st.Endpoints[i]
+		if e.Damaged != "" {
+			// What its record held is not known: neither counted as applied nor as not.
+			damaged = append(damaged, e.Key)
+			continue
+		}
 		if !e.Applied {
 			continue
 		}
@@ -130,6 +138,7 @@ func StatusLine(st Status) string {
 		}
 	}
 	switch {
+	case len(st.Endpoints) == 1 && len(damaged) == 1:
 	case len(st.Endpoints) == 1 && latest != nil:
 		fmt.Fprintf(&b, "; applied %s", idOrNone(latest.AppliedID))
 	case len(st.Endpoints) == 1:
@@ -139,8 +148,17 @@ func StatusLine(st Status) string {
 	default:
 		fmt.Fprintf(&b, "; 0/%d endpoints applied", len(st.Endpoints))
 	}
+	if len(damaged) > 0 {
+		b.WriteString("; state record damaged: " + strings.Join(damaged[:min(len(damaged), maxNamed)], ", "))
+		if len(damaged) > maxNamed {
+			fmt.Fprintf(&b, " and %d more", len(damaged)-maxNamed)
+		}
+	}
 	return b.String()
 }
+
+// maxNamed bounds the endpoints StatusLine names, so the line stays a line with 1,000 endpoints.
+const maxNamed = 3
 
 func idOrNone(id string) string {
 	if id == "" {

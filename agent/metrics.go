@@ -19,10 +19,10 @@ type Build struct {
 	Commit  string
 }
 
-// The metric families, every name prefixed cmx_agent_. Per endpoint there are 8 series (info,
-// last apply time, received, four results, drift repairs), so 1,000 endpoints make 8,000 series;
-// the apply duration histogram is one for the whole agent (17 series), and the rest are single
-// series (24 besides the endpoints' in all).
+// The metric families, every name prefixed cmx_agent_. Per endpoint there are 9 series (info,
+// last apply time, received, four results, drift repairs, damaged), so 1,000 endpoints make 9,000
+// series; the apply duration histogram is one for the whole agent (17 series), and the rest are
+// single series (24 besides the endpoints' in all).
 func (a *Agent) writeMetrics(w *metrics.Writer) error {
 	st, err := a.eng.Stats()
 	if err != nil {
@@ -75,6 +75,10 @@ func (a *Agent) writeMetrics(w *metrics.Writer) error {
 	w.Family("cmx_agent_drift_repairs_total", "Local edits of an output put back from the applied copy.", "counter")
 	for _, e := range st.Endpoints {
 		w.Sample("cmx_agent_drift_repairs_total", float64(e.DriftRepairs), l("endpoint", e.Key))
+	}
+	w.Family("cmx_agent_endpoint_damaged", "1 while the endpoint's state record in the database does not decode (status says why); the next configuration applied rewrites it.", "gauge")
+	for _, e := range st.Endpoints {
+		w.Sample("cmx_agent_endpoint_damaged", b(e.Damaged != ""), l("endpoint", e.Key))
 	}
 	w.Family("cmx_agent_apply_duration_seconds", "Time from the start of an apply (render, write, validate, hook) to its outcome.", "histogram")
 	h := st.ApplyDurations

@@ -160,7 +160,10 @@ func (cmx3) answers(ep *endpoint, o *Offer, r Result, _ func() uint64) []OutMsg 
 	return out
 }
 
-// again is false: in 3/CMX a handled id is confirmed again, never applied again (contract §3).
+// again is false: in 3/CMX a handled id is confirmed again, never applied again, unless it answers
+// one of the agent's own pulls and is not the one in place (machine.reanswer, contract §3). That
+// also heals a damaged state record: the answer at connect is applied again (found unchanged when
+// it is the configuration in place: no write, no hook), and its result rewrites the record.
 func (cmx3) again(Handled, *Offer, EndpointState, bool) bool { return false }
 
 // lastWordWins is false: in 3/CMX the same id again is the broker redelivering, and the newer push

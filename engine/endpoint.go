@@ -21,8 +21,8 @@ type endpoint struct {
 	// lastRID is the request id of the latest configuration request (an error answering an older
 	// one is not repeated).
 	lastRID atomic.Uint64
-	asked   asked    // the latest request ids, so an answer to one is known as such
-	retry   errRetry // repeats a request the server refused (7/CMP)
+	asked   asked     // the latest request ids, so an answer to one is known as such
+	req     requester // the endpoint's one request loop (requests.go)
 	// busyFlag mirrors the machine for status: an offer is being applied or waits.
 	busyFlag atomic.Bool
 	stats    counters // for metrics

@@ -218,8 +218,13 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 	return e, nil
 }
 
-// Close releases the database. Call it after Run has returned.
-func (e *Engine) Close() error { return e.store.Close() }
+// Close releases the database, and stops the repeats of requests. Call it after Run has returned.
+func (e *Engine) Close() error {
+	for _, ep := range e.endpointList() {
+		ep.req.cancel(0)
+	}
+	return e.store.Close()
+}
 
 // Outbox is what the transport sends.
 func (e *Engine) Outbox() *Outbox { return e.out }
@@ -504,15 +509,19 @@ func (e *Engine) nextID() uint64 {
 	return id
 }
 
-// stateOf returns ep's committed state.
+// stateOf returns ep's committed state; a damaged record gives the state rebuilt from what else is
+// stored (Tx.stateOrRebuilt), which the endpoint's next result replaces.
 func (e *Engine) stateOf(ep *endpoint) EndpointState {
 	var st EndpointState
 	if err := e.store.View(func(tx *Tx) error {
-		var err error
-		st, err = tx.State(ep.key)
-		return err
+		st = tx.stateOrRebuilt(ep.key)
+		return nil
 	}); err != nil {
 		e.log.Error("cannot read endpoint state", "endpoint", ep.key, "err", err)
+	}
+	if st.damaged != "" {
+		e.log.Error("cannot read endpoint state; going on with the applied bytes' hash until the next result rewrites it",
+			"endpoint", ep.key, "err", st.damaged)
 	}
 	return st
 }

@@ -42,11 +42,12 @@ type core struct {
 
 // coreOptions are what startCoreWith sets besides the endpoints; the zero value is startCore's.
 type coreOptions struct {
-	Dialect    string // default cmx3
-	Pause      func(string)
-	MaxPayload config.Size  // default 64 KiB
-	FailCommit func() error // the engine's failCommit
-	HoldBound  time.Duration
+	Dialect     string // default cmx3
+	Pause       func(string)
+	MaxPayload  config.Size   // default 64 KiB
+	FailCommit  func() error  // the engine's failCommit
+	PullTimeout time.Duration // Options.PullTimeout; default the engine's
+	HoldBound   time.Duration // Options.HoldBound; default the engine's
 	// Unsent: no transport runs, so the answers stay in the outbox for the test to read.
 	Unsent bool
 }
@@ -92,7 +93,7 @@ func startCoreWith(t testing.TB, o coreOptions, eps ...config.Endpoint) *core {
 func (c *core) run() {
 	c.t.Helper()
 	logger := slog.New(slog.NewTextHandler(c.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	e, err := New(c.cfg, Options{Pause: c.opt.Pause, Logger: logger, HoldBound: c.opt.HoldBound})
+	e, err := New(c.cfg, Options{Pause: c.opt.Pause, Logger: logger, PullTimeout: c.opt.PullTimeout, HoldBound: c.opt.HoldBound})
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -67,6 +67,7 @@ func (j *journal) setHandled(id string, h Handled) {
 }
 
 func (j *journal) setState(st EndpointState) {
+	st.damaged = "" // written, the record is whole again
 	j.state = &st
 	j.ops = append(j.ops, func(tx *Tx) error { return tx.SetState(keyOf(tx), st) })
 }

@@ -11,7 +11,6 @@ type connState struct {
 	mu      sync.Mutex
 	gen     uint64 // 0 while offline
 	persist bool
-	done    chan struct{} // closed when gen ends
 }
 
 func (c *connState) persistent() bool {
@@ -20,10 +19,10 @@ func (c *connState) persistent() bool {
 	return c.persist
 }
 
-func (c *connState) current() (uint64, chan struct{}) {
+func (c *connState) current() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.gen, c.done
+	return c.gen
 }
 
 // Online tells the engine that connection gen is up and subscribed to Filters; persistent says the
@@ -31,7 +30,7 @@ func (c *connState) current() (uint64, chan struct{}) {
 // every endpoint on it.
 func (e *Engine) Online(gen uint64, persistent bool) {
 	e.conn.mu.Lock()
-	e.conn.gen, e.conn.persist, e.conn.done = gen, persistent, make(chan struct{})
+	e.conn.gen, e.conn.persist = gen, persistent
 	e.conn.mu.Unlock()
 	e.request(gen, e.endpointList())
 }
@@ -40,19 +39,20 @@ func (e *Engine) Online(gen uint64, persistent bool) {
 // scheduled on it stop.
 func (e *Engine) Offline(gen uint64) {
 	e.conn.mu.Lock()
-	if e.conn.gen == gen && gen != 0 {
+	if e.conn.gen == gen {
 		e.conn.gen = 0
-		close(e.conn.done)
-		e.conn.done = nil
 	}
 	e.conn.mu.Unlock()
 	e.out.dropRequests(gen)
+	for _, ep := range e.endpointList() {
+		ep.req.cancel(gen)
+	}
 }
 
 // Request asks for the latest configuration of the endpoints with these keys on the live
 // connection (after a reload has subscribed their topics).
 func (e *Engine) Request(keys []string) {
-	gen, _ := e.conn.current()
+	gen := e.conn.current()
 	if gen == 0 {
 		return
 	}
@@ -70,7 +70,7 @@ func (e *Engine) Request(keys []string) {
 // Sync asks for the latest configuration of every endpoint now; it returns how many were asked, and
 // false while offline.
 func (e *Engine) Sync() (int, bool) {
-	gen, _ := e.conn.current()
+	gen := e.conn.current()
 	if gen == 0 {
 		return 0, false
 	}
@@ -80,57 +80,147 @@ func (e *Engine) Sync() (int, bool) {
 	return len(eps), true
 }
 
-// request queues a request for each of eps on connection gen, and repeats it, with a growing
-// interval, for those that get no answer: a lost answer must not park an endpoint until the next
-// reconnect. Nothing is scheduled once every endpoint has been answered.
+// request sends a request for each of eps now, on connection gen, and (re)arms each endpoint's
+// repeat at the pull timeout: a lost answer must not park an endpoint until the next reconnect,
+// and asking again (a sync, a reload) restarts the endpoint's one repeat rather than adding one.
 func (e *Engine) request(gen uint64, eps []*endpoint) {
-	if len(eps) == 0 {
-		return
+	for _, ep := range eps {
+		ep.req.ask(e, ep, gen)
 	}
-	e.send(gen, eps)
-	_, done := e.conn.current()
-	if done == nil {
-		return
-	}
-	go func() {
-		wait := e.opt.PullTimeout
-		for {
-			t := time.NewTimer(wait)
-			select {
-			case <-done:
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			var again []*endpoint
-			for _, ep := range eps {
-				if !ep.answered.Load() && !ep.removed() {
-					again = append(again, ep)
-				}
-			}
-			if len(again) == 0 {
-				return
-			}
-			if g, _ := e.conn.current(); g != gen {
-				return
-			}
-			e.log.Info("no answer to configuration request; asking again", "endpoints", len(again), "waited", wait)
-			e.send(gen, again)
-			wait = min(2*wait, 10*time.Minute)
-		}
-	}()
 }
 
-func (e *Engine) send(gen uint64, eps []*endpoint) {
-	for _, ep := range eps {
-		id := e.nextID()
-		topic, payload := e.dia.request(ep, id, e.stateOf(ep))
-		ep.answered.Store(false)
-		ep.lastRID.Store(id)
-		ep.asked.add(id)
-		e.out.request(OutMsg{Endpoint: ep.key, Topic: topic, QoS: 1, Payload: payload, Request: true}, gen)
-		e.log.Debug("requested latest configuration", "endpoint", ep.key, "topic", topic, "msg_id", id)
+// requester is an endpoint's one request loop. Whatever asks for the latest configuration (a
+// connect, a reload, a sync, a refused request's retry), at most one repeat is armed per endpoint:
+// a timer, so a waiting repeat costs no goroutine.
+//
+// Two kinds of repeat share it. An unanswered request is repeated after the pull timeout, doubling
+// to 10 min, until the endpoint is answered. A request the server refused (7/CMP) is repeated
+// after 1 s doubling to 5 min, jittered; a usable response resets that backoff. Either ends with the
+// connection it was armed on.
+type requester struct {
+	mu      sync.Mutex
+	gen     uint64 // the connection the armed repeat belongs to; 0 = none armed
+	timer   *time.Timer
+	arming  uint64        // counts the arms: a timer armed before the last one does nothing
+	refused bool          // the armed repeat is a refused request's
+	wait    time.Duration // the interval of the armed unanswered-request repeat
+	bo      backoff       // a refused request's
+}
+
+// Backoff bounds of a refused request.
+const (
+	errRetryMin = time.Second
+	errRetryMax = 5 * time.Minute
+)
+
+// maxPullWait bounds the interval of an unanswered request's repeat.
+const maxPullWait = 10 * time.Minute
+
+// ask sends ep's request now and arms its repeat after the pull timeout. It replaces any repeat
+// armed before, a refused request's included: the request it would repeat has just been sent.
+func (r *requester) ask(e *Engine, ep *endpoint, gen uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e.send(gen, ep)
+	r.wait = e.opt.PullTimeout
+	r.arm(e, ep, gen, r.wait, false)
+}
+
+// arm schedules the repeat; r.mu must be held.
+func (r *requester) arm(e *Engine, ep *endpoint, gen uint64, d time.Duration, refused bool) {
+	r.disarm()
+	r.arming++
+	r.gen, r.refused = gen, refused
+	arming := r.arming
+	r.timer = time.AfterFunc(d, func() { r.fire(e, ep, arming, d) })
+}
+
+// disarm stops the armed repeat; r.mu must be held.
+func (r *requester) disarm() {
+	if r.timer != nil {
+		r.timer.Stop()
+		r.timer = nil
 	}
+	r.gen, r.refused = 0, false
+}
+
+// cancel stops a repeat armed on connection gen, which has ended; gen 0 stops any (the engine
+// closes).
+func (r *requester) cancel(gen uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if gen == 0 || r.gen == gen {
+		r.disarm()
+	}
+}
+
+// fire repeats the request armed as arming, waited ago, if it is still wanted: the connection is the
+// one it was armed on, the endpoint is still configured, and (for an unanswered request) no answer
+// came.
+func (r *requester) fire(e *Engine, ep *endpoint, arming uint64, waited time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if arming != r.arming || r.timer == nil {
+		return // disarmed or armed again since
+	}
+	r.timer = nil
+	gen, refused := r.gen, r.refused
+	if e.conn.current() != gen || ep.removed() || !refused && ep.answered.Load() {
+		r.disarm()
+		return
+	}
+	if refused {
+		e.log.Info("asking again for the configuration after an error", "endpoint", ep.key, "waited", waited.Round(time.Millisecond))
+		r.wait = e.opt.PullTimeout
+	} else {
+		e.log.Info("no answer to configuration request; asking again", "endpoint", ep.key, "waited", waited)
+		r.wait = min(2*r.wait, maxPullWait)
+	}
+	e.send(gen, ep)
+	r.arm(e, ep, gen, r.wait, false)
+}
+
+// refuse arms the repeat of a request the server refused, on the current connection, and returns
+// its delay; ok is false when none was armed: one is armed already (the same refusal told twice
+// must not double the backoff), or the agent is offline (the next connection requests anyway).
+func (r *requester) refuse(e *Engine, ep *endpoint) (d time.Duration, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.refused && r.timer != nil {
+		return 0, false
+	}
+	gen := e.conn.current()
+	if gen == 0 {
+		return 0, false
+	}
+	if r.bo.min == 0 {
+		r.bo = backoff{min: errRetryMin, max: errRetryMax}
+	}
+	d = r.bo.next()
+	r.arm(e, ep, gen, d, true)
+	return d, true
+}
+
+// reset takes a usable response: the refusals' backoff starts again from its minimum, and a
+// refused request's repeat is not wanted any more. An unanswered request's repeat stays armed: it
+// may be for a request sent since (a sync), and it does nothing once that one is answered.
+func (r *requester) reset() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.bo.reset()
+	if r.refused {
+		r.disarm()
+	}
+}
+
+func (e *Engine) send(gen uint64, ep *endpoint) {
+	id := e.nextID()
+	topic, payload := e.dia.request(ep, id, e.stateOf(ep))
+	ep.answered.Store(false)
+	ep.lastRID.Store(id)
+	ep.asked.add(id)
+	e.out.request(OutMsg{Endpoint: ep.key, Topic: topic, QoS: 1, Payload: payload, Request: true}, gen)
+	e.log.Debug("requested latest configuration", "endpoint", ep.key, "topic", topic, "msg_id", id)
 }
 
 // noteServer records what the server said in the endpoint's ServerState (for status), logs it, and
@@ -187,100 +277,18 @@ func (e *Engine) noteServer(m *machine, topic string, n serverNote) error {
 			e.log.Warn("server refused an earlier configuration request", args...)
 			return nil
 		}
-		if d, ok := e.retryRequest(ep); ok {
+		if d, ok := ep.req.refuse(e, ep); ok {
 			args = append(args, "retry_in", d.Round(time.Millisecond))
 		}
 		e.log.Warn("server refused the configuration request", args...)
 	case noteNone:
-		ep.retry.reset()
+		ep.req.reset()
 		e.log.Info("server has no configuration for the endpoint; output left as it is", "endpoint", ep.key, "topic", topic)
 	case noteUnchanged:
-		ep.retry.reset()
+		ep.req.reset()
 		e.log.Debug("configuration unchanged", "endpoint", ep.key, "topic", topic)
 	default:
-		ep.retry.reset()
+		ep.req.reset()
 	}
 	return nil
-}
-
-// errRetry repeats a configuration request the server refused: 1 s doubling to 5 min, jittered. At
-// most one repeat is scheduled at a time; a usable response cancels it and resets the backoff.
-type errRetry struct {
-	mu      sync.Mutex
-	bo      backoff
-	epoch   uint64 // bumped by reset: a repeat scheduled before it does not fire
-	pending bool
-}
-
-// Backoff bounds of a refused request.
-const (
-	errRetryMin = time.Second
-	errRetryMax = 5 * time.Minute
-)
-
-// schedule returns the delay of the next repeat and the epoch it belongs to; ok is false when a
-// repeat is already scheduled.
-func (r *errRetry) schedule() (d time.Duration, epoch uint64, ok bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.pending {
-		return 0, 0, false
-	}
-	if r.bo.min == 0 {
-		r.bo = backoff{min: errRetryMin, max: errRetryMax}
-	}
-	r.pending = true
-	return r.bo.next(), r.epoch, true
-}
-
-// fire reports whether the repeat scheduled in epoch is still wanted, and clears it.
-func (r *errRetry) fire(epoch uint64) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if epoch != r.epoch {
-		return false
-	}
-	r.pending = false
-	return true
-}
-
-func (r *errRetry) reset() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.bo.reset()
-	r.epoch++
-	r.pending = false
-}
-
-// retryRequest schedules a repeat of ep's request on the current connection. A connection that ends
-// first cancels it: the next connection requests anyway.
-func (e *Engine) retryRequest(ep *endpoint) (time.Duration, bool) {
-	d, epoch, ok := ep.retry.schedule()
-	if !ok {
-		return 0, false
-	}
-	gen, done := e.conn.current()
-	if done == nil {
-		ep.retry.fire(epoch)
-		return 0, false
-	}
-	go func() {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-done:
-			ep.retry.fire(epoch)
-			return
-		case <-t.C:
-		}
-		if !ep.retry.fire(epoch) {
-			return
-		}
-		if g, _ := e.conn.current(); g != gen {
-			return
-		}
-		e.log.Info("asking again for the configuration after an error", "endpoint", ep.key, "waited", d.Round(time.Millisecond))
-		e.send(gen, []*endpoint{ep})
-	}()
-	return d, true
 }

@@ -84,6 +84,8 @@ type EndpointStats struct {
 	AppliedAt time.Time // when the last apply (or unchanged confirmation) was committed
 	// Totals since the agent started.
 	Received, Ok, Superseded, Rejected, Failed, DriftRepairs uint64
+	// Damaged says why the endpoint's state record does not read ("" when it does).
+	Damaged string
 }
 
 // Stats is what the engine reports for metrics.
@@ -102,14 +104,12 @@ func (e *Engine) Stats() (Stats, error) {
 	eps := e.endpointList()
 	err := e.store.View(func(tx *Tx) error {
 		for _, ep := range eps {
-			es, err := tx.State(ep.key)
-			if err != nil {
-				return err
-			}
+			es := tx.stateOrRebuilt(ep.key)
 			st.Endpoints = append(st.Endpoints, EndpointStats{
 				Key: ep.key, AppliedID: es.AppliedText, Applied: es.AppliedHash != "", AppliedAt: es.AppliedAt,
 				Received: ep.stats.received.Load(), Ok: ep.stats.applied.Load(), Superseded: ep.stats.superseded.Load(),
 				Rejected: ep.stats.rejected.Load(), Failed: ep.stats.failed.Load(), DriftRepairs: ep.stats.driftRepairs.Load(),
+				Damaged: es.damaged,
 			})
 		}
 		return nil

@@ -26,6 +26,8 @@ type EndpointStatus struct {
 	Waiting bool `json:"waiting"`
 	// Pending counts answers stored but not yet acknowledged by the broker.
 	Pending int `json:"pending"`
+	// Damaged says why the endpoint's state record does not read ("" when it does).
+	Damaged string `json:"damaged,omitempty"`
 }
 
 // Endpoints reports every endpoint's state, sorted by key. It only reads the store.
@@ -35,10 +37,7 @@ func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 	out := make([]EndpointStatus, 0, len(eps))
 	err := e.store.View(func(tx *Tx) error {
 		for _, ep := range eps {
-			es, err := tx.State(ep.key)
-			if err != nil {
-				return err
-			}
+			es := tx.stateOrRebuilt(ep.key)
 			waiting, err := tx.HasPending(ep.key)
 			if err != nil {
 				return err
@@ -59,6 +58,7 @@ func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 				LastAt:      es.LastAt,
 				Waiting:     waiting || ep.busy(),
 				Pending:     pending[ep.key],
+				Damaged:     es.damaged,
 			})
 		}
 		return nil

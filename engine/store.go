@@ -131,6 +131,10 @@ type EndpointState struct {
 	LastStatus   string    `json:"last_status,omitempty"`
 	LastCode     Code      `json:"last_code,omitempty"`
 	LastAt       time.Time `json:"last_at,omitzero"`
+
+	// damaged, in memory only, says why the record did not decode and the state was rebuilt
+	// (Tx.stateOrRebuilt); the state written next makes the record whole again.
+	damaged string
 }
 
 // OutMsg is a message in the outbox: stored before it is sent, deleted once the broker has it.
@@ -396,6 +400,28 @@ func (t *Tx) State(ep string) (EndpointState, error) {
 	var st EndpointState
 	_, err := getJSON(t.hot(), epKey(ep, kindState), &st)
 	return st, err
+}
+
+// stateOrRebuilt is State for the readers that go on when the record is damaged (status, metrics,
+// the endpoint's machine), so that one bad record costs neither the other endpoints nor this one's
+// work. A record that does not decode gives what the records beside it still tell, with damaged
+// saying what is wrong: the hash of the applied bytes, so that what is in place stays known (drift
+// is still repaired, and the same configuration sent again is found unchanged rather than written
+// and hooked again). The id and times it held are lost until the next result rewrites it.
+func (t *Tx) stateOrRebuilt(ep string) EndpointState {
+	st, err := t.State(ep)
+	if err == nil {
+		return st
+	}
+	cause := err
+	if u := errors.Unwrap(err); u != nil {
+		cause = u // the key is no news to whoever reads this beside the endpoint's name
+	}
+	st = EndpointState{damaged: "state record does not decode: " + cause.Error()}
+	if body := t.hot().Get(epKey(ep, kindBody)); body != nil {
+		st.AppliedHash = hashOf(body)
+	}
+	return st
 }
 
 // SetState stores an endpoint's state.

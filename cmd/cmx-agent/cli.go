@@ -72,6 +72,10 @@ func printStatus(w io.Writer, st agent.Status) {
 		if e.LastStatus != "" {
 			last = idOrDash(e.LastID, "(no id)") + ": " + e.LastStatus
 		}
+		if e.Damaged != "" {
+			// The id and times were in the record; only what was applied is known (its hash).
+			applied, at, last = "?", "?", "damaged: "+e.Damaged
+		}
 		if e.Waiting {
 			last += " (newer one waiting)"
 		}

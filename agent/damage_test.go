@@ -1,0 +1,87 @@
+package agent
+
+import (
+	"encoding/binary"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/cmx-agent/cmx-agent/engine"
+)
+
+// damageState overwrites endpoint key's state record in the stopped agent's database with bytes
+// that do not decode. The key is as engine/store.go lays it out: in bucket hot, 'e', the endpoint
+// key's length (uvarint) and the key, then 's'; a record not found there fails the test rather than
+// damaging nothing.
+func (h *harness) damageState(key string) {
+	h.t.Helper()
+	db, err := bolt.Open(filepath.Join(h.cfg.Agent.StateDir, engine.DBName), 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer db.Close()
+	k := append(binary.AppendUvarint([]byte{'e'}, uint64(len(key))), key...)
+	k = append(k, 's')
+	if err := db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("hot"))
+		if b == nil || b.Get(k) == nil {
+			return errors.New("no state record where engine/store.go keeps it")
+		}
+		return b.Put(k, []byte(`{"applied_id":`))
+	}); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// One endpoint's damaged state record costs neither the status nor the metrics of the others: the
+// damaged one is named, in GET /v1/status, the STATUS= line and /metrics.
+func TestStatus_ADamagedStateRecordIsNamedAndTheOtherEndpointsShown(t *testing.T) {
+	h := newHarness(t, "gw-001", "dev-2")
+	h.start()
+	h.waitStatus(func(s Status) bool { return s.Connected })
+	for _, push := range []struct{ token, id string }{{"gw-001", `"cfg-1"`}, {"dev-2", `7`}} {
+		topic := h.prefix(push.token) + "/json"
+		h.server.Publish(t, topic, 1, []byte(`{"id":`+push.id+`,"entries":[1]}`))
+		h.confirmed(topic + "/status")
+	}
+	h.waitStatus(func(s Status) bool { return len(s.Endpoints) == 2 && s.Endpoints[0].Applied && s.Endpoints[1].Applied })
+	h.stop()
+	h.damageState("gw-001")
+	h.start()
+
+	st := h.waitStatus(func(s Status) bool { return s.Connected })
+	if len(st.Endpoints) != 2 {
+		t.Fatalf("status endpoints %+v, want both", st.Endpoints)
+	}
+	dev, gw := st.Endpoints[0], st.Endpoints[1]
+	if !strings.HasPrefix(gw.Damaged, "state record does not decode: ") {
+		t.Errorf("gw-001 damaged %q, want the record named as not decoding", gw.Damaged)
+	}
+	if dev.Key != "dev-2" || dev.Damaged != "" || dev.AppliedID != "7" {
+		t.Errorf("dev-2 %+v, want 7 applied, not damaged", dev)
+	}
+	want := "connected to " + h.broker.URL + "; 1/2 endpoints applied, latest dev-2 7; state record damaged: gw-001"
+	if got := StatusLine(st); got != want {
+		t.Errorf("StatusLine = %q, want %q", got, want)
+	}
+
+	fams := h.scrape()
+	for _, c := range []struct {
+		family string
+		labels map[string]string
+		want   float64
+	}{
+		{"cmx_agent_endpoint_damaged", map[string]string{"endpoint": "gw-001"}, 1},
+		{"cmx_agent_endpoint_damaged", map[string]string{"endpoint": "dev-2"}, 0},
+		{"cmx_agent_endpoint_applied_info", map[string]string{"endpoint": "dev-2", "id": "7"}, 1},
+		{"cmx_agent_configurations_received_total", map[string]string{"endpoint": "dev-2"}, 0},
+	} {
+		if v := value(t, fams, c.family, c.labels); v != c.want {
+			t.Errorf("%s%v = %v, want %v", c.family, c.labels, v, c.want)
+		}
+	}
+}
