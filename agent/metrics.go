@@ -19,10 +19,10 @@ type Build struct {
 	Commit  string
 }
 
-// The metric families, every name prefixed cmx_agent_. Per endpoint there are 9 series (info,
-// last apply time, received, four results, drift repairs, damaged), so 1,000 endpoints make 9,000
-// series; the apply duration histogram is one for the whole agent (17 series), and the rest are
-// single series (24 besides the endpoints' in all).
+// The metric families, every name prefixed cmx_agent_. Per endpoint there are 10 series (info,
+// last apply time, received, four results, drift repairs, damaged, apply running), so 1,000
+// endpoints make 10,000 series; the apply duration histogram is one for the whole agent (17
+// series), and the rest are single series (25 besides the endpoints' in all).
 func (a *Agent) writeMetrics(w *metrics.Writer) error {
 	st, err := a.eng.Stats()
 	if err != nil {
@@ -80,6 +80,16 @@ func (a *Agent) writeMetrics(w *metrics.Writer) error {
 	for _, e := range st.Endpoints {
 		w.Sample("cmx_agent_endpoint_damaged", b(e.Damaged != ""), l("endpoint", e.Key))
 	}
+	w.Family("cmx_agent_endpoint_apply_running_seconds", "How long the apply in progress at each endpoint has been running (0 when none): one that keeps growing is stuck (a hook past its timeout, a stalled file system); status names it.", "gauge")
+	for _, e := range st.Endpoints {
+		running := 0.0
+		if !e.ApplyingSince.IsZero() {
+			running = now.Sub(e.ApplyingSince).Seconds()
+		}
+		w.Sample("cmx_agent_endpoint_apply_running_seconds", running, l("endpoint", e.Key))
+	}
+	w.Family("cmx_agent_held_acks_released_total", "Acknowledgements held for a quick apply and released at the hold bound with the apply still running (its configuration stored instead).", "counter")
+	w.Sample("cmx_agent_held_acks_released_total", float64(st.HeldReleased))
 	w.Family("cmx_agent_apply_duration_seconds", "Time from the start of an apply (render, write, validate, hook) to its outcome.", "histogram")
 	h := st.ApplyDurations
 	w.Histogram("cmx_agent_apply_duration_seconds", engine.ApplyBuckets, h.Cumulative, h.Sum, h.Count)

@@ -25,6 +25,9 @@ type endpoint struct {
 	req     requester // the endpoint's one request loop (requests.go)
 	// busyFlag mirrors the machine for status: an offer is being applied or waits.
 	busyFlag atomic.Bool
+	// applying mirrors the pipeline in progress for status and metrics, so an apply that does not
+	// end (a hook that ignores its timeout, a stalled file system) shows which and since when.
+	applying applyingNow
 	stats    counters // for metrics
 
 	mu      sync.Mutex
@@ -52,6 +55,26 @@ func (e *Engine) newEndpoint(ec config.Endpoint) *endpoint {
 	}
 	ep.m.ep = ep
 	return ep
+}
+
+// applyingNow is the apply in progress as others read it.
+type applyingNow struct {
+	mu    sync.Mutex
+	id    string // as people read it
+	since time.Time
+}
+
+func (a *applyingNow) set(id string, since time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.id, a.since = id, since
+}
+
+// get returns the apply in progress; since is zero when none runs.
+func (a *applyingNow) get() (id string, since time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.id, a.since
 }
 
 // asked remembers the ids of an endpoint's latest configuration requests.
@@ -377,9 +400,11 @@ func (m *machine) start(p *pending) {
 	ep, e := m.ep, m.ep.e
 	cfg, st := ep.config(), m.state()
 	e.applies.Add(1)
+	ep.applying.set(p.o.Text, time.Now())
 	go func() {
 		defer e.applies.Done()
 		out := e.runPipeline(m.ctx, ep, cfg, st, p.o)
+		ep.applying.set("", time.Time{})
 		ep.post(evApplied{o: p, out: out})
 	}()
 }

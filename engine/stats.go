@@ -86,6 +86,8 @@ type EndpointStats struct {
 	Received, Ok, Superseded, Rejected, Failed, DriftRepairs uint64
 	// Damaged says why the endpoint's state record does not read ("" when it does).
 	Damaged string
+	// ApplyingSince is when the apply in progress started; zero when none runs.
+	ApplyingSince time.Time
 }
 
 // Stats is what the engine reports for metrics.
@@ -95,6 +97,9 @@ type Stats struct {
 	OutboxDepth    int             // answers not yet acknowledged by the broker
 	OutboxOldest   time.Time       // when the oldest of them was made; zero when none
 	DatabaseBytes  int64
+	// HeldReleased counts the acknowledgements released at the hold bound, their apply still
+	// running (Options.HoldBound), across endpoints.
+	HeldReleased uint64
 }
 
 // Stats reads the counters and the committed state. It is cheap enough for a scrape every few
@@ -111,6 +116,8 @@ func (e *Engine) Stats() (Stats, error) {
 				Rejected: ep.stats.rejected.Load(), Failed: ep.stats.failed.Load(), DriftRepairs: ep.stats.driftRepairs.Load(),
 				Damaged: es.damaged,
 			})
+			_, st.Endpoints[len(st.Endpoints)-1].ApplyingSince = ep.applying.get()
+			st.HeldReleased += ep.stats.holdsReleased.Load()
 		}
 		return nil
 	})

@@ -28,6 +28,10 @@ type EndpointStatus struct {
 	Pending int `json:"pending"`
 	// Damaged says why the endpoint's state record does not read ("" when it does).
 	Damaged string `json:"damaged,omitempty"`
+	// ApplyingSince is when the apply in progress started (zero when none runs), and ApplyingID
+	// the configuration it applies: an apply that does not end shows here.
+	ApplyingSince time.Time `json:"applying_since,omitzero"`
+	ApplyingID    string    `json:"applying_id,omitempty"`
 }
 
 // Endpoints reports every endpoint's state, sorted by key. It only reads the store.
@@ -42,6 +46,7 @@ func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 			if err != nil {
 				return err
 			}
+			applyingID, since := ep.applying.get()
 			out = append(out, EndpointStatus{
 				Key:         ep.key,
 				Token:       ep.token,
@@ -59,6 +64,9 @@ func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 				Waiting:     waiting || ep.busy(),
 				Pending:     pending[ep.key],
 				Damaged:     es.damaged,
+
+				ApplyingSince: since,
+				ApplyingID:    applyingID,
 			})
 		}
 		return nil

@@ -76,7 +76,9 @@ func printStatus(w io.Writer, st agent.Status) {
 			// The id and times were in the record; only what was applied is known (its hash).
 			applied, at, last = "?", "?", "damaged: "+e.Damaged
 		}
-		if e.Waiting {
+		if !e.ApplyingSince.IsZero() {
+			last += fmt.Sprintf(" (applying %s for %s)", idOrDash(e.ApplyingID, "(no id)"), time.Since(e.ApplyingSince).Round(time.Second))
+		} else if e.Waiting {
 			last += " (newer one waiting)"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", e.Key, applied, at, last, e.Pending, e.Output)
