@@ -24,8 +24,15 @@ func (e *NotRegularError) Error() string {
 	return fmt.Sprintf("%s is a %s, not a regular file", e.Path, e.Kind)
 }
 
-// ErrTooLarge is wrapped by ReadRegular's error for a file over its limit.
-var ErrTooLarge = errors.New("file too large")
+// TooLargeError is ReadRegular's error for a file of more bytes than its limit.
+type TooLargeError struct {
+	Path  string
+	Limit int64
+}
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("%s holds more than %d bytes", e.Path, e.Limit)
+}
 
 func kindOf(m fs.FileMode) string {
 	switch {
@@ -79,8 +86,8 @@ func OpenRegular(path string) (*os.File, fs.FileInfo, error) {
 }
 
 // ReadRegular reads the regular file at path, as OpenRegular opens it, and returns its bytes and
-// FileInfo. A file of more than limit bytes is not read: its error wraps ErrTooLarge, so that what
-// sits at a path cannot make the agent hold more memory than its own limits allow.
+// FileInfo. A file of more than limit bytes is a *TooLargeError, found before reading when it can
+// be, so that what sits at a path cannot make the agent hold more memory than its limits allow.
 func ReadRegular(path string, limit int64) ([]byte, fs.FileInfo, error) {
 	f, fi, err := OpenRegular(path)
 	if err != nil {
@@ -88,7 +95,7 @@ func ReadRegular(path string, limit int64) ([]byte, fs.FileInfo, error) {
 	}
 	defer f.Close()
 	if fi.Size() > limit {
-		return nil, nil, fmt.Errorf("%s holds %d bytes, more than %d: %w", path, fi.Size(), limit, ErrTooLarge)
+		return nil, nil, &TooLargeError{Path: path, Limit: limit}
 	}
 	// The file may grow after the fstat: read one byte more than allowed to see it.
 	b, err := io.ReadAll(io.LimitReader(f, limit+1))
@@ -96,7 +103,7 @@ func ReadRegular(path string, limit int64) ([]byte, fs.FileInfo, error) {
 		return nil, nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	if int64(len(b)) > limit {
-		return nil, nil, fmt.Errorf("%s holds more than %d bytes: %w", path, limit, ErrTooLarge)
+		return nil, nil, &TooLargeError{Path: path, Limit: limit}
 	}
 	return b, fi, nil
 }

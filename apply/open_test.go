@@ -4,11 +4,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -157,8 +157,31 @@ func TestReadRegular_RefusesAFileOverTheLimitWithoutReadingIt(t *testing.T) {
 		switch {
 		case tc.ok && (err != nil || string(b) != "12345"):
 			t.Errorf("limit %d: %q, %v; want the 5 bytes", tc.limit, b, err)
-		case !tc.ok && (!errors.Is(err, ErrTooLarge) || b != nil || !strings.Contains(err.Error(), path+" holds 5 bytes")):
-			t.Errorf("limit %d: %q, %v; want ErrTooLarge naming the path and the size", tc.limit, b, err)
+		case !tc.ok && (!errors.As(err, new(*TooLargeError)) || b != nil || err.Error() != fmt.Sprintf("%s holds more than %d bytes", path, tc.limit)):
+			t.Errorf("limit %d: %q, %v; want a *TooLargeError naming the path and the limit", tc.limit, b, err)
 		}
+	}
+}
+
+// chown(2) clears setuid and setgid, for root too: a file put back with its own mode keeps them.
+func TestOwner_ChownKeepingModeKeepsSetuidAndSetgid(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("giving a file another owner needs root")
+	}
+	path := filepath.Join(t.TempDir(), "out.json")
+	const perm = 0o750 | fs.ModeSetuid | fs.ModeSetgid
+	if err := WriteFile(path, []byte("x"), Options{Perm: perm}); err != nil {
+		t.Fatal(err)
+	}
+	if err := (Owner{UID: 65534, GID: 65534}).ChownKeepingMode(path, perm); err != nil {
+		t.Fatal(err)
+	}
+	f, fi, err := OpenRegular(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, own := AttrOf(fi); fi.Mode() != perm || own != (Owner{UID: 65534, GID: 65534}) {
+		t.Errorf("after ChownKeepingMode: %v %+v, want %v 65534:65534", fi.Mode(), own, perm)
 	}
 }
