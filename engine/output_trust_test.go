@@ -28,11 +28,7 @@ func plant(t *testing.T, path, kind, target string) {
 	switch kind {
 	case "FIFO":
 		err = syscall.Mkfifo(path, 0o644)
-		t.Cleanup(func() {
-			if fd, err := syscall.Open(path, syscall.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
-				syscall.Close(fd)
-			}
-		})
+		releaseFIFO(t, path)
 	case "socket":
 		err = syscall.Mknod(path, syscall.S_IFSOCK|0o644, 0)
 	case "device":
@@ -48,6 +44,16 @@ func plant(t *testing.T, path, kind, target string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// releaseFIFO opens the FIFO at path for writing at cleanup, if someone is blocked reading it then.
+func releaseFIFO(t *testing.T, path string) {
+	t.Cleanup(func() {
+		// Non-blocking: this fails at once (ENXIO) when nobody is blocked reading.
+		if fd, err := syscall.Open(path, syscall.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			syscall.Close(fd)
+		}
+	})
 }
 
 // typeOf is the file type at path, not following a link.
@@ -240,6 +246,36 @@ func TestFirstApply_FileOverMaxPayloadAtTheOutputIsRefusedAndLeftAsItIs(t *testi
 			if b, err := os.ReadFile(ep.Output); string(b) != file { // not printed: 64 KiB
 				t.Errorf("output holds %d bytes (%v), want %d", len(b), err, len(file))
 			}
+		})
+	}
+}
+
+// Anything but the agent's regular file at the output is drift; the repair renames the applied
+// bytes over it, which never follows a link, and the check never waits on a FIFO.
+func TestDrift_NonRegularFileAtTheOutputIsRepairedWithoutBlocking(t *testing.T) {
+	for _, kind := range []string{"FIFO", "symbolic link", "socket", "device"} {
+		t.Run(kind, func(t *testing.T) {
+			secret, content := secretFile(t)
+			c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw"})
+			wantStatus(t, c.push(`1`, `["applied"]`), "ok")
+			out := c.output("gw")
+			// Made beside the output and renamed over it, as anyone who may write the folder can.
+			planted := filepath.Join(filepath.Dir(out), "planted")
+			plant(t, planted, kind, secret)
+			if err := os.Rename(planted, out); err != nil {
+				t.Fatal(err)
+			}
+			if kind == "FIFO" {
+				releaseFIFO(t, out)
+			}
+			c.waitRegular(out, `["applied"]`)
+			c.waitLog(`msg="output changed locally; repaired" endpoint=gw output=`+out+` change="replaced by a `+kind+`"`, 1)
+			if b, err := os.ReadFile(secret); err != nil || string(b) != content {
+				t.Errorf("the link's target = %q (%v), want it untouched", b, err)
+			}
+			// The repair went through the endpoint's worker: a push after it is still applied.
+			wantStatus(t, c.push(`2`, `["next"]`), "ok")
+			c.waitRegular(out, `["next"]`)
 		})
 	}
 }
