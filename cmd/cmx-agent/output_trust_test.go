@@ -62,17 +62,5 @@ output = "out/gw-002.json"
 		t.Errorf("gw-001's output is %v (%v), want the FIFO left as it was", fi.Mode(), err)
 	}
 
-	start := time.Now()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-		t.Fatalf("still running 5s after SIGTERM")
-	}
-	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Errorf("exit code = %d, want 0", code)
-	}
-	t.Logf("stopped in %v", time.Since(start))
+	p.terminate(t)
 }
