@@ -279,3 +279,24 @@ func TestDrift_NonRegularFileAtTheOutputIsRepairedWithoutBlocking(t *testing.T) 
 		})
 	}
 }
+
+// A folder cannot be renamed over: the drift is logged as not repairable, the folder stays, and the
+// endpoint goes on (a push then fails the same way).
+func TestDrift_FolderAtTheOutputIsLoggedAsNotRepairable(t *testing.T) {
+	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw"})
+	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
+	out := c.output("gw")
+	if err := os.Remove(out); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c.waitLog(`msg="output changed locally and cannot be repaired" endpoint=gw change="replaced by a directory"`, 1)
+	if typeOf(t, out) != fs.ModeDir {
+		t.Errorf("output is %v, want the folder left", typeOf(t, out))
+	}
+	if s := c.push(`2`, `["next"]`).Status; !strings.HasPrefix(s, "write failed: ") || !strings.Contains(s, "rename ") {
+		t.Errorf("status = %q, want the rename's failure", s)
+	}
+}
