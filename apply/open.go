@@ -50,18 +50,28 @@ func kindOf(m fs.FileMode) string {
 	return "special file"
 }
 
+// LstatRegular looks at path without following a link or opening anything: it returns the
+// FileInfo of a regular file, a *NotRegularError for anything else, and Lstat's error (matching
+// fs.ErrNotExist for a missing file) when there is nothing to look at.
+func LstatRegular(path string) (fs.FileInfo, error) {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, &NotRegularError{Path: path, Kind: kindOf(fi.Mode())}
+	}
+	return fi, nil
+}
+
 // OpenRegular opens the regular file at path for reading, never following a symbolic link there and
 // never waiting on what is there, and returns it with its FileInfo from fstat. Anything else at
 // path is a *NotRegularError; a missing file is an error that matches fs.ErrNotExist.
 func OpenRegular(path string) (*os.File, fs.FileInfo, error) {
-	// Lstat first, so that nothing but a regular file is opened at all: opening a device can act on
-	// it (a serial line's modem control, a tape's rewind) even when nothing is read.
-	fi, err := os.Lstat(path)
-	if err != nil {
+	// Looked at first, so that nothing but a regular file is opened at all: opening a device can
+	// act on it (a serial line's modem control, a tape's rewind) even when nothing is read.
+	if _, err := LstatRegular(path); err != nil {
 		return nil, nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, nil, &NotRegularError{Path: path, Kind: kindOf(fi.Mode())}
 	}
 	// The name may be given to something else between the Lstat and the open: O_NOFOLLOW refuses a
 	// link then, O_NONBLOCK keeps the open of a FIFO from waiting for a writer, and the fstat below
@@ -73,7 +83,7 @@ func OpenRegular(path string) (*os.File, fs.FileInfo, error) {
 		}
 		return nil, nil, err
 	}
-	fi, err = f.Stat()
+	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
 		return nil, nil, err

@@ -300,3 +300,30 @@ func TestDrift_FolderAtTheOutputIsLoggedAsNotRepairable(t *testing.T) {
 		t.Errorf("status = %q, want the rename's failure", s)
 	}
 }
+
+// The file found at the first apply is recorded once; until the agent's first write succeeds the
+// output is still not its own, and what is there then is checked again (without being read).
+func TestFirstApply_AfterAPriorWasRecordedANonRegularFileIsStillRefused(t *testing.T) {
+	ep, hookRuns := withHookLog(t)
+	ep.Validate = []string{script(t, t.TempDir(), "validate.sh", `grep -q good "$CMX_CANDIDATE"`)}
+	ep.Output = filepath.Join(t.TempDir(), "out", "gw.json")
+	os.MkdirAll(filepath.Dir(ep.Output), 0o755)
+	os.WriteFile(ep.Output, []byte("operator's"), 0o644)
+	c := startCoreWith(t, coreOptions{}, ep)
+	// Refused by validate: the operator's file is recorded for a rollback, nothing is written.
+	wantStatus(t, c.push(`1`, `["evil"]`), "rejected by validate: exit 1")
+	if err := os.Remove(ep.Output); err != nil {
+		t.Fatal(err)
+	}
+	plant(t, ep.Output, "FIFO", "")
+	s := c.push(`2`, `["good"]`).Status
+	if want := "write failed: " + ep.Output + " is a FIFO, not a regular file; left as it is"; s != want {
+		t.Errorf("status = %q, want %q", s, want)
+	}
+	if typeOf(t, ep.Output) != fs.ModeNamedPipe {
+		t.Errorf("output is %v, want the FIFO left", typeOf(t, ep.Output))
+	}
+	if got := readLines(t, hookRuns); len(got) != 0 {
+		t.Errorf("hook runs %q, want none", got)
+	}
+}

@@ -210,17 +210,23 @@ func (e *Engine) previous(ep *endpoint, cfg config.Endpoint, st EndpointState) (
 		}
 		return err
 	})
-	if err != nil || found {
+	var notRegular *apply.NotRegularError
+	switch {
+	case err != nil || (found && p.ours):
 		return p, err
+	case found:
+		// Recorded at an earlier attempt that wrote nothing (validate refused it): the output is
+		// still not the agent's, and what is there now gets the same refusal as a first look.
+		if _, err := apply.LstatRegular(cfg.Output); errors.As(err, &notRegular) {
+			return p, fmt.Errorf("%w; left as it is", err)
+		}
+		return p, nil
 	}
 	// What is there is not trusted (docs/apply.md): never a link followed, nothing but a regular file
 	// opened (a FIFO would block here for good), and no more kept in memory and in the database than
 	// a configuration may be. Anything else is refused and left as it is, so nothing is lost.
 	b, fi, err := apply.ReadRegular(cfg.Output, int64(e.agent.MaxPayload))
-	var (
-		notRegular *apply.NotRegularError
-		tooLarge   *apply.TooLargeError
-	)
+	var tooLarge *apply.TooLargeError
 	switch {
 	case err == nil:
 		perm, own := apply.AttrOf(fi)
