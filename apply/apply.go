@@ -295,9 +295,10 @@ func RemoveTemps(path string) (removed int, err error) {
 }
 
 // HashFile returns the hex sha256 of the file at path, read in small pieces: the form in which
-// the agent records the hash of what it applied.
+// the agent records the hash of what it applied. Only a regular file is read (see OpenRegular):
+// anything else there is a *NotRegularError, returned at once.
 func HashFile(path string) (string, error) {
-	f, err := os.Open(path)
+	f, _, err := OpenRegular(path)
 	if err != nil {
 		return "", err
 	}

@@ -2,6 +2,7 @@ package apply
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"os/user"
 	"strconv"
@@ -55,6 +56,27 @@ func (o Owner) Chown(path string) error {
 	}
 	if err := os.Lchown(path, o.UID, o.GID); err != nil {
 		return fmt.Errorf("set owner: %w", err)
+	}
+	return nil
+}
+
+// ChownKeepingMode is Chown for a file that WriteFile gave the mode perm. chown(2) clears setuid and
+// setgid, for root too, so when perm has them they are set again after it, through a descriptor
+// from OpenRegular: a link put at path in between cannot redirect the chmod elsewhere.
+func (o Owner) ChownKeepingMode(path string, perm fs.FileMode) error {
+	if err := o.Chown(path); err != nil || !o.IsSet() || perm&(fs.ModeSetuid|fs.ModeSetgid) == 0 {
+		return err
+	}
+	f, _, err := OpenRegular(path)
+	if err != nil {
+		return fmt.Errorf("set mode again after the owner: %w", err)
+	}
+	err = f.Chmod(perm)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("set mode again after the owner: %w", err)
 	}
 	return nil
 }

@@ -235,9 +235,14 @@ func (e *Engine) checkDrift(m *machine) {
 	}
 	sum, err := apply.HashFile(cfg.Output)
 	what := "edited"
+	var notRegular *apply.NotRegularError
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		what, sum = "deleted", hashOf(nil)
+	case errors.As(err, &notRegular):
+		// Not the agent's file, whatever it leads to: HashFile followed no link and waited on no
+		// FIFO, and the repair's rename replaces the thing itself.
+		what, sum = "replaced by a "+notRegular.Kind, notRegular.Kind
 	case err != nil:
 		e.log.Error("cannot read output for the drift check", "endpoint", ep.key, "err", err)
 		return

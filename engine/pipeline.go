@@ -34,8 +34,9 @@ type outcome struct {
 type previous struct {
 	exists bool
 	body   []byte
-	text   string // the id people read; "" for a file the agent did not write or a push without id
-	ours   bool   // body is a configuration the agent applied (not a file it found)
+	attr   *fileAttr // the found file's own mode and owner; nil: the endpoint's
+	text   string    // the id people read; "" for a file the agent did not write or a push without id
+	ours   bool      // body is a configuration the agent applied (not a file it found)
 	// stored: body is the applied body in the database, read only when a rollback needs it (most
 	// applies need none, and a configuration of a few MiB should not be copied for nothing). Only
 	// the endpoint's result commit changes it, and that comes after the pipeline.
@@ -212,23 +213,43 @@ func (e *Engine) previous(ep *endpoint, cfg config.Endpoint, st EndpointState) (
 		}
 		pr, ok, err := tx.Prior(ep.key)
 		if ok {
-			p, found = previous{exists: pr.Exists, body: pr.Body}, true
+			p, found = previous{exists: pr.Exists, body: pr.Body, attr: pr.Attr}, true
 		}
 		return err
 	})
-	if err != nil || found {
+	var notRegular *apply.NotRegularError
+	switch {
+	case err != nil || (found && p.ours):
 		return p, err
+	case found:
+		// Recorded at an earlier attempt that wrote nothing (validate refused it): the output is
+		// still not the agent's, and what is there now gets the same refusal as a first look.
+		if _, err := apply.LstatRegular(cfg.Output); errors.As(err, &notRegular) {
+			return p, fmt.Errorf("%w; left as it is", err)
+		}
+		return p, nil
 	}
-	b, err := os.ReadFile(cfg.Output)
+	// What is there is not trusted (docs/apply.md): never a link followed, nothing but a regular file
+	// opened (a FIFO would block here for good), and no more kept in memory and in the database than
+	// a configuration may be. Anything else is refused and left as it is, so nothing is lost.
+	b, fi, err := apply.ReadRegular(cfg.Output, int64(e.agent.MaxPayload))
+	var tooLarge *apply.TooLargeError
 	switch {
 	case err == nil:
-		p = previous{exists: true, body: b}
+		perm, own := apply.AttrOf(fi)
+		p = previous{exists: true, body: b, attr: &fileAttr{Mode: perm, UID: own.UID, GID: own.GID}}
 	case errors.Is(err, fs.ErrNotExist):
 		p = previous{}
+	case errors.As(err, &notRegular):
+		return p, fmt.Errorf("%w; left as it is", err)
+	case errors.As(err, &tooLarge):
+		return p, fmt.Errorf("%w (max_payload), too large to keep for a rollback; left as it is", err)
 	default:
 		return p, fmt.Errorf("read the file in place for rollback: %w", err)
 	}
-	err = e.store.Batch(func(tx *Tx) error { return tx.SetPrior(ep.key, priorFile{Exists: p.exists, Body: p.body}) })
+	err = e.store.Batch(func(tx *Tx) error {
+		return tx.SetPrior(ep.key, priorFile{Exists: p.exists, Body: p.body, Attr: p.attr})
+	})
 	return p, err
 }
 
@@ -252,9 +273,13 @@ func (e *Engine) rollback(ctx context.Context, ep *endpoint, cfg config.Endpoint
 			return fail(status + "; rollback failed: cannot read the previous configuration: " + err.Error())
 		}
 	}
-	err := apply.WriteFile(cfg.Output, prev.body, apply.Options{Perm: fs.FileMode(cfg.Mode)})
+	perm := fs.FileMode(cfg.Mode)
+	if prev.attr != nil {
+		perm, own = prev.attr.Mode, apply.Owner{UID: prev.attr.UID, GID: prev.attr.GID}
+	}
+	err := apply.WriteFile(cfg.Output, prev.body, apply.Options{Perm: perm})
 	if err == nil {
-		err = own.Chown(cfg.Output)
+		err = own.ChownKeepingMode(cfg.Output, perm)
 	}
 	if err != nil {
 		e.log.Error("rollback failed", "endpoint", ep.key, "err", err)

@@ -1,6 +1,9 @@
 package engine
 
-import "fmt"
+import (
+	"fmt"
+	"io/fs"
+)
 
 // Copies kept for rollback and drift repair, per endpoint (see store.go for the rest of the layout):
 //
@@ -15,6 +18,17 @@ import "fmt"
 type priorFile struct {
 	Exists bool   `json:"exists"`
 	Body   []byte `json:"body,omitempty"`
+	// Attr is the file's own mode and owner, which it gets back with its bytes: an app's 0600 file
+	// must not come back readable by everyone. Records of earlier versions have none; the
+	// endpoint's mode and owner are used for them, as they were then.
+	Attr *fileAttr `json:"attr,omitempty"`
+}
+
+// fileAttr is a file's mode and owner as apply sets them.
+type fileAttr struct {
+	Mode fs.FileMode `json:"mode"` // permission bits with setuid, setgid and sticky, as io/fs has them
+	UID  int         `json:"uid"`
+	GID  int         `json:"gid"`
 }
 
 func priorKey(ep string) []byte { return append(epPrefix(ep), kindPrior) }

@@ -315,6 +315,12 @@ func TestRun_SIGTERMStopsWithinFiveSeconds(t *testing.T) {
 	e := newCrashEnv(t)
 	p := startAgent(t, e.config)
 	e.waitPull(t)
+	p.terminate(t)
+}
+
+// terminate sends SIGTERM and checks that the agent exits 0 within five seconds.
+func (p *proc) terminate(t *testing.T) {
+	t.Helper()
 	start := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
