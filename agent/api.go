@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/transport"
 )
@@ -208,6 +209,9 @@ func listenSocket(path string) (apiListener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return apiListener{}, fmt.Errorf("socket folder: %w", err)
 	}
+	if err := config.CheckSocketPath(path); err != nil {
+		return apiListener{}, err
+	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return apiListener{}, fmt.Errorf("%s: another process answers on it", path)
@@ -235,6 +239,11 @@ func listenSocket(path string) (apiListener, error) {
 				return fail(fmt.Errorf("socket group %s: %w", APIGroup, err))
 			}
 		}
+	}
+	// Checked again just before the rename, which would replace whatever is there: only a socket
+	// left by a stopped agent may go.
+	if err := config.CheckSocketPath(path); err != nil {
+		return fail(err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fail(fmt.Errorf("socket: %w", err))

@@ -382,6 +382,11 @@ func TestLoad_ReportsProblemsAtTheirLines(t *testing.T) {
 		{"socket path of 106 bytes leaves no room for the temporary name", kaaOK + "[agent]\nsocket = \"/" + strings.Repeat("s", 105) + "\" #!\n" + endpointOK,
 			[]string{"longer than 105 bytes: a unix socket path has 107 bytes at most, and the agent binds .<name>~ beside it first"}},
 
+		{"socket path holding a regular file", kaaOK + "[agent]\nsocket = \"secret\" #!\n" + endpointOK,
+			[]string{"agent.socket: $DIR/secret exists and is a regular file, not a socket"}},
+		{"socket path holding a folder", kaaOK + "[agent]\nsocket = \"adir\" #!\n" + endpointOK,
+			[]string{"agent.socket: $DIR/adir exists and is a folder, not a socket"}},
+
 		// [[endpoint]].
 		{"token with a slash", kaaOK + "[[endpoint]]\ntoken = \"gw/1\" #!\noutput = \"o\"\n",
 			[]string{`endpoint #1 token: "gw/1" is not a valid MQTT topic level: it contains '/'`}},

@@ -2,7 +2,9 @@ package config
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"net"
 	"net/url"
@@ -524,6 +526,8 @@ func (d *decoder) agent(t table, a *Agent) {
 		// sun_path holds 108 bytes with the terminating NUL, and the agent binds
 		// .<name>~ beside the socket first (agent.socketTempName), 2 bytes longer.
 		d.add(t.path("socket"), "agent.socket: %s is longer than 105 bytes: a unix socket path has 107 bytes at most, and the agent binds .<name>~ beside it first", a.Socket)
+	} else if err := CheckSocketPath(a.Socket); err != nil {
+		d.add(t.path("socket"), "agent.socket: %v", err)
 	}
 	if t.size("max_payload", &a.MaxPayload) && a.MaxPayload > MaxPayloadLimit {
 		// An MQTT packet cannot be larger; the limit also keeps the value an int on 32-bit
@@ -536,6 +540,40 @@ func (d *decoder) agent(t table, a *Agent) {
 			d.add(t.path("metrics_listen"), "agent.metrics_listen: %s", problem)
 		}
 	}
+}
+
+// CheckSocketPath refuses a socket path where something other than a socket is: that is someone's
+// file, folder or link, which binding the API socket there would replace and stopping would remove.
+// A socket there, answering or left by an agent that stopped, is the agent's own business.
+func CheckSocketPath(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("socket path: %w", err)
+	}
+	if fi.Mode().Type() == fs.ModeSocket {
+		return nil
+	}
+	return fmt.Errorf("%s exists and is %s, not a socket: the agent replaces only a socket left by an agent that stopped; move it away or set another agent.socket", path, fileKind(fi.Mode()))
+}
+
+// fileKind names a file's type for people.
+func fileKind(m fs.FileMode) string {
+	switch m.Type() {
+	case 0:
+		return "a regular file"
+	case fs.ModeDir:
+		return "a folder"
+	case fs.ModeSymlink:
+		return "a symbolic link"
+	case fs.ModeNamedPipe:
+		return "a named pipe"
+	case fs.ModeDevice, fs.ModeDevice | fs.ModeCharDevice:
+		return "a device"
+	}
+	return "a special file"
 }
 
 // metricsAddrProblem says what is wrong with a metrics address: not host:port, or reachable from

@@ -17,6 +17,9 @@ func TestCommands_ExitCodesAndOutput(t *testing.T) {
 	dotted := filepath.Join(dir, "dotted.toml")
 	writeOrFail(t, dotted, "[kaa]\napp_version = \"a\"\n[[endpoint]]\ntoken = \"dev.002\"\noutput = \"out/t.json\"\n")
 	writeOrFail(t, valid, "[kaa]\napp_version = \"a\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"out/t.json\"\n")
+	fileAtSocket := filepath.Join(dir, "socket-file.toml")
+	writeOrFail(t, fileAtSocket, "[kaa]\napp_version = \"a\"\n[agent]\nsocket = \"data.txt\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"out/t.json\"\n")
+	writeOrFail(t, filepath.Join(dir, "data.txt"), "kept\n")
 	writeOrFail(t, invalid, "[kaa]\napp_version = \"a\"\ncolour = \"blue\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"o.json\"\nhook_timeout = \"soon\"\n")
 
 	cases := []struct {
@@ -35,6 +38,10 @@ func TestCommands_ExitCodesAndOutput(t *testing.T) {
 			[]string{dotted + `:4: warning: endpoint #1 token: "dev.002" contains a dot: on RabbitMQ`}, false},
 		{"check missing file", []string{"check", "--config", filepath.Join(dir, "nope.toml")}, 2, nil, []string{"nope.toml"}, false},
 		{"run with invalid config", []string{"run", "--config", invalid}, 2, nil, []string{invalid + ":3: unknown key kaa.colour"}, false},
+		{"check refuses a socket path that holds a file", []string{"check", "--config", fileAtSocket}, 2, nil,
+			[]string{fileAtSocket + ":4: agent.socket: " + filepath.Join(dir, "data.txt") + " exists and is a regular file, not a socket"}, false},
+		{"run refuses a socket path that holds a file", []string{"run", "--config", fileAtSocket}, 2, nil,
+			[]string{fileAtSocket + ":4: agent.socket: " + filepath.Join(dir, "data.txt") + " exists and is a regular file, not a socket"}, false},
 		{"run with bad log format", []string{"run", "--config", valid, "--log-format", "xml"}, 2, nil, []string{"--log-format"}, false},
 		{"unknown command", []string{"frobnicate"}, 2, nil, []string{`unknown command "frobnicate"`}, false},
 		{"no command", nil, 2, nil, []string{"usage:"}, false},
