@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -329,7 +330,9 @@ func (d *decoder) resolve(p string) string {
 	return filepath.Clean(p)
 }
 
-// argv stores a command line; when not empty its program must be named.
+// argv stores a command line; when not empty its program must be named and must run: a program
+// named with a "/" is a path, resolved like every other path in the file; a bare name is looked up
+// in PATH, as the agent will when it runs it.
 func (t table) argv(key string, dst *[]string) bool {
 	var args []string
 	if !t.strs(key, &args) {
@@ -346,10 +349,51 @@ func (t table) argv(key string, dst *[]string) bool {
 			good = false
 		}
 	}
-	if good {
-		*dst = args
+	if !good || len(args) == 0 {
+		return false
 	}
-	return good
+	args[0] = t.d.program(args[0])
+	if err := checkProgram(args[0]); err != nil {
+		t.d.add(t.path(key, idxSeg(0)), "%s%s: %v", t.label, key, err)
+		return false
+	}
+	*dst = args
+	return true
+}
+
+// program resolves a command's argv[0]: with a "/" it is a path, relative to the configuration's
+// folder; a bare name stays a PATH lookup. Without a folder a relative path stays as written, since
+// cleaning "./x" would turn it into the bare name "x".
+func (d *decoder) program(name string) string {
+	if !strings.Contains(name, "/") || d.dir == "" && !filepath.IsAbs(name) {
+		return name
+	}
+	return d.resolve(name)
+}
+
+// checkProgram says why name cannot be started: a path that is missing, a folder, or without an
+// execute bit for this user, or a bare name PATH does not hold.
+func checkProgram(name string) error {
+	if !strings.Contains(name, "/") {
+		if _, err := exec.LookPath(name); err != nil {
+			return fmt.Errorf("program %q is not found in PATH (%s); name it by its path", name, os.Getenv("PATH"))
+		}
+		return nil
+	}
+	fi, err := os.Stat(name)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%s does not exist", name)
+	case err != nil:
+		return err
+	case fi.IsDir():
+		return fmt.Errorf("%s is a folder, not a program", name)
+	}
+	// LookPath checks a path as exec will start it: a regular file this user may execute.
+	if _, err := exec.LookPath(name); err != nil {
+		return fmt.Errorf("%s is not executable (mode %v)", name, fi.Mode())
+	}
+	return nil
 }
 
 // topicLevel checks a value that becomes one level of an MQTT topic.
