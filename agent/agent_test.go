@@ -34,6 +34,9 @@ type harness struct {
 	pause  func(string)
 	// onChange, when set before start, becomes Options.OnChange.
 	onChange func()
+	// connLimits, when set before start, replace the limits of the API socket and the metrics
+	// listener.
+	connLimits *connLimits
 
 	agent  *Agent
 	cancel context.CancelFunc
@@ -113,6 +116,9 @@ func (h *harness) start() {
 	})
 	if err != nil {
 		h.t.Fatalf("New: %v", err)
+	}
+	if h.connLimits != nil {
+		a.apiLimits, a.metricsLimits = *h.connLimits, *h.connLimits
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.agent, h.cancel, h.done = a, cancel, make(chan error, 1)

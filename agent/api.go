@@ -162,24 +162,10 @@ func (a *Agent) serveAPI(ctx context.Context) {
 		a.log.Error("local API unavailable", "socket", path, "err", err)
 		return
 	}
-	srv := &http.Server{
-		Handler:           a.apiHandler(),
-		ReadHeaderTimeout: 5 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-	}()
 	a.log.Debug("local API listening", "socket", path)
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := serveHTTP(ctx, ln, a.apiHandler(), a.apiLimits, a.log.With("socket", path)); err != nil {
 		a.log.Error("local API stopped", "socket", path, "err", err)
 	}
-	<-done
 	// Only remove the socket if it is still ours: a new agent may already have replaced it.
 	if fi, err := os.Stat(path); err == nil && ln.owns(fi) {
 		os.Remove(path)

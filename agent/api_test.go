@@ -327,3 +327,20 @@ func TestAPI_SocketPathOfTheMostConfigAcceptsIsServed(t *testing.T) {
 	}
 	c.Close()
 }
+
+// A CLI call holds none of the API socket's connection slots once answered: more calls in a row
+// than the cap all succeed (a kept-alive connection would hold its slot until the idle timeout).
+func TestAPIClient_CallsInARowBeyondTheConnectionCapAllSucceed(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	h.waitStatus(func(Status) bool { return true })
+	n := apiConnLimits().maxConns + 8
+	for i := range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := h.api().Status(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("call %d of %d: %v", i+1, n, err)
+		}
+	}
+}
