@@ -349,13 +349,15 @@ func (t table) argv(key string, dst *[]string) bool {
 			good = false
 		}
 	}
-	if !good || len(args) == 0 {
+	if !good {
 		return false
 	}
-	args[0] = t.d.program(args[0])
-	if err := checkProgram(args[0]); err != nil {
-		t.d.add(t.path(key, idxSeg(0)), "%s%s: %v", t.label, key, err)
-		return false
+	if len(args) > 0 {
+		args[0] = t.d.program(args[0])
+		if err := checkProgram(args[0]); err != nil {
+			t.d.add(t.path(key, idxSeg(0)), "%s%s: %v", t.label, key, err)
+			return false
+		}
 	}
 	*dst = args
 	return true
