@@ -69,6 +69,8 @@ type Agent struct {
 	cfg      *config.Config
 	runCtx   context.Context
 	metrics  string // the address metrics are served on, once listening
+	// What a client may hold of the API socket and of the metrics listener; tests shorten them.
+	apiLimits, metricsLimits connLimits
 }
 
 // MetricsAddr is the TCP address metrics are served on; "" when none (yet).
@@ -118,7 +120,8 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 		OnChange:   opt.OnChange,
 	})
 	c := *cfg
-	return &Agent{log: log, eng: eng, sess: sess, cfg: &c, build: opt.Build}, nil
+	return &Agent{log: log, eng: eng, sess: sess, cfg: &c, build: opt.Build,
+		apiLimits: apiConnLimits(), metricsLimits: metricsConnLimits()}, nil
 }
 
 // Close releases the database. Call it after Run has returned.

@@ -36,6 +36,9 @@ type harness struct {
 	onChange func()
 	// pullTimeout, when set before start, becomes Options.PullTimeout.
 	pullTimeout time.Duration
+	// connLimits, when set before start, replace the limits of the API socket and the metrics
+	// listener.
+	connLimits *connLimits
 
 	agent  *Agent
 	cancel context.CancelFunc
@@ -116,6 +119,9 @@ func (h *harness) start() {
 	})
 	if err != nil {
 		h.t.Fatalf("New: %v", err)
+	}
+	if h.connLimits != nil {
+		a.apiLimits, a.metricsLimits = *h.connLimits, *h.connLimits
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.agent, h.cancel, h.done = a, cancel, make(chan error, 1)

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/transport"
 )
@@ -179,24 +180,10 @@ func (a *Agent) serveAPI(ctx context.Context) {
 		a.log.Error("local API unavailable", "socket", path, "err", err)
 		return
 	}
-	srv := &http.Server{
-		Handler:           a.apiHandler(),
-		ReadHeaderTimeout: 5 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-	}()
 	a.log.Debug("local API listening", "socket", path)
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := serveHTTP(ctx, ln, a.apiHandler(), a.apiLimits, a.log.With("socket", path)); err != nil {
 		a.log.Error("local API stopped", "socket", path, "err", err)
 	}
-	<-done
 	// Only remove the socket if it is still ours: a new agent may already have replaced it.
 	if fi, err := os.Stat(path); err == nil && ln.owns(fi) {
 		os.Remove(path)
@@ -226,6 +213,9 @@ func listenSocket(path string) (apiListener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return apiListener{}, fmt.Errorf("socket folder: %w", err)
 	}
+	if err := config.CheckSocketPath(path); err != nil {
+		return apiListener{}, err
+	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return apiListener{}, fmt.Errorf("%s: another process answers on it", path)
@@ -253,6 +243,11 @@ func listenSocket(path string) (apiListener, error) {
 				return fail(fmt.Errorf("socket group %s: %w", APIGroup, err))
 			}
 		}
+	}
+	// Checked again just before the rename, which would replace whatever is there: only a socket
+	// left by a stopped agent may go.
+	if err := config.CheckSocketPath(path); err != nil {
+		return fail(err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fail(fmt.Errorf("socket: %w", err))

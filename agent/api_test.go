@@ -173,15 +173,67 @@ func TestAPI_SocketIsGroupOnlyAndRemovedOnStop(t *testing.T) {
 
 func TestAPI_StaleSocketIsReplaced(t *testing.T) {
 	h := newHarness(t)
-	// A socket file left by a killed agent: nobody answers on it.
+	// A socket left by a killed agent: nobody answers on it.
 	if err := os.MkdirAll(filepath.Dir(h.cfg.Agent.Socket), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(h.cfg.Agent.Socket, nil, 0o600); err != nil {
+	ln, err := net.Listen("unix", h.cfg.Agent.Socket)
+	if err != nil {
 		t.Fatal(err)
 	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
 	h.start()
 	h.waitStatus(func(Status) bool { return true })
+}
+
+// What sits at the socket's path and is not a socket is someone's file: the agent neither replaces
+// it when it starts nor removes it when it stops, and goes on without its API.
+func TestAPI_SocketPathHoldingOtherThanASocketIsLeftAlone(t *testing.T) {
+	cases := []struct {
+		name  string
+		place func(t *testing.T, path string)
+	}{
+		{"regular file", func(t *testing.T, path string) {
+			if err := os.WriteFile(path, []byte("someone's data\n"), 0o640); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"symbolic link", func(t *testing.T, path string) {
+			if err := os.Symlink("elsewhere", path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t)
+			path := h.cfg.Agent.Socket
+			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			c.place(t, path)
+			before, err := os.Lstat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.start()
+			h.pulled("gw-001") // the agent goes on without its API
+			if h.logCount("not a socket", 1) != 1 {
+				t.Errorf("no log line saying the socket's path is not a socket")
+			}
+			h.stop()
+			after, err := os.Lstat(path)
+			if err != nil || !os.SameFile(before, after) || after.Mode() != before.Mode() {
+				t.Fatalf("after the agent ran: %v (err %v), want the %s left as it was (%v)", after, err, c.name, before.Mode())
+			}
+			if c.name == "regular file" {
+				if b, err := os.ReadFile(path); err != nil || string(b) != "someone's data\n" {
+					t.Errorf("file holds %q (err %v), want its bytes kept", b, err)
+				}
+			}
+		})
+	}
 }
 
 func TestOnChange_CalledOnConnectAndApply(t *testing.T) {
@@ -274,4 +326,21 @@ func TestAPI_SocketPathOfTheMostConfigAcceptsIsServed(t *testing.T) {
 		t.Fatalf("connect to the socket: %v", err)
 	}
 	c.Close()
+}
+
+// A CLI call holds none of the API socket's connection slots once answered: more calls in a row
+// than the cap all succeed (a kept-alive connection would hold its slot until the idle timeout).
+func TestAPIClient_CallsInARowBeyondTheConnectionCapAllSucceed(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	h.waitStatus(func(Status) bool { return true })
+	n := apiConnLimits().maxConns + 8
+	for i := range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := h.api().Status(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("call %d of %d: %v", i+1, n, err)
+		}
+	}
 }

@@ -25,6 +25,9 @@ func NewAPIClient(socket string) *APIClient {
 				var d net.Dialer
 				return d.DialContext(ctx, "unix", socket)
 			},
+			// Calls are few and a local connection is cheap; a kept-alive one would hold one of
+			// the socket's few connection slots until the agent's idle timeout.
+			DisableKeepAlives: true,
 		}},
 	}
 }

@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"runtime"
@@ -123,16 +121,9 @@ func (a *Agent) serveMetrics(ctx context.Context, addr string) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", a.metricsHandler)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-	}()
 	a.log.Info("serving metrics", "listen", ln.Addr().String())
 	a.setMetricsAddr(ln.Addr().String())
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		a.log.Error("metrics listener stopped", "listen", addr, "err", fmt.Errorf("serve: %w", err))
+	if err := serveHTTP(ctx, ln, mux, a.metricsLimits, a.log.With("listen", addr)); err != nil {
+		a.log.Error("metrics listener stopped", "listen", addr, "err", err)
 	}
 }

@@ -3,9 +3,12 @@ package agent
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -216,4 +219,108 @@ func TestMetrics_DegradedAtAQoS0Grant(t *testing.T) {
 	if v := value(t, fams, "cmx_agent_connected", nil); v != 1 {
 		t.Errorf("cmx_agent_connected = %v, want 1", v)
 	}
+}
+
+// The API socket and the metrics listener hold a few connections at once and cut a client that
+// sends nothing, or half a request, after a timeout: a local client cannot pin the agent's
+// goroutines and memory. Over the cap a connection is closed at once, without an answer.
+func TestLocalServers_CapConnectionsAndCutIdleAndSlowClients(t *testing.T) {
+	const timeout = time.Second
+	limits := connLimits{maxConns: 4, header: timeout, read: timeout, write: 5 * time.Second, idle: timeout, maxHeaderBytes: 4 << 10}
+	cases := []struct {
+		name string
+		dial func(h *harness) (net.Conn, error)
+	}{
+		{"API socket", func(h *harness) (net.Conn, error) { return net.Dial("unix", h.cfg.Agent.Socket) }},
+		{"metrics listener", func(h *harness) (net.Conn, error) { return net.Dial("tcp", h.agent.MetricsAddr()) }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.cfg.Agent.MetricsListen = "127.0.0.1:0"
+			h.connLimits = &limits
+			h.start()
+			h.waitListening()
+			dial := func() net.Conn {
+				t.Helper()
+				conn, err := c.dial(h)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.Close() })
+				return conn
+			}
+			const get = "GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n"
+
+			idle := make([]net.Conn, limits.maxConns)
+			for i := range idle {
+				idle[i] = dial()
+			}
+			over := dial()
+			over.Write([]byte(get + "\r\n")) // may fail: the agent may have closed it already
+			if got, closed := readUntilClosed(over, 3*timeout); !closed || len(got) > 0 {
+				t.Errorf("connection over the cap: read %.60q, closed %v; want it closed without an answer", got, closed)
+			}
+			if h.logCount("local connections closed: too many open at once", 1) != 1 {
+				t.Errorf("connection closed over the cap: want one warning in the log")
+			}
+
+			start := time.Now()
+			for i, conn := range idle {
+				if got, closed := readUntilClosed(conn, 3*timeout); !closed || len(got) > 0 {
+					t.Fatalf("idle connection %d: read %q, closed %v; want it closed by the agent", i, got, closed)
+				}
+			}
+			if d := time.Since(start); d > timeout+timeout/2 {
+				t.Errorf("idle connections closed after %v, want within the timeout of %v", d, timeout)
+			}
+
+			fresh := dial()
+			fresh.Write([]byte(get + "\r\n"))
+			if got, _ := readUntilClosed(fresh, 5*time.Second); !strings.HasPrefix(string(got), "HTTP/1.1 200 OK") {
+				t.Errorf("a fresh client once the idle ones are cut got %.40q, want 200 OK", got)
+			}
+
+			slow := dial()
+			slow.Write([]byte(get)) // headers never finished
+			start = time.Now()
+			if got, closed := readUntilClosed(slow, 3*timeout); !closed || len(got) > 0 {
+				t.Errorf("half a request: read %q, closed %v; want it closed by the agent", got, closed)
+			}
+			if d := time.Since(start); d > timeout+timeout/2 {
+				t.Errorf("half a request closed after %v, want within the timeout of %v", d, timeout)
+			}
+
+			big := dial()
+			big.Write([]byte(get + "X-Big: " + strings.Repeat("b", 64<<10) + "\r\n\r\n"))
+			if got, _ := readUntilClosed(big, 5*time.Second); !strings.HasPrefix(string(got), "HTTP/1.1 431 ") {
+				t.Errorf("64 KiB of headers got %.40q, want 431", got)
+			}
+		})
+	}
+}
+
+// waitListening waits until the API socket is in place and the metrics listener has its address.
+func (h *harness) waitListening() {
+	h.t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for {
+		fi, err := os.Lstat(h.cfg.Agent.Socket)
+		if err == nil && fi.Mode().Type() == os.ModeSocket && h.agent.MetricsAddr() != "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("the agent is not listening within %v (socket: %v)", waitFor, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// readUntilClosed reads conn until the agent closes it or within passes; closed is false when
+// the time ran out first.
+func readUntilClosed(conn net.Conn, within time.Duration) (got []byte, closed bool) {
+	conn.SetReadDeadline(time.Now().Add(within))
+	got, err := io.ReadAll(conn)
+	var ne net.Error
+	return got, !(errors.As(err, &ne) && ne.Timeout())
 }

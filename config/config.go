@@ -8,9 +8,9 @@
 // `cmx-agent check` can list them like a compiler does.
 //
 // Relative paths (agent.state_dir, agent.socket, endpoint output and
-// template, broker password_file, ca_file, cert_file and key_file) are
-// resolved against the folder that holds the configuration file, not the
-// working directory: a configuration keeps meaning the same files whichever
+// template, broker password_file, ca_file, cert_file and key_file, and the
+// program of validate and hook when it holds a "/") are resolved against the
+// folder that holds the configuration file, not the working directory: a configuration keeps meaning the same files whichever
 // folder the agent is started from. When Parse is given no path, relative
 // paths stay relative to the working directory. Every path is cleaned with
 // filepath.Clean.

@@ -32,6 +32,15 @@ func writeConfig(t *testing.T, src string) string {
 	if err := os.Mkdir(filepath.Join(dir, "adir"), 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// Programs for validate and hook: one that runs, one without an execute bit.
+	if err := os.Mkdir(filepath.Join(dir, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, mode := range map[string]os.FileMode{"ok.sh": 0o755, "noexec.sh": 0o644} {
+		if err := os.WriteFile(filepath.Join(dir, "bin", name), []byte("#!/bin/sh\n"), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
 	path := filepath.Join(dir, "agent.toml")
 	if err := os.WriteFile(path, []byte(strings.ReplaceAll(src, "$DIR", dir)), 0o600); err != nil {
 		t.Fatal(err)
@@ -143,8 +152,8 @@ mode = "600"
 owner = "app"
 group = "adm"
 template = "tpl.tmpl"
-validate = ["/usr/bin/app", "--check", "x y"]
-hook = ["systemctl", "reload", "app"]
+validate = ["./bin/ok.sh", "--check", "x y"]
+hook = ["sh", "-c", "systemctl reload app"]
 hook_timeout = "2m"
 on_drift = "report"
 
@@ -181,8 +190,8 @@ on_drift = "ignore"
 			Owner:       "app",
 			Group:       "adm",
 			Template:    filepath.Join(dir, "tpl.tmpl"),
-			Validate:    []string{"/usr/bin/app", "--check", "x y"},
-			Hook:        []string{"systemctl", "reload", "app"},
+			Validate:    []string{filepath.Join(dir, "bin", "ok.sh"), "--check", "x y"},
+			Hook:        []string{"sh", "-c", "systemctl reload app"},
 			HookTimeout: Duration{2 * time.Minute},
 			OnDrift:     "report",
 		}, {
@@ -382,6 +391,11 @@ func TestLoad_ReportsProblemsAtTheirLines(t *testing.T) {
 		{"socket path of 106 bytes leaves no room for the temporary name", kaaOK + "[agent]\nsocket = \"/" + strings.Repeat("s", 105) + "\" #!\n" + endpointOK,
 			[]string{"longer than 105 bytes: a unix socket path has 107 bytes at most, and the agent binds .<name>~ beside it first"}},
 
+		{"socket path holding a regular file", kaaOK + "[agent]\nsocket = \"secret\" #!\n" + endpointOK,
+			[]string{"agent.socket: $DIR/secret exists and is a regular file, not a socket"}},
+		{"socket path holding a folder", kaaOK + "[agent]\nsocket = \"adir\" #!\n" + endpointOK,
+			[]string{"agent.socket: $DIR/adir exists and is a folder, not a socket"}},
+
 		// [[endpoint]].
 		{"token with a slash", kaaOK + "[[endpoint]]\ntoken = \"gw/1\" #!\noutput = \"o\"\n",
 			[]string{`endpoint #1 token: "gw/1" is not a valid MQTT topic level: it contains '/'`}},
@@ -425,6 +439,16 @@ func TestLoad_ReportsProblemsAtTheirLines(t *testing.T) {
 			[]string{"endpoint #1 hook: must be an array of strings, not string"}},
 		{"hook with a number", kaaOK + endpointOK + "hook = [\n  \"kill\",\n  1, #!\n]\n",
 			[]string{"endpoint #1 hook[1]: must be a string, not integer"}},
+		{"validate program that does not exist", kaaOK + endpointOK + "validate = [\"./bin/nope.sh\"] #!\n",
+			[]string{"endpoint #1 validate: $DIR/bin/nope.sh does not exist"}},
+		{"hook program without an execute bit", kaaOK + endpointOK + "hook = [\"bin/noexec.sh\", \"x\"] #!\n",
+			[]string{"endpoint #1 hook: $DIR/bin/noexec.sh is not executable"}},
+		{"hook program that is a folder", kaaOK + endpointOK + "hook = [\"./adir\"] #!\n",
+			[]string{"endpoint #1 hook: $DIR/adir is a folder, not a program"}},
+		{"hook program at its line in a long array", kaaOK + endpointOK + "hook = [\n  \"./bin/gone.sh\", #!\n  \"x\",\n]\n",
+			[]string{"endpoint #1 hook: $DIR/bin/gone.sh does not exist"}},
+		{"hook program name not in PATH", kaaOK + endpointOK + "hook = [\"cmx-no-such-program\"] #!\n",
+			[]string{`endpoint #1 hook: program "cmx-no-such-program" is not found in PATH`}},
 		{"missing template", kaaOK + endpointOK + "template = \"t.tmpl\" #!\n",
 			[]string{"endpoint #1 template: stat $DIR/t.tmpl: no such file or directory"}},
 

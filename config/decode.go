@@ -2,11 +2,14 @@ package config
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -327,7 +330,9 @@ func (d *decoder) resolve(p string) string {
 	return filepath.Clean(p)
 }
 
-// argv stores a command line; when not empty its program must be named.
+// argv stores a command line; when not empty its program must be named and must run: a program
+// named with a "/" is a path, resolved like every other path in the file; a bare name is looked up
+// in PATH, as the agent will when it runs it.
 func (t table) argv(key string, dst *[]string) bool {
 	var args []string
 	if !t.strs(key, &args) {
@@ -344,10 +349,53 @@ func (t table) argv(key string, dst *[]string) bool {
 			good = false
 		}
 	}
-	if good {
-		*dst = args
+	if !good {
+		return false
 	}
-	return good
+	if len(args) > 0 {
+		args[0] = t.d.program(args[0])
+		if err := checkProgram(args[0]); err != nil {
+			t.d.add(t.path(key, idxSeg(0)), "%s%s: %v", t.label, key, err)
+			return false
+		}
+	}
+	*dst = args
+	return true
+}
+
+// program resolves a command's argv[0]: with a "/" it is a path, relative to the configuration's
+// folder; a bare name stays a PATH lookup. Without a folder a relative path stays as written, since
+// cleaning "./x" would turn it into the bare name "x".
+func (d *decoder) program(name string) string {
+	if !strings.Contains(name, "/") || d.dir == "" && !filepath.IsAbs(name) {
+		return name
+	}
+	return d.resolve(name)
+}
+
+// checkProgram says why name cannot be started: a path that is missing, a folder, or without an
+// execute bit for this user, or a bare name PATH does not hold.
+func checkProgram(name string) error {
+	if !strings.Contains(name, "/") {
+		if _, err := exec.LookPath(name); err != nil {
+			return fmt.Errorf("program %q is not found in PATH (%s); name it by its path", name, os.Getenv("PATH"))
+		}
+		return nil
+	}
+	fi, err := os.Stat(name)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%s does not exist", name)
+	case err != nil:
+		return err
+	case fi.IsDir():
+		return fmt.Errorf("%s is a folder, not a program", name)
+	}
+	// LookPath checks a path as exec will start it: a regular file this user may execute.
+	if _, err := exec.LookPath(name); err != nil {
+		return fmt.Errorf("%s is not executable (mode %v)", name, fi.Mode())
+	}
+	return nil
 }
 
 // topicLevel checks a value that becomes one level of an MQTT topic.
@@ -524,6 +572,8 @@ func (d *decoder) agent(t table, a *Agent) {
 		// sun_path holds 108 bytes with the terminating NUL, and the agent binds
 		// .<name>~ beside the socket first (agent.socketTempName), 2 bytes longer.
 		d.add(t.path("socket"), "agent.socket: %s is longer than 105 bytes: a unix socket path has 107 bytes at most, and the agent binds .<name>~ beside it first", a.Socket)
+	} else if err := CheckSocketPath(a.Socket); err != nil {
+		d.add(t.path("socket"), "agent.socket: %v", err)
 	}
 	if t.size("max_payload", &a.MaxPayload) && a.MaxPayload > MaxPayloadLimit {
 		// An MQTT packet cannot be larger; the limit also keeps the value an int on 32-bit
@@ -536,6 +586,40 @@ func (d *decoder) agent(t table, a *Agent) {
 			d.add(t.path("metrics_listen"), "agent.metrics_listen: %s", problem)
 		}
 	}
+}
+
+// CheckSocketPath refuses a socket path where something other than a socket is: that is someone's
+// file, folder or link, which binding the API socket there would replace and stopping would remove.
+// A socket there, answering or left by an agent that stopped, is the agent's own business.
+func CheckSocketPath(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("socket path: %w", err)
+	}
+	if fi.Mode().Type() == fs.ModeSocket {
+		return nil
+	}
+	return fmt.Errorf("%s exists and is %s, not a socket: the agent replaces only a socket left by an agent that stopped; move it away or set another agent.socket", path, fileKind(fi.Mode()))
+}
+
+// fileKind names a file's type for people.
+func fileKind(m fs.FileMode) string {
+	switch m.Type() {
+	case 0:
+		return "a regular file"
+	case fs.ModeDir:
+		return "a folder"
+	case fs.ModeSymlink:
+		return "a symbolic link"
+	case fs.ModeNamedPipe:
+		return "a named pipe"
+	case fs.ModeDevice, fs.ModeDevice | fs.ModeCharDevice:
+		return "a device"
+	}
+	return "a special file"
 }
 
 // metricsAddrProblem says what is wrong with a metrics address: not host:port, or reachable from

@@ -69,7 +69,14 @@ type proc struct {
 
 func startAgent(t *testing.T, config string, env ...string) *proc {
 	t.Helper()
+	return startAgentIn(t, "", config, env...)
+}
+
+// startAgentIn is startAgent with the working directory dir ("" = the test's).
+func startAgentIn(t *testing.T, dir, config string, env ...string) *proc {
+	t.Helper()
 	cmd := exec.Command(binary(t), "run", "--config", config, "--log-level", "debug")
+	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -17,6 +17,11 @@ func TestCommands_ExitCodesAndOutput(t *testing.T) {
 	dotted := filepath.Join(dir, "dotted.toml")
 	writeOrFail(t, dotted, "[kaa]\napp_version = \"a\"\n[[endpoint]]\ntoken = \"dev.002\"\noutput = \"out/t.json\"\n")
 	writeOrFail(t, valid, "[kaa]\napp_version = \"a\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"out/t.json\"\n")
+	fileAtSocket := filepath.Join(dir, "socket-file.toml")
+	writeOrFail(t, fileAtSocket, "[kaa]\napp_version = \"a\"\n[agent]\nstate_dir = \"state\"\nsocket = \"data.txt\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"out/t.json\"\n")
+	writeOrFail(t, filepath.Join(dir, "data.txt"), "kept\n")
+	missingHook := filepath.Join(dir, "missing-hook.toml")
+	writeOrFail(t, missingHook, "[kaa]\napp_version = \"a\"\n[agent]\nstate_dir = \"state\"\nsocket = \"agent.sock\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"out/t.json\"\nvalidate = [\"./bin/check.sh\"]\n")
 	writeOrFail(t, invalid, "[kaa]\napp_version = \"a\"\ncolour = \"blue\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"o.json\"\nhook_timeout = \"soon\"\n")
 
 	cases := []struct {
@@ -35,6 +40,14 @@ func TestCommands_ExitCodesAndOutput(t *testing.T) {
 			[]string{dotted + `:4: warning: endpoint #1 token: "dev.002" contains a dot: on RabbitMQ`}, false},
 		{"check missing file", []string{"check", "--config", filepath.Join(dir, "nope.toml")}, 2, nil, []string{"nope.toml"}, false},
 		{"run with invalid config", []string{"run", "--config", invalid}, 2, nil, []string{invalid + ":3: unknown key kaa.colour"}, false},
+		{"check refuses a socket path that holds a file", []string{"check", "--config", fileAtSocket}, 2, nil,
+			[]string{fileAtSocket + ":5: agent.socket: " + filepath.Join(dir, "data.txt") + " exists and is a regular file, not a socket"}, false},
+		{"run refuses a socket path that holds a file", []string{"run", "--config", fileAtSocket}, 2, nil,
+			[]string{fileAtSocket + ":5: agent.socket: " + filepath.Join(dir, "data.txt") + " exists and is a regular file, not a socket"}, false},
+		{"check refuses a validate program that does not exist", []string{"check", "--config", missingHook}, 2, nil,
+			[]string{missingHook + ":9: endpoint #1 validate: " + filepath.Join(dir, "bin", "check.sh") + " does not exist"}, false},
+		{"run refuses a validate program that does not exist", []string{"run", "--config", missingHook}, 2, nil,
+			[]string{missingHook + ":9: endpoint #1 validate: " + filepath.Join(dir, "bin", "check.sh") + " does not exist"}, false},
 		{"run with bad log format", []string{"run", "--config", valid, "--log-format", "xml"}, 2, nil, []string{"--log-format"}, false},
 		{"unknown command", []string{"frobnicate"}, 2, nil, []string{`unknown command "frobnicate"`}, false},
 		{"no command", nil, 2, nil, []string{"usage:"}, false},

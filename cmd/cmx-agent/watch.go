@@ -40,15 +40,12 @@ func cmdWatch(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	first := true
 	err := watch.Watch(ctx, path, watch.Options{
 		Debounce: *debounce,
 		Warn:     func(msg string) { fmt.Fprintln(stderr, "cmx-agent watch:", msg) },
 	}, func(v watch.Version) {
 		fmt.Fprintln(stdout, v.String())
-		initial := first
-		first = false
-		if len(cmd) == 0 || initial {
+		if len(cmd) == 0 || v.Initial {
 			return
 		}
 		c := exec.CommandContext(ctx, cmd[0], cmd[1:]...)

@@ -8,29 +8,68 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
 
 type watcher struct {
-	lines chan string
-	cmd   *exec.Cmd
+	lines  chan string
+	cmd    *exec.Cmd
+	stderr lockedBuffer
+}
+
+// lockedBuffer is stderr as the process writes it, readable while it runs.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// waitStderr waits until watch has written s to stderr.
+func (w *watcher) waitStderr(t *testing.T, s string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(w.stderr.String(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("watch did not write %q to stderr within 10s", s)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func startWatch(t *testing.T, args ...string) *watcher {
 	t.Helper()
+	return startWatchIn(t, "", args...)
+}
+
+// startWatchIn is startWatch with the working directory dir ("" = the test's).
+func startWatchIn(t *testing.T, dir string, args ...string) *watcher {
+	t.Helper()
 	cmd := exec.Command(binary(t), append([]string{"watch"}, args...)...)
+	cmd.Dir = dir
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
+	w := &watcher{lines: make(chan string, 1000), cmd: cmd}
+	cmd.Stderr = &w.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	w := &watcher{lines: make(chan string, 1000), cmd: cmd}
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
@@ -42,7 +81,7 @@ func startWatch(t *testing.T, args ...string) *watcher {
 		cmd.Process.Kill()
 		cmd.Wait()
 		if t.Failed() {
-			t.Logf("watch stderr:\n%s", stderr.String())
+			t.Logf("watch stderr:\n%s", w.stderr.String())
 		}
 	})
 	return w
@@ -161,5 +200,52 @@ func TestWatch_SurvivesAbsenceOfTheFileAndItsFolder(t *testing.T) {
 	replaceAtomically(t, path, content(2))
 	if got := w.next(t); got != versionOf(content(2)) {
 		t.Fatalf("line %q after the folder came back", got)
+	}
+}
+
+// A file named relative to the working directory is followed like any other: the folder's events
+// name it "./f.txt", which once never matched "f.txt".
+func TestWatch_FileInTheWorkingDirectorySeesChanges(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "f.txt"), content(0), 0o644)
+	w := startWatchIn(t, dir, "--debounce", "10ms", "f.txt")
+	if got := w.next(t); got != versionOf(content(0)) {
+		t.Fatalf("first line %q, want the current version", got)
+	}
+	replaceAtomically(t, filepath.Join(dir, "f.txt"), content(1))
+	if got := w.next(t); got != versionOf(content(1)) {
+		t.Fatalf("line %q after a replacement, want %q", got, versionOf(content(1)))
+	}
+}
+
+// A file that does not exist at the start has no current version to leave out: its first version
+// is new and runs the command (a script started at boot must not miss the agent's first write).
+func TestWatch_FileAbsentAtStartRunsTheCommandForItsFirstVersion(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "cfg.json")
+	log := filepath.Join(dir, "cmd.log")
+	w := startWatch(t, "--debounce", "10ms", path, "--", "/bin/sh", "-c", `echo "$CMX_WATCH_SIZE $CMX_WATCH_SHA256" >> `+log)
+	w.waitStderr(t, path+": absent; waiting for it")
+	replaceAtomically(t, path, content(1))
+	if got := w.next(t); got != versionOf(content(1)) {
+		t.Fatalf("line %q, want %q", got, versionOf(content(1)))
+	}
+	waitFileLines(t, log, []string{versionOf(content(1))})
+}
+
+// waitFileLines waits until the file at path holds exactly the lines want.
+func waitFileLines(t *testing.T, path string, want []string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, _ := os.ReadFile(path)
+		got := strings.Split(strings.TrimSpace(string(b)), "\n")
+		if slices.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s holds %q, want the lines %q", path, b, want)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

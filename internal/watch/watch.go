@@ -23,6 +23,9 @@ type Version struct {
 	Time   time.Time // when it was seen
 	Size   int64
 	SHA256 string // hex
+	// Initial marks the content the file had when Watch started, which is not a change; a file
+	// absent at the start has no initial version, so its first content is a change.
+	Initial bool
 }
 
 // String is the line `cmx-agent watch` prints: time (RFC 3339, UTC), size in bytes, sha256.
@@ -56,7 +59,13 @@ func Watch(ctx context.Context, path string, opt Options, onVersion func(Version
 	if opt.Warn == nil {
 		opt.Warn = func(string) {}
 	}
-	path = filepath.Clean(path)
+	// fsnotify names events by the folder as added joined with the file's name: for "f.txt" that is
+	// "./f.txt", which matches no relative name. An absolute path makes both sides the same.
+	named := path
+	path, err := filepath.Abs(named)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", named, err)
+	}
 	dir := filepath.Dir(path)
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -68,8 +77,11 @@ func Watch(ctx context.Context, path string, opt Options, onVersion func(Version
 		last     string // sha256 of the last version reported
 		absent   bool   // absence already noted
 		watching = w.Add(dir) == nil
+		initial  = true // the next check is the one at the start
 	)
 	check := func() {
+		first := initial
+		initial = false
 		v, err := read(path)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
@@ -85,6 +97,7 @@ func Watch(ctx context.Context, path string, opt Options, onVersion func(Version
 		absent = false
 		if v.SHA256 != last {
 			last = v.SHA256
+			v.Initial = first
 			onVersion(v)
 		}
 	}
