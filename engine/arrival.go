@@ -239,17 +239,11 @@ func (m *machine) current() EndpointState {
 func (m *machine) onNew(x arrival) {
 	e, o := m.ep.e, x.o
 	o.Seq = e.nextSeq()
-	p := &pending{o: o, ack: x.ack}
-	if m.removing {
-		// Not stored: a removed endpoint's offer is dropped at its stop, which releases the
-		// receipt (the broker forgets it).
-		p.ack = ackHeld
-	}
-	if p.ack == ackStored {
-		m.j.putPending(p.o)
-		m.j.waiters = append(m.j.waiters, x.receipt)
-	} else {
-		p.waiters = append(p.waiters, x.receipt)
+	p := &pending{o: o, ack: ackHeld, waiters: []*Receipt{x.receipt}}
+	// A removed endpoint's offer is not stored: it is dropped at the endpoint's stop, which
+	// releases the receipt (the broker forgets it).
+	if x.ack == ackStored && !m.removing {
+		m.store(p)
 	}
 	// A stopping endpoint starts nothing: the offer waits in next, which close releases (removed)
 	// or leaves to the broker and the database (the agent stopping).
@@ -294,7 +288,16 @@ func (m *machine) join(p *pending, x arrival) {
 
 // store makes p a stored offer: its record goes in with the journal's next commit, and its held
 // receipts with it.
+//
+// A stored offer is never left behind a held one of the same endpoint, so the offer being applied
+// is stored first when it is held. Otherwise a crash would leave the newer one in the database and
+// the older one with the broker, which delivers it again (its PUBACK was held, and every later
+// one behind it) after the newer one has been recovered: it would read as the newest and
+// supersede it. Stored, the older one is recovered first, and its delivery joins it.
 func (m *machine) store(p *pending) {
+	if r := m.running; r != nil && r != p && r.ack == ackHeld && len(r.waiters) > 0 {
+		m.store(r)
+	}
 	p.ack = ackStored
 	m.j.putPending(p.o)
 	m.j.waiters = append(m.j.waiters, p.waiters...)

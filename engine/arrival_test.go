@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -320,4 +321,50 @@ func (c *core) pendingOf2(t *testing.T, key string) []*Offer {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// A stored offer is never left behind a held one of the same endpoint: the held one is stored with
+// it. Otherwise a crash leaves the newer in the database and the older with the broker, whose
+// redelivery after the restart would read as the newest and end on disk.
+func TestHold_AStoredOfferBehindAHeldOneStoresItToo(t *testing.T) {
+	var f failingCommits
+	blocked, release, pause := holdFirst(StepSynced)
+	c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: time.Hour, FailCommit: f.fail}, config.Endpoint{Token: "gw"})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	r5 := c.deliver(p+"/json", 1, `{"id": 5, "entries": [5]}`) // held, being written
+	<-blocked
+	waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 6, "entries": [6]}`)) // stored, waits behind 5
+	waitReceipt(t, r5)                                                   // stored with 6
+	var ids []string
+	for _, o := range c.pendingOf("gw") {
+		ids = append(ids, o.ID)
+	}
+	if strings.Join(ids, " ") != "5 6" {
+		t.Fatalf("pending offers %q, want 5 and 6", ids)
+	}
+	// A crash: no result is committed. The broker delivers 5 again after the restart.
+	f.n.Store(1 << 30)
+	c.cancel()
+	unblock()
+	<-c.done
+	c.e.Close()
+	c.e = nil
+	f.n.Store(0)
+	c.run()
+	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 5, "entries": [5]}`))
+	var got []string
+	for range 2 {
+		got = append(got, string(c.next("/status").Payload))
+	}
+	slices.Sort(got)
+	if want := []string{`{"id":5,"status":"ok"}`, `{"id":6,"status":"ok"}`}; !slices.Equal(got, want) {
+		t.Errorf("confirmations %q, want %q", got, want)
+	}
+	c.waitLog("configuration applied", 2)
+	wantFile(t, c.output("gw"), "[6]")
+	if left := c.pendingOf("gw"); len(left) != 0 {
+		t.Errorf("pending offers %v after both were applied, want none", left)
+	}
 }

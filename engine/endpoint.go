@@ -148,6 +148,23 @@ func (ep *endpoint) post(ev event) {
 	}
 }
 
+// postFirst queues ev ahead of everything queued, for the offers a crash left pending: they are
+// older than any message that arrived in this run before the endpoint's goroutine started, which
+// may be the broker delivering one of them again.
+func (ep *endpoint) postFirst(ev event) {
+	ep.mu.Lock()
+	if ep.closed {
+		ep.mu.Unlock()
+		return
+	}
+	ep.queue = append([]event{ev}, ep.queue...)
+	ep.mu.Unlock()
+	select {
+	case ep.wake <- struct{}{}:
+	default:
+	}
+}
+
 // start runs the endpoint's goroutine until ctx ends or stop is called.
 func (ep *endpoint) start(ctx context.Context, wg *sync.WaitGroup) {
 	ep.mu.Lock()

@@ -302,7 +302,7 @@ func (e *Engine) startEndpoint(ctx context.Context, ep *endpoint) {
 		}
 	}
 	if len(offers) > 0 {
-		ep.post(evRecovery{offers: offers})
+		ep.postFirst(evRecovery{offers: offers})
 	}
 	ep.post(evOptions{cfg: cfg}) // applies the stored configuration again if its options changed
 	ep.post(evDrift{})
