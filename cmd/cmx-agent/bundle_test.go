@@ -36,7 +36,9 @@ func TestBundle_ReportsTheRunningAgentsAppliedIDAndHash(t *testing.T) {
 	if s := e.waitConfirmation(t, `"b1"`); s != "ok" {
 		t.Fatalf("status = %q, want ok", s)
 	}
-	p.waitLine(t, "answer delivered")
+	// On the held path the confirmation goes out before the result's commit, which is logged
+	// "configuration applied": the bundle must read the committed state.
+	p.waitLine(t, "configuration applied")
 	body, err := os.ReadFile(e.output)
 	if err != nil {
 		t.Fatal(err)
