@@ -35,8 +35,11 @@ type conn struct {
 	bytes  int // payload bytes queued in msgs
 	wake   chan struct{}
 	closed bool
-	stop   chan struct{}
-	wg     sync.WaitGroup
+	// dropped is set when a QoS 1 message did not fit in the inbox: from then on nothing is
+	// queued, so nothing later is applied or acknowledged before the broker sends it again.
+	dropped bool
+	stop    chan struct{}
+	wg      sync.WaitGroup
 
 	// ready is closed once the SUBACK has told the QoS the broker takes; nothing is published
 	// before. A broker that grants QoS 0 to a QoS 1 SUBSCRIBE may drop a client that publishes
@@ -48,7 +51,8 @@ type conn struct {
 
 // maxInboxBytes bounds the payload bytes waiting in the inbox, beyond the engine's own queues: a
 // broker that sends faster than the engine takes must not fill memory. Past it QoS 0 messages are
-// dropped (QoS 0 allows it) and a QoS 1 message ends the connection, to be sent again later.
+// dropped (QoS 0 allows it) and a QoS 1 message ends the connection, to be sent again later with
+// everything after it.
 func (s *Session) maxInboxBytes() int { return 4*s.opt.MaxPayload + 1<<20 }
 
 func (s *Session) newConn(ctx context.Context, clean bool) (*conn, error) {
@@ -58,7 +62,12 @@ func (s *Session) newConn(ctx context.Context, clean bool) (*conn, error) {
 	}
 	c := &conn{s: s, lost: make(chan error, 1), wake: make(chan struct{}, 1), stop: make(chan struct{}), ready: make(chan struct{})}
 	randRead(c.nonce[:])
-	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { c.add(m) })
+	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
+		c.add(m)
+		if s.added != nil {
+			s.added(m)
+		}
+	})
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) { c.end(err) })
 	opts.SetConnectionAttemptHandler(s.attemptHandler)
 	opts.SetCustomOpenConnectionFn(s.openFn(c))
@@ -76,16 +85,24 @@ func (c *conn) end(err error) {
 // add queues m; it never blocks.
 func (c *conn) add(m mqtt.Message) {
 	c.mu.Lock()
-	if c.closed {
+	if c.closed || c.dropped {
 		c.mu.Unlock()
 		return
 	}
 	if c.bytes+len(m.Payload()) > c.s.maxInboxBytes() {
-		c.mu.Unlock()
 		if m.Qos() == 0 {
+			c.mu.Unlock()
 			c.s.log.Warn("overloaded; QoS 0 message dropped", "topic", m.Topic())
 			return
 		}
+		// The broker sends this one again only on the next connection, and after it everything
+		// it has not had a PUBACK for. A later message taken now would be applied first and then
+		// overtaken by this older one, and acknowledging it would keep the broker from sending it
+		// again after this one: so nothing more is taken on this connection.
+		c.dropped = true
+		queued := c.bytes
+		c.mu.Unlock()
+		c.s.log.Warn("overloaded; a QoS 1 message could not be queued: nothing more is taken on this connection, and the broker sends it and the later ones again after reconnecting", "topic", m.Topic(), "queued_bytes", queued)
 		c.end(errors.New("overloaded: more received than the agent can queue; reconnecting so the broker sends it again"))
 		return
 	}

@@ -88,6 +88,10 @@ type Session struct {
 	refused   []string  // filters the broker refused on the live connection while granting others
 
 	attempted atomic.Value // string: the broker of the latest connection attempt
+
+	// added, when a test sets it before Run, is called with each message paho hands over, after
+	// the inbox took it or refused it: the point a test waits for before letting the engine go on.
+	added func(mqtt.Message)
 }
 
 // New returns a session for cfg serving core; Run connects it.
