@@ -89,6 +89,9 @@ type Stats struct {
 	ApplyDurations Histogram       // every apply that ran the pipeline, unchanged ones included
 	OutboxDepth    int             // answers not yet acknowledged by the broker
 	OutboxOldest   time.Time       // when the oldest of them was made; zero when none
+	// OutboxSetAside counts the answers among them set aside: a publish of each ended the
+	// connection PoisonCloses times in a row, so it is retried only after hours.
+	OutboxSetAside int
 	DatabaseBytes  int64
 }
 
@@ -116,6 +119,7 @@ func (e *Engine) Stats() (Stats, error) {
 	}
 	st.ApplyDurations = e.applyTimes.snapshot()
 	st.OutboxDepth, st.OutboxOldest = e.out.depth()
+	st.OutboxSetAside = e.out.setAside()
 	if fi, err := os.Stat(e.store.Path()); err == nil {
 		st.DatabaseBytes = fi.Size()
 	}

@@ -296,6 +296,7 @@ func (s *Session) Run(ctx context.Context) error {
 			s.down(gen)
 			c.client.Disconnect(0) // the agent may end a live connection itself
 			c.close()
+			c.settle()
 			// A fleet loses its broker at once: the first attempt waits a random part of the
 			// spread, so the fleet comes back over it instead of all at once.
 			d := pol.Delay(0, s.opt.Rand)
