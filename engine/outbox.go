@@ -2,6 +2,7 @@ package engine
 
 import (
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -28,8 +29,8 @@ type Outbox struct {
 	// acked are durable entries the broker has acknowledged, to delete from the database.
 	acked    []uint64
 	replaces map[string]*outEntry
-	// poisoned are the topics whose messages were in flight when the broker ended a connection,
-	// and have not been acknowledged since (see Ended).
+	// poisoned are the topics (by poisonKey) whose messages were in flight when the broker ended a
+	// connection, and have not been acknowledged since (see Ended).
 	poisoned map[string]*poison
 	now      func() time.Time
 }
@@ -186,7 +187,7 @@ func (o *Outbox) Next(gen uint64, n int) []OutMsg {
 		if !en.visible || en.sentGen == gen || en.gen != 0 && en.gen != gen {
 			continue
 		}
-		if p := o.poisoned[en.msg.Topic]; p != nil && now.Before(p.until) {
+		if p := o.poisoned[poisonKey(en.msg.Topic)]; p != nil && now.Before(p.until) {
 			continue
 		}
 		en.sentGen = gen
@@ -230,8 +231,20 @@ func (o *Outbox) Acked(seq uint64) {
 func (o *Outbox) Delivered(m OutMsg) {
 	o.Acked(m.Seq)
 	o.mu.Lock()
-	delete(o.poisoned, m.Topic)
+	delete(o.poisoned, poisonKey(m.Topic))
 	o.mu.Unlock()
+}
+
+// poisonKey is topic with every level that is a request id (all digits, 1/KP) as "+": an ACL
+// refuses a resource path, and the answer to each new pull or request has a topic of its own.
+func poisonKey(topic string) string {
+	levels := strings.Split(topic, "/")
+	for i, l := range levels {
+		if l != "" && strings.Trim(l, "0123456789") == "" {
+			levels[i] = "+"
+		}
+	}
+	return strings.Join(levels, "/")
 }
 
 // Suspect reports whether a connection ended while a message to topic waited for its PUBACK, with
@@ -240,14 +253,15 @@ func (o *Outbox) Delivered(m OutMsg) {
 func (o *Outbox) Suspect(topic string) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.poisoned[topic] != nil
+	return o.poisoned[poisonKey(topic)] != nil
 }
 
 // SetAside is a topic Ended set aside.
 type SetAside struct {
-	Topic, Endpoint string
-	Closes          int           // connections ended in a row with a message to it in flight
-	Wait            time.Duration // until it is sent again
+	Topic    string // request ids as "+" (poisonKey)
+	Endpoint string
+	Closes   int           // connections ended in a row with a message to it in flight
+	Wait     time.Duration // until it is sent again
 }
 
 // Ended records that the broker ended a connection while msgs, published on it, waited for their
@@ -264,14 +278,15 @@ func (o *Outbox) Ended(msgs []OutMsg) []SetAside {
 	var out []SetAside
 	seen := map[string]bool{}
 	for _, m := range msgs {
-		if seen[m.Topic] {
+		key := poisonKey(m.Topic)
+		if seen[key] {
 			continue
 		}
-		seen[m.Topic] = true
-		p := o.poisoned[m.Topic]
+		seen[key] = true
+		p := o.poisoned[key]
 		if p == nil {
 			p = &poison{}
-			o.poisoned[m.Topic] = p
+			o.poisoned[key] = p
 		}
 		p.closes++
 		if p.closes < PoisonCloses {
@@ -280,7 +295,7 @@ func (o *Outbox) Ended(msgs []OutMsg) []SetAside {
 		p.wait = min(max(2*p.wait, asideFirst), asideMax)
 		p.until = o.now().Add(p.wait)
 		time.AfterFunc(p.wait, o.poke)
-		out = append(out, SetAside{Topic: m.Topic, Endpoint: m.Endpoint, Closes: p.closes, Wait: p.wait})
+		out = append(out, SetAside{Topic: key, Endpoint: m.Endpoint, Closes: p.closes, Wait: p.wait})
 	}
 	return out
 }
@@ -291,7 +306,7 @@ func (o *Outbox) setAside() int {
 	defer o.mu.Unlock()
 	now, n := o.now(), 0
 	for _, en := range o.entries {
-		if p := o.poisoned[en.msg.Topic]; p != nil && en.gen == 0 && en.msg.QoS > 0 && now.Before(p.until) {
+		if p := o.poisoned[poisonKey(en.msg.Topic)]; p != nil && en.gen == 0 && en.msg.QoS > 0 && now.Before(p.until) {
 			n++
 		}
 	}

@@ -89,3 +89,24 @@ func TestOutbox_ATopicWhosePublishEndsConnectionsInARowIsSetAsideForHoursThatDou
 		t.Errorf("setAside() = %d after the acknowledgement, want 0", n)
 	}
 }
+
+func TestOutbox_AnswersToEachNewRequestCountAsOneTopic(t *testing.T) {
+	o := newOutbox(0, nil)
+	// The answer to each pull has the pull's id in its topic; a refusal is of the resource path.
+	for i, topic := range []string{"kp1/a/cmx/t/json/11/status", "kp1/a/cmx/t/json/12/status", "kp1/a/cmx/t/json/13/status"} {
+		o.add(OutMsg{Endpoint: "t", Topic: topic, QoS: 1}, true)
+		sent := o.Next(uint64(i+1), 10)
+		if i > 0 && !o.Suspect(topic) {
+			t.Errorf("%s: not suspect after %d closes with answers to other pulls", topic, i)
+		}
+		a := o.Ended(sent)
+		if i < PoisonCloses-1 && a != nil || i == PoisonCloses-1 && (len(a) != 1 || a[0].Topic != "kp1/a/cmx/t/json/+/status") {
+			t.Errorf("close %d set aside %+v", i+1, a)
+		}
+	}
+	o.add(OutMsg{Endpoint: "t", Topic: "kp1/a/cmx/t/json/14/status", QoS: 1}, true)
+	o.add(OutMsg{Endpoint: "t", Topic: "kp1/a/cmx/t/json/status", QoS: 1}, true)
+	if got := topicsOf(o.Next(9, 10)); !slices.Equal(got, []string{"kp1/a/cmx/t/json/status"}) {
+		t.Errorf("sent %v, want only the answer to a push", got)
+	}
+}
