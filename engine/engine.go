@@ -153,6 +153,9 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 		opt.Logger.Error("state database was unreadable: moved aside, starting with fresh state; the latest configuration is requested at connect",
 			"moved_to", r.MovedTo, "cause", r.Cause)
 	}
+	for _, d := range st.MigrationDropped() {
+		opt.Logger.Warn("state database of an earlier layout: a damaged record was left out of its migration", "record", d)
+	}
 	e := &Engine{
 		kaa:     cfg.Kaa,
 		agent:   cfg.Agent,

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -28,7 +29,28 @@ type Outbox struct {
 	// acked are durable entries the broker has acknowledged, to delete from the database.
 	acked    []uint64
 	replaces map[string]*outEntry
+	// poisoned are the topics (by poisonKey) whose messages were in flight when the broker ended a
+	// connection, and have not been acknowledged since (see Ended).
+	poisoned map[string]*poison
+	now      func() time.Time
 }
+
+// poison is what Ended knows of a topic.
+type poison struct {
+	closes int           // connections in a row ended while a message to it waited for its PUBACK
+	until  time.Time     // set aside until then
+	wait   time.Duration // how long it was set aside for last
+}
+
+// The wait of an answer set aside: an hour, doubling with each new set-aside up to a day.
+const (
+	asideFirst = time.Hour
+	asideMax   = 24 * time.Hour
+)
+
+// PoisonCloses is how many connections in a row may end between an answer's publish and its
+// PUBACK before the answer is set aside (see Outbox.Ended).
+const PoisonCloses = 3
 
 type outEntry struct {
 	ob  *Outbox
@@ -46,7 +68,8 @@ type outEntry struct {
 }
 
 func newOutbox(last uint64, stored []OutMsg) *Outbox {
-	o := &Outbox{last: last, bySeq: map[uint64]*outEntry{}, wake: make(chan struct{}, 1), replaces: map[string]*outEntry{}}
+	o := &Outbox{last: last, bySeq: map[uint64]*outEntry{}, wake: make(chan struct{}, 1), replaces: map[string]*outEntry{},
+		poisoned: map[string]*poison{}, now: time.Now}
 	for _, m := range stored {
 		en := &outEntry{msg: m, durable: true, visible: true, made: time.Now()}
 		o.insert(en)
@@ -155,12 +178,16 @@ func (o *Outbox) storable(en *outEntry) bool {
 func (o *Outbox) Next(gen uint64, n int) []OutMsg {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	now := o.now()
 	var out []OutMsg
 	for _, en := range o.entries {
 		if len(out) == n {
 			break
 		}
 		if !en.visible || en.sentGen == gen || en.gen != 0 && en.gen != gen {
+			continue
+		}
+		if p := o.poisoned[poisonKey(en.msg.Topic)]; p != nil && now.Before(p.until) {
 			continue
 		}
 		en.sentGen = gen
@@ -197,6 +224,93 @@ func (o *Outbox) Acked(seq uint64) {
 	if en.durable {
 		o.acked = append(o.acked, seq)
 	}
+}
+
+// Delivered records the broker's acknowledgement of m on the connection it was sent on (Acked),
+// which clears its topic of what Ended counted.
+func (o *Outbox) Delivered(m OutMsg) {
+	o.Acked(m.Seq)
+	o.mu.Lock()
+	delete(o.poisoned, poisonKey(m.Topic))
+	o.mu.Unlock()
+}
+
+// poisonKey is topic with every level that is a request id (all digits, 1/KP) as "+": an ACL
+// refuses a resource path, and the answer to each new pull or request has a topic of its own.
+func poisonKey(topic string) string {
+	levels := strings.Split(topic, "/")
+	for i, l := range levels {
+		if l != "" && strings.Trim(l, "0123456789") == "" {
+			levels[i] = "+"
+		}
+	}
+	return strings.Join(levels, "/")
+}
+
+// Suspect reports whether a connection ended while a message to topic waited for its PUBACK, with
+// none acknowledged since. The transport publishes such a message alone, nothing else in flight,
+// so that a close that follows is its doing and no other message's.
+func (o *Outbox) Suspect(topic string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.poisoned[poisonKey(topic)] != nil
+}
+
+// SetAside is a topic Ended set aside.
+type SetAside struct {
+	Topic    string // request ids as "+" (poisonKey)
+	Endpoint string
+	Closes   int           // connections ended in a row with a message to it in flight
+	Wait     time.Duration // until it is sent again
+}
+
+// Ended records that the broker ended a connection while msgs, published on it, waited for their
+// PUBACK. MQTT 3.1.1 has no negative PUBACK, so a broker that refuses a publish (RabbitMQ's topic
+// permissions, EMQX's acl_deny_action = disconnect) closes the connection instead; sent again on
+// every connection, such a message would cut every connection of the agent, forever. A topic whose
+// messages met that on PoisonCloses connections in a row (after the first, each published alone)
+// is set aside: its messages stay in the outbox, and the database, but go again only after an hour,
+// then two, doubling up to a day, or after a restart; an acknowledgement clears it. It returns the
+// topics set aside by this call, to be logged.
+func (o *Outbox) Ended(msgs []OutMsg) []SetAside {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []SetAside
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		key := poisonKey(m.Topic)
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		p := o.poisoned[key]
+		if p == nil {
+			p = &poison{}
+			o.poisoned[key] = p
+		}
+		p.closes++
+		if p.closes < PoisonCloses {
+			continue
+		}
+		p.wait = min(max(2*p.wait, asideFirst), asideMax)
+		p.until = o.now().Add(p.wait)
+		time.AfterFunc(p.wait, o.poke)
+		out = append(out, SetAside{Topic: key, Endpoint: m.Endpoint, Closes: p.closes, Wait: p.wait})
+	}
+	return out
+}
+
+// setAside counts the answers waiting whose topic is set aside.
+func (o *Outbox) setAside() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	now, n := o.now(), 0
+	for _, en := range o.entries {
+		if p := o.poisoned[poisonKey(en.msg.Topic)]; p != nil && en.gen == 0 && en.msg.QoS > 0 && now.Before(p.until) {
+			n++
+		}
+	}
+	return n
 }
 
 // dropRequests forgets the requests made for connection gen (it has ended).

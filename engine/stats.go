@@ -96,6 +96,9 @@ type Stats struct {
 	ApplyDurations Histogram       // every apply that ran the pipeline, unchanged ones included
 	OutboxDepth    int             // answers not yet acknowledged by the broker
 	OutboxOldest   time.Time       // when the oldest of them was made; zero when none
+	// OutboxSetAside counts the answers among them set aside: a publish of each ended the
+	// connection PoisonCloses times in a row, so it is retried only after hours.
+	OutboxSetAside int
 	DatabaseBytes  int64
 	// HeldReleased counts the acknowledgements released at the hold bound, their apply still
 	// running (Options.HoldBound), across endpoints.
@@ -126,6 +129,7 @@ func (e *Engine) Stats() (Stats, error) {
 	}
 	st.ApplyDurations = e.applyTimes.snapshot()
 	st.OutboxDepth, st.OutboxOldest = e.out.depth()
+	st.OutboxSetAside = e.out.setAside()
 	if fi, err := os.Stat(e.store.Path()); err == nil {
 		st.DatabaseBytes = fi.Size()
 	}

@@ -162,6 +162,7 @@ type Store struct {
 	db         *bolt.DB
 	handledMax int
 	recovered  *Recovery
+	dropped    []string // damaged records of the nested layout the migration left out
 
 	// Group commit for Batch: while one group commits, later callers queue in pending and the
 	// next group takes them all in one transaction (one pair of fsyncs).
@@ -212,13 +213,16 @@ func OpenStore(dir string, lockTimeout time.Duration, handledMax int) (*Store, e
 		db.Close()
 		return nil, fmt.Errorf("state database: %w", err)
 	}
+	var dropped []string
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketHot, bucketCold, bucketHandID, bucketHandSeq} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return migrate(tx)
+		var err error
+		dropped, err = migrate(tx)
+		return err
 	})
 	if err != nil {
 		db.Close()
@@ -242,7 +246,7 @@ func OpenStore(dir string, lockTimeout time.Duration, handledMax int) (*Store, e
 	if handledMax <= 0 {
 		handledMax = 1000
 	}
-	return &Store{db: db, handledMax: handledMax, recovered: rec}, nil
+	return &Store{db: db, handledMax: handledMax, recovered: rec, dropped: dropped}, nil
 }
 
 // Recovered reports the unreadable database OpenStore moved aside, nil when there was none.

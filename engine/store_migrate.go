@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -42,19 +43,35 @@ type oldHandledRec struct {
 // migrate moves a database of the layout before into the current one, in tx (OpenStore's
 // transaction, so that a crash leaves either layout whole), and deletes the old buckets. A
 // database without them is left as it is.
-func migrate(tx *bolt.Tx) error {
+//
+// A record that does not decode is left out and described in dropped, as the current layout
+// treats an unreadable pending offer (startEndpoint): failing the migration would fail every
+// start, and the agent would never run again on that database. What is left out is what a damaged
+// record would have meant anyway: an offer the broker or the pull at connect brings again, an
+// answer, an id whose push would be applied once more.
+func migrate(tx *bolt.Tx) (dropped []string, err error) {
 	meta, outbox, eps := tx.Bucket(oldMeta), tx.Bucket(oldOutbox), tx.Bucket(oldEndpoints)
 	if meta == nil && outbox == nil && eps == nil {
-		return nil
+		return nil, nil
 	}
 	t := &Tx{tx: tx}
 	hot := t.hot()
+	drop := func(format string, args ...any) { dropped = append(dropped, fmt.Sprintf(format, args...)) }
 	if meta != nil {
-		for _, k := range [][2][]byte{{[]byte("counter"), keyCounter}, {[]byte("client_id"), keyClientID}} {
-			if v := meta.Get(k[0]); v != nil {
-				if err := hot.Put(k[1], bytes.Clone(v)); err != nil {
-					return fmt.Errorf("migrate meta: %w", err)
-				}
+		if v := meta.Get([]byte("counter")); v != nil {
+			if len(v) != 8 {
+				// Ids must never repeat: start above any the lost counter can have handed out,
+				// as after a database moved aside (seedCounter).
+				drop("message id counter: %d bytes, not 8; ids go on from the time in µs", len(v))
+				v = u64(uint64(max(time.Now().UnixMicro(), 1)))
+			}
+			if err := hot.Put(keyCounter, bytes.Clone(v)); err != nil {
+				return nil, fmt.Errorf("migrate meta: %w", err)
+			}
+		}
+		if v := meta.Get([]byte("client_id")); v != nil {
+			if err := hot.Put(keyClientID, bytes.Clone(v)); err != nil {
+				return nil, fmt.Errorf("migrate meta: %w", err)
 			}
 		}
 	}
@@ -63,16 +80,21 @@ func migrate(tx *bolt.Tx) error {
 			if len(k) != 8 || v == nil {
 				return nil
 			}
-			return hot.Put(outboxKey(binary.BigEndian.Uint64(k)), bytes.Clone(v))
+			seq := binary.BigEndian.Uint64(k)
+			if err := json.Unmarshal(v, &OutMsg{}); err != nil {
+				drop("outbox entry %d: %v", seq, err)
+				return nil
+			}
+			return hot.Put(outboxKey(seq), bytes.Clone(v))
 		})
 		if err != nil {
-			return fmt.Errorf("migrate outbox: %w", err)
+			return nil, fmt.Errorf("migrate outbox: %w", err)
 		}
 	}
 	if eps != nil {
 		if seq := eps.Sequence(); seq > 0 {
 			if err := hot.Put(keyOfferSeq, u64(seq)); err != nil {
-				return fmt.Errorf("migrate: %w", err)
+				return nil, fmt.Errorf("migrate: %w", err)
 			}
 		}
 		var names []string
@@ -83,48 +105,79 @@ func migrate(tx *bolt.Tx) error {
 			return nil
 		})
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for _, ep := range names {
-			if err := migrateEndpoint(t, ep, eps.Bucket([]byte(ep))); err != nil {
-				return fmt.Errorf("migrate endpoint %s: %w", ep, err)
+			epDrop := func(format string, args ...any) { drop("endpoint %s: "+format, append([]any{ep}, args...)...) }
+			if err := migrateEndpoint(t, ep, eps.Bucket([]byte(ep)), epDrop); err != nil {
+				return nil, fmt.Errorf("migrate endpoint %s: %w", ep, err)
 			}
 		}
 	}
 	for _, name := range [][]byte{oldMeta, oldOutbox, oldEndpoints} {
 		if tx.Bucket(name) != nil {
 			if err := tx.DeleteBucket(name); err != nil {
-				return fmt.Errorf("migrate: delete old bucket %s: %w", name, err)
+				return nil, fmt.Errorf("migrate: delete old bucket %s: %w", name, err)
 			}
 		}
 	}
-	return nil
+	return dropped, nil
 }
 
-func migrateEndpoint(t *Tx, ep string, b *bolt.Bucket) error {
+// migrateEndpoint moves one endpoint's records; drop describes one left out as damaged.
+func migrateEndpoint(t *Tx, ep string, b *bolt.Bucket, drop func(format string, args ...any)) error {
 	hot := t.hot()
-	for _, kv := range []struct {
-		old  string
-		kind byte
-	}{{"state", kindState}, {"body", kindBody}, {"raw", kindRaw}, {"server", kindServer}} {
-		if v := b.Get([]byte(kv.old)); v != nil {
-			if err := hot.Put(epKey(ep, kv.kind), bytes.Clone(v)); err != nil {
-				return err
-			}
+	// decoded reports whether the record at key is absent (false, nothing to move) or decodes
+	// into v; one that does not is dropped.
+	decoded := func(what string, key []byte, v any) bool {
+		ok, err := getJSON(b, key, v)
+		if err != nil {
+			drop("%s: %v", what, err)
+		}
+		return ok && err == nil
+	}
+	var state EndpointState
+	haveState := decoded("state", []byte("state"), &state)
+	// The records that decode go over as they were written.
+	for _, r := range []struct {
+		old string
+		ok  bool
+		dst *bolt.Bucket
+		key []byte
+	}{
+		{"state", haveState, hot, epKey(ep, kindState)},
+		{"server", decoded("server", []byte("server"), &ServerState{}), hot, epKey(ep, kindServer)},
+		{"prior", decoded("prior", []byte("prior"), &priorFile{}), t.tx.Bucket(bucketCold), priorKey(ep)},
+	} {
+		if !r.ok {
+			continue
+		}
+		if err := r.dst.Put(r.key, bytes.Clone(b.Get([]byte(r.old)))); err != nil {
+			return err
 		}
 	}
-	if v := b.Get([]byte("prior")); v != nil {
-		if err := t.tx.Bucket(bucketCold).Put(priorKey(ep), bytes.Clone(v)); err != nil {
+	if v := b.Get([]byte("body")); v != nil {
+		// The state holds the sha256 of the applied bytes: bytes that no longer match it would be
+		// put back over the output by a drift repair or a rollback.
+		if haveState && state.AppliedHash != "" && hashOf(v) != state.AppliedHash {
+			drop("body: the applied bytes (%d) do not match the state's hash", len(v))
+		} else if err := hot.Put(epKey(ep, kindBody), bytes.Clone(v)); err != nil {
+			return err
+		}
+	}
+	// The configuration as received is opaque here, as in the current layout: applied again after
+	// a reload, a damaged one is refused like any bad input.
+	if v := b.Get([]byte("raw")); v != nil {
+		if err := hot.Put(epKey(ep, kindRaw), bytes.Clone(v)); err != nil {
 			return err
 		}
 	}
 
 	// Pending offers, the slots of earlier versions included, under their own sequence numbers.
-	read := func(key, bodyKey []byte) error {
+	read := func(what string, key, bodyKey []byte) error {
 		var o Offer
-		ok, err := getJSON(b, key, &o)
-		if !ok || err != nil {
-			return err
+		if !decoded("pending offer "+what, key, &o) {
+			return nil
 		}
 		if len(o.Routes) == 0 && o.OldTopic != "" {
 			o.Routes = []Route{{Topic: o.OldTopic, QoS: o.OldQoS}}
@@ -142,12 +195,12 @@ func migrateEndpoint(t *Tx, ep string, b *bolt.Bucket) error {
 		if len(k) != 9 {
 			continue
 		}
-		if err := read(k, append([]byte("b"), k[1:]...)); err != nil {
+		if err := read(fmt.Sprintf("p%d", binary.BigEndian.Uint64(k[1:])), k, append([]byte("b"), k[1:]...)); err != nil {
 			return err
 		}
 	}
 	for _, slot := range oldSlots {
-		if err := read(slot, append(append([]byte{}, slot...), ".body"...)); err != nil {
+		if err := read(string(slot), slot, append(append([]byte{}, slot...), ".body"...)); err != nil {
 			return err
 		}
 	}
@@ -169,7 +222,8 @@ func migrateEndpoint(t *Tx, ep string, b *bolt.Bucket) error {
 			}
 			var r oldHandledRec
 			if err := json.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("handled id %q: %w", k, err)
+				drop("handled id %q: %v", k, err)
+				return nil
 			}
 			recs = append(recs, rec{string(k), r})
 			return nil
@@ -197,3 +251,7 @@ func migrateEndpoint(t *Tx, ep string, b *bolt.Bucket) error {
 	}
 	return nil
 }
+
+// MigrationDropped describes the damaged records that migrating a database of the nested layout
+// left out at open (one line each, for the log); nil when none.
+func (s *Store) MigrationDropped() []string { return s.dropped }

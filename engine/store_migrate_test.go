@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/cmx-agent/cmx-agent/config"
 )
 
 // oldLayoutDB writes a database of the nested layout (meta, outbox, endpoints/<ep>/... with the
@@ -38,7 +43,7 @@ func oldLayoutDB(t *testing.T, dir string) {
 		eps, _ := tx.CreateBucket([]byte("endpoints"))
 		eps.SetSequence(100) // the offer counter of still earlier versions
 		b, _ := eps.CreateBucket([]byte("gw-001"))
-		b.Put([]byte("state"), js(EndpointState{AppliedID: "7", AppliedText: "7", AppliedHash: "abc", LastStatus: "ok", LastCode: CodeOK}))
+		b.Put([]byte("state"), js(EndpointState{AppliedID: "7", AppliedText: "7", AppliedHash: hashOf([]byte("rendered bytes")), LastStatus: "ok", LastCode: CodeOK}))
 		b.Put([]byte("body"), []byte("rendered bytes"))
 		b.Put([]byte("raw"), []byte(`{"as":"received"}`))
 		b.Put([]byte("prior"), js(priorFile{Exists: true, Body: []byte("operator's file")}))
@@ -72,14 +77,26 @@ func oldLayoutDB(t *testing.T, dir string) {
 	}
 }
 
-func TestOpenStore_MigratesTheNestedLayout(t *testing.T) {
-	dir := t.TempDir()
+// openOldLayout opens, and so migrates, the database oldLayoutDB writes in dir, with the record at
+// key damaged to value unless key is "" (see damageOldLayout).
+func openOldLayout(t *testing.T, dir, key, value string) *Store {
+	t.Helper()
 	oldLayoutDB(t, dir)
+	if key != "" {
+		damageOldLayout(t, dir, key, value)
+	}
 	st, err := OpenStore(dir, time.Second, 66)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("OpenStore: %v", err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func TestOpenStore_MigratesTheNestedLayout(t *testing.T) {
+	dir := t.TempDir()
+	st := openOldLayout(t, dir, "", "")
+	var err error
 	if st.Recovered() != nil {
 		t.Fatalf("Recovered() = %+v, want the old database migrated", st.Recovered())
 	}
@@ -96,7 +113,7 @@ func TestOpenStore_MigratesTheNestedLayout(t *testing.T) {
 			}
 		}
 		s, err := tx.State("gw-001")
-		check("state", s, EndpointState{AppliedID: "7", AppliedText: "7", AppliedHash: "abc", LastStatus: "ok", LastCode: CodeOK})
+		check("state", s, EndpointState{AppliedID: "7", AppliedText: "7", AppliedHash: hashOf([]byte("rendered bytes")), LastStatus: "ok", LastCode: CodeOK})
 		s2, _ := tx.State("gw-002/x")
 		check("state of the second endpoint", s2.AppliedID, "9")
 		body, ok, _ := tx.Body("gw-001")
@@ -207,6 +224,170 @@ func TestOpenStore_MigratesTheNestedLayout(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// damageOldLayout overwrites one record of the database oldLayoutDB wrote: key is in
+// endpoints/gw-001, or SUB/KEY in its sub-bucket or top-level bucket SUB.
+func damageOldLayout(t *testing.T, dir, key, value string) {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(dir, DBName), 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("endpoints")).Bucket([]byte("gw-001"))
+		if sub, k, ok := strings.Cut(key, "/"); ok {
+			key = k
+			if b = b.Bucket([]byte(sub)); b == nil {
+				b = tx.Bucket([]byte(sub))
+			}
+		}
+		return b.Put([]byte(key), []byte(value))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestNew_OnADamagedRecordOfTheNestedLayoutLogsItAndStarts(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	oldLayoutDB(t, state)
+	damageOldLayout(t, state, "next", "{not json")
+	logs := &logBuffer{}
+	cfg := &config.Config{
+		Kaa:       config.Kaa{AppVersion: "app", Extension: "cmx", Dialect: config.DialectCMX3},
+		Agent:     config.Agent{StateDir: state, MaxPayload: 1 << 16},
+		Endpoints: []config.Endpoint{{Token: "gw-001", Output: filepath.Join(dir, "gw-001.json")}},
+	}
+	e, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatalf("New: %v; want the agent to start without the damaged record", err)
+	}
+	defer e.Close()
+	if want := `level=WARN msg="state database of an earlier layout: a damaged record was left out of its migration" record="endpoint gw-001: pending offer next: decode \"next\": invalid character`; !strings.Contains(logs.String(), want) {
+		t.Errorf("log:\n%s\nwant a line with\n%s", logs.String(), want)
+	}
+}
+
+// migrated is what a test reads back of the database oldLayoutDB writes, once migrated.
+type migrated struct {
+	State, Server, Prior, Body string // "" when none
+	Pending                    []string
+	Handled                    []string // the ids 1 to 5 that are found
+	Outbox                     []uint64
+	NextID                     uint64
+}
+
+func readMigrated(t *testing.T, st *Store) migrated {
+	t.Helper()
+	var m migrated
+	err := st.Update(func(tx *Tx) error {
+		s, err := tx.State("gw-001")
+		if err != nil {
+			return err
+		}
+		if s != (EndpointState{}) {
+			m.State = s.AppliedText
+		}
+		ss, err := tx.ServerState("gw-001")
+		if err != nil {
+			return err
+		}
+		if ss != (ServerState{}) {
+			m.Server = ss.ErrorReason
+		}
+		pr, ok, err := tx.Prior("gw-001")
+		if err != nil {
+			return err
+		}
+		if ok {
+			m.Prior = string(pr.Body)
+		}
+		body, ok, err := tx.Body("gw-001")
+		if err != nil {
+			return err
+		}
+		if ok {
+			m.Body = string(body)
+		}
+		offers, err := tx.Pending("gw-001")
+		if err != nil {
+			return err
+		}
+		for _, o := range offers {
+			m.Pending = append(m.Pending, fmt.Sprintf("%d %s", o.Seq, o.Body))
+		}
+		for _, id := range []string{"1", "2", "3", `"4"`, "5"} {
+			_, ok, err := tx.Handled("gw-001", id)
+			if err != nil {
+				return err
+			}
+			if ok {
+				m.Handled = append(m.Handled, id)
+			}
+		}
+		msgs, err := tx.Outbox(0)
+		if err != nil {
+			return err
+		}
+		for _, o := range msgs {
+			m.Outbox = append(m.Outbox, o.Seq)
+		}
+		m.NextID, err = tx.NextIDs(1)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("reading the migrated database: %v", err)
+	}
+	return m
+}
+
+func TestOpenStore_DropsADamagedRecordOfTheNestedLayoutAndKeepsTheOthers(t *testing.T) {
+	intact := readMigrated(t, openOldLayout(t, t.TempDir(), "", ""))
+	const notJSON = "{not json"
+	start := uint64(time.Now().UnixMicro())
+	for _, tc := range []struct {
+		name    string
+		key     string // in endpoints/gw-001, or bucket/key
+		value   string
+		dropped string // what OpenStore reports
+		want    func(*migrated)
+	}{
+		{"the next slot", "next", notJSON, "endpoint gw-001: pending offer next", func(m *migrated) { m.Pending = []string{"70 body 70", "80 body 80"} }},
+		{"the current slot", "current", notJSON, "endpoint gw-001: pending offer current", func(m *migrated) { m.Pending = []string{"75 body 75", "80 body 80"} }},
+		{"a pending offer", "p" + string(u64(80)), notJSON, "endpoint gw-001: pending offer p", func(m *migrated) { m.Pending = []string{"70 body 70", "75 body 75"} }},
+		{"the prior file", "prior", notJSON, "endpoint gw-001: prior", func(m *migrated) { m.Prior = "" }},
+		{"the state", "state", notJSON, "endpoint gw-001: state", func(m *migrated) { m.State = "" }},
+		{"the server state", "server", `["x"]`, "endpoint gw-001: server", func(m *migrated) { m.Server = "" }},
+		{"the applied bytes, which no longer match the state's hash", "body", "rendered bytez", "endpoint gw-001: body", func(m *migrated) { m.Body = "" }},
+		{"a handled id", "handled/3", notJSON, `endpoint gw-001: handled id "3"`, func(m *migrated) { m.Handled = []string{"1", "2", `"4"`, "5"} }},
+		{"an outbox entry", "outbox/" + string(u64(5)), notJSON, "outbox entry 5", func(m *migrated) { m.Outbox = []uint64{9} }},
+		{"the message id counter", "meta/counter", "xx", "message id counter", func(m *migrated) { m.NextID = 0 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := openOldLayout(t, t.TempDir(), tc.key, tc.value)
+			got := readMigrated(t, st)
+			want := intact
+			tc.want(&want)
+			if want.NextID == 0 { // a damaged counter starts above any id handed out: the time in µs
+				if got.NextID <= start {
+					t.Errorf("next message id %d, want above %d", got.NextID, start)
+				}
+				got.NextID = 0
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("migrated\n %+v\nwant\n %+v", got, want)
+			}
+			if d := st.MigrationDropped(); len(d) != 1 || !strings.Contains(d[0], tc.dropped) {
+				t.Errorf("reported as dropped: %q, want one record naming %q", d, tc.dropped)
+			}
+		})
+	}
 }
 
 // handledKeys counts an endpoint's ids in the archive.

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -35,8 +36,11 @@ type conn struct {
 	bytes  int // payload bytes queued in msgs
 	wake   chan struct{}
 	closed bool
-	stop   chan struct{}
-	wg     sync.WaitGroup
+	// dropped is set when a QoS 1 message did not fit in the inbox: from then on nothing is
+	// queued, so nothing later is applied or acknowledged before the broker sends it again.
+	dropped bool
+	stop    chan struct{}
+	wg      sync.WaitGroup
 
 	// ready is closed once the SUBACK has told the QoS the broker takes; nothing is published
 	// before. A broker that grants QoS 0 to a QoS 1 SUBSCRIBE may drop a client that publishes
@@ -44,11 +48,17 @@ type conn struct {
 	// what this connection publishes at.
 	ready  chan struct{}
 	pubMax byte
+
+	// byBroker is set when paho lost the connection (the broker closed it, or the network), as
+	// opposed to the agent ending it; flying is what send left waiting for a PUBACK then.
+	byBroker atomic.Bool
+	flying   []engine.OutMsg
 }
 
 // maxInboxBytes bounds the payload bytes waiting in the inbox, beyond the engine's own queues: a
 // broker that sends faster than the engine takes must not fill memory. Past it QoS 0 messages are
-// dropped (QoS 0 allows it) and a QoS 1 message ends the connection, to be sent again later.
+// dropped (QoS 0 allows it) and a QoS 1 message ends the connection, to be sent again later with
+// everything after it.
 func (s *Session) maxInboxBytes() int { return 4*s.opt.MaxPayload + 1<<20 }
 
 func (s *Session) newConn(ctx context.Context, clean bool) (*conn, error) {
@@ -58,8 +68,16 @@ func (s *Session) newConn(ctx context.Context, clean bool) (*conn, error) {
 	}
 	c := &conn{s: s, lost: make(chan error, 1), wake: make(chan struct{}, 1), stop: make(chan struct{}), ready: make(chan struct{})}
 	randRead(c.nonce[:])
-	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { c.add(m) })
-	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) { c.end(err) })
+	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
+		c.add(m)
+		if s.added != nil {
+			s.added(m)
+		}
+	})
+	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		c.byBroker.Store(true)
+		c.end(err)
+	})
 	opts.SetConnectionAttemptHandler(s.attemptHandler)
 	opts.SetCustomOpenConnectionFn(s.openFn(c))
 	c.client = mqtt.NewClient(opts)
@@ -76,16 +94,24 @@ func (c *conn) end(err error) {
 // add queues m; it never blocks.
 func (c *conn) add(m mqtt.Message) {
 	c.mu.Lock()
-	if c.closed {
+	if c.closed || c.dropped {
 		c.mu.Unlock()
 		return
 	}
 	if c.bytes+len(m.Payload()) > c.s.maxInboxBytes() {
-		c.mu.Unlock()
 		if m.Qos() == 0 {
+			c.mu.Unlock()
 			c.s.log.Warn("overloaded; QoS 0 message dropped", "topic", m.Topic())
 			return
 		}
+		// The broker sends this one again only on the next connection, and after it everything
+		// it has not had a PUBACK for. A later message taken now would be applied first and then
+		// overtaken by this older one, and acknowledging it would keep the broker from sending it
+		// again after this one: so nothing more is taken on this connection.
+		c.dropped = true
+		queued := c.bytes
+		c.mu.Unlock()
+		c.s.log.Warn("overloaded; a QoS 1 message could not be queued: nothing more is taken on this connection, and the broker sends it and the later ones again after reconnecting", "topic", m.Topic(), "queued_bytes", queued)
 		c.end(errors.New("overloaded: more received than the agent can queue; reconnecting so the broker sends it again"))
 		return
 	}
@@ -204,6 +230,11 @@ func (c *conn) acknowledge(ctx context.Context, acks <-chan ack) {
 //
 // An answer sent at QoS 0 because of pubMax is done once written: on such a broker nothing better
 // exists, and the pull at every connect brings the server's newest back.
+//
+// A message to a topic the outbox calls suspect (a connection ended while one to it waited for
+// its PUBACK) goes alone: nothing else is in flight with it, so that when the broker closes the
+// connection for it (a publish it refuses) the close counts against that topic only
+// (engine.Outbox.Ended, from settle).
 func (c *conn) send(ctx context.Context) {
 	const window = 64
 	select {
@@ -219,26 +250,47 @@ func (c *conn) send(ctx context.Context) {
 		err error
 	}
 	var (
-		inflight int
+		inflight int                          // published, no result yet
+		flying   = map[uint64]engine.OutMsg{} // QoS 1, published, not acknowledged (failed ones too)
+		suspects = map[uint64]bool{}          // those of flying that went as suspects
+		queue    []engine.OutMsg              // taken from the outbox, not yet published
 		retry    []engine.OutMsg
 		retryAt  <-chan time.Time
 		results  = make(chan result, window)
 	)
-	for {
-		var batch []engine.OutMsg
-		if n := window - inflight; n > 0 {
-			if len(retry) > 0 && retryAt == nil {
-				k := min(n, len(retry))
-				batch, retry = append(batch, retry[:k]...), retry[k:]
-				n -= k
-			}
-			if n > 0 {
-				batch = append(batch, ob.Next(c.gen, n)...)
-			}
+	defer func() {
+		// What the connection's end left without a PUBACK, for settle.
+		for _, m := range flying {
+			c.flying = append(c.flying, m)
 		}
-		for _, m := range batch {
+	}()
+	for {
+		if len(retry) > 0 && retryAt == nil {
+			queue, retry = append(retry, queue...), nil
+		}
+		if n := window - inflight - len(queue); n > 0 && len(suspects) == 0 {
+			queue = append(queue, ob.Next(c.gen, n)...)
+		}
+		for len(queue) > 0 && inflight < window {
+			m := queue[0]
+			if _, again := flying[m.Seq]; !again {
+				if len(suspects) > 0 {
+					break // while a suspect is not acknowledged, only it goes again
+				}
+				if ob.Suspect(m.Topic) {
+					if len(flying) > 0 {
+						break
+					}
+					suspects[m.Seq] = true
+				}
+			}
+			queue = queue[1:]
 			inflight++
-			tok := c.client.Publish(m.Topic, min(m.QoS, c.pubMax), false, m.Payload)
+			qos := min(m.QoS, c.pubMax)
+			if qos > 0 {
+				flying[m.Seq] = m
+			}
+			tok := c.client.Publish(m.Topic, qos, false, m.Payload)
 			ob.Sent(m.Seq)
 			go func(m engine.OutMsg, tok mqtt.Token) {
 				select {
@@ -263,6 +315,7 @@ func (c *conn) send(ctx context.Context) {
 		case r := <-results:
 			inflight--
 			if r.err != nil {
+				// Still owed its PUBACK: it stays in flying, and a suspect keeps the others back.
 				c.s.log.Warn("publish failed; sending it again", "topic", r.m.Topic, "err", r.err)
 				if r.m.QoS > 0 {
 					retry = append(retry, r.m)
@@ -275,14 +328,29 @@ func (c *conn) send(ctx context.Context) {
 			if g, _, _ := c.s.current(); g != c.gen {
 				return // completed after its connection ended: not proof of delivery
 			}
+			delete(flying, r.m.Seq)
+			delete(suspects, r.m.Seq)
 			if r.m.QoS > 0 {
 				if !r.m.Request {
 					c.s.opt.Pause(engine.StepPublished)
 				}
-				ob.Acked(r.m.Seq)
+				ob.Delivered(r.m)
 				c.s.log.Debug("answer delivered", "endpoint", r.m.Endpoint, "topic", r.m.Topic, "qos", r.m.QoS)
 			}
 		}
+	}
+}
+
+// settle tells the outbox, once the connection has ended and its goroutines are done, what the
+// broker's close left without a PUBACK, and logs what that set aside. Only a close the broker (or
+// the network) made counts: the agent ends connections itself too (an overload, a reload, a stop).
+func (c *conn) settle() {
+	if !c.byBroker.Load() || len(c.flying) == 0 {
+		return
+	}
+	for _, a := range c.s.core.Outbox().Ended(c.flying) {
+		c.s.log.Warn("an answer was set aside: each time it was published, the broker ended the connection before acknowledging it (a publish its ACL refuses?); it is kept and sent again later, the others flow meanwhile",
+			"topic", a.Topic, "endpoint", a.Endpoint, "closes", a.Closes, "retry_in", a.Wait)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"slices"
@@ -33,6 +34,8 @@ type refuser struct {
 	mu       sync.Mutex
 	refuse   int             // QoS 1 SUBSCRIBEs still to refuse by closing; < 0: all
 	deny     map[string]bool // filters whose SUBACK code becomes 0x80
+	denyPub  map[string]bool // topics a PUBLISH to closes the connection (RabbitMQ's topic permissions)
+	pubClose int             // connections closed so far for a PUBLISH to a denied topic
 	attempts []attempt
 	pubQoS   []byte        // the QoS of each PUBLISH the agent sent, in order
 	changed  chan struct{} // closed and replaced on each CONNECT and SUBSCRIBE
@@ -87,10 +90,31 @@ func (r *refuser) setRefuse(n int) {
 func (r *refuser) denyFilters(filters ...string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.deny = map[string]bool{}
-	for _, f := range filters {
-		r.deny[f] = true
+	r.deny = setOf(filters)
+}
+
+// denyPublish makes a PUBLISH to one of topics close the connection instead of reaching the
+// broker, as RabbitMQ 3.10 does when its topic permissions refuse it (MQTT 3.1.1 has no negative
+// PUBACK).
+func (r *refuser) denyPublish(topics ...string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.denyPub = setOf(topics)
+}
+
+func setOf(items []string) map[string]bool {
+	m := make(map[string]bool, len(items))
+	for _, it := range items {
+		m[it] = true
 	}
+	return m
+}
+
+// publishCloses counts the connections closed for a PUBLISH to a denied topic.
+func (r *refuser) publishCloses() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pubClose
 }
 
 // published lists the QoS of every PUBLISH the agent sent so far.
@@ -204,10 +228,23 @@ func (r *refuser) relay(client net.Conn) {
 				clean = b[7]&0x02 != 0
 			}
 			idx = r.add(attempt{Clean: clean, At: r.now()})
-		case 0x30: // PUBLISH: its QoS in the fixed header's flags
+		case 0x30: // PUBLISH: its QoS in the fixed header's flags, then the topic
 			r.mu.Lock()
 			r.pubQoS = append(r.pubQoS, pkt[0]>>1&0x03)
+			b := body(pkt)
+			n := 0
+			if len(b) >= 2 {
+				n = int(b[0])<<8 | int(b[1])
+			}
+			deny := len(b) >= 2+n && r.denyPub[string(b[2:2+n])]
+			if deny {
+				r.pubClose++
+				r.notify()
+			}
 			r.mu.Unlock()
+			if deny {
+				return
+			}
 		case 0x80: // SUBSCRIBE: packet id, then (topic, QoS) pairs
 			qos := maxQoS(body(pkt))
 			r.mu.Lock()
@@ -315,6 +352,8 @@ type ladderRig struct {
 	ctx    context.Context
 	wg     sync.WaitGroup
 
+	logs setAsideLog
+
 	mu     sync.Mutex
 	clock  time.Time
 	sleeps []time.Duration
@@ -332,12 +371,17 @@ func startLadderRig(t *testing.T, refuse int, brokerOpts mqtttest.Options, deny 
 // newLadderRig sets the rig up with its engine running and the session not yet started, so a
 // test can give the engine something to answer first.
 func newLadderRig(t *testing.T, refuse int, brokerOpts mqtttest.Options, deny ...string) *ladderRig {
+	return newLadderRigFor(t, []string{"gw-1"}, refuse, brokerOpts, deny...)
+}
+
+// newLadderRigFor is newLadderRig for endpoints of the given tokens; out is the first one's.
+func newLadderRigFor(t *testing.T, tokens []string, refuse int, brokerOpts mqtttest.Options, deny ...string) *ladderRig {
 	b := mqtttest.StartWith(t, brokerOpts)
-	rig := &ladderRig{t: t, broker: b, prefix: cmx.Prefix("v1", "cmx", "gw-1"), clock: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+	rig := &ladderRig{t: t, broker: b, logs: newSetAsideLog(), prefix: cmx.Prefix("v1", "cmx", "gw-1"), clock: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
 		fire: make(chan time.Time), change: make(chan struct{}, 1)}
 	rig.ref = newRefuser(t, b.URL[len("tcp://"):], refuse, rig.now)
 	rig.ref.denyFilters(deny...)
-	cfg, out := oneEndpointConfig(t, rig.ref.url(), 0)
+	cfg, out := endpointsConfig(t, rig.ref.url(), 0, tokens...)
 	rig.out = out
 	eng, err := engine.New(cfg, engine.Options{})
 	if err != nil {
@@ -347,6 +391,7 @@ func newLadderRig(t *testing.T, refuse int, brokerOpts mqtttest.Options, deny ..
 	ctx, cancel := context.WithCancel(context.Background())
 	rig.ctx = ctx
 	rig.s = New(cfg.Broker, eng, Options{
+		Logger:   slog.New(rig.logs),
 		ClientID: "cmx-ladder-test",
 		Rand:     seeded(11),
 		Now:      rig.now,
@@ -699,5 +744,57 @@ func TestLadder_ARefusedProbeDoublesTheNextWaitAndAGrantedOneResetsIt(t *testing
 	l.subscribed()
 	if l.probes != 0 || l.step != rungResume || !l.probeAt.IsZero() {
 		t.Errorf("after a granted probe: %+v, want resume with no probes counted", l)
+	}
+}
+
+func TestSession_AnAnswerWhosePublishEndsTheConnectionIsSetAsideAndTheOthersFlow(t *testing.T) {
+	rig := newLadderRigFor(t, []string{"gw-1", "gw-2"}, 0, mqtttest.Options{})
+	bad, good := cmx.Prefix("v1", "cmx", "gw-1"), cmx.Prefix("v1", "cmx", "gw-2")
+	badAnswer := cmx.StatusTopic(cmx.PushTopic(bad, 0))
+	rig.ref.denyPublish(badAnswer)
+	server := rig.broker.Client(t)
+	confirms := server.Subscribe(t, cmx.StatusTopic(cmx.PushTopic(good, 0)), 1)
+	rig.run()
+	rig.waitQoS(1)
+
+	// gw-1's confirmation can never be acknowledged: each publish of it costs the connection.
+	server.Publish(t, cmx.PushTopic(bad, 0), 1, []byte(`{"id":"b1","entries":[1]}`))
+	rig.ref.waitFor("the bad answer's publish refused", func([]attempt) bool { return rig.ref.publishCloses() >= 1 })
+	server.Publish(t, cmx.PushTopic(good, 0), 1, []byte(`{"id":"g1","entries":[1]}`))
+	if m := confirms.Next(t, 20*time.Second); string(m.Payload) != `{"id":"g1","status":"ok"}` {
+		t.Errorf("gw-2's confirmation %v, want {\"id\":\"g1\",\"status\":\"ok\"}", m)
+	}
+	rig.waitQoS(1)
+	// Another push to gw-2 on the same connection, so that nothing is still on its way.
+	server.Publish(t, cmx.PushTopic(good, 0), 1, []byte(`{"id":"g2","entries":[2]}`))
+	confirms.NextMatching(t, 20*time.Second, func(m mqtttest.Message) bool { return string(m.Payload) == `{"id":"g2","status":"ok"}` })
+	if n := rig.ref.publishCloses(); n != engine.PoisonCloses {
+		t.Errorf("the bad answer cost %d connections, want %d", n, engine.PoisonCloses)
+	}
+	// The push's PUBACK waited for its commit (held path): cut off before it, the push came again
+	// and may have been answered twice, with the same answer.
+	var waiting []engine.OutMsg
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		// g2's PUBACK reaches the agent after the server has the confirmation.
+		waiting = rig.eng.Outbox().Waiting()
+		if !slices.ContainsFunc(waiting, func(m engine.OutMsg) bool { return m.Topic != badAnswer }) || time.Now().After(deadline) {
+			break
+		}
+		sleepCtx(context.Background(), 10*time.Millisecond) // no event tells an acknowledgement: poll
+	}
+	for _, m := range waiting {
+		if m.Topic != badAnswer || string(m.Payload) != `{"id":"b1","status":"ok"}` {
+			t.Errorf("outbox holds %s %s, want only gw-1's confirmation", m.Topic, m.Payload)
+		}
+	}
+	st, err := rig.eng.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(waiting) == 0 || st.OutboxSetAside != len(waiting) {
+		t.Errorf("stats: %d answers set aside, outbox holds %d; want gw-1's confirmation kept and set aside", st.OutboxSetAside, len(waiting))
+	}
+	if got := rig.logs.list(); !slices.Equal(got, []string{badAnswer}) {
+		t.Errorf("logged as set aside: %q, want %s once", got, badAnswer)
 	}
 }

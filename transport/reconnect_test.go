@@ -3,10 +3,13 @@ package transport
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -188,10 +191,18 @@ func TestRun_ALostConnectionWaitsARandomPartOfTheSpread(t *testing.T) {
 // whose output path it returns, all in a temporary folder.
 func oneEndpointConfig(t *testing.T, server string, spread time.Duration) (*config.Config, string) {
 	t.Helper()
+	return endpointsConfig(t, server, spread, "gw-1")
+}
+
+// endpointsConfig is oneEndpointConfig with an endpoint per token; it returns the first one's output.
+func endpointsConfig(t *testing.T, server string, spread time.Duration, tokens ...string) (*config.Config, string) {
+	t.Helper()
 	dir := t.TempDir()
-	out := filepath.Join(dir, "out", "gw-1.json")
-	src := fmt.Sprintf("[broker]\nservers = [%q]\nreconnect_spread = %q\n[kaa]\napp_version = \"v1\"\n[agent]\nstate_dir = %q\nsocket = %q\n[[endpoint]]\ntoken = \"gw-1\"\noutput = %q\n",
-		server, spread, filepath.Join(dir, "state"), filepath.Join(dir, "state", "agent.sock"), out)
+	src := fmt.Sprintf("[broker]\nservers = [%q]\nreconnect_spread = %q\n[kaa]\napp_version = \"v1\"\n[agent]\nstate_dir = %q\nsocket = %q\n",
+		server, spread, filepath.Join(dir, "state"), filepath.Join(dir, "state", "agent.sock"))
+	for _, tok := range tokens {
+		src += fmt.Sprintf("[[endpoint]]\ntoken = %q\noutput = %q\n", tok, filepath.Join(dir, "out", tok+".json"))
+	}
 	path := filepath.Join(dir, "agent.toml")
 	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
@@ -200,5 +211,39 @@ func oneEndpointConfig(t *testing.T, server string, spread time.Duration) (*conf
 	if err != nil {
 		t.Fatal(err)
 	}
-	return cfg, out
+	return cfg, filepath.Join(dir, "out", tokens[0]+".json")
+}
+
+// setAsideLog is a slog handler that keeps the topic of each record saying an answer was set
+// aside.
+type setAsideLog struct {
+	mu     *sync.Mutex
+	topics *[]string
+}
+
+func newSetAsideLog() setAsideLog { return setAsideLog{mu: &sync.Mutex{}, topics: new([]string)} }
+
+func (h setAsideLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h setAsideLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h setAsideLog) WithGroup(string) slog.Handler            { return h }
+
+func (h setAsideLog) Handle(_ context.Context, r slog.Record) error {
+	if !strings.Contains(r.Message, "set aside") {
+		return nil
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "topic" {
+			h.mu.Lock()
+			*h.topics = append(*h.topics, a.Value.String())
+			h.mu.Unlock()
+		}
+		return true
+	})
+	return nil
+}
+
+func (h setAsideLog) list() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(*h.topics)
 }

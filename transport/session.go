@@ -88,6 +88,10 @@ type Session struct {
 	refused   []string  // filters the broker refused on the live connection while granting others
 
 	attempted atomic.Value // string: the broker of the latest connection attempt
+
+	// added, when a test sets it before Run, is called with each message paho hands over, after
+	// the inbox took it or refused it: the point a test waits for before letting the engine go on.
+	added func(mqtt.Message)
 }
 
 // New returns a session for cfg serving core; Run connects it.
@@ -292,6 +296,7 @@ func (s *Session) Run(ctx context.Context) error {
 			s.down(gen)
 			c.client.Disconnect(0) // the agent may end a live connection itself
 			c.close()
+			c.settle()
 			// A fleet loses its broker at once: the first attempt waits a random part of the
 			// spread, so the fleet comes back over it instead of all at once.
 			d := pol.Delay(0, s.opt.Rand)

@@ -47,7 +47,9 @@ type gatewaySpec struct {
 	app       string
 	tokens    []string // one endpoint each, written to out/<token>.json
 	keepalive string   // default 5s
-	extra     string   // more TOML for [agent], e.g. max_payload
+	username  string   // with password: the broker user, the password in a password_file
+	password  string
+	extra     string // more TOML for [agent], e.g. max_payload
 }
 
 // gateway is one cmx-agent process with its configuration, state and outputs in a folder of its
@@ -92,6 +94,13 @@ func newGateway(t *testing.T, spec gatewaySpec) *gateway {
 	// default spreads a fleet's first reconnect over 30 s (docs/brokers.md).
 	fmt.Fprintf(&b, "[broker]\nservers = [%s]\nclient_id = %q\nkeepalive = %q\nreconnect_spread = \"0s\"\n",
 		strings.Join(quoted, ", "), spec.clientID, spec.keepalive)
+	if spec.username != "" {
+		pw := filepath.Join(dir, "password")
+		if err := os.WriteFile(pw, []byte(spec.password), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "username = %q\npassword_file = %q\n", spec.username, pw)
+	}
 	fmt.Fprintf(&b, "[kaa]\napp_version = %q\n", spec.app)
 	fmt.Fprintf(&b, "[agent]\nstate_dir = \"state\"\nsocket = %q\n%s\n", g.socket, spec.extra)
 	for _, tok := range spec.tokens {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
 )
 
@@ -580,4 +582,77 @@ func TestRabbitMQ_DifferencesFromMosquitto(t *testing.T) {
 		c.Disconnect(t)
 		mqtttest.Dial(t, r.urls[0], mqtttest.WithClientID(id)).Disconnect(t) // a clean session removes it
 	})
+}
+
+// TestRabbitMQ_AnAnswerItsTopicPermissionsRefuseIsSetAsideAndTheOtherEndpointsWork: RabbitMQ
+// answers a publish its topic permissions refuse by closing the connection (MQTT 3.1.1 has no
+// negative PUBACK). The agent sets such an answer aside after engine.PoisonCloses closes, instead
+// of losing every connection to it, and the other endpoint's pushes are confirmed.
+func TestRabbitMQ_AnAnswerItsTopicPermissionsRefuseIsSetAsideAndTheOtherEndpointsWork(t *testing.T) {
+	r := needRabbit(t)
+	r.queueType("quorum")
+	u := uniq()
+	app, clientID, user := "rmq-"+u, "gw-"+u, "cmx-"+u
+	r.ctl(1, "add_user", user, "pw-"+u)
+	t.Cleanup(func() { r.ctl(1, "delete_user", user) })
+	r.ctl(1, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+	// Routing keys have "." for "/": every confirmation of endpoint "bad" is refused, the rest
+	// allowed.
+	r.ctl(1, "set_topic_permissions", "-p", "/", user, "amq.topic", `^(?!kp1\.`+regexp.QuoteMeta(app)+`\.cmx\.bad\.json\.(.*\.)?status$).*`, ".*")
+	srv := newCloud(t, mqtttest.Dial(t, r.urls[2], mqtttest.WithClientID("cloud-"+u)), app)
+	gw := newGateway(t, gatewaySpec{servers: r.urls, clientID: clientID, app: app, tokens: []string{"bad", "good"}, username: user, password: "pw-" + u})
+	r.forgetSession(clientID, gw)
+	srv.assign("bad")
+	srv.assign("good")
+	refused := func() int {
+		n := 0
+		for node := 1; node <= 3; node++ {
+			n += strings.Count(nodeLog(r, node), "refused for user '"+user+"'")
+		}
+		return n
+	}
+	started := time.Now()
+	gw.start()
+
+	// The boot pulls are answered; "bad" applies its configuration but its confirmation costs the
+	// connection each time it is published, until it is set aside.
+	eventually(t, 90*time.Second, func() (bool, string) {
+		log, _ := os.ReadFile(gw.log)
+		return strings.Contains(string(log), "an answer was set aside"), fmt.Sprintf("%d refused publishes; agent log:\n%s", refused(), tail(gw.log, 20))
+	})
+	setAside := time.Since(started)
+	// The node writes its log a moment later.
+	eventually(t, 10*time.Second, func() (bool, string) {
+		return refused() >= engine.PoisonCloses, fmt.Sprintf("RabbitMQ logged %d refused publishes, want %d", refused(), engine.PoisonCloses)
+	})
+	for range 3 {
+		srv.push("good", 1)
+	}
+	eventually(t, 60*time.Second, func() (bool, string) {
+		var lost []string
+		for _, l := range srv.losses() {
+			if strings.HasPrefix(l, "good/") {
+				lost = append(lost, l)
+			}
+		}
+		body, _ := os.ReadFile(gw.output("good"))
+		srv.mu.Lock()
+		want := srv.latest["good"].body()
+		srv.mu.Unlock()
+		return len(lost) == 0 && string(body) == want, fmt.Sprintf("good: unconfirmed %v, output %q want %s", lost, body, want)
+	})
+	if body, err := os.ReadFile(gw.output("bad")); err != nil || string(body) != "[1]" {
+		t.Errorf("bad's output %q (%v), want [1]: applied, only its confirmation is refused", body, err)
+	}
+	log, _ := os.ReadFile(gw.log)
+	if n, lost := refused(), strings.Count(string(log), "connection to broker lost"); n != engine.PoisonCloses || lost != n {
+		t.Errorf("RabbitMQ refused %d publishes and the agent lost %d connections, want %d of each", n, lost, engine.PoisonCloses)
+	}
+	st := gw.waitConnected("", 10*time.Second)
+	for _, ep := range st.Endpoints {
+		if ep.Token == "bad" && ep.Pending == 0 {
+			t.Errorf("status shows nothing pending for bad: its confirmation must be kept")
+		}
+	}
+	t.Logf("the refused confirmation was set aside %v after the agent started, after %d closed connections", setAside.Round(time.Millisecond), engine.PoisonCloses)
 }
