@@ -20,7 +20,7 @@ type Build struct {
 // The metric families, every name prefixed cmx_agent_. Per endpoint there are 10 series (info,
 // last apply time, received, four results, drift repairs, damaged, apply running), so 1,000
 // endpoints make 10,000 series; the apply duration histogram is one for the whole agent (17
-// series), and the rest are single series (25 besides the endpoints' in all).
+// series), and the rest are single series (26 besides the endpoints' in all).
 func (a *Agent) writeMetrics(w *metrics.Writer) error {
 	st, err := a.eng.Stats()
 	if err != nil {
@@ -99,6 +99,8 @@ func (a *Agent) writeMetrics(w *metrics.Writer) error {
 		age = now.Sub(st.OutboxOldest).Seconds()
 	}
 	w.Sample("cmx_agent_outbox_oldest_age_seconds", age)
+	w.Family("cmx_agent_outbox_set_aside_messages", "Answers set aside because the broker closed the connection at each of their publishes (an ACL refusing their topic): retried after 1 h, doubling to 24 h, or after a restart.", "gauge")
+	w.Sample("cmx_agent_outbox_set_aside_messages", float64(st.OutboxSetAside))
 	w.Family("cmx_agent_database_size_bytes", "Size of the state database file.", "gauge")
 	w.Sample("cmx_agent_database_size_bytes", float64(st.DatabaseBytes))
 	return w.Flush()
