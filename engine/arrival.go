@@ -79,6 +79,11 @@ const (
 // offer it carries, if any, is classified and handled.
 func (m *machine) arrive(a evArrival) {
 	e := m.ep.e
+	if e.conn.hasFailed(a.receipt.gen) {
+		// Queued before an earlier message's failure was known: it comes again after that one.
+		a.receipt.release(errAfterFailure)
+		return
+	}
 	mark := len(m.j.ops)
 	if a.in.note != nil {
 		if err := e.noteServer(m, a.topic, *a.in.note); err != nil {

@@ -368,3 +368,36 @@ func TestHold_AStoredOfferBehindAHeldOneStoresItToo(t *testing.T) {
 		t.Errorf("pending offers %v after both were applied, want none", left)
 	}
 }
+
+// Once a message could not be stored, nothing after it on that connection is taken: the transport
+// acknowledges neither, and the broker sends both again on the next connection, in their order. A
+// newer one applied meanwhile would be followed by the older one, read as newer.
+func TestReceiveCommitFailure_NothingLaterOnThatConnectionIsTaken(t *testing.T) {
+	var f failingCommits
+	c := startCoreWith(t, coreOptions{FailCommit: f.fail}, config.Endpoint{Token: "gw"})
+	f.n.Store(1)
+	r1 := c.deliver(p+"/json", 0, `{"id": 1, "entries": [1]}`) // its receive commit fails
+	r2 := c.deliver(p+"/json", 0, `{"id": 2, "entries": [2]}`)
+	for i, r := range []*Receipt{r1, r2} {
+		<-r.Done()
+		if r.Err() == nil {
+			t.Errorf("push %d acknowledged on the connection where 1 could not be stored", i+1)
+		}
+	}
+	wantNoFile(t, c.output("gw"))
+	c.reconnect()
+	waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 1, "entries": [1]}`))
+	waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 2, "entries": [2]}`))
+	c.waitLog("configuration applied", 1)
+	var got []string
+	for range 2 {
+		got = append(got, string(c.next("/status").Payload))
+	}
+	slices.Sort(got)
+	if got[1] != `{"id":2,"status":"ok"}` {
+		t.Errorf("confirmations %q, want 2 ok", got)
+	}
+	for deadline := time.Now().Add(testWait); c.e.eps["gw"].busy() && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+	}
+	wantFile(t, c.output("gw"), "[2]")
+}

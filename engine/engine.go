@@ -346,12 +346,24 @@ type Message struct {
 	// Size is the payload's length as the broker sent it: larger than len(Payload) when the
 	// transport kept only the beginning of a payload over the limit.
 	Size int
+	// Conn is the generation of the connection the message came on (0: the one the engine was
+	// last told of by Online). Once a message could not be stored, nothing more is taken from
+	// that connection.
+	Conn uint64
 }
 
 // Deliver takes a received message; the transport calls it in the order the messages arrived and
 // acknowledges each once its Receipt says so. It never blocks on the store.
 func (e *Engine) Deliver(m Message) *Receipt {
-	r := newReceipt()
+	gen := m.Conn
+	if gen == 0 {
+		gen = e.conn.current()
+	}
+	r := newReceipt(&e.conn, gen)
+	if e.conn.hasFailed(gen) {
+		r.release(errAfterFailure)
+		return r
+	}
 	if m.Size < len(m.Payload) {
 		m.Size = len(m.Payload)
 	}

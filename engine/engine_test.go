@@ -38,6 +38,8 @@ type core struct {
 	logs *logBuffer
 	cfg  *config.Config
 	opt  coreOptions
+	// reconnects counts the connections after the first of this run (reconnect).
+	reconnects uint64
 }
 
 // coreOptions are what startCoreWith sets besides the endpoints; the zero value is startCore's.
@@ -100,6 +102,7 @@ func (c *core) run() {
 	e.failCommit = c.opt.FailCommit
 	ctx, cancel := context.WithCancel(context.Background())
 	c.gen++
+	c.reconnects = 0
 	c.e, c.cancel = e, cancel
 	run, pumped := make(chan struct{}), make(chan struct{})
 	go func() { e.Run(ctx); close(run) }()
@@ -113,6 +116,24 @@ func (c *core) run() {
 	c.done = make(chan struct{})
 	go func() { <-run; <-pumped; close(c.done) }()
 	e.Online(c.gen, true)
+}
+
+// reconnect tells the engine its connection ended and a new one is up, as after the transport ended
+// a connection on a failed receipt: the broker then sends the unacknowledged messages again. The
+// new generation's requests are not pumped (the pump reads c.gen).
+func (c *core) reconnect() {
+	c.t.Helper()
+	c.reconnects++
+	c.e.Offline(c.liveGen())
+	c.e.Online(c.gen<<16+c.reconnects, true)
+}
+
+// liveGen is the generation the engine takes messages on.
+func (c *core) liveGen() uint64 {
+	if c.reconnects == 0 {
+		return c.gen
+	}
+	return c.gen<<16 + c.reconnects
 }
 
 // stop ends Run and the transport and closes the engine; restart runs it again on the same state.
@@ -725,7 +746,15 @@ func TestReceiveCommitFailure_TheNewerOfferIsNotLostAndTheOlderNotRevived(t *tes
 	if r3.Err() == nil {
 		t.Fatal("push 3 was acknowledged although its commit failed")
 	}
-	// The broker sends 3 again, unacknowledged; it joins the offer waiting in its place.
+	// Nothing more is taken on that connection: the transport ends it, and the broker sends 3
+	// again on the next, unacknowledged; it joins the offer waiting in its place.
+	if r := c.deliver(p+"/json", 0, `{"id": 4, "entries": [4]}`); r.Err() == nil {
+		<-r.Done()
+		if r.Err() == nil {
+			t.Fatal("push 4 was taken on the connection where 3 could not be stored")
+		}
+	}
+	c.reconnect()
 	waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 3, "entries": [3]}`))
 	close(release)
 	waitReceipt(t, r1)
@@ -755,6 +784,7 @@ func TestReceiveCommitFailure_APushToAnIdleEndpointIsNotAppliedLater(t *testing.
 	if r1.Err() == nil {
 		t.Fatal("push 1 was acknowledged although its commit failed")
 	}
+	c.reconnect()
 	waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 2, "entries": [2]}`))
 	out := filepath.Join(c.dir, "out", "gw.json")
 	c.waitFile(out, "[2]")
@@ -900,6 +930,7 @@ func TestReceiveCommitFailure_WhatTheServerSaidIsNotRecordedOutOfTurn(t *testing
 	// An error response whose commit fails, then a configuration: the error must not land after it.
 	f.n.Store(1)
 	commitOf(c.deliver(p+"/config/json/error", 1, `{"statusCode": 503, "reasonPhrase": "busy"}`))
+	c.reconnect()
 	waitReceipt(t, c.deliver(p+"/config/json/status", 1, `{"configId": "c1", "config": [1]}`))
 	c.waitFile(filepath.Join(c.dir, "out", "gw.json"), "[1]")
 	if st := server(); st.ErrorCode != 0 {
@@ -911,6 +942,7 @@ func TestReceiveCommitFailure_WhatTheServerSaidIsNotRecordedOutOfTurn(t *testing
 	waitReceipt(t, c.deliver(p+"/config/json/status", 1, `{"configId": "", "config": null}`))
 	f.n.Store(1)
 	commitOf(c.deliver(p+"/config/json/status", 0, `{"configId": "c2", "config": [2]}`))
+	c.reconnect()
 	waitReceipt(t, c.deliver(p+"/config/json/status", 1, `{"configId": "", "config": null}`))
 	waitReceipt(t, c.deliver(p+"/config/json/status", 1, `{"configId": "c3"}`)) // refused: committed
 	if st := server(); !st.NoneAssigned {
@@ -942,6 +974,7 @@ func TestReceiveCommitFailure_SupersededOffersDoNotPileUpInMemory(t *testing.T) 
 	before := heap()
 	const n = 40
 	for i := 2; i < 2+n; i++ {
+		c.reconnect() // after each failure the transport ends the connection
 		r := c.deliver(p+"/json", 0, big(i))
 		<-r.Done()
 		if r.Err() == nil {
@@ -957,6 +990,7 @@ func TestReceiveCommitFailure_SupersededOffersDoNotPileUpInMemory(t *testing.T) 
 	last := 2 + n - 1
 	// The disk is back: the next commit (a refused push's) takes the journal along, and the newest
 	// offer's record, which no deletion touched, is in the database before it is applied.
+	c.reconnect()
 	// Push 1, being written, went in the journal with the first of them (a stored offer is never
 	// left behind a held one), so its receipt failed with that commit: the broker sends it again.
 	waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 99, "entries": "not an array"}`))

@@ -14,9 +14,15 @@ type Receipt struct {
 	done chan struct{}
 	err  error
 	held *atomic.Int64 // counts the receipts held until a result commit; nil when not held
+	// conn and gen are the connection the message came on, marked failed when the receipt is
+	// released with an error.
+	conn *connState
+	gen  uint64
 }
 
-func newReceipt() *Receipt { return &Receipt{done: make(chan struct{})} }
+func newReceipt(conn *connState, gen uint64) *Receipt {
+	return &Receipt{done: make(chan struct{}), conn: conn, gen: gen}
+}
 
 // Done is closed when the message's fate is decided.
 func (r *Receipt) Done() <-chan struct{} { return r.done }
@@ -34,6 +40,9 @@ func (r *Receipt) hold(n *atomic.Int64) {
 func (r *Receipt) release(err error) {
 	r.once.Do(func() {
 		r.err = err
+		if err != nil && r.conn != nil {
+			r.conn.fail(r.gen)
+		}
 		if r.held != nil {
 			r.held.Add(-1)
 		}

@@ -20,6 +20,9 @@ type Changes struct {
 var (
 	errNotStored    = errors.New("could not be stored")
 	errEndpointGone = errors.New("the endpoint stopped before this was applied")
+	// errAfterFailure refuses what arrives on a connection after a message that could not be
+	// stored: the broker sends it again, after that one, on the next connection.
+	errAfterFailure = errors.New("an earlier message on this connection could not be stored")
 )
 
 func (ep *endpoint) removed() bool {

@@ -11,6 +11,27 @@ type connState struct {
 	mu      sync.Mutex
 	gen     uint64 // 0 while offline
 	persist bool
+	// failed is a generation on which a received message's receipt was released with an error:
+	// the transport acknowledges neither it nor anything after it, and the broker sends them all
+	// again on the next connection, in their order. Nothing more that arrives on it is taken, or a
+	// newer message applied now would be followed by the older one sent again, read as newer.
+	failed uint64
+}
+
+// fail marks gen as a connection on which a receipt failed.
+func (c *connState) fail(gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen != 0 {
+		c.failed = gen
+	}
+}
+
+// hasFailed reports whether a receipt failed on connection gen.
+func (c *connState) hasFailed(gen uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return gen != 0 && c.failed == gen
 }
 
 func (c *connState) persistent() bool {

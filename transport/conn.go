@@ -182,7 +182,7 @@ func (c *conn) deliver(ctx context.Context, acks chan<- ack) {
 			continue
 		}
 		for _, m := range batch {
-			msg := engine.Message{Topic: m.Topic(), QoS: m.Qos(), Payload: m.Payload()}
+			msg := engine.Message{Topic: m.Topic(), QoS: m.Qos(), Payload: m.Payload(), Conn: c.gen}
 			if head, size, cut := c.cut(msg.Payload); cut {
 				msg.Payload, msg.Size = head, size
 				c.s.log.Warn("payload over max_payload: kept its beginning only", "topic", m.Topic(), "bytes", size)
