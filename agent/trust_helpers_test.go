@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -77,15 +76,6 @@ func (h *harness) pushAndConfirm(token, id, body string) {
 		break
 	}
 	h.waitFile(h.output(token), []byte(body))
-}
-
-type jsonRaw = json.RawMessage
-
-func decodeJSON(t *testing.T, s string, v any) {
-	t.Helper()
-	if err := json.Unmarshal([]byte(s), v); err != nil {
-		t.Fatalf("decode %.100s: %v", s, err)
-	}
 }
 
 // startWith is start with options of the test's choosing (the logger and pause are the harness's).

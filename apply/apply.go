@@ -65,14 +65,7 @@ const (
 // removed. An error from the final folder fsync means the new file is in place but may not survive
 // a power loss. Errors keep their errno: errors.Is(err, syscall.ENOSPC), syscall.EBUSY,
 // fs.ErrPermission and the like work on them.
-func WriteFile(path string, data []byte, opt Options) error {
-	p, err := Prepare(path, data, opt)
-	if err != nil {
-		return err
-	}
-	return p.Commit()
-}
-
+//
 // The order, in Prepare and Commit, is what makes the replacement atomic and durable:
 //
 //  1. Parent folders that are missing are created and fsynced (each new folder and the folder that
@@ -91,6 +84,15 @@ func WriteFile(path string, data []byte, opt Options) error {
 //
 // On failure in steps 2 to 5 the temporary file is removed; that removal is not synced, since a
 // temporary file resurrected by a power loss is cleaned up by RemoveTemps at the next start.
+func WriteFile(path string, data []byte, opt Options) error {
+	p, err := Prepare(path, data, opt)
+	if err != nil {
+		return err
+	}
+	return p.Commit()
+}
+
+// step reports the durable step name to opt.Step, when set.
 func step(opt Options, name string) {
 	if opt.Step != nil {
 		opt.Step(name)

@@ -27,7 +27,6 @@ type Problem struct {
 func (p Problem) String() string {
 	if p.Warning {
 		p.Msg = "warning: " + p.Msg
-		p.Warning = false
 	}
 	switch {
 	case p.Path == "" && p.Line > 0:

@@ -561,7 +561,7 @@ func (m *machine) reapplyIfReshaped() {
 	}
 	e.log.Info("endpoint options changed: applying the stored configuration again", "endpoint", ep.key, "id", st.AppliedText)
 	o := &Offer{Seq: e.nextSeq(), ID: st.AppliedID, Text: st.AppliedText, Body: raw, Internal: true, Received: e.opt.Now()}
-	m.start(&pending{o: o})
+	m.start(&pending{o: o, ack: ackNone})
 }
 
 // close ends the endpoint's queue. The receipts of what it will not apply are released: for an

@@ -8,7 +8,7 @@ import (
 )
 
 // Outbox is what the agent has to send: answers (confirmations, applied reports) and requests. The
-// transport reads it from a cursor (After), publishes, and reports each broker acknowledgement
+// transport reads it in order (Next), publishes, and reports each broker acknowledgement
 // (Acked). It lives in memory; the durable part mirrors the database's outbox bucket, read once at
 // start.
 //

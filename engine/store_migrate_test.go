@@ -113,6 +113,9 @@ func TestOpenStore_MigratesTheNestedLayout(t *testing.T) {
 			}
 		}
 		s, err := tx.State("gw-001")
+		if err != nil {
+			return err
+		}
 		check("state", s, EndpointState{AppliedID: "7", AppliedText: "7", AppliedHash: hashOf([]byte("rendered bytes")), LastStatus: "ok", LastCode: CodeOK})
 		s2, _ := tx.State("gw-002/x")
 		check("state of the second endpoint", s2.AppliedID, "9")

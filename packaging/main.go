@@ -171,14 +171,6 @@ func writeChangelog(path, version, commit string, when time.Time) error {
 	return writeGzip(path, []byte(text))
 }
 
-func readScript(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	return string(b)
-}
-
 // pack writes one package and returns its path.
 func pack(format string, t target, version string, mtime time.Time, bin, changelog string, man files.Contents, out string) (string, error) {
 	exec := &files.ContentFileInfo{Mode: 0o755, MTime: mtime}

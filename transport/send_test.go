@@ -27,10 +27,9 @@ func (t doneToken) Error() error                   { return t.err }
 // full for the write timeout ("publish was broken by timeout"), and records every publish.
 type flakyClient struct {
 	mqtt.Client
-	mu    sync.Mutex
-	seen  map[string]int
-	sent  chan string
-	stall time.Duration
+	mu   sync.Mutex
+	seen map[string]int
+	sent chan string
 }
 
 func (c *flakyClient) Publish(topic string, _ byte, _ bool, _ interface{}) mqtt.Token {

@@ -537,12 +537,6 @@ func (p *proc) count(s string) int {
 	return n
 }
 
-func (p *proc) tail(n int) string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return strings.Join(p.lines[max(0, len(p.lines)-n):], "\n")
-}
-
 // waitLineN waits until n lines of stderr contain s.
 func (p *proc) waitLineN(t *testing.T, s string, n int) {
 	t.Helper()

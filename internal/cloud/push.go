@@ -51,11 +51,16 @@ func push(ctx context.Context, o Options, tg Target, id cmx.ID, body []byte, raw
 	}
 	prefix := cmx.Prefix(o.AppVersion, o.Extension, tg.Token)
 	reqID := 1 + rand.Uint64N(1<<53)
-	topic, payload, err := dia.push(prefix, tg, id, []byte("[]"), reqID, "")
-	if !raw {
-		topic, payload, err = dia.push(prefix, tg, id, body, reqID, "")
-	} else {
+	var (
+		topic   string
+		payload []byte
+	)
+	if raw {
+		// The payload goes as it is; only the topic is the dialect's.
+		topic, _, err = dia.push(prefix, tg, id, []byte("[]"), reqID, "")
 		payload = body
+	} else {
+		topic, payload, err = dia.push(prefix, tg, id, body, reqID, "")
 	}
 	if err != nil {
 		return Confirmation{}, fmt.Errorf("push: %w", err)
