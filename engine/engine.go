@@ -114,6 +114,40 @@ type Engine struct {
 
 // New opens the state database and prepares the engine; it starts nothing.
 func New(cfg *config.Config, opt Options) (*Engine, error) {
+	opt = opt.withDefaults()
+	d, err := newDialect(cfg)
+	if err != nil {
+		return nil, err
+	}
+	st, err := openStore(cfg.Agent.StateDir, opt)
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{
+		kaa:     cfg.Kaa,
+		agent:   cfg.Agent,
+		log:     opt.Logger,
+		opt:     opt,
+		store:   st,
+		dia:     d,
+		procs:   make(chan struct{}, maxProcesses),
+		eps:     map[string]*endpoint{},
+		byToken: map[string][]*endpoint{},
+	}
+	if err := e.readState(cfg.Endpoints); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	for _, ec := range cfg.Endpoints {
+		ep := e.newEndpoint(ec)
+		e.eps[ep.key] = ep
+	}
+	e.reindex()
+	return e, nil
+}
+
+// withDefaults fills in the options left zero.
+func (opt Options) withDefaults() Options {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -135,17 +169,23 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 	if opt.MaxHeld <= 0 {
 		opt.MaxHeld = 5
 	}
+	return opt
+}
+
+func newDialect(cfg *config.Config) (dialect, error) {
 	lim := cmx.DefaultLimits(int(cfg.Agent.MaxPayload))
-	var d dialect
 	switch cfg.Kaa.Dialect {
 	case config.DialectCMX3:
-		d = cmx3{limits: lim}
+		return cmx3{limits: lim}, nil
 	case config.DialectCMP7:
-		d = cmp7{limits: lim}
-	default:
-		return nil, fmt.Errorf("dialect %q is not supported", cfg.Kaa.Dialect)
+		return cmp7{limits: lim}, nil
 	}
-	st, err := OpenStore(cfg.Agent.StateDir, opt.LockTimeout, opt.HandledIDs)
+	return nil, fmt.Errorf("dialect %q is not supported", cfg.Kaa.Dialect)
+}
+
+// openStore opens the state database and logs what opening it repaired.
+func openStore(dir string, opt Options) (*Store, error) {
+	st, err := OpenStore(dir, opt.LockTimeout, opt.HandledIDs)
 	if err != nil {
 		return nil, err
 	}
@@ -156,44 +196,24 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 	for _, d := range st.MigrationDropped() {
 		opt.Logger.Warn("state database of an earlier layout: a damaged record was left out of its migration", "record", d)
 	}
-	e := &Engine{
-		kaa:     cfg.Kaa,
-		agent:   cfg.Agent,
-		log:     opt.Logger,
-		opt:     opt,
-		store:   st,
-		dia:     d,
-		procs:   make(chan struct{}, maxProcesses),
-		eps:     map[string]*endpoint{},
-		byToken: map[string][]*endpoint{},
-	}
+	return st, nil
+}
+
+// readState reads the outbox and the counters, and drops the pending offers of endpoints that are
+// not among eps.
+func (e *Engine) readState(eps []config.Endpoint) error {
 	var (
 		stored  []OutMsg
 		lastOut uint64
+		dropped []string
 	)
-	configured := map[string]bool{}
-	for _, ec := range cfg.Endpoints {
-		configured[ec.Key()] = true
-	}
-	var dropped []string
-	err = st.Update(func(tx *Tx) error {
+	err := e.store.Update(func(tx *Tx) error {
 		var err error
 		if stored, err = tx.Outbox(0); err != nil {
 			return err
 		}
-		// A configuration received for an endpoint that is no longer configured is not applied
-		// should the endpoint come back: it then asks for its latest configuration, as after a
-		// reload that removed it.
-		for key, seqs := range tx.PendingSeqs() {
-			if configured[key] {
-				continue
-			}
-			for _, seq := range seqs {
-				if err := tx.DeletePending(key, seq); err != nil {
-					return err
-				}
-			}
-			dropped = append(dropped, key)
+		if dropped, err = dropUnconfigured(tx, eps); err != nil {
+			return err
 		}
 		lastOut = tx.LastOutboxSeq()
 		seq, err := tx.LastSeq()
@@ -206,19 +226,37 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 		return err
 	})
 	if err != nil {
-		st.Close()
-		return nil, fmt.Errorf("read state: %w", err)
+		return err
 	}
 	for _, key := range dropped {
-		opt.Logger.Info("dropped the pending configurations of an endpoint no longer configured", "endpoint", key)
+		e.log.Info("dropped the pending configurations of an endpoint no longer configured", "endpoint", key)
 	}
 	e.out = newOutbox(lastOut, stored)
-	for _, ec := range cfg.Endpoints {
-		ep := e.newEndpoint(ec)
-		e.eps[ep.key] = ep
+	return nil
+}
+
+// dropUnconfigured deletes the pending offers of the endpoints that are not among eps and returns
+// their keys. A configuration received for an endpoint that is no longer configured is not
+// applied should the endpoint come back: it then asks for its latest configuration, as after a
+// reload that removed it.
+func dropUnconfigured(tx *Tx, eps []config.Endpoint) ([]string, error) {
+	configured := map[string]bool{}
+	for _, ec := range eps {
+		configured[ec.Key()] = true
 	}
-	e.reindex()
-	return e, nil
+	var dropped []string
+	for key, seqs := range tx.PendingSeqs() {
+		if configured[key] {
+			continue
+		}
+		for _, seq := range seqs {
+			if err := tx.DeletePending(key, seq); err != nil {
+				return nil, err
+			}
+		}
+		dropped = append(dropped, key)
+	}
+	return dropped, nil
 }
 
 // Close releases the database, and stops the repeats of requests. Call it after Run has returned.
