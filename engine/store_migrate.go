@@ -55,64 +55,15 @@ func migrate(tx *bolt.Tx) (dropped []string, err error) {
 		return nil, nil
 	}
 	t := &Tx{tx: tx}
-	hot := t.hot()
 	drop := func(format string, args ...any) { dropped = append(dropped, fmt.Sprintf(format, args...)) }
-	if meta != nil {
-		if v := meta.Get([]byte("counter")); v != nil {
-			if len(v) != 8 {
-				// Ids must never repeat: start above any the lost counter can have handed out,
-				// as after a database moved aside (seedCounter).
-				drop("message id counter: %d bytes, not 8; ids go on from the time in µs", len(v))
-				v = u64(uint64(max(time.Now().UnixMicro(), 1)))
-			}
-			if err := hot.Put(keyCounter, bytes.Clone(v)); err != nil {
-				return nil, fmt.Errorf("migrate meta: %w", err)
-			}
-		}
-		if v := meta.Get([]byte("client_id")); v != nil {
-			if err := hot.Put(keyClientID, bytes.Clone(v)); err != nil {
-				return nil, fmt.Errorf("migrate meta: %w", err)
-			}
-		}
+	if err := migrateMeta(t, meta, drop); err != nil {
+		return nil, fmt.Errorf("migrate meta: %w", err)
 	}
-	if outbox != nil {
-		err := outbox.ForEach(func(k, v []byte) error {
-			if len(k) != 8 || v == nil {
-				return nil
-			}
-			seq := binary.BigEndian.Uint64(k)
-			if err := json.Unmarshal(v, &OutMsg{}); err != nil {
-				drop("outbox entry %d: %v", seq, err)
-				return nil
-			}
-			return hot.Put(outboxKey(seq), bytes.Clone(v))
-		})
-		if err != nil {
-			return nil, fmt.Errorf("migrate outbox: %w", err)
-		}
+	if err := migrateOutbox(t, outbox, drop); err != nil {
+		return nil, fmt.Errorf("migrate outbox: %w", err)
 	}
-	if eps != nil {
-		if seq := eps.Sequence(); seq > 0 {
-			if err := hot.Put(keyOfferSeq, u64(seq)); err != nil {
-				return nil, fmt.Errorf("migrate: %w", err)
-			}
-		}
-		var names []string
-		err := eps.ForEach(func(k, v []byte) error {
-			if v == nil && eps.Bucket(k) != nil {
-				names = append(names, string(k))
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, err
-		}
-		for _, ep := range names {
-			epDrop := func(format string, args ...any) { drop("endpoint %s: "+format, append([]any{ep}, args...)...) }
-			if err := migrateEndpoint(t, ep, eps.Bucket([]byte(ep)), epDrop); err != nil {
-				return nil, fmt.Errorf("migrate endpoint %s: %w", ep, err)
-			}
-		}
+	if err := migrateEndpoints(t, eps, drop); err != nil {
+		return nil, err
 	}
 	for _, name := range [][]byte{oldMeta, oldOutbox, oldEndpoints} {
 		if tx.Bucket(name) != nil {
@@ -124,18 +75,106 @@ func migrate(tx *bolt.Tx) (dropped []string, err error) {
 	return dropped, nil
 }
 
-// migrateEndpoint moves one endpoint's records; drop describes one left out as damaged.
-func migrateEndpoint(t *Tx, ep string, b *bolt.Bucket, drop func(format string, args ...any)) error {
-	hot := t.hot()
-	// decoded reports whether the record at key is absent (false, nothing to move) or decodes
-	// into v; one that does not is dropped.
-	decoded := func(what string, key []byte, v any) bool {
-		ok, err := getJSON(b, key, v)
-		if err != nil {
-			drop("%s: %v", what, err)
-		}
-		return ok && err == nil
+// dropFunc describes a damaged record left out of the migration.
+type dropFunc func(format string, args ...any)
+
+// migrateMeta moves the message id counter and the client id (meta may be nil).
+func migrateMeta(t *Tx, meta *bolt.Bucket, drop dropFunc) error {
+	if meta == nil {
+		return nil
 	}
+	hot := t.hot()
+	if v := meta.Get([]byte("counter")); v != nil {
+		if len(v) != 8 {
+			// Ids must never repeat: start above any the lost counter can have handed out,
+			// as after a database moved aside (seedCounter).
+			drop("message id counter: %d bytes, not 8; ids go on from the time in µs", len(v))
+			v = u64(uint64(max(time.Now().UnixMicro(), 1)))
+		}
+		if err := hot.Put(keyCounter, bytes.Clone(v)); err != nil {
+			return err
+		}
+	}
+	if v := meta.Get([]byte("client_id")); v != nil {
+		return hot.Put(keyClientID, bytes.Clone(v))
+	}
+	return nil
+}
+
+// migrateOutbox moves the answers waiting for the broker (outbox may be nil).
+func migrateOutbox(t *Tx, outbox *bolt.Bucket, drop dropFunc) error {
+	if outbox == nil {
+		return nil
+	}
+	hot := t.hot()
+	return outbox.ForEach(func(k, v []byte) error {
+		if len(k) != 8 || v == nil {
+			return nil
+		}
+		seq := binary.BigEndian.Uint64(k)
+		if err := json.Unmarshal(v, &OutMsg{}); err != nil {
+			drop("outbox entry %d: %v", seq, err)
+			return nil
+		}
+		return hot.Put(outboxKey(seq), bytes.Clone(v))
+	})
+}
+
+// migrateEndpoints moves the offer counter and every endpoint's records (eps may be nil).
+func migrateEndpoints(t *Tx, eps *bolt.Bucket, drop dropFunc) error {
+	if eps == nil {
+		return nil
+	}
+	if seq := eps.Sequence(); seq > 0 {
+		if err := t.hot().Put(keyOfferSeq, u64(seq)); err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+	}
+	var names []string
+	err := eps.ForEach(func(k, v []byte) error {
+		if v == nil && eps.Bucket(k) != nil {
+			names = append(names, string(k))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, ep := range names {
+		epDrop := func(format string, args ...any) { drop("endpoint %s: "+format, append([]any{ep}, args...)...) }
+		if err := migrateEndpoint(t, ep, eps.Bucket([]byte(ep)), epDrop); err != nil {
+			return fmt.Errorf("migrate endpoint %s: %w", ep, err)
+		}
+	}
+	return nil
+}
+
+// migrateEndpoint moves one endpoint's records; drop describes one left out as damaged.
+func migrateEndpoint(t *Tx, ep string, b *bolt.Bucket, drop dropFunc) error {
+	if err := migrateRecords(t, ep, b, drop); err != nil {
+		return err
+	}
+	if err := migratePending(t, ep, b, drop); err != nil {
+		return err
+	}
+	return migrateHandled(t, ep, b, drop)
+}
+
+// decodedIn reports whether the record at key of b is absent (false, nothing to move) or decodes
+// into v; one that does not is dropped.
+func decodedIn(b *bolt.Bucket, drop dropFunc, what string, key []byte, v any) bool {
+	ok, err := getJSON(b, key, v)
+	if err != nil {
+		drop("%s: %v", what, err)
+	}
+	return ok && err == nil
+}
+
+// migrateRecords moves an endpoint's state, server state, prior file, applied body and raw
+// configuration.
+func migrateRecords(t *Tx, ep string, b *bolt.Bucket, drop dropFunc) error {
+	hot := t.hot()
+	decoded := func(what string, key []byte, v any) bool { return decodedIn(b, drop, what, key, v) }
 	var state EndpointState
 	haveState := decoded("state", []byte("state"), &state)
 	// The records that decode go over as they were written.
@@ -172,11 +211,15 @@ func migrateEndpoint(t *Tx, ep string, b *bolt.Bucket, drop func(format string, 
 			return err
 		}
 	}
+	return nil
+}
 
-	// Pending offers, the slots of earlier versions included, under their own sequence numbers.
+// migratePending moves an endpoint's pending offers, the slots of earlier versions included, under
+// their own sequence numbers.
+func migratePending(t *Tx, ep string, b *bolt.Bucket, drop dropFunc) error {
 	read := func(what string, key, bodyKey []byte) error {
 		var o Offer
-		if !decoded("pending offer "+what, key, &o) {
+		if !decodedIn(b, drop, "pending offer "+what, key, &o) {
 			return nil
 		}
 		if len(o.Routes) == 0 && o.OldTopic != "" {
@@ -204,8 +247,13 @@ func migrateEndpoint(t *Tx, ep string, b *bolt.Bucket, drop func(format string, 
 			return err
 		}
 	}
+	return nil
+}
 
-	// Handled ids: all into the archive, in their order; the recent set starts empty.
+// migrateHandled moves an endpoint's handled ids: all into the archive, in their order; the recent
+// set starts empty.
+func migrateHandled(t *Tx, ep string, b *bolt.Bucket, drop dropFunc) error {
+	hot := t.hot()
 	s := handledSet{}
 	if hs := b.Bucket(oldHandSeq); hs != nil {
 		s.next = hs.Sequence()
