@@ -41,7 +41,7 @@ _cmx_agent() {
 	case ${words[1]} in
 	init) flags="--config --token --server --app-version --dialect --output --ca-file --force" ;;
 	run) flags="--config --log-format --log-level" ;;
-	check) flags="--config" ;;
+	check) flags="--config --online" ;;
 	sync) flags="--config --socket" ;;
 	status) flags="--config --socket --json" ;;
 	watch)

@@ -139,9 +139,10 @@ func cmdVersion(args []string, stdout, stderr io.Writer) int {
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	c := newCommand("check", "[--config PATH]",
+	c := newCommand("check", "[--config PATH] [--online]",
 		"Validates a configuration file and prints each problem as PATH:LINE: message (exit 0 valid, 2 invalid).", stderr)
 	path := c.String("config", defaultConfig, configUsage)
+	online := c.Bool("online", false, "then check what only the live system shows: broker, subscriptions, output folders (exit 1 when one fails)")
 	if code, ok := c.parseNoArgs(args, stdout); !ok {
 		return code
 	}
@@ -154,6 +155,11 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, w.String())
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d endpoints, dialect %s)\n", *path, len(cfg.Endpoints), cfg.Kaa.Dialect)
+	if *online {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		return checkOnline(ctx, cfg, stdout)
+	}
 	return 0
 }
 
