@@ -118,6 +118,7 @@ unconfigured() { [ "$(prop cmx-agent ActiveState)" = failed ] && [ "$(prop cmx-a
 waitfor 10 unconfigured
 check "unconfigured install waits failed with exit 2, no restart ($(prop cmx-agent ActiveState)/$(prop cmx-agent SubState), status $(prop cmx-agent ExecMainStatus), NRestarts $(prop cmx-agent NRestarts))" \
 	bash -c '[ "$1" = failed ] && [ "$2" = 2 ] && [ "$3" = 0 ]' _ "$(prop cmx-agent ActiveState)" "$(prop cmx-agent ExecMainStatus)" "$(prop cmx-agent NRestarts)"
+check "dpkg -i says how to configure it" grep -q 'cmx-agent init --force --config /etc/cmx-agent/agent.toml' "$work/dpkg.log"
 check "the journal says to run cmx-agent init" bash -c 'grep -q "run cmx-agent init" <<<"$1"' _ "$(ns journalctl -u cmx-agent --no-pager 2>&1)"
 check "service enabled after install" test "$(ns systemctl is-enabled cmx-agent)" = enabled
 
