@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+	"github.com/cmx-agent/cmx-agent/internal/testpki"
 )
 
 // onlineConfig writes a configuration of two endpoints at server, with a validate program, and
@@ -154,5 +156,47 @@ func TestCheckOnline_AnInvalidFileIsExit2WithoutConnecting(t *testing.T) {
 	code, out, stderr := runCheckOnline(t, onlineConfig(t, url, "colour = \"blue\"\n"))
 	if code != 2 || strings.Contains(out, "broker") || !strings.Contains(stderr, "unknown key endpoint.colour") {
 		t.Errorf("exit %d, stdout %q, stderr %q; want 2, the problem and no broker line", code, out, stderr)
+	}
+}
+
+// Over TLS with a password: the certificate is checked against ca_file and the server's name, and
+// the broker's answer to the credentials is the line's.
+func TestCheckOnline_TLSAndCredentials(t *testing.T) {
+	dir := t.TempDir()
+	ca := testpki.NewCA(t, dir, "ca")
+	passwd := filepath.Join(dir, "passwd")
+	if out, err := exec.Command("mosquitto_passwd", "-c", "-b", passwd, "gw", "right").CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_passwd: %v: %s", err, out)
+	}
+	for _, tc := range []struct {
+		name, certName, password, want string
+	}{
+		{"all good", "", "right", regexp.QuoteMeta("ok broker tls://127.0.0.1:") + `\d+: connected, TLS certificate verified for 127\.0\.0\.1, credentials of gw accepted`},
+		{"certificate for another name", "other.example", "right", regexp.QuoteMeta("FAIL broker tls://127.0.0.1:") + `\d+: server certificate does not match the server name`},
+		{"wrong password", "", "wrong", regexp.QuoteMeta("FAIL broker tls://127.0.0.1:") + `\d+: not authorised: the broker refused the username or password`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := testpki.Loopback()
+			if tc.certName != "" {
+				spec = testpki.Spec{CommonName: tc.certName, DNSNames: []string{tc.certName}}
+			}
+			server := ca.Issue(t, "server-"+strings.ReplaceAll(tc.name, " ", "-"), spec)
+			b := mqtttest.StartWith(t, mqtttest.Options{Listeners: []mqtttest.Listener{{Lines: []string{
+				"cafile " + ca.CertFile, "certfile " + server.CertFile, "keyfile " + server.KeyFile, "password_file " + passwd,
+			}}}})
+			pw := filepath.Join(t.TempDir(), "pw")
+			if err := os.WriteFile(pw, []byte(tc.password+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			url := fmt.Sprintf("tls://127.0.0.1:%d", b.Ports[0])
+			path := onlineConfig(t, url, "")
+			cfg := strings.Replace(readOrEmpty(path), "[kaa]", fmt.Sprintf("ca_file = %q\nusername = \"gw\"\npassword_file = %q\n[kaa]", ca.CertFile, pw), 1)
+			writeOrFail(t, path, cfg)
+			code, out, _ := runCheckOnline(t, path)
+			wantLines(t, out, tc.want)
+			if ok := !strings.Contains(out, "FAIL"); ok != (code == 0) {
+				t.Errorf("exit %d with these lines:\n%s", code, out)
+			}
+		})
 	}
 }
