@@ -32,12 +32,12 @@ func agentSocket(c *command, config, socket string) (string, int) {
 	c.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
 	switch {
 	case socket != "" && explicit:
-		fmt.Fprintf(c.Output(), "cmx-agent %s: give --config or --socket, not both\n", c.Name())
+		fmt.Fprintf(c.stderr, "cmx-agent %s: give --config or --socket, not both\n", c.Name())
 		return "", c.usageError()
 	case socket != "":
 		return socket, 0
 	}
-	cfg, code := loadConfig(config, c.Output())
+	cfg, code := loadConfig(config, c.stderr)
 	if cfg == nil {
 		return "", code
 	}

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 )
 
@@ -14,15 +15,21 @@ type command struct {
 	*flag.FlagSet
 	synopsis string
 	what     string
+	stderr   io.Writer
 }
+
+// longFlagRE matches a flag of more than one letter written with one dash.
+var longFlagRE = regexp.MustCompile(` -([A-Za-z0-9][A-Za-z0-9-]+)`)
 
 // newCommand returns the flag set of subcommand name. Parse errors go to stderr; --help and -h
 // are answered by parse on stdout.
 func newCommand(name, synopsis, what string, stderr io.Writer) *command {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	fs.Usage = func() {} // parse prints the usage itself, on the stream that fits
-	return &command{FlagSet: fs, synopsis: synopsis, what: what}
+	c := &command{FlagSet: fs, synopsis: synopsis, what: what, stderr: stderr}
+	// The flag package prints its own error before returning it; parse prints it better.
+	fs.SetOutput(io.Discard)
+	return c
 }
 
 // parse parses args. ok is false when the command must end at once with code: 0 after --help
@@ -35,8 +42,10 @@ func (c *command) parse(args []string, stdout io.Writer) (code int, ok bool) {
 		c.help(stdout)
 		return 0, false
 	case err != nil:
-		c.usageError()
-		return 2, false
+		// The flag package names a flag with one dash whichever way it was typed; long ones get two,
+		// as everywhere else.
+		fmt.Fprintf(c.stderr, "cmx-agent %s: %s\n", c.Name(), longFlagRE.ReplaceAllString(err.Error(), " --$1"))
+		return c.usageError(), false
 	}
 	return 0, true
 }
@@ -47,7 +56,7 @@ func (c *command) parseNoArgs(args []string, stdout io.Writer) (code int, ok boo
 		return code, false
 	}
 	if c.NArg() > 0 {
-		fmt.Fprintf(c.Output(), "cmx-agent %s: unexpected argument %q\n", c.Name(), c.Arg(0))
+		fmt.Fprintf(c.stderr, "cmx-agent %s: unexpected argument %q\n", c.Name(), c.Arg(0))
 		return c.usageError(), false
 	}
 	return 0, true
@@ -55,7 +64,7 @@ func (c *command) parseNoArgs(args []string, stdout io.Writer) (code int, ok boo
 
 // usageError prints the synopsis on stderr after a usage problem the caller printed.
 func (c *command) usageError() int {
-	fmt.Fprintf(c.Output(), "%s\n(cmx-agent %s --help says more)\n", c.usageLine(), c.Name())
+	fmt.Fprintf(c.stderr, "%s\n(cmx-agent %s --help says more)\n", c.usageLine(), c.Name())
 	return 2
 }
 

@@ -50,7 +50,7 @@ func TestHelp_ABadFlagIsExit2WithTheSynopsisOnStderr(t *testing.T) {
 	if code != 2 || stdout.Len() > 0 {
 		t.Errorf("exit %d, stdout %q; want 2 and nothing on stdout", code, stdout.String())
 	}
-	for _, want := range []string{"flag provided but not defined: -colour", "usage: cmx-agent status", "cmx-agent status --help"} {
+	for _, want := range []string{"cmx-agent status: flag provided but not defined: --colour", "usage: cmx-agent status", "cmx-agent status --help"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("stderr %q lacks %q", stderr.String(), want)
 		}

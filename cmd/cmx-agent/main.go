@@ -41,9 +41,9 @@ commands:
          validate a configuration file (exit 0 valid, 2 invalid); --online also tests the broker,
          the subscriptions and the outputs' folders (exit 1 when one fails)
   status [--config PATH | --socket PATH] [--json]
-                           ask the running agent for its connection and endpoints (exit 1: no agent)
+         ask the running agent for its connection and endpoints (exit 1: no agent)
   sync   [--config PATH | --socket PATH]
-                           ask the running agent to request the latest configuration now
+         ask the running agent to request the latest configuration now
   watch  [--debounce D] PATH [-- CMD ARGS...]
          print time, size and sha256 of each version of PATH; run CMD after each new one
   bundle [--config PATH] [--socket PATH] [-o FILE] [--with-outputs] [--journal-lines N]
