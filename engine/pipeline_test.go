@@ -328,3 +328,21 @@ func TestValidate_ThatCannotStartIsAFailureNotARejection(t *testing.T) {
 	}
 	wantNoFile(t, c.output("gw"))
 }
+
+// A hook program that is gone is a failure too, with the new file taken back.
+func TestHook_ThatCannotStartIsAFailure(t *testing.T) {
+	dir := t.TempDir()
+	hook := script(t, dir, "hook.sh", "exit 0\n")
+	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", Hook: []string{hook}})
+	if err := os.Remove(hook); err != nil {
+		t.Fatal(err)
+	}
+	got := c.push(`1`, `["v1"]`)
+	if want := "hook failed: cannot start: "; !strings.HasPrefix(got.Status, want) {
+		t.Errorf("status %q, want it to begin with %q", got.Status, want)
+	}
+	if st := c.e.stateOf(c.e.endpointList()[0]); st.LastCode != CodeFailed {
+		t.Errorf("last code %d, want %d", st.LastCode, CodeFailed)
+	}
+	wantNoFile(t, c.output("gw"))
+}
