@@ -6,16 +6,23 @@ _cmx_agent() {
 	local cur prev words cword
 	_init_completion || return
 
-	local commands="run check status sync watch bundle version"
+	local commands="init run check status sync watch bundle version"
 	if ((cword == 1)); then
 		COMPREPLY=($(compgen -W "$commands help" -- "$cur"))
 		return
 	fi
 
 	case $prev in
-	--config | -o)
+	--config | -o | --socket | --output | --ca-file)
 		_filedir
 		return
+		;;
+	--dialect)
+		COMPREPLY=($(compgen -W "cmx3 cmp7" -- "$cur"))
+		return
+		;;
+	--token | --server | --app-version)
+		return # the gateway's own values
 		;;
 	--log-format)
 		COMPREPLY=($(compgen -W "text json" -- "$cur"))
@@ -32,9 +39,11 @@ _cmx_agent() {
 
 	local flags
 	case ${words[1]} in
+	init) flags="--config --token --server --app-version --dialect --output --ca-file --force" ;;
 	run) flags="--config --log-format --log-level" ;;
-	check | sync) flags="--config" ;;
-	status) flags="--config --json" ;;
+	check) flags="--config --online" ;;
+	sync) flags="--config --socket" ;;
+	status) flags="--config --socket --json" ;;
 	watch)
 		# After PATH and "--" comes a command of its own.
 		local i
@@ -46,7 +55,7 @@ _cmx_agent() {
 		done
 		flags="--debounce"
 		;;
-	bundle) flags="--config -o --with-outputs --journal-lines" ;;
+	bundle) flags="--config --socket -o --with-outputs --journal-lines" ;;
 	*) return ;;
 	esac
 	if [[ $cur == -* ]]; then

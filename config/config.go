@@ -44,6 +44,10 @@ const (
 	OnDriftIgnore = "ignore"
 )
 
+// PlaceholderToken is the token of the packaged agent.toml. A file that still holds it was never
+// configured for its gateway: check and run refuse it.
+const PlaceholderToken = "change-me"
+
 // MaxPayloadLimit is the largest max_payload: an MQTT packet's remaining length is at most
 // 268,435,455 bytes.
 const MaxPayloadLimit = 256 << 20

@@ -149,7 +149,7 @@ token = "gw-001"
 name = "net_cfg-2"
 output = "/etc//app/net.json"
 mode = "600"
-owner = "app"
+owner = "daemon"
 group = "adm"
 template = "tpl.tmpl"
 validate = ["./bin/ok.sh", "--check", "x y"]
@@ -187,7 +187,7 @@ on_drift = "ignore"
 			Name:        "net_cfg-2",
 			Output:      "/etc/app/net.json",
 			Mode:        0o600,
-			Owner:       "app",
+			Owner:       "daemon",
 			Group:       "adm",
 			Template:    filepath.Join(dir, "tpl.tmpl"),
 			Validate:    []string{filepath.Join(dir, "bin", "ok.sh"), "--check", "x y"},
@@ -449,6 +449,12 @@ func TestLoad_ReportsProblemsAtTheirLines(t *testing.T) {
 			[]string{"endpoint #1 hook: $DIR/bin/gone.sh does not exist"}},
 		{"hook program name not in PATH", kaaOK + endpointOK + "hook = [\"cmx-no-such-program\"] #!\n",
 			[]string{`endpoint #1 hook: program "cmx-no-such-program" is not found in PATH`}},
+		{"owner that does not exist", kaaOK + endpointOK + "owner = \"cmx-no-such-user\" #!\n",
+			[]string{`endpoint #1 owner: user "cmx-no-such-user" does not exist on this machine`}},
+		{"group that does not exist", kaaOK + endpointOK + "group = \"cmx-no-such-group\" #!\n",
+			[]string{`endpoint #1 group: group "cmx-no-such-group" does not exist on this machine`}},
+		{"the packaged placeholder token", kaaOK + "[[endpoint]]\ntoken = \"change-me\" #!\noutput = \"o.json\"\n",
+			[]string{`endpoint #1 token: "change-me" is the packaged placeholder, not this gateway's token: run cmx-agent init`}},
 		{"missing template", kaaOK + endpointOK + "template = \"t.tmpl\" #!\n",
 			[]string{"endpoint #1 template: stat $DIR/t.tmpl: no such file or directory"}},
 

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -320,6 +321,14 @@ func checkReadable(path string) error {
 	return f.Close()
 }
 
+// configFlag is " --config FILE" for a message that suggests a command on this file.
+func (d *decoder) configFlag() string {
+	if d.file == "" {
+		return ""
+	}
+	return " --config " + d.file
+}
+
 func (d *decoder) resolve(p string) string {
 	if p == "" {
 		return ""
@@ -394,6 +403,47 @@ func checkProgram(name string) error {
 	// LookPath checks a path as exec will start it: a regular file this user may execute.
 	if _, err := exec.LookPath(name); err != nil {
 		return fmt.Errorf("%s is not executable (mode %v)", name, fi.Mode())
+	}
+	return nil
+}
+
+// account stores an output's owner or group (key "owner" or "group"): a number, or a name this
+// machine knows, as the agent will look it up before each write.
+func (t table) account(key string, dst *string) bool {
+	var name string
+	if !t.str(key, &name) {
+		return false
+	}
+	if err := checkAccount(key, name); err != nil {
+		t.d.add(t.path(key), "%s%s: %v", t.label, key, err)
+		return false
+	}
+	*dst = name
+	return true
+}
+
+func checkAccount(key, name string) error {
+	if name == "" {
+		return nil
+	}
+	if n, err := strconv.Atoi(name); err == nil && n >= 0 {
+		return nil
+	}
+	var err error
+	kind := "user"
+	if key == "group" {
+		kind = "group"
+		_, err = user.LookupGroup(name)
+	} else {
+		_, err = user.Lookup(name)
+	}
+	var unknownUser user.UnknownUserError
+	var unknownGroup user.UnknownGroupError
+	switch {
+	case errors.As(err, &unknownUser), errors.As(err, &unknownGroup):
+		return fmt.Errorf("%s %q does not exist on this machine: create it, or name an existing %s or a number", kind, name, kind)
+	case err != nil:
+		return fmt.Errorf("look up %s %q: %w", kind, name, err)
 	}
 	return nil
 }
@@ -696,6 +746,11 @@ func (d *decoder) endpoints(root table, cfg *Config, dialectOK bool) []Endpoint 
 		} else if t.str("token", &e.Token) {
 			tokenOK = t.topicLevel("token", e.Token)
 		}
+		if tokenOK && e.Token == PlaceholderToken {
+			// Every unconfigured gateway behind a shared broker would share this token and client id.
+			d.add(t.path("token"), "endpoint #%d token: %q is the packaged placeholder, not this gateway's token: run cmx-agent init --force%s to write this gateway's configuration (or edit the file)", n, e.Token, d.configFlag())
+			tokenOK = false
+		}
 		nameOK := true
 		if t.has("name") {
 			nameOK = t.str("name", &e.Name)
@@ -721,8 +776,8 @@ func (d *decoder) endpoints(root table, cfg *Config, dialectOK bool) []Endpoint 
 			outputOK = d.checkOutput(t, n, e.Output, cfg.Agent)
 		}
 		t.mode("mode", &e.Mode)
-		t.str("owner", &e.Owner)
-		t.str("group", &e.Group)
+		t.account("owner", &e.Owner)
+		t.account("group", &e.Group)
 		t.readableFile("template", &e.Template)
 		t.argv("validate", &e.Validate)
 		t.argv("hook", &e.Hook)

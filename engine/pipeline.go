@@ -111,6 +111,10 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 			if ctx.Err() != nil {
 				return outcome{abandoned: true}
 			}
+			// A program that cannot even start is the gateway's fault, not the configuration's.
+			if re := (*apply.RunError)(nil); errors.As(err, &re) && re.Err != nil {
+				return outcome{r: Result{Status: "validate failed: " + err.Error(), Code: CodeFailed}}
+			}
 			return outcome{r: Result{Status: "rejected by validate: " + err.Error(), Code: CodeRejected}}
 		}
 	}

@@ -307,3 +307,42 @@ func TestWrite_FileSystemRefusalsAreReportedAndLeaveTheOldFile(t *testing.T) {
 		})
 	}
 }
+
+// A validate program that is gone (deleted after the agent started) is the gateway's fault, not
+// the configuration's: the push fails with a 5xx-kind status, which the server may retry, instead
+// of being rejected as if the configuration were bad.
+func TestValidate_ThatCannotStartIsAFailureNotARejection(t *testing.T) {
+	dir := t.TempDir()
+	validate := script(t, dir, "validate.sh", "exit 0\n")
+	ep := config.Endpoint{Token: "gw", Validate: []string{validate}}
+	c := startCoreWith(t, coreOptions{}, ep)
+	if err := os.Remove(validate); err != nil {
+		t.Fatal(err)
+	}
+	got := c.push(`1`, `["v1"]`)
+	if want := "validate failed: cannot start: "; !strings.HasPrefix(got.Status, want) || !strings.Contains(got.Status, validate) {
+		t.Errorf("status %q, want it to begin with %q and name %s", got.Status, want, validate)
+	}
+	if st := c.e.stateOf(c.e.endpointList()[0]); st.LastCode != CodeFailed {
+		t.Errorf("last code %d, want %d (a failure, not a rejection)", st.LastCode, CodeFailed)
+	}
+	wantNoFile(t, c.output("gw"))
+}
+
+// A hook program that is gone is a failure too, with the new file taken back.
+func TestHook_ThatCannotStartIsAFailure(t *testing.T) {
+	dir := t.TempDir()
+	hook := script(t, dir, "hook.sh", "exit 0\n")
+	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", Hook: []string{hook}})
+	if err := os.Remove(hook); err != nil {
+		t.Fatal(err)
+	}
+	got := c.push(`1`, `["v1"]`)
+	if want := "hook failed: cannot start: "; !strings.HasPrefix(got.Status, want) {
+		t.Errorf("status %q, want it to begin with %q", got.Status, want)
+	}
+	if st := c.e.stateOf(c.e.endpointList()[0]); st.LastCode != CodeFailed {
+		t.Errorf("last code %d, want %d", st.LastCode, CodeFailed)
+	}
+	wantNoFile(t, c.output("gw"))
+}

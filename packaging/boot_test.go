@@ -27,7 +27,11 @@ func TestBoot_ServiceUnderRealSystemd(t *testing.T) {
 	}
 	// Every check must have run and passed: a check that silently disappears fails here.
 	for _, want := range []string{
-		"PASS service active after install",
+		"PASS unconfigured install waits failed with exit 2, no restart",
+		"PASS dpkg -i says how to configure it",
+		"PASS the journal says to run cmx-agent init",
+		"PASS init kept the file's owner, group and mode",
+		"PASS service active once configured",
 		"PASS READY reached with the broker down",
 		"PASS push applied and confirmed",
 		"PASS systemctl reload succeeds",

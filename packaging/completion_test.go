@@ -34,7 +34,10 @@ func TestCompletion_BashCompletesSubcommandsFlagsAndValues(t *testing.T) {
 	}{
 		{"cmx-agent.bash", "_cmx_agent", []string{"cmx-agent", "bun"}, "bundle"},
 		{"cmx-agent.bash", "_cmx_agent", []string{"cmx-agent", "bundle", "--w"}, "--with-outputs"},
-		{"cmx-agent.bash", "_cmx_agent", []string{"cmx-agent", "status", "--"}, "--config --json"},
+		{"cmx-agent.bash", "_cmx_agent", []string{"cmx-agent", "status", "--"}, "--config --socket --json"},
+		{"cmx-agent.bash", "_cmx_agent", []string{"cmx-agent", "in"}, "init"},
+		{"cmx-agent.bash", "_cmx_agent", []string{"cmx-agent", "init", "--dialect", "c"}, "cmx3 cmp7"},
+		{"cmx-agent.bash", "_cmx_agent", []string{"cmx-agent", "check", "--o"}, "--online"},
 		{"cmx-agent.bash", "_cmx_agent", []string{"cmx-agent", "run", "--log-format", "j"}, "json"},
 		{"cmxctl.bash", "_cmxctl", []string{"cmxctl", "se"}, "serve"},
 		{"cmxctl.bash", "_cmxctl", []string{"cmxctl", "push", "--pass"}, "--password-file"},
@@ -85,6 +88,7 @@ func TestCompletion_ZshCompletesSubcommandsFlagsAndValues(t *testing.T) {
 	dump := t.TempDir() // compinit's dump, made by the first case (seconds) and reused by the others
 	for _, tc := range []struct{ line, want string }{
 		{"cmx-agent bun", "bundle"},
+		{"cmx-agent init --dialect=cmp", "--dialect=cmp7"},
 		{"cmx-agent bundle --with-o", "--with-outputs"},
 		{"cmx-agent run --log-format=j", "--log-format=json"},
 		{"cmxctl se", "serve"},

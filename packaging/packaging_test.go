@@ -80,9 +80,10 @@ func TestUnit_HasTheContractsSettings(t *testing.T) {
 	}
 	for _, line := range []string{
 		"Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "WatchdogSec=30s", "Restart=on-failure",
+		"RestartPreventExitStatus=2",
 		"StateDirectory=cmx-agent", "StateDirectoryMode=0700", "RuntimeDirectory=cmx-agent",
 		"ConfigurationDirectory=cmx-agent", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
-		"NoNewPrivileges=yes", "Environment=GOTRACEBACK=all", "User=cmx-agent",
+		"NoNewPrivileges=yes", "Environment=GOTRACEBACK=crash", "LimitCORE=0", "User=cmx-agent",
 		"ExecStart=/usr/bin/cmx-agent run --config /etc/cmx-agent/agent.toml",
 	} {
 		if !strings.Contains(string(b), "\n"+line+"\n") {

@@ -15,6 +15,8 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/cmx-agent/cmx-agent/config"
 )
 
 // clientOptions builds paho's options from [broker]. It runs before every connection attempt, so the
@@ -201,3 +203,13 @@ func redactServers(servers []string) []string {
 	}
 	return out
 }
+
+// ProbeOptions are paho's options for a one-off clean-session connection with cfg's TLS settings
+// and credentials, read and checked as the session reads them: for `cmx-agent check --online`.
+// clientID must differ from the running agent's, or the broker would disconnect the agent.
+func ProbeOptions(cfg config.Broker, clientID string) (*mqtt.ClientOptions, error) {
+	return (&Session{cfg: cfg, clientID: clientID}).clientOptions(true)
+}
+
+// ConnectCause says in plain words why a connection attempt failed, as the agent logs it.
+func ConnectCause(err error) string { return connectCause(err) }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -16,14 +15,15 @@ import (
 const defaultJournalLines = 500
 
 func cmdBundle(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("bundle", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", defaultConfig, "configuration file")
-	out := fs.String("o", "", "archive to write (default cmx-agent-bundle-HOST-TIME.tar.gz in the current folder)")
-	withOutputs := fs.Bool("with-outputs", false, "copy the outputs' content too (they may hold the devices' secrets)")
-	lines := fs.Int("journal-lines", defaultJournalLines, "last lines of the unit's journal to add; 0 = none")
-	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
-		return 2
+	c := newCommand("bundle", "[--config PATH] [--socket PATH] [-o FILE] [--with-outputs] [--journal-lines N]",
+		"Writes a support bundle (.tar.gz, mode 0600) for a ticket, without passwords, keys or file content.", stderr)
+	path := c.String("config", defaultConfig, "the agent's configuration file `PATH`")
+	socket := c.String("socket", "", "ask the agent at the socket `PATH` instead of the configuration's")
+	out := c.String("o", "", "the archive `FILE` to write (default cmx-agent-bundle-HOST-TIME.tar.gz in the current folder)")
+	withOutputs := c.Bool("with-outputs", false, "copy the outputs' content too (they may hold the devices' secrets)")
+	lines := c.Int("journal-lines", defaultJournalLines, "last `N` lines of the unit's journal to add; 0 = none")
+	if code, ok := c.parseNoArgs(args, stdout); !ok {
+		return code
 	}
 	if *out == "" {
 		host, _ := os.Hostname()
@@ -31,6 +31,7 @@ func cmdBundle(args []string, stdout, stderr io.Writer) int {
 	}
 	err := bundle.Write(context.Background(), bundle.Options{
 		ConfigPath:   *path,
+		Socket:       *socket,
 		Out:          *out,
 		WithOutputs:  *withOutputs,
 		JournalLines: *lines,

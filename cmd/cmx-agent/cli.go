@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"text/tabwriter"
 	"time"
 
@@ -16,23 +17,59 @@ import (
 // apiTimeout bounds a CLI call to the local API, so a wedged agent cannot hang a script.
 const apiTimeout = 10 * time.Second
 
-func cmdStatus(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", defaultConfig, "configuration file")
-	asJSON := fs.Bool("json", false, "print the agent's answer as JSON")
-	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
-		return 2
+// socketUsage is the --socket flag's usage text.
+const socketUsage = "talk to the agent at the socket `PATH`, without reading the configuration file"
+
+// agentFlags adds --config and --socket to a command that talks to the running agent.
+func agentFlags(c *command) (config, socket *string) {
+	return c.String("config", defaultConfig, configUsage+" that names the agent's socket"), c.String("socket", "", socketUsage)
+}
+
+// agentSocket is the running agent's socket: --socket when given, so that a broken configuration
+// file does not cut the operator off from a running agent, else the configuration's.
+func agentSocket(c *command, config, socket string) (string, int) {
+	explicit := false
+	c.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	switch {
+	case socket != "" && explicit:
+		fmt.Fprintf(c.stderr, "cmx-agent %s: give --config or --socket, not both\n", c.Name())
+		return "", c.usageError()
+	case socket != "":
+		return socket, 0
 	}
-	cfg, code := loadConfig(*path, stderr)
+	cfg, code := loadConfig(config, c.stderr)
 	if cfg == nil {
+		return "", code
+	}
+	return cfg.Agent.Socket, 0
+}
+
+// apiFailure says why the running agent could not be asked. A socket the user may not open is no
+// missing agent: it wants root or the socket's group.
+func apiFailure(socket string, err error) string {
+	if errors.Is(err, fs.ErrPermission) {
+		return fmt.Sprintf("permission denied on %s: run as root or join the cmx-agent group (usermod -aG cmx-agent USER, then log in again)", socket)
+	}
+	return err.Error()
+}
+
+func cmdStatus(args []string, stdout, stderr io.Writer) int {
+	c := newCommand("status", "[--config PATH | --socket PATH] [--json]",
+		"Asks the running agent for its connection state and, per endpoint, what was applied and sent (exit 1: no agent answers).", stderr)
+	path, socket := agentFlags(c)
+	asJSON := c.Bool("json", false, "print the agent's answer as JSON")
+	if code, ok := c.parseNoArgs(args, stdout); !ok {
+		return code
+	}
+	sock, code := agentSocket(c, *path, *socket)
+	if sock == "" {
 		return code
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
-	st, err := agent.NewAPIClient(cfg.Agent.Socket).Status(ctx)
+	st, err := agent.NewAPIClient(sock).Status(ctx)
 	if err != nil {
-		fmt.Fprintln(stderr, "cmx-agent status:", err)
+		fmt.Fprintln(stderr, "cmx-agent status:", apiFailure(sock, err))
 		return 1
 	}
 	if *asJSON {
@@ -94,25 +131,25 @@ func idOrDash(id, none string) string {
 }
 
 func cmdSync(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("sync", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", defaultConfig, "configuration file")
-	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
-		return 2
+	c := newCommand("sync", "[--config PATH | --socket PATH]",
+		"Asks the running agent to request the latest configuration of every endpoint now.", stderr)
+	path, socket := agentFlags(c)
+	if code, ok := c.parseNoArgs(args, stdout); !ok {
+		return code
 	}
-	cfg, code := loadConfig(*path, stderr)
-	if cfg == nil {
+	sock, code := agentSocket(c, *path, *socket)
+	if sock == "" {
 		return code
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
-	res, err := agent.NewAPIClient(cfg.Agent.Socket).Sync(ctx)
+	res, err := agent.NewAPIClient(sock).Sync(ctx)
 	if err != nil {
 		var ae *agent.APIError
 		if errors.As(err, &ae) {
 			fmt.Fprintln(stderr, "cmx-agent sync: the agent answered:", ae.Message)
 		} else {
-			fmt.Fprintln(stderr, "cmx-agent sync:", err)
+			fmt.Fprintln(stderr, "cmx-agent sync:", apiFailure(sock, err))
 		}
 		return 1
 	}

@@ -5,13 +5,13 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/cmx-agent/cmx-agent/agent"
@@ -33,17 +33,24 @@ const pauseEnv = "CMX_AGENT_TEST_PAUSE"
 const usage = `usage: cmx-agent <command> [flags]
 
 commands:
+  init   --config PATH --token T --server URL --app-version A [--dialect D] [--output PATH] [--ca-file F] [--force]
+         write this gateway's configuration file (asks on a terminal for what is missing)
   run    [--config PATH] [--log-format text|json] [--log-level debug|info|warn|error]
          run the agent in the foreground
-  check  [--config PATH]   validate a configuration file (exit 0 valid, 2 invalid)
-  status [--config PATH] [--json]
-                           ask the running agent for its connection and endpoints (exit 1: no agent)
-  sync   [--config PATH]   ask the running agent to request the latest configuration now
+  check  [--config PATH] [--online]
+         validate a configuration file (exit 0 valid, 2 invalid); --online also tests the broker,
+         the subscriptions and the outputs' folders (exit 1 when one fails)
+  status [--config PATH | --socket PATH] [--json]
+         ask the running agent for its connection and endpoints (exit 1: no agent)
+  sync   [--config PATH | --socket PATH]
+         ask the running agent to request the latest configuration now
   watch  [--debounce D] PATH [-- CMD ARGS...]
          print time, size and sha256 of each version of PATH; run CMD after each new one
-  bundle [--config PATH] [-o FILE] [--with-outputs] [--journal-lines N]
+  bundle [--config PATH] [--socket PATH] [-o FILE] [--with-outputs] [--journal-lines N]
          write a support bundle (.tar.gz, mode 0600) without secrets, for a ticket
   version                  print version, commit and Go version
+
+Every command answers --help with its usage.
 `
 
 func main() {
@@ -57,7 +64,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "run":
-		return cmdRun(args[1:], stderr)
+		return cmdRun(args[1:], stdout, stderr)
 	case "check":
 		return cmdCheck(args[1:], stdout, stderr)
 	case "status":
@@ -68,10 +75,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdWatch(args[1:], stdout, stderr)
 	case "bundle":
 		return cmdBundle(args[1:], stdout, stderr)
-	case "version", "--version", "-v":
+	case "init":
+		return cmdInit(args[1:], os.Stdin, stdout, stderr)
+	case "version":
+		return cmdVersion(args[1:], stdout, stderr)
+	case "--version", "-v":
 		fmt.Fprintln(stdout, versionLine())
 		return 0
 	case "help", "--help", "-h":
+		if len(args) > 1 && args[1] != "help" && !strings.HasPrefix(args[1], "-") {
+			// `help CMD` is CMD's own --help.
+			return run([]string{args[1], "--help"}, stdout, stderr)
+		}
 		fmt.Fprint(stdout, usage)
 		return 0
 	default:
@@ -111,12 +126,25 @@ func loadConfig(path string, stderr io.Writer) (*config.Config, int) {
 	return nil, 2
 }
 
+// configUsage is the --config flag's usage text; `PATH` names its value in --help.
+const configUsage = "the configuration file `PATH`"
+
+func cmdVersion(args []string, stdout, stderr io.Writer) int {
+	c := newCommand("version", "", "Prints the version, the commit and the Go version.", stderr)
+	if code, ok := c.parseNoArgs(args, stdout); !ok {
+		return code
+	}
+	fmt.Fprintln(stdout, versionLine())
+	return 0
+}
+
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", defaultConfig, "configuration file")
-	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
-		return 2
+	c := newCommand("check", "[--config PATH] [--online]",
+		"Validates a configuration file and prints each problem as PATH:LINE: message (exit 0 valid, 2 invalid).", stderr)
+	path := c.String("config", defaultConfig, configUsage)
+	online := c.Bool("online", false, "then check what only the live system shows: broker, subscriptions, output folders (exit 1 when one fails)")
+	if code, ok := c.parseNoArgs(args, stdout); !ok {
+		return code
 	}
 	cfg, code := loadConfig(*path, stderr)
 	if cfg == nil {
@@ -127,6 +155,11 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, w.String())
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d endpoints, dialect %s)\n", *path, len(cfg.Endpoints), cfg.Kaa.Dialect)
+	if *online {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		return checkOnline(ctx, cfg, stdout)
+	}
 	return 0
 }
 
@@ -145,14 +178,14 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
 }
 
-func cmdRun(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", defaultConfig, "configuration file")
-	format := fs.String("log-format", "text", "log format: text or json")
-	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
-	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
-		return 2
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	c := newCommand("run", "[--config PATH] [--log-format text|json] [--log-level debug|info|warn|error]",
+		"Runs the agent in the foreground (what the systemd unit starts); logs go to stderr.", stderr)
+	path := c.String("config", defaultConfig, configUsage)
+	format := c.String("log-format", "text", "log `FORMAT`: text or json")
+	level := c.String("log-level", "info", "log `LEVEL`: debug, info, warn or error")
+	if code, ok := c.parseNoArgs(args, stdout); !ok {
+		return code
 	}
 	log, err := newLogger(stderr, *format, *level)
 	if err != nil {

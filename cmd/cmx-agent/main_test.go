@@ -22,6 +22,10 @@ func TestCommands_ExitCodesAndOutput(t *testing.T) {
 	writeOrFail(t, filepath.Join(dir, "data.txt"), "kept\n")
 	missingHook := filepath.Join(dir, "missing-hook.toml")
 	writeOrFail(t, missingHook, "[kaa]\napp_version = \"a\"\n[agent]\nstate_dir = \"state\"\nsocket = \"agent.sock\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"out/t.json\"\nvalidate = [\"./bin/check.sh\"]\n")
+	placeholder := filepath.Join(dir, "placeholder.toml")
+	writeOrFail(t, placeholder, "[kaa]\napp_version = \"a\"\n[agent]\nstate_dir = \"state\"\nsocket = \"agent.sock\"\n[[endpoint]]\ntoken = \"change-me\"\noutput = \"out/t.json\"\n")
+	noOwner := filepath.Join(dir, "no-owner.toml")
+	writeOrFail(t, noOwner, "[kaa]\napp_version = \"a\"\n[agent]\nstate_dir = \"state\"\nsocket = \"agent.sock\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"out/t.json\"\ngroup = \"cmx-no-such-group\"\n")
 	writeOrFail(t, invalid, "[kaa]\napp_version = \"a\"\ncolour = \"blue\"\n[[endpoint]]\ntoken = \"t\"\noutput = \"o.json\"\nhook_timeout = \"soon\"\n")
 
 	cases := []struct {
@@ -48,6 +52,14 @@ func TestCommands_ExitCodesAndOutput(t *testing.T) {
 			[]string{missingHook + ":9: endpoint #1 validate: " + filepath.Join(dir, "bin", "check.sh") + " does not exist"}, false},
 		{"run refuses a validate program that does not exist", []string{"run", "--config", missingHook}, 2, nil,
 			[]string{missingHook + ":9: endpoint #1 validate: " + filepath.Join(dir, "bin", "check.sh") + " does not exist"}, false},
+		{"check refuses the packaged placeholder token", []string{"check", "--config", placeholder}, 2, nil,
+			[]string{placeholder + `:7: endpoint #1 token: "change-me" is the packaged placeholder`, "run cmx-agent init --force --config " + placeholder}, false},
+		{"run refuses the packaged placeholder token", []string{"run", "--config", placeholder}, 2, nil,
+			[]string{placeholder + `:7: endpoint #1 token: "change-me" is the packaged placeholder`, "run cmx-agent init"}, false},
+		{"check refuses a group that does not exist", []string{"check", "--config", noOwner}, 2, nil,
+			[]string{noOwner + `:9: endpoint #1 group: group "cmx-no-such-group" does not exist on this machine`}, false},
+		{"run refuses a group that does not exist", []string{"run", "--config", noOwner}, 2, nil,
+			[]string{noOwner + `:9: endpoint #1 group: group "cmx-no-such-group" does not exist`}, false},
 		{"run with bad log format", []string{"run", "--config", valid, "--log-format", "xml"}, 2, nil, []string{"--log-format"}, false},
 		{"unknown command", []string{"frobnicate"}, 2, nil, []string{`unknown command "frobnicate"`}, false},
 		{"no command", nil, 2, nil, []string{"usage:"}, false},

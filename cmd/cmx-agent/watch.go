@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -19,16 +18,16 @@ import (
 // stdout (time, size, sha256), starting with the current one, and CMD run after each new version,
 // directly, never through a shell. CMD's output goes to stderr, so stdout stays one line per version.
 func cmdWatch(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	debounce := fs.Duration("debounce", 200*time.Millisecond, "quiet time that ends a burst of changes")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	c := newCommand("watch", "[--debounce D] PATH [-- CMD ARGS...]",
+		"Prints time, size and sha256 of the current and each new version of PATH, and runs CMD (no shell) after each new one.", stderr)
+	debounce := c.Duration("debounce", 200*time.Millisecond, "the quiet time `D` that ends a burst of changes")
+	if code, ok := c.parse(args, stdout); !ok {
+		return code
 	}
-	rest := fs.Args()
+	rest := c.Args()
 	if len(rest) == 0 {
-		fmt.Fprintln(stderr, "usage: cmx-agent watch [--debounce 200ms] PATH [-- CMD ARGS...]")
-		return 2
+		fmt.Fprintln(stderr, "cmx-agent watch: PATH is missing")
+		return c.usageError()
 	}
 	path, cmd := rest[0], rest[1:]
 	if len(cmd) > 0 {

@@ -27,7 +27,9 @@ import (
 
 // Options say what to collect and where to write it.
 type Options struct {
-	ConfigPath   string // the agent's configuration file
+	ConfigPath string // the agent's configuration file
+	// Socket is the running agent's socket; "" = the one the configuration names (or the default).
+	Socket       string
 	Out          string // the archive to write
 	WithOutputs  bool   // copy the outputs' content too, not only their hashes
 	JournalLines int    // last lines of the unit's journal; 0 = none
@@ -100,6 +102,9 @@ func (b *builder) collect(ctx context.Context) {
 	b.addVersion()
 	b.addConfig(cf)
 	v := cf.view()
+	if b.opt.Socket != "" {
+		v.socket = b.opt.Socket
+	}
 	b.addFiles(v)
 	st, ok := b.addStatus(ctx, v)
 	b.addEndpoints(st, ok)

@@ -22,7 +22,7 @@ type Command struct {
 
 // Real is the command as its dispatcher and flag sets define it: the subcommands of its usage
 // text, each with the flags its -h lists. help runs the command with "SUB -h" and returns what it
-// printed on stderr.
+// printed (on stdout or stderr, as the command does).
 func Real(name, usage string, help func(sub string) string) Command {
 	c := Command{Name: name, Subs: map[string][]string{}}
 	for _, sub := range Subcommands(usage) {
@@ -59,11 +59,12 @@ func Subcommands(usage string) []string {
 	return subs
 }
 
-// defaultsRE matches a flag's first line in flag.PrintDefaults output: "  -name type".
-var defaultsRE = regexp.MustCompile(`(?m)^  -([A-Za-z0-9][A-Za-z0-9-]*)`)
+// defaultsRE matches a flag's first line in flag.PrintDefaults output, "  -name type", or in a
+// usage that writes long flags with two dashes, "  --name TYPE".
+var defaultsRE = regexp.MustCompile(`(?m)^  --?([A-Za-z0-9][A-Za-z0-9-]*)`)
 
-// Flags returns the flag names in the output of flag.FlagSet.PrintDefaults, which is what a
-// command prints for -h.
+// Flags returns the flag names in the output of flag.FlagSet.PrintDefaults, or of a usage that
+// lists flags the same way with two dashes, which is what a command prints for -h.
 func Flags(defaults string) []string {
 	var names []string
 	for _, m := range defaultsRE.FindAllStringSubmatch(defaults, -1) {

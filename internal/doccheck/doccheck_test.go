@@ -27,6 +27,13 @@ func TestFlags_AreReadFromPrintDefaults(t *testing.T) {
 	}
 }
 
+func TestFlags_AreReadFromAUsageWithTwoDashes(t *testing.T) {
+	usage := "usage: x status [--config PATH]\n\nAsks.\n\nflags:\n  --config PATH\n        the file\n  -o FILE\n        archive\n  --json\n        as JSON\n"
+	if got := Flags(usage); !slices.Equal(got, []string{"config", "o", "json"}) {
+		t.Errorf("Flags = %v", got)
+	}
+}
+
 func TestMentions_WantsTheWholeOption(t *testing.T) {
 	if Mentions("use --log-level debug", "--log") {
 		t.Error("--log counted as mentioned inside --log-level")

@@ -11,3 +11,9 @@ if [ "$1" -eq 1 ] && command -v systemctl >/dev/null 2>&1; then
 		systemctl enable cmx-agent.service >/dev/null 2>&1 || :
 	fi
 fi
+if ! cmx-agent check --config /etc/cmx-agent/agent.toml >/dev/null 2>&1; then
+	# The packaged file's placeholder token is refused: the service waits until it is configured.
+	echo "cmx-agent: not configured yet; write this gateway's configuration, then start it:" >&2
+	echo "  cmx-agent init --force --config /etc/cmx-agent/agent.toml --token TOKEN --server URL --app-version APP" >&2
+	echo "  systemctl restart cmx-agent" >&2
+fi
