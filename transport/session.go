@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/url"
 	"slices"
@@ -88,6 +89,8 @@ type Session struct {
 	refused   []string  // filters the broker refused on the live connection while granting others
 
 	attempted atomic.Value // string: the broker of the latest connection attempt
+
+	failures map[string]uint64 // failed connection attempts by cause (FailureCauses); guarded by mu
 }
 
 // New returns a session for cfg serving core; Run connects it.
@@ -119,7 +122,8 @@ func New(cfg config.Broker, core Core, opt Options) *Session {
 func (s *Session) State() ConnState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := ConnState{Connected: s.online, Server: s.server, LastError: s.lastErr, LastErrorAt: s.lastErrAt, Connects: s.nextGen}
+	st := ConnState{Connected: s.online, Server: s.server, LastError: s.lastErr, LastErrorAt: s.lastErrAt, Connects: s.nextGen,
+		ConnectFailures: maps.Clone(s.failures)}
 	if !st.Connected {
 		st.Server, _ = s.attempted.Load().(string)
 	} else {
@@ -404,6 +408,10 @@ func (s *Session) setLastErr(cause string) bool {
 func (s *Session) noteConnectError(err error) {
 	cause := connectCause(err)
 	s.mu.Lock()
+	if s.failures == nil {
+		s.failures = make(map[string]uint64, len(FailureCauses()))
+	}
+	s.failures[failureCause(err)]++
 	if vagueCause(err) {
 		switch {
 		case s.lastErr != "":
