@@ -5,14 +5,18 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -47,6 +51,7 @@ commands:
 common flags of push and serve:
   --broker URL (tcp://127.0.0.1:1883)  --app APP_VERSION (demo-v1)  --extension cmx
   --dialect cmx3|cmp7  --username U  --password-file FILE  --log-level info
+  --ca-file FILE  --cert-file FILE  --key-file FILE   (TLS: a private CA, a client certificate)
 `
 
 func main() {
@@ -80,9 +85,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 type common struct {
-	o            cloud.Options
-	passwordFile string
-	level        string
+	o                         cloud.Options
+	passwordFile              string
+	caFile, certFile, keyFile string
+	level                     string
 }
 
 func (c *common) register(fs *flag.FlagSet) {
@@ -92,6 +98,9 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.o.Dialect, "dialect", config.DefaultDialect, "cmx3 or cmp7")
 	fs.StringVar(&c.o.Username, "username", "", "MQTT user name")
 	fs.StringVar(&c.passwordFile, "password-file", "", "file holding the MQTT password")
+	fs.StringVar(&c.caFile, "ca-file", "", "CA certificates (PEM) the broker's certificate must chain to (default: the system's); needs a tls:// --broker")
+	fs.StringVar(&c.certFile, "cert-file", "", "client certificate (PEM) for brokers that require one, with --key-file")
+	fs.StringVar(&c.keyFile, "key-file", "", "private key (PEM) of --cert-file")
 	fs.StringVar(&c.level, "log-level", "info", "log level: debug, info, warn or error")
 }
 
@@ -108,7 +117,69 @@ func (c *common) finish(stderr io.Writer) error {
 		}
 		c.o.Password = strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
 	}
+	tc, err := c.tlsConfig()
+	if err != nil {
+		return err
+	}
+	c.o.TLS = tc
 	return nil
+}
+
+// tlsConfig reads --ca-file, --cert-file and --key-file; nil when none is given.
+func (c *common) tlsConfig() (*tls.Config, error) {
+	var given string
+	for _, f := range []struct{ flag, value string }{{"--ca-file", c.caFile}, {"--cert-file", c.certFile}, {"--key-file", c.keyFile}} {
+		if f.value != "" {
+			given = f.flag
+			break
+		}
+	}
+	if given == "" {
+		return nil, nil
+	}
+	// paho keeps tcp:// and ws:// plain whatever the TLS settings: say so instead of connecting
+	// in the clear.
+	if u, err := url.Parse(c.o.Broker); err != nil || !slices.Contains([]string{"tls", "ssl", "mqtts", "wss"}, u.Scheme) {
+		return nil, fmt.Errorf("%s needs a tls://, ssl://, mqtts:// or wss:// --broker URL: %s stays plain", given, c.o.Broker)
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.caFile != "" {
+		pem, err := os.ReadFile(c.caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca-file %s: no PEM certificate in it", c.caFile)
+		}
+	}
+	if (c.certFile == "") != (c.keyFile == "") {
+		return nil, errors.New("--cert-file and --key-file go together: give both or neither")
+	}
+	if c.certFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--cert-file %s / --key-file %s: %w", c.certFile, c.keyFile, err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// failed prints err as cmd's one line on stderr and returns the exit code: 2 for input that cannot
+// be used (nothing was sent), 1 for the rest. A body at fault is named by file when there is one.
+func failed(stderr io.Writer, cmd string, err error, file string) int {
+	msg := err.Error()
+	var body *cloud.BodyError
+	if errors.As(err, &body) && file != "" {
+		msg = file + " " + body.Problem
+	}
+	fmt.Fprintf(stderr, "cmxctl %s: %s\n", cmd, msg)
+	var input *cloud.InputError
+	if errors.As(err, &input) {
+		return 2
+	}
+	return 1
 }
 
 func cmdPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -151,8 +222,7 @@ func cmdPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	conf, err := push(ctx, c.o, cloud.Target{Token: *token, Name: *name}, id, body, *waitFor)
 	if err != nil {
-		fmt.Fprintln(stderr, "cmxctl push:", err)
-		return 1
+		return failed(stderr, "push", err, fs.Arg(0))
 	}
 	if *waitFor <= 0 {
 		fmt.Fprintf(stdout, "pushed %s id=%s (not waiting for the confirmation)\n", cloud.Target{Token: *token, Name: *name}, id.JSON())
@@ -196,8 +266,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	err := cloud.Serve(ctx, cloud.ServeOptions{Options: c.o, Configs: *configs, Share: *share, Out: stdout})
 	if err != nil && !errors.Is(err, context.Canceled) {
-		fmt.Fprintln(stderr, "cmxctl serve:", err)
-		return 1
+		return failed(stderr, "serve", err, "")
 	}
 	return 0
 }
