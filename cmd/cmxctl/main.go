@@ -74,6 +74,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "demo":
 		return cmdDemo(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
+		if len(args) > 1 && (args[1] == "-h" || args[1] == "--help") {
+			fmt.Fprintf(stdout, "usage: cmxctl version\n\n%s\n", "print cmxctl's version, commit and Go version")
+			return 0
+		}
 		fmt.Fprintf(stdout, "cmxctl %s (commit %s, %s)\n", version, commit, runtime.Version())
 		return 0
 	case "help", "--help", "-h":
@@ -182,9 +186,47 @@ func failed(stderr io.Writer, cmd string, err error, file string) int {
 	return 1
 }
 
+// parse parses a subcommand's flags. On -h or --help it prints the subcommand's usage on stdout
+// (synopsis, what it does, its flags with two dashes); on a bad flag one line on stderr. done
+// says the command ends there, with code.
+func parse(fs *flag.FlagSet, args []string, stdout, stderr io.Writer, synopsis, what string) (code int, done bool) {
+	fs.SetOutput(io.Discard) // the flag package's own messages: replaced below
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprintf(stdout, "usage: cmxctl %s\n\n%s\n\nflags:\n", synopsis, what)
+		printFlags(stdout, fs)
+		return 0, true
+	case err != nil:
+		fmt.Fprintf(stderr, "cmxctl %s: %v (cmxctl %s --help lists the flags)\n", fs.Name(), err, fs.Name())
+		return 2, true
+	}
+	return 0, false
+}
+
+// printFlags is flag.PrintDefaults with the flags written as operators type them: --name.
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		typ, usage := flag.UnquoteUsage(f)
+		line := "  --" + f.Name
+		if typ != "" {
+			line += " " + typ
+		}
+		line += "\n    \t" + strings.ReplaceAll(usage, "\n", "\n    \t")
+		switch {
+		case f.DefValue == "" || f.DefValue == "false" || f.DefValue == "0":
+		case typ == "string":
+			line += fmt.Sprintf(" (default %q)", f.DefValue)
+		default:
+			line += fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintln(w, line)
+	})
+}
+
 func cmdPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("push", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var c common
 	c.register(fs)
 	token := fs.String("token", "", "endpoint token (required)")
@@ -192,8 +234,10 @@ func cmdPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	idText := fs.String("id", "", `push id: a number stays a number, anything else is a string (default: "push-" and the time)`)
 	waitFor := fs.Duration("wait", 10*time.Second, "how long to wait for the confirmation; 0 = do not wait")
 	raw := fs.Bool("raw", false, "FILE is the whole message, sent as it is (to see how the agent answers malformed input)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := parse(fs, args, stdout, stderr,
+		"push --token T [--name N] [--id ID] [--wait 10s] [--raw] [flags] FILE",
+		"push FILE's configuration and wait for the confirmation; exit 0 only on \"ok\" (cmp7: FILE is\nthe config value, --id the configId, --name a named configuration; exit 0 only on an applied\nreport with a 2xx statusCode), 1 otherwise, 2 on input that cannot be used"); done {
+		return code
 	}
 	if *token == "" || fs.NArg() != 1 {
 		fmt.Fprintln(stderr, "cmxctl push: --token and exactly one FILE are required")
@@ -237,13 +281,17 @@ func cmdPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var c common
 	c.register(fs)
 	configs := fs.String("configs", "", "folder of configurations, <token>.json each, <token>.<name>.json for a cmp7 named one (required)")
 	embedded := fs.String("embedded", "", "run an MQTT broker in this process on HOST:PORT (e.g. 127.0.0.1:1883) and use it")
 	share := fs.String("share", "", "subscribe as $share/GROUP/ so several servers split the work (not on RabbitMQ: it does not support $share and delivers nothing)")
-	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+	if code, done := parse(fs, args, stdout, stderr, "serve --configs DIR [--embedded HOST:PORT] [--share GROUP] [flags]",
+		"answer requests with DIR/<token>.json (cmp7 also DIR/<token>.<name>.json), push a file when it\nchanges, print every confirmation or applied report"); done {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "cmxctl serve: unexpected argument %q (cmxctl serve --help lists the flags)\n", fs.Arg(0))
 		return 2
 	}
 	if *configs == "" {
@@ -273,10 +321,14 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	addr := fs.String("addr", "", "embedded broker address (default 127.0.0.1:1883, or a free port when taken)")
 	exit := fs.Bool("exit", false, "exit after the walk-through instead of running until Ctrl-C")
-	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+	if code, done := parse(fs, args, stdout, stderr, "demo [--addr HOST:PORT] [--exit]",
+		"the whole loop on this machine: embedded broker, server, agent, a push and its confirmation"); done {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "cmxctl demo: unexpected argument %q (cmxctl demo --help lists the flags)\n", fs.Arg(0))
 		return 2
 	}
 	if err := cloud.Demo(ctx, cloud.DemoOptions{Out: stdout, Addr: *addr, Exit: *exit}); err != nil {

@@ -21,8 +21,8 @@ type Command struct {
 }
 
 // Real is the command as its dispatcher and flag sets define it: the subcommands of its usage
-// text, each with the flags its -h lists. help runs the command with "SUB -h" and returns what it
-// printed on stderr.
+// text, each with the flags its -h lists. help runs the command with "SUB -h" and returns the
+// help it printed.
 func Real(name, usage string, help func(sub string) string) Command {
 	c := Command{Name: name, Subs: map[string][]string{}}
 	for _, sub := range Subcommands(usage) {
@@ -59,8 +59,9 @@ func Subcommands(usage string) []string {
 	return subs
 }
 
-// defaultsRE matches a flag's first line in flag.PrintDefaults output: "  -name type".
-var defaultsRE = regexp.MustCompile(`(?m)^  -([A-Za-z0-9][A-Za-z0-9-]*)`)
+// defaultsRE matches a flag's first line in flag.PrintDefaults output, "  -name type", or in a
+// help that writes flags as operators type them, "  --name type".
+var defaultsRE = regexp.MustCompile(`(?m)^  --?([A-Za-z0-9][A-Za-z0-9-]*)`)
 
 // Flags returns the flag names in the output of flag.FlagSet.PrintDefaults, which is what a
 // command prints for -h.
