@@ -2,7 +2,9 @@ package metrics
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -80,8 +82,7 @@ func fakeProc(t *testing.T, files map[string]string, fds int) string {
 	return dir
 }
 
-// A stat line whose command name holds spaces and parentheses; utime 250, stime 50 ticks, start
-// 12345 ticks after boot, 3133440 bytes virtual, 413 pages resident.
+// A stat line whose command name holds spaces and parentheses, started 12345 ticks after boot.
 const statLine = "17189 (a ) (b) R 17185 17185 9553 0 -1 4194304 98 0 0 0 250 50 0 0 20 0 7 0 12345 3133440 413 18446744073709551615 0\n"
 
 const limits = `Limit                     Soft Limit           Hard Limit           Units     
@@ -89,24 +90,32 @@ Max processes             96367                96367                processes
 Max open files            1024                 524288               files     
 `
 
+// fakePID is the process the fake /proc folders describe.
+const fakePID = 17189
+
+// threeSeconds is a CPU clock that has counted 3 s.
+func threeSeconds() (float64, error) { return 3, nil }
+
 func TestProcess_ReadsEveryFamilyFromProc(t *testing.T) {
 	proc := fakeProc(t, map[string]string{
-		"stat":        "cpu  1 2 3\nbtime 1796623486\nprocesses 9\n",
-		"self/stat":   statLine,
-		"self/limits": limits,
+		"stat":                 "cpu  1 2 3\nbtime 1796623486\nprocesses 9\n",
+		"self/task/17189/stat": statLine,
+		"self/statm":           "765 413 100 10 0 200 0\n",
+		"self/limits":          limits,
 	}, 5)
-	fams, err := parse(t, func(w *Writer) error { return writeProcess(w, proc) })
+	fams, err := parse(t, func(w *Writer) error { return writeProcess(w, proc, fakePID, threeSeconds) })
 	if err != nil {
 		t.Fatalf("error %v reading a complete /proc", err)
 	}
+	page := float64(os.Getpagesize())
 	for _, c := range []struct {
 		name string
 		want float64
 	}{
 		{"process_start_time_seconds", 1796623486 + 123.45},
 		{"process_cpu_seconds_total", 3},
-		{"process_resident_memory_bytes", 413 * float64(os.Getpagesize())},
-		{"process_virtual_memory_bytes", 3133440},
+		{"process_resident_memory_bytes", 413 * page},
+		{"process_virtual_memory_bytes", 765 * page},
 		{"process_open_fds", 5},
 		{"process_max_fds", 1024},
 	} {
@@ -120,33 +129,49 @@ func TestProcess_ReadsEveryFamilyFromProc(t *testing.T) {
 }
 
 func TestProcess_LeavesOutWhatItCannotReadAndSaysWhat(t *testing.T) {
+	complete := map[string]string{"stat": "btime 1\n", "self/task/17189/stat": statLine, "self/statm": "2 1\n", "self/limits": limits}
+	with := func(name, body string) map[string]string {
+		m := maps.Clone(complete)
+		if body == "" {
+			delete(m, name)
+		} else {
+			m[name] = body
+		}
+		return m
+	}
+	noCPU := func() (float64, error) { return 0, errors.New("process metrics: getrusage: not here") }
 	cases := []struct {
 		name    string
 		files   map[string]string
 		fds     int
+		cpu     func() (float64, error)
 		missing []string // families left out
 		errHas  string
 	}{
-		{"no /proc at all", nil, -1, []string{"process_start_time_seconds", "process_cpu_seconds_total", "process_resident_memory_bytes",
-			"process_virtual_memory_bytes", "process_open_fds", "process_max_fds"}, "self/stat"},
-		{"stat cut short", map[string]string{"stat": "btime 1\n", "self/stat": "1 (x) R 1 2 3\n", "self/limits": limits}, 1,
-			[]string{"process_start_time_seconds", "process_cpu_seconds_total", "process_resident_memory_bytes", "process_virtual_memory_bytes"},
-			"fields after the command name"},
-		{"stat without a command name", map[string]string{"stat": "btime 1\n", "self/stat": "garbage", "self/limits": limits}, 1,
-			[]string{"process_cpu_seconds_total"}, "no command name"},
-		{"a field not a number", map[string]string{"stat": "btime 1\n", "self/stat": strings.Replace(statLine, " 250 ", " x ", 1), "self/limits": limits}, 1,
-			[]string{"process_cpu_seconds_total"}, "field 14"},
-		{"no btime", map[string]string{"stat": "cpu 1\n", "self/stat": statLine, "self/limits": limits}, 1,
-			[]string{"process_start_time_seconds"}, "no btime line"},
-		{"no open files limit", map[string]string{"stat": "btime 1\n", "self/stat": statLine, "self/limits": "Limit\n"}, 1,
-			[]string{"process_max_fds"}, `no "Max open files" line`},
-		{"limit not a number", map[string]string{"stat": "btime 1\n", "self/stat": statLine, "self/limits": "Max open files  many  many  files\n"}, 1,
+		{"no /proc at all", nil, -1, threeSeconds, []string{"process_start_time_seconds", "process_resident_memory_bytes",
+			"process_virtual_memory_bytes", "process_open_fds", "process_max_fds"}, "task/17189/stat"},
+		{"stat cut short", with("self/task/17189/stat", "1 (x) R 1 2 3\n"), 1, threeSeconds,
+			[]string{"process_start_time_seconds"}, "fields after the command name"},
+		{"stat without a command name", with("self/task/17189/stat", "garbage"), 1, threeSeconds,
+			[]string{"process_start_time_seconds"}, "no command name"},
+		{"start time not a number", with("self/task/17189/stat", strings.Replace(statLine, " 12345 ", " x ", 1)), 1, threeSeconds,
+			[]string{"process_start_time_seconds"}, "field 22"},
+		{"no btime", with("stat", "cpu 1\n"), 1, threeSeconds, []string{"process_start_time_seconds"}, "no btime line"},
+		{"no statm", with("self/statm", ""), 1, threeSeconds,
+			[]string{"process_resident_memory_bytes", "process_virtual_memory_bytes"}, "statm"},
+		{"statm cut short", with("self/statm", "12\n"), 1, threeSeconds,
+			[]string{"process_resident_memory_bytes", "process_virtual_memory_bytes"}, "1 fields, want at least 2"},
+		{"statm not numbers", with("self/statm", "a b\n"), 1, threeSeconds,
+			[]string{"process_resident_memory_bytes"}, "invalid syntax"},
+		{"no open files limit", with("self/limits", "Limit\n"), 1, threeSeconds, []string{"process_max_fds"}, `no "Max open files" line`},
+		{"limit not a number", with("self/limits", "Max open files  many  many  files\n"), 1, threeSeconds,
 			[]string{"process_max_fds"}, "cannot read"},
+		{"no CPU clock", complete, 1, noCPU, []string{"process_cpu_seconds_total"}, "getrusage"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			proc := fakeProc(t, c.files, c.fds)
-			fams, err := parse(t, func(w *Writer) error { return writeProcess(w, proc) })
+			fams, err := parse(t, func(w *Writer) error { return writeProcess(w, proc, fakePID, c.cpu) })
 			if err == nil || !strings.Contains(err.Error(), c.errHas) {
 				t.Errorf("error %v, want one saying %q", err, c.errHas)
 			}
@@ -164,7 +189,7 @@ func TestProcess_LeavesOutWhatItCannotReadAndSaysWhat(t *testing.T) {
 
 func TestProcess_UnlimitedOpenFilesIsInfinite(t *testing.T) {
 	proc := fakeProc(t, map[string]string{"self/limits": "Max open files            unlimited            unlimited            files\n"}, 0)
-	fams, _ := parse(t, func(w *Writer) error { return writeProcess(w, proc) })
+	fams, _ := parse(t, func(w *Writer) error { return writeProcess(w, proc, fakePID, threeSeconds) })
 	if v := single(t, fams, "process_max_fds"); !math.IsInf(v, 1) {
 		t.Errorf("process_max_fds = %v, want +Inf", v)
 	}
