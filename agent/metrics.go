@@ -9,6 +9,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/metrics"
+	"github.com/cmx-agent/cmx-agent/transport"
 )
 
 // Build identifies the running binary in metrics.
@@ -17,10 +18,12 @@ type Build struct {
 	Commit  string
 }
 
-// The metric families, every name prefixed cmx_agent_. Per endpoint there are 10 series (info,
-// last apply time, received, four results, drift repairs, damaged, apply running), so 1,000
-// endpoints make 10,000 series; the apply duration histogram is one for the whole agent (17
-// series), and the rest are single series (26 besides the endpoints' in all).
+// The metric families, the agent's prefixed cmx_agent_, then the standard process_* and go_* ones.
+// Per endpoint there are 10 series (info, last apply time, received, four results, drift repairs,
+// damaged, apply running), so 1,000 endpoints make 10,000 series; the apply duration histogram is
+// one for the whole agent (17 series), the connection failures 6 (one per cause), the process
+// families 6 and the Go ones 19 (GC pauses: 5 quantiles, sum and count), and the rest are single
+// series (57 besides the endpoints' in all).
 func (a *Agent) writeMetrics(w *metrics.Writer) error {
 	st, err := a.eng.Stats()
 	if err != nil {
@@ -44,6 +47,10 @@ func (a *Agent) writeMetrics(w *metrics.Writer) error {
 	w.Sample("cmx_agent_subscription_degraded", b(degraded(c) != ""))
 	w.Family("cmx_agent_reconnects_total", "Connections to the broker made after the first since the agent started.", "counter")
 	w.Sample("cmx_agent_reconnects_total", float64(max(c.Connects, 1)-1))
+	w.Family("cmx_agent_connect_failures_total", "Connection attempts to the broker that failed since the agent started, by cause: refused (nothing listens), timeout, tls (handshake, certificates, or the TLS files), auth (credentials or client id refused, or the password file), dns, other.", "counter")
+	for _, cause := range transport.FailureCauses() {
+		w.Sample("cmx_agent_connect_failures_total", float64(c.ConnectFailures[cause]), l("cause", cause))
+	}
 
 	w.Family("cmx_agent_endpoint_applied_info", "The configuration applied at each endpoint (id as people read it; empty when none or without id).", "gauge")
 	for _, e := range st.Endpoints {
@@ -103,6 +110,11 @@ func (a *Agent) writeMetrics(w *metrics.Writer) error {
 	w.Sample("cmx_agent_outbox_set_aside_messages", float64(st.OutboxSetAside))
 	w.Family("cmx_agent_database_size_bytes", "Size of the state database file.", "gauge")
 	w.Sample("cmx_agent_database_size_bytes", float64(st.DatabaseBytes))
+	if err := metrics.Process(w); err != nil {
+		// The families that could be read are written; the scrape shows which are missing.
+		a.log.Debug("process metrics incomplete", "err", err)
+	}
+	metrics.Go(w)
 	return w.Flush()
 }
 

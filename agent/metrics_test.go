@@ -107,6 +107,10 @@ func TestMetrics_ParseAndCarryEveryFamily(t *testing.T) {
 		"cmx_agent_drift_repairs_total", "cmx_agent_endpoint_damaged", "cmx_agent_apply_duration_seconds",
 		"cmx_agent_endpoint_apply_running_seconds", "cmx_agent_held_acks_released_total", "cmx_agent_outbox_set_aside_messages",
 		"cmx_agent_outbox_messages", "cmx_agent_outbox_oldest_age_seconds", "cmx_agent_database_size_bytes",
+		"cmx_agent_connect_failures_total",
+		"process_start_time_seconds", "process_cpu_seconds_total", "process_resident_memory_bytes",
+		"process_virtual_memory_bytes", "process_open_fds", "process_max_fds",
+		"go_goroutines", "go_threads", "go_info", "go_memstats_alloc_bytes", "go_gc_duration_seconds",
 	} {
 		if _, ok := fams[name]; !ok {
 			t.Errorf("family %s missing", name)
@@ -128,6 +132,10 @@ func TestMetrics_ParseAndCarryEveryFamily(t *testing.T) {
 		{"cmx_agent_endpoint_last_apply_timestamp_seconds", map[string]string{"endpoint": "gw-001"}, func(v float64) bool { return v > 1e9 }, "a Unix time"},
 		{"cmx_agent_apply_duration_seconds", nil, func(v float64) bool { return v == 1 }, "1 observation"},
 		{"cmx_agent_database_size_bytes", nil, func(v float64) bool { return v > 0 }, "> 0"},
+		{"cmx_agent_connect_failures_total", map[string]string{"cause": "refused"}, func(v float64) bool { return v == 0 }, "0"},
+		{"process_open_fds", nil, func(v float64) bool { return v > 3 }, "> 3 (the database, the socket, the broker)"},
+		{"process_resident_memory_bytes", nil, func(v float64) bool { return v > 1<<20 }, "> 1 MiB"},
+		{"go_goroutines", nil, func(v float64) bool { return v > 1 }, "> 1"},
 	}
 	for _, c := range checks {
 		if v := value(t, fams, c.family, c.labels); !c.want(v) {
@@ -194,11 +202,85 @@ func TestMetrics_SeriesAreBoundedByTheEndpointList(t *testing.T) {
 				series += len(h.GetBucket()) + 2 // the buckets (+Inf among them), _sum and _count
 				continue
 			}
+			if s := m.GetSummary(); s != nil {
+				series += len(s.GetQuantile()) + 2
+				continue
+			}
 			series++
 		}
 	}
-	if series != 10*1000+26 {
-		t.Errorf("%d series for 1,000 endpoints, want 10,026 (10 per endpoint and 26 besides)", series)
+	if series != 10*1000+57 {
+		t.Errorf("%d series for 1,000 endpoints, want 10,057 (10 per endpoint and 57 besides)", series)
+	}
+}
+
+// Every failed connection attempt is counted under its cause, whether or not the cause changed
+// (the log says it once); the other causes stay at 0.
+func TestMetrics_ConnectFailuresAreCountedByCause(t *testing.T) {
+	closedPort := func(t *testing.T) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln.Close()
+		return "tcp://" + ln.Addr().String()
+	}
+	cases := []struct {
+		name   string
+		broker func(t *testing.T) (*mqtttest.Broker, string) // the broker and the [broker] table
+		want   string
+	}{
+		{"nothing listening", func(t *testing.T) (*mqtttest.Broker, string) {
+			return mqtttest.Start(t), fmt.Sprintf("servers = [%q]", closedPort(t))
+		}, "refused"},
+		{"plain port in a tls:// URL", func(t *testing.T) (*mqtttest.Broker, string) {
+			b := mqtttest.Start(t)
+			return b, fmt.Sprintf("servers = [%q]", strings.Replace(b.URL, "tcp://", "tls://", 1))
+		}, "tls"},
+		{"ca_file without a certificate", func(t *testing.T) (*mqtttest.Broker, string) {
+			b := mqtttest.Start(t)
+			ca := filepath.Join(t.TempDir(), "ca.pem")
+			if err := os.WriteFile(ca, []byte("not a certificate\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return b, fmt.Sprintf("servers = [%q]\nca_file = %q", strings.Replace(b.URL, "tcp://", "tls://", 1), ca)
+		}, "tls"},
+		{"wrong password", func(t *testing.T) (*mqtttest.Broker, string) {
+			b, url := passwordBroker(t, "gw-001", testPassword)
+			return b, fmt.Sprintf("servers = [%q]\nusername = \"gw-001\"\npassword_file = %q", url, writeSecret(t, "wrong", 0o600))
+		}, "auth"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			b, brokerTOML := c.broker(t)
+			h := newHarnessOn(t, b, brokerTOML)
+			h.start()
+			h.waitStatus(func(s Status) bool { return s.LastError != "" }) // the API is up
+			// The first attempt goes at once, the second after the backoff's first step (≤ 1 s).
+			var fams map[string]*dto.MetricFamily
+			for deadline := time.Now().Add(waitFor); ; {
+				fams = h.scrape()
+				if value(t, fams, "cmx_agent_connect_failures_total", map[string]string{"cause": c.want}) >= 2 || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if n := len(fams["cmx_agent_connect_failures_total"].GetMetric()); n != 6 {
+				t.Errorf("%d series of cmx_agent_connect_failures_total, want 6 (one per cause)", n)
+			}
+			for _, cause := range []string{"refused", "timeout", "tls", "auth", "dns", "other"} {
+				v := value(t, fams, "cmx_agent_connect_failures_total", map[string]string{"cause": cause})
+				switch {
+				case cause == c.want && v < 2:
+					t.Errorf("cmx_agent_connect_failures_total{cause=%q} = %v after two attempts, want ≥ 2", cause, v)
+				case cause != c.want && v != 0:
+					t.Errorf("cmx_agent_connect_failures_total{cause=%q} = %v, want 0 (every failure was %s)", cause, v, c.want)
+				}
+			}
+			if v := value(t, fams, "cmx_agent_connected", nil); v != 0 {
+				t.Errorf("cmx_agent_connected = %v, want 0", v)
+			}
+		})
 	}
 }
 

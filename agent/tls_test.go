@@ -77,6 +77,16 @@ func TestTLS_ServerCertForAnotherNameIsRefusedWithOneClearLogLine(t *testing.T) 
 	refusedOnce(t, h, "server certificate does not match the server name: x509: cannot validate certificate for 127.0.0.1")
 }
 
+// A plain MQTT listener reads the ClientHello as a malformed packet and closes the connection:
+// the handshake ends in a bare reset or EOF, which alone would tell the operator nothing.
+func TestTLS_PlainBrokerInATLSURLIsSaidToMaybeNotSpeakTLS(t *testing.T) {
+	b := mqtttest.Start(t)
+	url := strings.Replace(b.URL, "tcp://", "tls://", 1)
+	h := newHarnessOn(t, b, fmt.Sprintf("servers = [%q]", url))
+	h.start()
+	refusedOnce(t, h, "closed the connection during the TLS handshake: it may not speak TLS")
+}
+
 func TestMutualTLS_ClientCertIsReloadedAtEachReconnect(t *testing.T) {
 	dir := t.TempDir()
 	ca := testpki.NewCA(t, dir, "ca")

@@ -12,7 +12,7 @@ _cmxctl() {
 	fi
 
 	case $prev in
-	--password-file | --configs)
+	--password-file | --ca-file | --cert-file | --key-file | --configs)
 		[[ $prev == --configs ]] && _filedir -d || _filedir
 		return
 		;;
@@ -29,7 +29,7 @@ _cmxctl() {
 		;;
 	esac
 
-	local common="--broker --app --extension --dialect --username --password-file --log-level"
+	local common="--broker --app --extension --dialect --username --password-file --ca-file --cert-file --key-file --log-level"
 	local flags
 	case ${words[1]} in
 	demo) flags="--addr --exit" ;;

@@ -490,7 +490,9 @@ func (m *machine) commitResult() {
 	if !p.o.Internal {
 		ep.stats.count(out.r.Code)
 	}
-	if out.r.OK() {
+	if out.unchanged {
+		e.log.Info("configuration unchanged", "endpoint", ep.key, "id", p.o.Text, "output", out.output)
+	} else if out.r.OK() {
 		e.log.Info("configuration applied", "endpoint", ep.key, "id", p.o.Text, "output", out.output, "bytes", len(out.body))
 	} else {
 		e.log.Error("configuration not applied", "endpoint", ep.key, "id", p.o.Text, "status", out.r.Status)

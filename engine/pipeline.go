@@ -25,6 +25,8 @@ type outcome struct {
 	body     []byte
 	rendered bool
 	output   string
+	// unchanged: the output held body already; nothing was written or run.
+	unchanged bool
 	// abandoned: the agent is stopping and the pipeline was cut short; nothing may be committed, the
 	// offer stays pending and is applied again from the start after the restart.
 	abandoned bool
@@ -81,7 +83,7 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 	if hash == st.AppliedHash && (shape == st.AppliedShape || st.AppliedShape == "") {
 		// No write, no validate, no hook: a server that sends the same configuration again (after
 		// every reconnect, for instance) must not make the device reload.
-		e.log.Info("configuration unchanged", "endpoint", ep.key, "id", o.Text)
+		done.unchanged = true // logged once committed, as an applied one is
 		return done
 	}
 	own, err := apply.LookupOwner(cfg.Owner, cfg.Group)

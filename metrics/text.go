@@ -26,7 +26,7 @@ type Writer struct {
 // NewWriter writes to w.
 func NewWriter(w io.Writer) *Writer { return &Writer{w: bufio.NewWriter(w)} }
 
-// Family starts a metric family: typ is counter, gauge, histogram or untyped.
+// Family starts a metric family: typ is counter, gauge, histogram, summary or untyped.
 func (w *Writer) Family(name, help, typ string) {
 	w.w.WriteString("# HELP " + name + " " + escapeHelp(help) + "\n")
 	w.w.WriteString("# TYPE " + name + " " + typ + "\n")
@@ -58,6 +58,16 @@ func (w *Writer) Histogram(name string, bounds []float64, cumulative []uint64, s
 		w.Sample(name+"_bucket", float64(cumulative[i]), append(labels[:len(labels):len(labels)], Label{"le", formatFloat(b)})...)
 	}
 	w.Sample(name+"_bucket", float64(count), append(labels[:len(labels):len(labels)], Label{"le", "+Inf"})...)
+	w.Sample(name+"_sum", sum, labels...)
+	w.Sample(name+"_count", float64(count), labels...)
+}
+
+// Summary writes a summary's samples: one per quantile (values[i] at quantiles[i]), then sum and
+// count.
+func (w *Writer) Summary(name string, quantiles, values []float64, sum float64, count uint64, labels ...Label) {
+	for i, q := range quantiles {
+		w.Sample(name, values[i], append(labels[:len(labels):len(labels)], Label{"quantile", formatFloat(q)})...)
+	}
 	w.Sample(name+"_sum", sum, labels...)
 	w.Sample(name+"_count", float64(count), labels...)
 }

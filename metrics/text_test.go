@@ -1,29 +1,16 @@
 package metrics
 
-import (
-	"bytes"
-	"testing"
-
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-)
+import "testing"
 
 func TestWriter_OutputParsesWithHostileLabelValues(t *testing.T) {
-	var buf bytes.Buffer
-	w := NewWriter(&buf)
 	odd := "a \"quoted\" id\\with a backslash\nand a newline"
-	w.Family("x_info", "Help with a backslash \\ and\na newline.", "gauge")
-	w.Sample("x_info", 1, Label{"id", odd})
-	w.Family("x_seconds", "A histogram.", "histogram")
-	w.Histogram("x_seconds", []float64{0.5, 1}, []uint64{1, 2}, 1.25, 3)
-	if err := w.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	p := expfmt.NewTextParser(model.LegacyValidation)
-	fams, err := p.TextToMetricFamilies(&buf)
-	if err != nil {
-		t.Fatalf("does not parse: %v\n%s", err, buf.String())
-	}
+	fams, _ := parse(t, func(w *Writer) error {
+		w.Family("x_info", "Help with a backslash \\ and\na newline.", "gauge")
+		w.Sample("x_info", 1, Label{"id", odd})
+		w.Family("x_seconds", "A histogram.", "histogram")
+		w.Histogram("x_seconds", []float64{0.5, 1}, []uint64{1, 2}, 1.25, 3)
+		return nil
+	})
 	if got := fams["x_info"].GetMetric()[0].GetLabel()[0].GetValue(); got != odd {
 		t.Errorf("label value %q, want %q", got, odd)
 	}

@@ -171,6 +171,14 @@ func writeChangelog(path, version, commit string, when time.Time) error {
 	return writeGzip(path, []byte(text))
 }
 
+// installedDocs are the documents the packages carry, side by side in /usr/share/doc/cmx-agent:
+// the operator's guide and every document it links to, directly or through another, so that no
+// link is dead on a gateway without network.
+func installedDocs() []string {
+	return []string{"README.md", "docs/operations.md", "docs/durability.md", "docs/brokers.md", "docs/apply.md",
+		"docs/security.md", "docs/benchmarks.md"}
+}
+
 // pack writes one package and returns its path.
 func pack(format string, t target, version string, mtime time.Time, bin, changelog string, man files.Contents, out string) (string, error) {
 	exec := &files.ContentFileInfo{Mode: 0o755, MTime: mtime}
@@ -185,9 +193,9 @@ func pack(format string, t target, version string, mtime time.Time, bin, changel
 		{Source: "systemd/cmx-agent.service", Destination: unitDir + "cmx-agent.service", FileInfo: doc()},
 		{Source: "systemd/cmx-agent.sysusers", Destination: "/usr/lib/sysusers.d/cmx-agent.conf", FileInfo: doc()},
 		{Source: "examples/agent.toml", Destination: "/usr/share/doc/cmx-agent/agent.toml.example", FileInfo: doc()},
-		{Source: "README.md", Destination: "/usr/share/doc/cmx-agent/README.md", FileInfo: doc()},
-		{Source: "docs/operations.md", Destination: "/usr/share/doc/cmx-agent/operations.md", FileInfo: doc()},
-		{Source: "docs/durability.md", Destination: "/usr/share/doc/cmx-agent/durability.md", FileInfo: doc()},
+	}
+	for _, src := range installedDocs() {
+		contents = append(contents, &files.Content{Source: src, Destination: "/usr/share/doc/cmx-agent/" + filepath.Base(src), FileInfo: doc()})
 	}
 	// The configuration may name credentials: 0640 root:cmx-agent. Debian policy wants 0644 in the
 	// archive, so there postinst narrows it once the group exists; rpm creates the user in %pre
@@ -246,6 +254,9 @@ func pack(format string, t target, version string, mtime time.Time, bin, changel
 		Overridables: nfpm.Overridables{
 			Contents: contents,
 			Umask:    0o022,
+			// The completions in /usr/share/bash-completion need it to load; apt installs
+			// recommended packages by default, and --no-install-recommends leaves it out.
+			Recommends: []string{"bash-completion"},
 		},
 	}
 	switch format {

@@ -136,7 +136,7 @@ func TestPackages_ContentsFlagsAndScripts(t *testing.T) {
 	repoRoot(t)
 	p := buildPackages(t, "1.2.3")
 
-	if got := command(t, "dpkg-deb", "-f", p.deb, "Package", "Version", "Architecture"); got != "Package: cmx-agent\nVersion: 1.2.3\nArchitecture: amd64\n" {
+	if got := command(t, "dpkg-deb", "-f", p.deb, "Package", "Version", "Architecture", "Recommends"); got != "Package: cmx-agent\nVersion: 1.2.3\nArchitecture: amd64\nRecommends: bash-completion\n" {
 		t.Errorf("deb control fields:\n%s", got)
 	}
 	list := command(t, "dpkg-deb", "-c", p.deb)
@@ -148,6 +148,7 @@ func TestPackages_ContentsFlagsAndScripts(t *testing.T) {
 		"-rw-r--r-- root/root .* ./etc/cmx-agent/agent.toml\n",
 		"./usr/share/doc/cmx-agent/agent.toml.example\n",
 		"./usr/share/doc/cmx-agent/operations.md\n",
+		"./usr/share/doc/cmx-agent/brokers.md\n", // operations.md links to it
 		"./usr/share/doc/cmx-agent/copyright\n",
 		"-rw-r--r-- root/root .* ./usr/share/doc/cmx-agent/THIRD-PARTY-NOTICES\n",
 		"./usr/share/doc/cmx-agent/changelog.gz\n",
@@ -222,6 +223,9 @@ func TestPackages_ContentsFlagsAndScripts(t *testing.T) {
 		if !strings.Contains(scripts, want) {
 			t.Errorf("rpm scripts lack %q:\n%s", want, scripts)
 		}
+	}
+	if got := command(t, "rpm", "-qp", "--recommends", p.rpm); got != "bash-completion\n" {
+		t.Errorf("rpm recommends %q, want bash-completion (the completions need it)", got)
 	}
 	if got := command(t, "rpm", "-qp", "--qf", "%{NAME} %{VERSION} %{ARCH}", p.rpm); got != "cmx-agent 1.2.3 x86_64" {
 		t.Errorf("rpm header: %q", got)

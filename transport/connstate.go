@@ -16,6 +16,9 @@ type ConnState struct {
 	// Connects counts the connections made since the agent started; all but the first are
 	// reconnections.
 	Connects uint64
+	// ConnectFailures counts the connection attempts that failed since the agent started, by
+	// cause (one of FailureCauses; a cause never seen is absent).
+	ConnectFailures map[string]uint64
 	// QoS is, while Connected, the QoS the broker granted the subscriptions: 1, or 0 when it grants
 	// no more or while it refuses this client id a QoS 1 subscription; in that case QoS1RetryAt is
 	// when the session tries QoS 1 again (zero otherwise).

@@ -52,12 +52,26 @@ func openConnection(u *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
 			}
 		}
 		if err != nil {
+			if vagueCause(err) {
+				// The TCP connection was made (a refused one is not vague): the handshake was cut.
+				err = &HandshakeCutError{Err: err}
+			}
 			return nil, err
 		}
 		return &alertConn{Conn: conn}, nil
 	}
 	return nil, fmt.Errorf("unsupported scheme %q", u.Scheme)
 }
+
+// HandshakeCutError is a TLS handshake the server ended with a reset or an EOF, without an alert.
+// A plain MQTT listener does that: it reads the ClientHello as a malformed packet and hangs up.
+type HandshakeCutError struct{ Err error }
+
+func (e *HandshakeCutError) Error() string {
+	return "the broker closed the connection during the TLS handshake: " + e.Err.Error()
+}
+
+func (e *HandshakeCutError) Unwrap() error { return e.Err }
 
 // alertConn turns a failed write into the TLS alert the peer sent before it closed, when there is
 // one.

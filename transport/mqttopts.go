@@ -1,12 +1,14 @@
 package transport
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -51,14 +53,14 @@ func (s *Session) clientOptions(clean bool) (*mqtt.ClientOptions, error) {
 		if b.PasswordFile != "" {
 			pw, err := readSecret(b.PasswordFile, "password_file")
 			if err != nil {
-				return nil, err
+				return nil, &setupError{cause: CauseAuth, err: err}
 			}
 			o.SetPassword(strings.TrimRight(string(pw), "\r\n"))
 		}
 	}
 	tc, err := tlsConfig(b.CAFile, b.CertFile, b.KeyFile)
 	if err != nil {
-		return nil, err
+		return nil, &setupError{cause: CauseTLS, err: err}
 	}
 	// paho applies it to tls://, ssl://, mqtts:// and wss:// only; tcp:// and ws:// stay plain.
 	o.SetTLSConfig(tc)
@@ -143,7 +145,8 @@ func (e *SecretModeError) Error() string {
 // finished, so the same refusal shows up either as that alert or, when the CONNECT write loses the
 // race, as a reset.
 func vagueCause(err error) bool {
-	if strings.Contains(err.Error(), "remote error: tls:") {
+	var cut *HandshakeCutError
+	if strings.Contains(err.Error(), "remote error: tls:") || errors.As(err, &cut) {
 		return false
 	}
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) ||
@@ -159,6 +162,7 @@ func connectCause(err error) string {
 		invalid    x509.CertificateInvalidError
 		recordHdr  tls.RecordHeaderError
 		secretMode *SecretModeError
+		cut        *HandshakeCutError
 	)
 	msg := err.Error()
 	switch {
@@ -170,6 +174,9 @@ func connectCause(err error) string {
 		return "server certificate does not match the server name: " + hostname.Error()
 	case errors.As(err, &invalid):
 		return "server certificate rejected: " + invalid.Error()
+	case errors.As(err, &cut):
+		return "the broker closed the connection during the TLS handshake: it may not speak TLS " +
+			"(a plain MQTT port in a tls:// URL?), or it accepts no more connections"
 	case errors.As(err, &recordHdr):
 		return "the server did not answer with TLS (a plain MQTT port in a tls:// URL?)"
 	case errors.Is(err, packets.ErrorRefusedNotAuthorised), errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword):
@@ -190,6 +197,66 @@ func connectCause(err error) string {
 	}
 	return msg
 }
+
+// Causes of failed connection attempts, as the metric cmx_agent_connect_failures_total labels them.
+const (
+	CauseRefused = "refused" // nothing listens at the address
+	CauseTimeout = "timeout" // no answer in time: connect, TLS handshake or CONNACK
+	CauseTLS     = "tls"     // the TLS handshake failed, or ca_file, cert_file or key_file cannot be used
+	CauseAuth    = "auth"    // the broker refused the credentials or client id, or password_file cannot be used
+	CauseDNS     = "dns"     // the broker's host name does not resolve
+	CauseOther   = "other"   // anything else: a reset without a reason, the broker unavailable, ...
+)
+
+// FailureCauses are the causes of failed connection attempts, in the order metrics show them.
+func FailureCauses() []string {
+	return []string{CauseRefused, CauseTimeout, CauseTLS, CauseAuth, CauseDNS, CauseOther}
+}
+
+// failureCause sorts a failed connection attempt into one of FailureCauses, so a fleet's
+// dashboards can tell a broker that is down from credentials or certificates gone wrong.
+func failureCause(err error) string {
+	var (
+		setup   *setupError
+		dns     *net.DNSError
+		netErr  net.Error
+		unknown x509.UnknownAuthorityError
+		host    x509.HostnameError
+		invalid x509.CertificateInvalidError
+		header  tls.RecordHeaderError
+		alert   tls.AlertError
+		cut     *HandshakeCutError
+	)
+	switch {
+	case errors.As(err, &setup):
+		return setup.cause
+	case errors.As(err, &dns):
+		return CauseDNS
+	case errors.As(err, &unknown), errors.As(err, &host), errors.As(err, &invalid), errors.As(err, &header),
+		errors.As(err, &alert), errors.As(err, &cut), strings.Contains(err.Error(), "remote error: tls:"),
+		strings.Contains(err.Error(), "protocol version not supported"):
+		return CauseTLS
+	case errors.Is(err, packets.ErrorRefusedNotAuthorised), errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword),
+		errors.Is(err, packets.ErrorRefusedIDRejected):
+		return CauseAuth
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return CauseRefused
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
+		errors.As(err, &netErr) && netErr.Timeout():
+		return CauseTimeout
+	}
+	return CauseOther
+}
+
+// setupError is a connection attempt that failed before it reached the network: a file the
+// connection needs cannot be used. Its text is the wrapped error's.
+type setupError struct {
+	cause string // one of FailureCauses
+	err   error
+}
+
+func (e *setupError) Error() string { return e.err.Error() }
+func (e *setupError) Unwrap() error { return e.err }
 
 // redactServers hides any password written into a server URL, for logs.
 func redactServers(servers []string) []string {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/url"
 	"slices"
@@ -91,7 +92,8 @@ type Session struct {
 
 	// added, when a test sets it before Run, is called with each message paho hands over, after
 	// the inbox took it or refused it: the point a test waits for before letting the engine go on.
-	added func(mqtt.Message)
+	added    func(mqtt.Message)
+	failures map[string]uint64 // failed connection attempts by cause (FailureCauses); guarded by mu
 }
 
 // New returns a session for cfg serving core; Run connects it.
@@ -123,7 +125,8 @@ func New(cfg config.Broker, core Core, opt Options) *Session {
 func (s *Session) State() ConnState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := ConnState{Connected: s.online, Server: s.server, LastError: s.lastErr, LastErrorAt: s.lastErrAt, Connects: s.nextGen}
+	st := ConnState{Connected: s.online, Server: s.server, LastError: s.lastErr, LastErrorAt: s.lastErrAt, Connects: s.nextGen,
+		ConnectFailures: maps.Clone(s.failures)}
 	if !st.Connected {
 		st.Server, _ = s.attempted.Load().(string)
 	} else {
@@ -409,6 +412,10 @@ func (s *Session) setLastErr(cause string) bool {
 func (s *Session) noteConnectError(err error) {
 	cause := connectCause(err)
 	s.mu.Lock()
+	if s.failures == nil {
+		s.failures = make(map[string]uint64, len(FailureCauses()))
+	}
+	s.failures[failureCause(err)]++
 	if vagueCause(err) {
 		switch {
 		case s.lastErr != "":

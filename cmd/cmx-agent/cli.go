@@ -153,6 +153,6 @@ func cmdSync(args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
-	fmt.Fprintf(stdout, "latest configuration requested for %d endpoints\n", res.Requested)
+	fmt.Fprintf(stdout, "latest configuration requested for %s\n", countEndpoints(res.Requested))
 	return 0
 }

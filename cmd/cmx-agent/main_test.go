@@ -36,11 +36,11 @@ func TestCommands_ExitCodesAndOutput(t *testing.T) {
 		stderr     []string
 		noStderror bool
 	}{
-		{"check valid", []string{"check", "--config", valid}, 0, []string{valid + ": ok (1 endpoints, dialect cmx3)"}, nil, true},
+		{"check valid", []string{"check", "--config", valid}, 0, []string{valid + ": ok (1 endpoint, dialect cmx3)"}, nil, true},
 		{"check invalid lists every problem with its line", []string{"check", "--config", invalid}, 2, nil,
 			[]string{invalid + ":3: unknown key kaa.colour", invalid + ":7: "}, false},
 		{"check warns about a dot in a token and still passes", []string{"check", "--config", dotted}, 0,
-			[]string{dotted + ": ok (1 endpoints, dialect cmx3)"},
+			[]string{dotted + ": ok (1 endpoint, dialect cmx3)"},
 			[]string{dotted + `:4: warning: endpoint #1 token: "dev.002" contains a dot: on RabbitMQ`}, false},
 		{"check missing file", []string{"check", "--config", filepath.Join(dir, "nope.toml")}, 2, nil, []string{"nope.toml"}, false},
 		{"run with invalid config", []string{"run", "--config", invalid}, 2, nil, []string{invalid + ":3: unknown key kaa.colour"}, false},

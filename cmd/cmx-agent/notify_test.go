@@ -198,7 +198,7 @@ func TestStatusAndSync_TalkToTheRunningAgent(t *testing.T) {
 	}
 
 	out, stderr, code = runCLI(t, "sync", "--config", e.config)
-	if code != 0 || out != "latest configuration requested for 1 endpoints\n" {
+	if code != 0 || out != "latest configuration requested for 1 endpoint\n" {
 		t.Errorf("sync: exit %d, stdout %q, stderr %q", code, out, stderr)
 	}
 	e.waitPull(t)

@@ -30,7 +30,7 @@ func TestSocket_ReachesTheRunningAgentWithABrokenConfigurationFile(t *testing.T)
 	}{
 		{[]string{"status", "--socket", socket}, "\ngw-001 "},
 		{[]string{"status", "--socket", socket, "--json"}, `"key": "gw-001"`},
-		{[]string{"sync", "--socket", socket}, "latest configuration requested for 1 endpoints"},
+		{[]string{"sync", "--socket", socket}, "latest configuration requested for 1 endpoint\n"},
 	} {
 		stdout.Reset()
 		stderr.Reset()

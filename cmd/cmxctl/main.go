@@ -5,14 +5,18 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -47,6 +51,7 @@ commands:
 common flags of push and serve:
   --broker URL (tcp://127.0.0.1:1883)  --app APP_VERSION (demo-v1)  --extension cmx
   --dialect cmx3|cmp7  --username U  --password-file FILE  --log-level info
+  --ca-file FILE  --cert-file FILE  --key-file FILE   (TLS: a private CA, a client certificate)
 `
 
 func main() {
@@ -69,6 +74,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "demo":
 		return cmdDemo(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
+		if len(args) > 1 && (args[1] == "-h" || args[1] == "--help") {
+			fmt.Fprintf(stdout, "usage: cmxctl version\n\n%s\n", "print cmxctl's version, commit and Go version")
+			return 0
+		}
 		fmt.Fprintf(stdout, "cmxctl %s (commit %s, %s)\n", version, commit, runtime.Version())
 		return 0
 	case "help", "--help", "-h":
@@ -80,9 +89,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 type common struct {
-	o            cloud.Options
-	passwordFile string
-	level        string
+	o                         cloud.Options
+	passwordFile              string
+	caFile, certFile, keyFile string
+	level                     string
 }
 
 func (c *common) register(fs *flag.FlagSet) {
@@ -92,6 +102,9 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.o.Dialect, "dialect", config.DefaultDialect, "cmx3 or cmp7")
 	fs.StringVar(&c.o.Username, "username", "", "MQTT user name")
 	fs.StringVar(&c.passwordFile, "password-file", "", "file holding the MQTT password")
+	fs.StringVar(&c.caFile, "ca-file", "", "CA certificates (PEM) the broker's certificate must chain to (default: the system's); needs a tls:// --broker")
+	fs.StringVar(&c.certFile, "cert-file", "", "client certificate (PEM) for brokers that require one, with --key-file")
+	fs.StringVar(&c.keyFile, "key-file", "", "private key (PEM) of --cert-file")
 	fs.StringVar(&c.level, "log-level", "info", "log level: debug, info, warn or error")
 }
 
@@ -108,12 +121,112 @@ func (c *common) finish(stderr io.Writer) error {
 		}
 		c.o.Password = strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
 	}
+	tc, err := c.tlsConfig()
+	if err != nil {
+		return err
+	}
+	c.o.TLS = tc
 	return nil
+}
+
+// tlsConfig reads --ca-file, --cert-file and --key-file; nil when none is given.
+func (c *common) tlsConfig() (*tls.Config, error) {
+	var given string
+	for _, f := range []struct{ flag, value string }{{"--ca-file", c.caFile}, {"--cert-file", c.certFile}, {"--key-file", c.keyFile}} {
+		if f.value != "" {
+			given = f.flag
+			break
+		}
+	}
+	if given == "" {
+		return nil, nil
+	}
+	// paho keeps tcp:// and ws:// plain whatever the TLS settings: say so instead of connecting
+	// in the clear.
+	if u, err := url.Parse(c.o.Broker); err != nil || !slices.Contains([]string{"tls", "ssl", "mqtts", "wss"}, u.Scheme) {
+		return nil, fmt.Errorf("%s needs a tls://, ssl://, mqtts:// or wss:// --broker URL: %s stays plain", given, c.o.Broker)
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.caFile != "" {
+		pem, err := os.ReadFile(c.caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca-file %s: no PEM certificate in it", c.caFile)
+		}
+	}
+	if (c.certFile == "") != (c.keyFile == "") {
+		return nil, errors.New("--cert-file and --key-file go together: give both or neither")
+	}
+	if c.certFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--cert-file %s / --key-file %s: %w", c.certFile, c.keyFile, err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// failed prints err as cmd's one line on stderr and returns the exit code: 2 for input that cannot
+// be used (nothing was sent), 1 for the rest. A body at fault is named by file when there is one.
+func failed(stderr io.Writer, cmd string, err error, file string) int {
+	msg := err.Error()
+	var body *cloud.BodyError
+	if errors.As(err, &body) && file != "" {
+		msg = file + " " + body.Problem
+	}
+	fmt.Fprintf(stderr, "cmxctl %s: %s\n", cmd, msg)
+	var input *cloud.InputError
+	if errors.As(err, &input) {
+		return 2
+	}
+	return 1
+}
+
+// parse parses a subcommand's flags. On -h or --help it prints the subcommand's usage on stdout
+// (synopsis, what it does, its flags with two dashes); on a bad flag one line on stderr. done
+// says the command ends there, with code.
+func parse(fs *flag.FlagSet, args []string, stdout, stderr io.Writer, synopsis, what string) (code int, done bool) {
+	fs.SetOutput(io.Discard) // the flag package's own messages: replaced below
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprintf(stdout, "usage: cmxctl %s\n\n%s\n\nflags:\n", synopsis, what)
+		printFlags(stdout, fs)
+		return 0, true
+	case err != nil:
+		fmt.Fprintf(stderr, "cmxctl %s: %v (cmxctl %s --help lists the flags)\n", fs.Name(), err, fs.Name())
+		return 2, true
+	}
+	return 0, false
+}
+
+// printFlags is flag.PrintDefaults with the flags written as operators type them: --name.
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		typ, usage := flag.UnquoteUsage(f)
+		line := "  --" + f.Name
+		if typ != "" {
+			line += " " + typ
+		}
+		line += "\n    \t" + strings.ReplaceAll(usage, "\n", "\n    \t")
+		switch {
+		case f.DefValue == "" || f.DefValue == "false" || f.DefValue == "0":
+		case typ == "string":
+			line += fmt.Sprintf(" (default %q)", f.DefValue)
+		default:
+			line += fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintln(w, line)
+	})
 }
 
 func cmdPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("push", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var c common
 	c.register(fs)
 	token := fs.String("token", "", "endpoint token (required)")
@@ -121,8 +234,10 @@ func cmdPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	idText := fs.String("id", "", `push id: a number stays a number, anything else is a string (default: "push-" and the time)`)
 	waitFor := fs.Duration("wait", 10*time.Second, "how long to wait for the confirmation; 0 = do not wait")
 	raw := fs.Bool("raw", false, "FILE is the whole message, sent as it is (to see how the agent answers malformed input)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := parse(fs, args, stdout, stderr,
+		"push --token T [--name N] [--id ID] [--wait 10s] [--raw] [flags] FILE",
+		"push FILE's configuration and wait for the confirmation; exit 0 only on \"ok\" (cmp7: FILE is\nthe config value, --id the configId, --name a named configuration; exit 0 only on an applied\nreport with a 2xx statusCode), 1 otherwise, 2 on input that cannot be used"); done {
+		return code
 	}
 	if *token == "" || fs.NArg() != 1 {
 		fmt.Fprintln(stderr, "cmxctl push: --token and exactly one FILE are required")
@@ -151,8 +266,7 @@ func cmdPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	conf, err := push(ctx, c.o, cloud.Target{Token: *token, Name: *name}, id, body, *waitFor)
 	if err != nil {
-		fmt.Fprintln(stderr, "cmxctl push:", err)
-		return 1
+		return failed(stderr, "push", err, fs.Arg(0))
 	}
 	if *waitFor <= 0 {
 		fmt.Fprintf(stdout, "pushed %s id=%s (not waiting for the confirmation)\n", cloud.Target{Token: *token, Name: *name}, id.JSON())
@@ -167,13 +281,17 @@ func cmdPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var c common
 	c.register(fs)
 	configs := fs.String("configs", "", "folder of configurations, <token>.json each, <token>.<name>.json for a cmp7 named one (required)")
 	embedded := fs.String("embedded", "", "run an MQTT broker in this process on HOST:PORT (e.g. 127.0.0.1:1883) and use it")
 	share := fs.String("share", "", "subscribe as $share/GROUP/ so several servers split the work (not on RabbitMQ: it does not support $share and delivers nothing)")
-	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+	if code, done := parse(fs, args, stdout, stderr, "serve --configs DIR [--embedded HOST:PORT] [--share GROUP] [flags]",
+		"answer requests with DIR/<token>.json (cmp7 also DIR/<token>.<name>.json), push a file when it\nchanges, print every confirmation or applied report"); done {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "cmxctl serve: unexpected argument %q (cmxctl serve --help lists the flags)\n", fs.Arg(0))
 		return 2
 	}
 	if *configs == "" {
@@ -196,18 +314,21 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	err := cloud.Serve(ctx, cloud.ServeOptions{Options: c.o, Configs: *configs, Share: *share, Out: stdout})
 	if err != nil && !errors.Is(err, context.Canceled) {
-		fmt.Fprintln(stderr, "cmxctl serve:", err)
-		return 1
+		return failed(stderr, "serve", err, "")
 	}
 	return 0
 }
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	addr := fs.String("addr", "", "embedded broker address (default 127.0.0.1:1883, or a free port when taken)")
 	exit := fs.Bool("exit", false, "exit after the walk-through instead of running until Ctrl-C")
-	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+	if code, done := parse(fs, args, stdout, stderr, "demo [--addr HOST:PORT] [--exit]",
+		"the whole loop on this machine: embedded broker, server, agent, a push and its confirmation"); done {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "cmxctl demo: unexpected argument %q (cmxctl demo --help lists the flags)\n", fs.Arg(0))
 		return 2
 	}
 	if err := cloud.Demo(ctx, cloud.DemoOptions{Out: stdout, Addr: *addr, Exit: *exit}); err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -133,8 +134,47 @@ func TestServeHelp_SaysRabbitMQDoesNotSupportShare(t *testing.T) {
 	if !strings.Contains(stderr, "RabbitMQ does not support $share") {
 		t.Errorf("usage does not warn about $share on RabbitMQ:\n%s", stderr)
 	}
-	_, stderr, _ = cmxctl(t, "serve", "-h")
-	if !strings.Contains(stderr, "not on RabbitMQ: it does not support $share") {
-		t.Errorf("serve -h does not warn about $share on RabbitMQ:\n%s", stderr)
+	stdout, _, _ := cmxctl(t, "serve", "-h")
+	if !strings.Contains(stdout, "not on RabbitMQ: it does not support $share") {
+		t.Errorf("serve -h does not warn about $share on RabbitMQ:\n%s", stdout)
+	}
+}
+
+// Every command answers -h and --help with its usage on stdout and exit 0: what it does, its
+// positional arguments, its flags written with two dashes.
+func TestHelp_EveryCommandAnswersOnStdoutWithExit0(t *testing.T) {
+	cases := []struct {
+		sub   string
+		wants []string
+	}{
+		{"push", []string{"usage: cmxctl push --token T", "FILE", "push FILE's configuration", "  --token string", "  --ca-file string", "  --wait duration"}},
+		{"serve", []string{"usage: cmxctl serve --configs DIR", "answer requests", "  --configs string", "  --share string", "not on RabbitMQ"}},
+		{"demo", []string{"usage: cmxctl demo [--addr HOST:PORT] [--exit]", "the whole loop", "  --addr string", "  --exit"}},
+		{"version", []string{"usage: cmxctl version", "version, commit"}},
+	}
+	for _, c := range cases {
+		for _, h := range []string{"-h", "--help"} {
+			t.Run(c.sub+" "+h, func(t *testing.T) {
+				stdout, stderr, code := cmxctl(t, c.sub, h)
+				if code != 0 || stderr != "" {
+					t.Errorf("exit %d, stderr %q; want 0 and nothing on stderr", code, stderr)
+				}
+				for _, want := range c.wants {
+					if !strings.Contains(stdout, want) {
+						t.Errorf("stdout lacks %q:\n%s", want, stdout)
+					}
+				}
+				if regexp.MustCompile(`(?m)^\s+-[a-z]`).MatchString(stdout) {
+					t.Errorf("a flag written with one dash:\n%s", stdout)
+				}
+			})
+		}
+	}
+}
+
+func TestHelp_AnUnknownFlagExits2WithOneLineAndWhereToLook(t *testing.T) {
+	stdout, stderr, code := cmxctl(t, "push", "--nope")
+	if code != 2 || stdout != "" || stderr != "cmxctl push: flag provided but not defined: -nope (cmxctl push --help lists the flags)\n" {
+		t.Errorf("exit %d, stdout %q, stderr %q; want 2 and one line", code, stdout, stderr)
 	}
 }

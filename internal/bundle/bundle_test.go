@@ -216,6 +216,9 @@ func TestBundle_ConfigKeepsPathsAndSettingsWithoutSecrets(t *testing.T) {
 	if hook := cfg["endpoint"].([]map[string]any)[0]["hook"]; len(hook.([]any)) != 3 {
 		t.Errorf("endpoint hook = %v, want it kept", hook)
 	}
+	if want := ": ok (1 endpoint, dialect cmx3)\n"; !strings.HasSuffix(files["check.txt"].data, want) {
+		t.Errorf("check.txt = %q, want it to end in %q as cmx-agent check says it", files["check.txt"].data, want)
+	}
 	// The files it names: paths, modes and owners.
 	for _, want := range []string{"broker.password_file", filepath.Join(g.dir, "password"), "-rw-------", "broker.key_file", "broker.cert_file", "broker.ca_file"} {
 		if !strings.Contains(files["files.txt"].data, want) {

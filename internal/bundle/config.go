@@ -146,7 +146,11 @@ func (b *builder) addConfig(c *configFile) {
 			fmt.Fprintf(&check, "%s: %v\n", c.path, c.loadErr)
 		}
 	default:
-		fmt.Fprintf(&check, "%s: ok (%d endpoints, dialect %s)\n", c.path, len(c.cfg.Endpoints), c.cfg.Kaa.Dialect)
+		noun := "endpoints" // as cmx-agent check says it
+		if len(c.cfg.Endpoints) == 1 {
+			noun = "endpoint"
+		}
+		fmt.Fprintf(&check, "%s: ok (%d %s, dialect %s)\n", c.path, len(c.cfg.Endpoints), noun, c.cfg.Kaa.Dialect)
 	}
 	if c.readErr == nil {
 		b.addRedactedConfig(c)

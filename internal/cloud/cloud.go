@@ -7,11 +7,16 @@
 package cloud
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -27,7 +32,10 @@ type Options struct {
 	AppVersion string // <appversion_name>
 	Extension  string // <extension_instance_name>
 	Dialect    string // config.DialectCMX3 or config.DialectCMP7
-	Logger     *slog.Logger
+	// TLS, when set, is used for tls://, ssl://, mqtts:// and wss:// brokers (a private CA, a
+	// client certificate); nil uses the system's roots. tcp:// and ws:// stay plain.
+	TLS    *tls.Config
+	Logger *slog.Logger
 }
 
 func (o *Options) defaults() {
@@ -43,6 +51,41 @@ func (o *Options) defaults() {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+}
+
+// InputError is input that cannot be used: a body that is not JSON, a token that cannot be a topic
+// level, a configurations folder that is not one. Nothing was sent, and trying again will not
+// help (cmxctl exits 2).
+type InputError struct{ Err error }
+
+func (e *InputError) Error() string { return e.Err.Error() }
+func (e *InputError) Unwrap() error { return e.Err }
+
+func inputError(format string, a ...any) error {
+	return &InputError{Err: fmt.Errorf(format, a...)}
+}
+
+// BodyError is a configuration body that cannot be pushed. Problem reads after the body's name
+// ("is not JSON: line 3, column 9: ..."), so a caller that knows the file can name it.
+type BodyError struct{ Problem string }
+
+func (e *BodyError) Error() string { return "the configuration " + e.Problem }
+
+// notJSON says where body stops being JSON, as a BodyError; nil when it is JSON.
+func notJSON(body []byte) error {
+	var raw json.RawMessage
+	err := json.Unmarshal(body, &raw)
+	var syn *json.SyntaxError
+	if err == nil || !errors.As(err, &syn) {
+		return err
+	}
+	read := body[:min(max(syn.Offset, 0), int64(len(body)))]
+	line := 1 + bytes.Count(read, []byte("\n"))
+	col := len(read) - bytes.LastIndexByte(read, '\n') - 1 // the last byte read, where it failed
+	if syn.Offset >= int64(len(body)) && strings.HasPrefix(syn.Error(), "unexpected end") {
+		col++ // just after the end
+	}
+	return &InputError{Err: &BodyError{Problem: fmt.Sprintf("is not JSON: line %d, column %d: %v", line, col, syn)}}
 }
 
 // randomID is a short random hex string for client ids.
@@ -66,6 +109,9 @@ func connect(ctx context.Context, o Options, clientID string, onConnect func(mqt
 		SetConnectTimeout(10 * time.Second).
 		SetMaxReconnectInterval(10 * time.Second).
 		SetKeepAlive(30 * time.Second)
+	if o.TLS != nil {
+		opts.SetTLSConfig(o.TLS)
+	}
 	if onConnect != nil {
 		opts.SetOnConnectHandler(onConnect)
 	}

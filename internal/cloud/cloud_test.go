@@ -289,22 +289,56 @@ func TestEmbeddedBroker_CarriesTheWholeLoop(t *testing.T) {
 	}
 }
 
-func TestDemo_ShowsFileConfirmationAndWhatToTry(t *testing.T) {
+// demoWalkThrough is what every demo shows before it ends or keeps running.
+var demoWalkThrough = []string{
+	`now holds: [{"sampling_ms": 500}, {"unit": "C"}]`,
+	`now holds: [{"sampling_ms": 250}, {"unit": "C"}]`,
+	`confirmation gw-001 id=42 status="ok"`,
+	`confirmation gw-001 id=43 status="invalid payload: entries must be an array, got object"`,
+}
+
+func TestDemo_ShowsFileConfirmationAndWhatToTryWhileItRuns(t *testing.T) {
 	var out lockedBuf
-	err := Demo(context.Background(), DemoOptions{Out: &out, Dir: t.TempDir(), Addr: "127.0.0.1:0", Exit: true, Logger: slog.New(slog.DiscardHandler)})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Demo(ctx, DemoOptions{Out: &out, Dir: t.TempDir(), Addr: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler)})
+	}()
+	deadline := time.Now().Add(waitFor)
+	for !strings.Contains(out.String(), "The demo keeps running") {
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("the demo never said it keeps running (%v):\n%s", <-done, out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Demo: %v\n%s", err, out.String())
+	}
+	for _, want := range append(demoWalkThrough, "Try next", "cmx-agent status --config") {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// With --exit the broker, server and agent are gone when the demo returns (and a temporary folder
+// with them): steps that need them would fail.
+func TestDemo_WithExitOffersNoStepsThatNeedWhatItStopped(t *testing.T) {
+	var out lockedBuf
+	err := Demo(context.Background(), DemoOptions{Out: &out, Addr: "127.0.0.1:0", Exit: true, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatalf("Demo: %v\n%s", err, out.String())
 	}
-	for _, want := range []string{
-		`now holds: [{"sampling_ms": 500}, {"unit": "C"}]`,
-		`now holds: [{"sampling_ms": 250}, {"unit": "C"}]`,
-		`confirmation gw-001 id=42 status="ok"`,
-		`confirmation gw-001 id=43 status="invalid payload: entries must be an array, got object"`,
-		"Try next",
-		"cmx-agent status --config",
-	} {
+	for _, want := range append(demoWalkThrough, "without --exit") {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out.String())
+		}
+	}
+	for _, gone := range []string{"Try next", "status --config", "Files:"} {
+		if strings.Contains(out.String(), gone) {
+			t.Errorf("demo --exit output offers %q for what it stopped or removed:\n%s", gone, out.String())
 		}
 	}
 }

@@ -194,6 +194,15 @@ output = "out/%s.json"
 	}
 	show(c)
 
+	if o.Exit {
+		// The broker, the server and the agent stop as Demo returns, and a temporary folder goes
+		// with them: steps that need them would fail.
+		if o.Dir != "" {
+			fmt.Fprintf(out, "Files: %s (agent.toml, configs/, out/, state/, demo.log)\n", dir)
+		}
+		fmt.Fprintln(out, "Run cmxctl demo without --exit to keep the loop running and try more from another terminal.")
+		return nil
+	}
 	url := broker.URL()
 	fmt.Fprintf(out, `Try next (from the repository root, in another terminal):
   go run ./cmd/cmx-agent status --config %[1]s
@@ -202,9 +211,6 @@ output = "out/%s.json"
   go run ./cmd/cmx-agent sync --config %[1]s
 Files: %[6]s (agent.toml, configs/, out/, state/, demo.log)
 `, confPath, filepath.Join(configs, demoToken+".json"), url, demoApp, demoToken, dir)
-	if o.Exit {
-		return nil
-	}
 	fmt.Fprintln(out, "The demo keeps running; Ctrl-C stops it and removes its folder.")
 	for {
 		select {

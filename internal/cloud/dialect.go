@@ -101,7 +101,7 @@ func newDialect(name string) (dialect, error) {
 	case config.DialectCMP7:
 		return cmp7{}, nil
 	}
-	return nil, fmt.Errorf("unknown dialect %q (cmx3 or cmp7)", name)
+	return nil, inputError("unknown dialect %q (cmx3 or cmp7)", name)
 }
 
 type cmx3 struct{}
@@ -134,12 +134,12 @@ func (d cmx3) answer(r request, found bool, id cmx.ID, body []byte) (string, []b
 }
 
 func (cmx3) push(prefix string, _ Target, id cmx.ID, body []byte, reqID uint64, _ string) (string, []byte, error) {
-	if !json.Valid(body) {
-		return "", nil, fmt.Errorf("not JSON")
+	if err := notJSON(body); err != nil {
+		return "", nil, err
 	}
 	var probe []json.RawMessage
 	if err := json.Unmarshal(body, &probe); err != nil {
-		return "", nil, fmt.Errorf("3/CMX entries must be a JSON array")
+		return "", nil, &InputError{Err: &BodyError{Problem: "is not a JSON array (3/CMX entries are one)"}}
 	}
 	payload := []byte(`{"entries":` + string(body) + `}`)
 	if !id.IsZero() {
@@ -221,11 +221,14 @@ func (cmp7) answer(r request, found bool, id cmx.ID, body []byte) (string, []byt
 // observing agent also receives.
 func (cmp7) push(prefix string, tg Target, id cmx.ID, body []byte, _ uint64, observer string) (string, []byte, error) {
 	if id.Text() == "" {
-		return "", nil, fmt.Errorf("7/CMP needs a configId")
+		return "", nil, inputError("7/CMP needs a configId")
+	}
+	if err := notJSON(body); err != nil {
+		return "", nil, err
 	}
 	payload, err := cmx.ConfigResponse(id.Text(), body)
 	if err != nil {
-		return "", nil, fmt.Errorf("not JSON")
+		return "", nil, &InputError{Err: &BodyError{Problem: "cannot be a 7/CMP config: " + err.Error()}}
 	}
 	if observer != "" {
 		return cmx.StatusTopic(observer), payload, nil

@@ -34,20 +34,20 @@ func PushRaw(ctx context.Context, o Options, tg Target, id cmx.ID, payload []byt
 func push(ctx context.Context, o Options, tg Target, id cmx.ID, body []byte, raw bool, wait time.Duration) (Confirmation, error) {
 	o.defaults()
 	if o.AppVersion == "" {
-		return Confirmation{}, errors.New("push: the application version is required")
+		return Confirmation{}, inputError("the application version is required")
 	}
 	if !cmx.ValidLevel(tg.Token) {
-		return Confirmation{}, fmt.Errorf("push: %q cannot be a topic level", tg.Token)
+		return Confirmation{}, inputError("%q cannot be a topic level", tg.Token)
 	}
 	dia, err := newDialect(o.Dialect)
 	if err != nil {
 		return Confirmation{}, err
 	}
 	if tg.Name != "" && o.Dialect != config.DialectCMP7 {
-		return Confirmation{}, fmt.Errorf("push: named configurations (%q) exist only in cmp7", tg.Name)
+		return Confirmation{}, inputError("named configurations (%q) exist only in cmp7", tg.Name)
 	}
 	if tg.Name != "" && !cmx.ValidConfigName(tg.Name) {
-		return Confirmation{}, fmt.Errorf("push: %q cannot name a configuration (^[a-zA-Z0-9_-]+$, not all digits, not status or error)", tg.Name)
+		return Confirmation{}, inputError("%q cannot name a configuration (^[a-zA-Z0-9_-]+$, not all digits, not status or error)", tg.Name)
 	}
 	prefix := cmx.Prefix(o.AppVersion, o.Extension, tg.Token)
 	reqID := 1 + rand.Uint64N(1<<53)
@@ -63,7 +63,7 @@ func push(ctx context.Context, o Options, tg Target, id cmx.ID, body []byte, raw
 		topic, payload, err = dia.push(prefix, tg, id, body, reqID, "")
 	}
 	if err != nil {
-		return Confirmation{}, fmt.Errorf("push: %w", err)
+		return Confirmation{}, err
 	}
 	answers := make(chan Confirmation, 16)
 	handler := func(_ mqtt.Client, m mqtt.Message) {
@@ -82,16 +82,16 @@ func push(ctx context.Context, o Options, tg Target, id cmx.ID, body []byte, raw
 	}
 	client, err := connect(ctx, o, "cmxctl-push-"+randomID(), nil)
 	if err != nil {
-		return Confirmation{}, fmt.Errorf("push: %w", err)
+		return Confirmation{}, err
 	}
 	defer client.Disconnect(250)
 	if wait > 0 {
 		// Subscribed before the push goes out, so the answer cannot come first.
-		if err := waitTok(ctx, client.Subscribe(dia.answerFilter(prefix, tg, topic), 1, handler), "push: subscribe"); err != nil {
+		if err := waitTok(ctx, client.Subscribe(dia.answerFilter(prefix, tg, topic), 1, handler), "subscribe"); err != nil {
 			return Confirmation{}, err
 		}
 	}
-	if err := waitTok(ctx, client.Publish(topic, 1, false, payload), "push: publish"); err != nil {
+	if err := waitTok(ctx, client.Publish(topic, 1, false, payload), "publish"); err != nil {
 		return Confirmation{}, err
 	}
 	o.Logger.Debug("pushed", "topic", topic, "id", id.Text(), "bytes", len(body))

@@ -67,26 +67,26 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		o.Debounce = 300 * time.Millisecond
 	}
 	if o.AppVersion == "" {
-		return errors.New("serve: the application version is required")
+		return inputError("the application version is required")
 	}
 	dia, err := newDialect(o.Dialect)
 	if err != nil {
 		return err
 	}
 	if fi, err := os.Stat(o.Configs); err != nil {
-		return fmt.Errorf("serve: configurations folder: %w", err)
+		return inputError("configurations folder: %w", err)
 	} else if !fi.IsDir() {
-		return fmt.Errorf("serve: %s is not a folder", o.Configs)
+		return inputError("%s is not a folder", o.Configs)
 	}
 	s := &server{o: o, dia: dia, observers: map[Target]string{}}
 
 	watcher, err := fsnotify.NewWatcher()
 	if err != nil {
-		return fmt.Errorf("serve: watch %s: %w", o.Configs, err)
+		return fmt.Errorf("watch %s: %w", o.Configs, err)
 	}
 	defer watcher.Close()
 	if err := watcher.Add(o.Configs); err != nil {
-		return fmt.Errorf("serve: watch %s: %w", o.Configs, err)
+		return fmt.Errorf("watch %s: %w", o.Configs, err)
 	}
 
 	filters := map[string]byte{}
@@ -110,13 +110,13 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	}
 	s.client, err = connect(ctx, o.Options, "cmxctl-serve-"+randomID(), onConnect)
 	if err != nil {
-		return fmt.Errorf("serve: %w", err)
+		return err
 	}
 	defer s.client.Disconnect(250)
 	select {
 	case err := <-subscribed:
 		if err != nil {
-			return fmt.Errorf("serve: %w", err)
+			return err
 		}
 	case <-ctx.Done():
 		return nil

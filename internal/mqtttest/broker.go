@@ -82,7 +82,7 @@ type Broker struct {
 
 type process struct {
 	cmd    *exec.Cmd
-	output *lockedBuffer
+	output *LockedBuffer
 	done   chan struct{}
 	err    error // set before done is closed
 }
@@ -324,7 +324,7 @@ func (b *Broker) launch() error {
 
 	cmd := exec.Command(b.bin, "-c", b.confPath)
 	cmd.Dir = b.Dir
-	out := &lockedBuffer{}
+	out := &LockedBuffer{}
 	cmd.Stdout = out
 	cmd.Stderr = out
 	cmd.SysProcAttr = sysProcAttr()
@@ -560,20 +560,20 @@ func FreePort(t testing.TB) int {
 	return port
 }
 
-// lockedBuffer collects a child's output while exec copies into it from its
-// own goroutine.
-type lockedBuffer struct {
+// LockedBuffer collects output that a child process or a goroutine writes while
+// the test reads it.
+type LockedBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()
