@@ -278,7 +278,9 @@ type pending struct {
 	// removed endpoint's, which is dropped, is acknowledged at its stop.
 	ack ack
 	// waiters are the receipts released when the offer's result (or its being superseded) is
-	// committed: the held path's. A stored offer's receipt goes with its receive commit.
+	// committed: the held path's, its own and those of held repeats that joined it, stored or not
+	// (a repeat's route is stored only by a later commit). A stored offer's own receipt goes with
+	// its receive commit. Any waiter is a held PUBACK, bounded by releaseHolds.
 	waiters []*Receipt
 }
 
