@@ -18,7 +18,8 @@ const (
 	// QoS 1 message on a persistent session for an endpoint without validate or hook is held (see
 	// Engine.mayHold), and only for Options.HoldBound: PUBACKs go out in arrival order, so one
 	// held PUBACK holds every later one, and an apply still running after the bound is stored
-	// instead (releaseHolds). A removed endpoint's offer is held too, and released at its stop.
+	// instead (releaseHolds). A removed endpoint's offer is held too, and released at its stop or
+	// the bound, whichever comes first.
 	ackHeld
 	// ackStored: the offer is committed as pending (the receive commit) and its PUBACK goes with
 	// that commit; a crash after it is recovered from the database.
@@ -361,10 +362,13 @@ func (m *machine) holding() bool {
 // stored (again, for a stored one a held repeat joined: with the repeat's route), and their
 // receipts released with that commit, as on the stored path. The apply goes on; its result then
 // deletes the record. A commit that fails changes nothing (the receipts stay held, for the result's
-// commit or the next try). A removed endpoint releases its receipts at its stop, and while a
-// result's commit is retried nothing can be stored before it.
+// commit or the next try). While a result's commit is retried nothing can be stored before it.
+//
+// A removed endpoint is no exception: its stop waits for the apply in progress, which may not end
+// (a stalled file system). Its waiting offer stored here is deleted at that stop (shutdown), and a
+// record a crash leaves is dropped at the next start, the endpoint being no longer configured.
 func (m *machine) releaseHolds() {
-	if m.removing || m.phase == retrying || !m.holding() {
+	if m.phase == retrying || !m.holding() {
 		return
 	}
 	e := m.ep.e

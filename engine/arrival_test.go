@@ -457,3 +457,42 @@ func TestHold_ARepeatJoiningAStoredOfferIsReleasedAtTheBound(t *testing.T) {
 		})
 	}
 }
+
+// A reload that removes an endpoint waits for its apply in progress; an apply that does not end (a
+// stalled file system) must not hold that push's PUBACK, and with it every later one of the
+// connection, for all that time: the bound holds for a removed endpoint too.
+func TestHold_ARemovedEndpointsApplyPastTheBoundIsAcknowledged(t *testing.T) {
+	blocked, release, pause := holdFirst(StepSynced)
+	c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: 50 * time.Millisecond}, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "other"})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	r := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`) // held
+	<-blocked                                                 // 1 is being written, and stays so
+	gw, other := c.e.eps["gw"], c.e.eps["other"].config()
+	reloaded := make(chan struct{})
+	go func() { c.e.Reload([]config.Endpoint{other}); close(reloaded) }()
+	for deadline := time.Now().Add(testWait); !gw.removed(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Reload did not stop the endpoint")
+		}
+	}
+	select {
+	case <-r.Done():
+	case <-time.After(2 * time.Second): // 40 bounds
+		t.Fatal("the PUBACK of 1 is still held while the removed endpoint writes it")
+	}
+	if r.Err() != nil {
+		t.Fatalf("receipt: %v", r.Err())
+	}
+	unblock()
+	select {
+	case <-reloaded:
+	case <-time.After(testWait):
+		t.Fatal("Reload did not return after the apply in progress")
+	}
+	c.waitFile(c.output("gw"), "[1]")
+	if left := c.pendingOf("gw"); len(left) != 0 {
+		t.Errorf("pending offers %v of the removed endpoint after its apply, want none", left)
+	}
+}
