@@ -456,6 +456,8 @@ func (m *machine) recordResult(p *pending, out outcome) {
 	if out.applied {
 		st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedShape, st.AppliedAt = p.o.ID, p.o.Text, out.hash, out.shape, now
 		m.j.setApplied(out.body, p.o.Body, out.rendered)
+	} else if out.dropPrior {
+		m.j.deletePrior()
 	}
 	m.j.setState(st)
 	if p.o.ID != "" && !p.o.Internal {

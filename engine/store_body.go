@@ -79,6 +79,15 @@ func (t *Tx) SetPrior(ep string, p priorFile) error {
 	return putJSON(t.tx.Bucket(bucketCold), priorKey(ep), p)
 }
 
+// DeletePrior forgets what was at the output before the agent first wrote it: the output holds it
+// again (or what someone else wrote since), and the next attempt reads it afresh.
+func (t *Tx) DeletePrior(ep string) error {
+	if err := t.tx.Bucket(bucketCold).Delete(priorKey(ep)); err != nil {
+		return fmt.Errorf("endpoint %s prior file: %w", ep, err)
+	}
+	return nil
+}
+
 // Raw returns the applied configuration as received; ok false when none is stored.
 func (t *Tx) Raw(ep string) (raw []byte, ok bool, err error) {
 	if v := t.hot().Get(epKey(ep, kindRaw)); v != nil {
