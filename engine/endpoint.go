@@ -229,8 +229,14 @@ func (ep *endpoint) run(ctx context.Context) {
 		if m.hold != nil {
 			hold = m.hold.C
 		}
+		// Quitting, the machine waits only for the apply in progress, whose end wakes it: an ended
+		// context, ready at every select, would spin a core for as long as that apply takes.
+		var ended <-chan struct{}
+		if !m.quitting {
+			ended = ctx.Done()
+		}
 		select {
-		case <-ctx.Done():
+		case <-ended:
 		case <-ep.wake:
 		case <-timer:
 			m.timer = nil
