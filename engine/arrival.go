@@ -18,7 +18,8 @@ const (
 	// QoS 1 message on a persistent session for an endpoint without validate or hook is held (see
 	// Engine.mayHold), and only for Options.HoldBound: PUBACKs go out in arrival order, so one
 	// held PUBACK holds every later one, and an apply still running after the bound is stored
-	// instead (releaseHolds). A removed endpoint's offer is held too, and released at its stop.
+	// instead (releaseHolds). A removed endpoint's offer is held too, and released at its stop or
+	// the bound, whichever comes first.
 	ackHeld
 	// ackStored: the offer is committed as pending (the receive commit) and its PUBACK goes with
 	// that commit; a crash after it is recovered from the database.
@@ -300,7 +301,7 @@ func (m *machine) join(p *pending, x arrival) {
 // one behind it) after the newer one has been recovered: it would read as the newest and
 // supersede it. Stored, the older one is recovered first, and its delivery joins it.
 func (m *machine) store(p *pending) {
-	if r := m.running; r != nil && r != p && r.ack == ackHeld && len(r.waiters) > 0 {
+	if r := m.running; r != nil && r != p && len(r.waiters) > 0 {
 		m.store(r)
 	}
 	p.ack = ackStored
@@ -345,48 +346,57 @@ func (m *machine) handled(id string) (Handled, bool, error) {
 	return h, ok, err
 }
 
-// holding reports whether the machine holds acknowledgements back: a held offer's, or the held
-// answers of repeats and refusals that wait for the commit of the apply in progress.
+// holding reports whether the machine holds acknowledgements back: a held offer's, a held repeat's
+// that joined an offer (stored or not), or the held answers of repeats and refusals that wait for
+// the commit of the apply in progress.
 func (m *machine) holding() bool {
 	for _, p := range []*pending{m.running, m.next} {
-		if p != nil && p.ack == ackHeld && len(p.waiters) > 0 {
+		if p != nil && len(p.waiters) > 0 {
 			return true
 		}
 	}
 	return m.phase == applying && len(m.j.waiters) > 0
 }
 
-// releaseHolds ends the holds once Options.HoldBound has passed: the held offers are stored, and
-// their receipts released with that commit, as on the stored path. The apply goes on; its result
-// then deletes the record. A commit that fails changes nothing (the receipts stay held, for the
-// result's commit or the next try). A removed endpoint releases its receipts at its stop, and while
-// a result's commit is retried nothing can be stored before it.
+// releaseHolds ends the holds once Options.HoldBound has passed: the offers with held receipts are
+// stored (again, for a stored one a held repeat joined: with the repeat's route), and their
+// receipts released with that commit, as on the stored path. The apply goes on; its result then
+// deletes the record. A commit that fails changes nothing (the receipts stay held, for the result's
+// commit or the next try). While a result's commit is retried nothing can be stored before it.
+//
+// A removed endpoint is no exception: its stop waits for the apply in progress, which may not end
+// (a stalled file system). Its waiting offer stored here is deleted at that stop (shutdown), and a
+// record a crash leaves is dropped at the next start, the endpoint being no longer configured.
 func (m *machine) releaseHolds() {
-	if m.removing || m.phase == retrying || !m.holding() {
+	if m.phase == retrying || !m.holding() {
 		return
 	}
 	e := m.ep.e
 	mark := len(m.j.ops)
-	var stored []*pending
+	type was struct {
+		p   *pending
+		ack ack
+	}
+	var stored []was
 	for _, p := range []*pending{m.running, m.next} {
-		if p != nil && p.ack == ackHeld && len(p.waiters) > 0 {
+		if p != nil && len(p.waiters) > 0 {
+			stored = append(stored, was{p, p.ack})
 			p.ack = ackStored
 			m.j.putPending(p.o)
-			stored = append(stored, p)
 		}
 	}
 	if err := e.commit(m.ep, &m.j); err != nil {
 		m.j.truncate(mark)
-		for _, p := range stored {
-			p.ack = ackHeld
+		for _, w := range stored {
+			w.p.ack = w.ack
 		}
 		e.log.Error("cannot store configurations whose acknowledgement is held; they stay held", "endpoint", m.ep.key, "err", err)
 		return
 	}
-	for _, p := range stored {
-		e.log.Info("apply takes longer than the hold bound: configuration stored and acknowledged", "endpoint", m.ep.key, "id", p.o.Text, "bound", e.opt.HoldBound)
-		m.j.waiters = append(m.j.waiters, p.waiters...)
-		p.waiters = nil
+	for _, w := range stored {
+		e.log.Info("apply takes longer than the hold bound: configuration stored and acknowledged", "endpoint", m.ep.key, "id", w.p.o.Text, "bound", e.opt.HoldBound)
+		m.j.waiters = append(m.j.waiters, w.p.waiters...)
+		w.p.waiters = nil
 		m.ep.stats.holdsReleased.Add(1)
 	}
 	m.j.committed()

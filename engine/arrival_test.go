@@ -401,3 +401,98 @@ func TestReceiveCommitFailure_NothingLaterOnThatConnectionIsTaken(t *testing.T) 
 	}
 	wantFile(t, c.output("gw"), "[2]")
 }
+
+// A repeat that joins an offer already stored (the answer to a pull naming the configuration being
+// written, or the broker sending it again) holds its PUBACK no longer than the bound either: PUBACKs
+// go in arrival order, so one held for an apply that does not end holds every later one. At the
+// bound the offer is stored again with the repeat's route, so a crash still answers it.
+func TestHold_ARepeatJoiningAStoredOfferIsReleasedAtTheBound(t *testing.T) {
+	for _, repeats := range []string{"the one being written", "the one waiting"} {
+		t.Run(repeats, func(t *testing.T) {
+			blocked, release, pause := holdFirst(StepSynced)
+			c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: 50 * time.Millisecond}, config.Endpoint{Token: "gw"})
+			var once sync.Once
+			unblock := func() { once.Do(func() { close(release) }) }
+			t.Cleanup(unblock)
+			// QoS 0: stored on arrival, and acknowledged with that commit.
+			waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 1, "entries": [1]}`))
+			<-blocked // 1 is being written, and stays so
+			id := "1"
+			if repeats == "the one waiting" {
+				id = "2"
+				waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 2, "entries": [2]}`)) // stored, waits
+			}
+			// The same id at the answer of a pull, QoS 1: held, it joins the stored offer.
+			r := c.deliver(p+"/json/77", 1, `{"id": `+id+`, "entries": [`+id+`]}`)
+			select {
+			case <-r.Done():
+			case <-time.After(2 * time.Second): // 40 bounds
+				t.Fatalf("the repeat of %s is still held while 1 is being written", id)
+			}
+			if r.Err() != nil {
+				t.Fatalf("receipt: %v", r.Err())
+			}
+			var routes []string
+			for _, o := range c.pendingOf("gw") {
+				if o.ID == id {
+					for _, rt := range o.Routes {
+						routes = append(routes, rt.Topic)
+					}
+				}
+			}
+			if want := []string{p + "/json/status", p + "/json/77/status"}; !slices.Equal(routes, want) {
+				t.Errorf("stored routes of %s: %q, want %q", id, routes, want)
+			}
+			unblock()
+			n := 2
+			if id == "2" {
+				n = 3 // 1's first
+			}
+			got := c.confirmations(n)
+			for _, topic := range []string{p + "/json/status", p + "/json/77/status"} {
+				if want := `{"id":` + id + `,"status":"ok"}`; got[topic] != want {
+					t.Errorf("%s: %q, want %q", topic, got[topic], want)
+				}
+			}
+		})
+	}
+}
+
+// A reload that removes an endpoint waits for its apply in progress; an apply that does not end (a
+// stalled file system) must not hold that push's PUBACK, and with it every later one of the
+// connection, for all that time: the bound holds for a removed endpoint too.
+func TestHold_ARemovedEndpointsApplyPastTheBoundIsAcknowledged(t *testing.T) {
+	blocked, release, pause := holdFirst(StepSynced)
+	c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: 50 * time.Millisecond}, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "other"})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	r := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`) // held
+	<-blocked                                                 // 1 is being written, and stays so
+	gw, other := c.e.eps["gw"], c.e.eps["other"].config()
+	reloaded := make(chan struct{})
+	go func() { c.e.Reload([]config.Endpoint{other}); close(reloaded) }()
+	for deadline := time.Now().Add(testWait); !gw.removed(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Reload did not stop the endpoint")
+		}
+	}
+	select {
+	case <-r.Done():
+	case <-time.After(2 * time.Second): // 40 bounds
+		t.Fatal("the PUBACK of 1 is still held while the removed endpoint writes it")
+	}
+	if r.Err() != nil {
+		t.Fatalf("receipt: %v", r.Err())
+	}
+	unblock()
+	select {
+	case <-reloaded:
+	case <-time.After(testWait):
+		t.Fatal("Reload did not return after the apply in progress")
+	}
+	c.waitFile(c.output("gw"), "[1]")
+	if left := c.pendingOf("gw"); len(left) != 0 {
+		t.Errorf("pending offers %v of the removed endpoint after its apply, want none", left)
+	}
+}

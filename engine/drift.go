@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"path/filepath"
 	"sync"
@@ -233,7 +234,7 @@ func (e *Engine) checkDrift(m *machine) {
 	if st.AppliedHash == "" {
 		return // nothing applied yet: the file is not the agent's
 	}
-	sum, err := apply.HashFile(cfg.Output)
+	sum, err := e.outputSum(ep.key, cfg.Output)
 	what := "edited"
 	var notRegular *apply.NotRegularError
 	switch {
@@ -287,6 +288,23 @@ func (e *Engine) checkDrift(m *machine) {
 
 // scheduleDrift checks ep a debounce from now, on the watcher's timer for ep, so that this check
 // and one the watcher schedules for the same events are one.
+// outputSum is the hash of the file at output, or, when its size is not that of the applied bytes,
+// that size ("size N"): a change found without reading the file. The check runs on the endpoint's
+// goroutine, where its pushes wait, and a huge file put at the output (a misdirected log, a copied
+// image) would otherwise be read whole, for minutes, at every change.
+func (e *Engine) outputSum(key, output string) (string, error) {
+	var (
+		n    int
+		have bool
+	)
+	if err := e.store.View(func(tx *Tx) error { n, have = tx.BodyLen(key); return nil }); err == nil && have {
+		if fi, err := apply.LstatRegular(output); err == nil && fi.Size() != int64(n) {
+			return fmt.Sprintf("size %d", fi.Size()), nil
+		}
+	}
+	return apply.HashFile(output)
+}
+
 func (e *Engine) scheduleDrift(ep *endpoint) {
 	e.mu.RLock()
 	d := e.drift

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -146,4 +147,44 @@ func TestDrift_AtStartTheOutputIsRepaired(t *testing.T) {
 	c.run()
 	c.waitFile(c.output("gw"), `["applied"]`)
 	c.waitLog(repaired, 1)
+}
+
+// The drift check runs on the endpoint's goroutine, where a push to it waits (and, PUBACKs going in
+// arrival order, every later push of the connection): an output replaced by a huge file (a
+// misdirected log, a copied image) must not be read whole to find that it is not the applied one.
+func TestDrift_AHugeFileAtTheOutputIsFoundChangedWithoutReadingIt(t *testing.T) {
+	dir := t.TempDir()
+	cfg := &config.Config{
+		Kaa:       config.Kaa{AppVersion: "app", Extension: "cmx", Dialect: config.DialectCMX3},
+		Agent:     config.Agent{StateDir: filepath.Join(dir, "state"), MaxPayload: 1 << 16},
+		Endpoints: []config.Endpoint{{Token: "gw", Output: filepath.Join(dir, "gw.json"), OnDrift: config.OnDriftReport}},
+	}
+	logs := &logBuffer{}
+	e, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	applied := []byte(`["applied"]`)
+	if err := e.store.Update(func(tx *Tx) error { return tx.SetApplied("gw", applied, nil, false) }); err != nil {
+		t.Fatal(err)
+	}
+	m := &e.eps["gw"].m
+	m.st = &EndpointState{AppliedID: "1", AppliedText: "1", AppliedHash: hashOf(applied)}
+	f, err := os.Create(cfg.Endpoints[0].Output)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(4 << 30); err != nil { // sparse: 4 GiB that take no room
+		t.Fatal(err)
+	}
+	f.Close()
+	start := time.Now()
+	e.checkDrift(m)
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the drift check took %v", took)
+	}
+	if !strings.Contains(logs.String(), "output changed locally; on_drift = report") {
+		t.Errorf("no drift reported:\n%s", logs.String())
+	}
 }

@@ -229,8 +229,14 @@ func (ep *endpoint) run(ctx context.Context) {
 		if m.hold != nil {
 			hold = m.hold.C
 		}
+		// Quitting, the machine waits only for the apply in progress, whose end wakes it: an ended
+		// context, ready at every select, would spin a core for as long as that apply takes.
+		var ended <-chan struct{}
+		if !m.quitting {
+			ended = ctx.Done()
+		}
 		select {
-		case <-ctx.Done():
+		case <-ended:
 		case <-ep.wake:
 		case <-timer:
 			m.timer = nil
@@ -278,7 +284,9 @@ type pending struct {
 	// removed endpoint's, which is dropped, is acknowledged at its stop.
 	ack ack
 	// waiters are the receipts released when the offer's result (or its being superseded) is
-	// committed: the held path's. A stored offer's receipt goes with its receive commit.
+	// committed: the held path's, its own and those of held repeats that joined it, stored or not
+	// (a repeat's route is stored only by a later commit). A stored offer's own receipt goes with
+	// its receive commit. Any waiter is a held PUBACK, bounded by releaseHolds.
 	waiters []*Receipt
 }
 
@@ -454,6 +462,8 @@ func (m *machine) recordResult(p *pending, out outcome) {
 	if out.applied {
 		st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedShape, st.AppliedAt = p.o.ID, p.o.Text, out.hash, out.shape, now
 		m.j.setApplied(out.body, p.o.Body, out.rendered)
+	} else if out.dropPrior {
+		m.j.deletePrior()
 	}
 	m.j.setState(st)
 	if p.o.ID != "" && !p.o.Internal {

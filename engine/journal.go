@@ -85,6 +85,10 @@ func (j *journal) setApplied(body, raw []byte, rendered bool) {
 	j.ops = append(j.ops, func(tx *Tx) error { return tx.SetApplied(keyOf(tx), body, raw, rendered) })
 }
 
+func (j *journal) deletePrior() {
+	j.ops = append(j.ops, func(tx *Tx) error { return tx.DeletePrior(keyOf(tx)) })
+}
+
 func (j *journal) putPending(o *Offer) {
 	c := *o
 	c.Routes = append([]Route(nil), o.Routes...)

@@ -327,3 +327,22 @@ func TestFirstApply_AfterAPriorWasRecordedANonRegularFileIsStillRefused(t *testi
 		t.Errorf("hook runs %q, want none", got)
 	}
 }
+
+// The file recorded at an attempt that wrote nothing (validate refused it) is not the rollback copy
+// of a file the app wrote at the output since: a failed hook later puts back what was there at the
+// agent's first write, not an older version of it.
+func TestFirstApply_AFileChangedAfterARefusedAttemptIsWhatARollbackPutsBack(t *testing.T) {
+	ep, _ := withHookLog(t)
+	ep.Validate = []string{script(t, t.TempDir(), "validate.sh", `! grep -q evil "$CMX_CANDIDATE"`)}
+	ep.Output = filepath.Join(t.TempDir(), "out", "gw.json")
+	os.MkdirAll(filepath.Dir(ep.Output), 0o755)
+	os.WriteFile(ep.Output, []byte("operator's v1"), 0o644)
+	c := startCoreWith(t, coreOptions{}, ep)
+	wantStatus(t, c.push(`1`, `["evil"]`), "rejected by validate: exit 1")
+	wantFile(t, ep.Output, "operator's v1")
+	if err := os.WriteFile(ep.Output, []byte("operator's v2"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wantStatus(t, c.push(`2`, `["bad"]`), "hook failed: exit 7: reload failed: bad value; rolled back to the previous file")
+	wantFile(t, ep.Output, "operator's v2")
+}

@@ -30,6 +30,12 @@ type outcome struct {
 	// abandoned: the agent is stopping and the pipeline was cut short; nothing may be committed, the
 	// offer stays pending and is applied again from the start after the restart.
 	abandoned bool
+	// dropPrior: the output holds again the file found there, recorded by this very attempt (it
+	// wrote nothing, or rolled back): the record goes with the result, so that the next attempt
+	// reads what is there then, a file the app may have written since, not this older copy. A
+	// record an earlier attempt left (a crash after its rename: the output may hold the agent's
+	// bytes) is kept.
+	dropPrior bool
 }
 
 // previous is what a rollback puts back.
@@ -43,6 +49,8 @@ type previous struct {
 	// applies need none, and a configuration of a few MiB should not be copied for nothing). Only
 	// the endpoint's result commit changes it, and that comes after the pipeline.
 	stored bool
+	// fresh: recorded by this attempt, from the file at the output now.
+	fresh bool
 }
 
 func (p previous) name() string {
@@ -95,6 +103,8 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 		return outcome{r: writeFailed(err)}
 	}
 
+	// What fails before the rename leaves the output as this attempt found it.
+	untouched := func(r Result) outcome { return outcome{r: r, dropPrior: prev.fresh} }
 	p, err := apply.Prepare(cfg.Output, data, apply.Options{
 		Perm: fs.FileMode(cfg.Mode),
 		Step: func(step string) {
@@ -104,7 +114,7 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 		},
 	})
 	if err != nil {
-		return outcome{r: writeFailed(err)}
+		return untouched(writeFailed(err))
 	}
 	if len(cfg.Validate) > 0 {
 		err := e.runProcess(ctx, e.command(cfg, o.Text, "validate", cfg.Validate, "CMX_CANDIDATE="+p.Path()))
@@ -115,9 +125,9 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 			}
 			// A program that cannot even start is the gateway's fault, not the configuration's.
 			if re := (*apply.RunError)(nil); errors.As(err, &re) && re.Err != nil {
-				return outcome{r: Result{Status: "validate failed: " + err.Error(), Code: CodeFailed}}
+				return untouched(Result{Status: "validate failed: " + err.Error(), Code: CodeFailed})
 			}
-			return outcome{r: Result{Status: "rejected by validate: " + err.Error(), Code: CodeRejected}}
+			return untouched(Result{Status: "rejected by validate: " + err.Error(), Code: CodeRejected})
 		}
 	}
 	if err := p.Commit(); err != nil {
@@ -126,7 +136,7 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 			// perhaps not durably. Put the previous ones back rather than report a half state.
 			return e.rollback(ctx, ep, cfg, o, prev, own, false, "write failed: "+apply.Describe(err))
 		}
-		return outcome{r: writeFailed(err)}
+		return untouched(writeFailed(err))
 	}
 	if err := own.Chown(cfg.Output); err != nil {
 		return e.rollback(ctx, ep, cfg, o, prev, own, false, "write failed: "+apply.Describe(err))
@@ -243,9 +253,9 @@ func (e *Engine) previous(ep *endpoint, cfg config.Endpoint, st EndpointState) (
 	switch {
 	case err == nil:
 		perm, own := apply.AttrOf(fi)
-		p = previous{exists: true, body: b, attr: &fileAttr{Mode: perm, UID: own.UID, GID: own.GID}}
+		p = previous{exists: true, body: b, attr: &fileAttr{Mode: perm, UID: own.UID, GID: own.GID}, fresh: true}
 	case errors.Is(err, fs.ErrNotExist):
-		p = previous{}
+		p = previous{fresh: true}
 	case errors.As(err, &notRegular):
 		return p, fmt.Errorf("%w; left as it is", err)
 	case errors.As(err, &tooLarge):
@@ -264,13 +274,15 @@ func (e *Engine) previous(ep *endpoint, cfg config.Endpoint, st EndpointState) (
 // rollback did.
 func (e *Engine) rollback(ctx context.Context, ep *endpoint, cfg config.Endpoint, o *Offer, prev previous, own apply.Owner, hookAgain bool, status string) outcome {
 	fail := func(s string) outcome { return outcome{r: Result{Status: s, Code: CodeFailed}} }
+	// The output is as the attempt found it again.
+	restored := func(s string) outcome { return outcome{r: Result{Status: s, Code: CodeFailed}, dropPrior: prev.fresh} }
 	if !prev.exists {
 		if err := apply.Remove(cfg.Output); err != nil {
 			e.log.Error("cannot remove the output after a failure", "endpoint", ep.key, "err", err)
 			return fail(status + "; removing the output failed: " + apply.Describe(err))
 		}
 		e.log.Warn("output removed: there was no previous file", "endpoint", ep.key, "id", o.Text)
-		return fail(status + "; output removed (there was no previous file)")
+		return restored(status + "; output removed (there was no previous file)")
 	}
 	if prev.stored {
 		var err error
@@ -302,5 +314,5 @@ func (e *Engine) rollback(ctx context.Context, ep *endpoint, cfg config.Endpoint
 			status += "; hook failed again after rollback: " + err.Error()
 		}
 	}
-	return fail(status)
+	return restored(status)
 }

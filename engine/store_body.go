@@ -55,6 +55,13 @@ func (s *Store) storedBytes(ep string, read func(*Tx, string) ([]byte, bool, err
 // HasBody reports whether applied output bytes are stored for an endpoint, without copying them.
 func (t *Tx) HasBody(ep string) bool { return t.hot().Get(epKey(ep, kindBody)) != nil }
 
+// BodyLen returns the length of the applied output bytes stored for an endpoint, without copying
+// them; ok false when none are stored.
+func (t *Tx) BodyLen(ep string) (n int, ok bool) {
+	v := t.hot().Get(epKey(ep, kindBody))
+	return len(v), v != nil
+}
+
 // SetBody stores the applied output bytes of an endpoint, in the transaction that records the
 // applied hash, so the two never disagree. body must not change until the transaction ends.
 func (t *Tx) SetBody(ep string, body []byte) error {
@@ -77,6 +84,15 @@ func (t *Tx) Prior(ep string) (p priorFile, ok bool, err error) {
 // SetPrior records what was at the output before the agent first wrote it.
 func (t *Tx) SetPrior(ep string, p priorFile) error {
 	return putJSON(t.tx.Bucket(bucketCold), priorKey(ep), p)
+}
+
+// DeletePrior forgets what was at the output before the agent first wrote it: the output holds it
+// again (or what someone else wrote since), and the next attempt reads it afresh.
+func (t *Tx) DeletePrior(ep string) error {
+	if err := t.tx.Bucket(bucketCold).Delete(priorKey(ep)); err != nil {
+		return fmt.Errorf("endpoint %s prior file: %w", ep, err)
+	}
+	return nil
 }
 
 // Raw returns the applied configuration as received; ok false when none is stored.

@@ -33,7 +33,7 @@ type conn struct {
 
 	mu     sync.Mutex
 	msgs   []mqtt.Message
-	bytes  int // payload bytes queued in msgs
+	bytes  int // what msgs holds, as inboxCost counts it
 	wake   chan struct{}
 	closed bool
 	// dropped is set when a QoS 1 message did not fit in the inbox: from then on nothing is
@@ -55,11 +55,18 @@ type conn struct {
 	flying   []engine.OutMsg
 }
 
-// maxInboxBytes bounds the payload bytes waiting in the inbox, beyond the engine's own queues: a
-// broker that sends faster than the engine takes must not fill memory. Past it QoS 0 messages are
-// dropped (QoS 0 allows it) and a QoS 1 message ends the connection, to be sent again later with
-// everything after it.
+// maxInboxBytes bounds the bytes waiting in the inbox (inboxCost), beyond the engine's own queues:
+// a broker that sends faster than the engine takes must not fill memory. Past it QoS 0 messages
+// are dropped (QoS 0 allows it) and a QoS 1 message ends the connection, to be sent again later
+// with everything after it.
 func (s *Session) maxInboxBytes() int { return 4*s.opt.MaxPayload + 1<<20 }
+
+// msgOverhead is about what paho's record of one message takes besides its topic and payload.
+const msgOverhead = 128
+
+// inboxCost is what m takes in the inbox: its payload, and its topic and record too, so that a
+// flood of messages with empty payloads is bounded as well.
+func inboxCost(m mqtt.Message) int { return len(m.Payload()) + len(m.Topic()) + msgOverhead }
 
 func (s *Session) newConn(ctx context.Context, clean bool) (*conn, error) {
 	opts, err := s.clientOptions(clean)
@@ -98,7 +105,8 @@ func (c *conn) add(m mqtt.Message) {
 		c.mu.Unlock()
 		return
 	}
-	if c.bytes+len(m.Payload()) > c.s.maxInboxBytes() {
+	cost := inboxCost(m)
+	if c.bytes+cost > c.s.maxInboxBytes() {
 		if m.Qos() == 0 {
 			c.mu.Unlock()
 			c.s.log.Warn("overloaded; QoS 0 message dropped", "topic", m.Topic())
@@ -116,7 +124,7 @@ func (c *conn) add(m mqtt.Message) {
 		return
 	}
 	c.msgs = append(c.msgs, m)
-	c.bytes += len(m.Payload())
+	c.bytes += cost
 	c.mu.Unlock()
 	select {
 	case c.wake <- struct{}{}:

@@ -125,3 +125,27 @@ func TestLimitConn_CutsAnOversizedPublishAndKeepsTheStreamInStep(t *testing.T) {
 		}
 	}
 }
+
+// qos0Msg is a QoS 0 message with an empty payload.
+type qos0Msg struct{ fakeMsg }
+
+func (m *qos0Msg) Qos() byte { return 0 }
+
+// The inbox's bound is on what it holds in memory, and a message costs its topic and its own
+// record besides its payload: a flood of messages with empty payloads, behind an engine that takes
+// nothing for a while, must not grow the inbox without bound.
+func TestInbox_MessagesWithEmptyPayloadsCountAgainstItsBound(t *testing.T) {
+	s := New(config.Broker{}, nil, Options{Logger: slog.New(slog.DiscardHandler), MaxPayload: 1024})
+	c := &conn{s: s, lost: make(chan error, 1), stop: make(chan struct{}), wake: make(chan struct{}, 1)}
+	const topic = "kp1/app/cmx/gw/json"
+	for range 200_000 {
+		c.add(&qos0Msg{fakeMsg{topic: topic}})
+	}
+	c.mu.Lock()
+	queued := len(c.msgs)
+	c.mu.Unlock()
+	if limit := s.maxInboxBytes() / len(topic); queued > limit {
+		t.Errorf("%d empty messages queued: their topics alone take %d bytes, over the inbox's bound of %d",
+			queued, queued*len(topic), s.maxInboxBytes())
+	}
+}
