@@ -496,3 +496,17 @@ func TestHold_ARemovedEndpointsApplyPastTheBoundIsAcknowledged(t *testing.T) {
 		t.Errorf("pending offers %v of the removed endpoint after its apply, want none", left)
 	}
 }
+
+// A message that reaches an endpoint just removed by a reload is acknowledged (nobody wants it) and
+// does not cost the connection; when the agent stops, it stays unacknowledged for the restart.
+func TestReload_AnArrivalAtARemovedEndpointDoesNotFailTheConnection(t *testing.T) {
+	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"})
+	ep := c.e.eps["gw"]
+	c.e.Reload(nil)
+	r := newReceipt(&c.e.conn, c.gen)
+	ep.post(evArrival{in: inbound{offer: &Offer{ID: "1", Text: "1"}}, topic: p + "/json", qos: 1, receipt: r})
+	waitReceipt(t, r)
+	if c.e.conn.hasFailed(c.gen) {
+		t.Error("the connection was marked failed by an arrival at a removed endpoint")
+	}
+}

@@ -37,7 +37,11 @@ type endpoint struct {
 	started bool
 	quit    bool
 	closed  bool // the goroutine has returned: what is posted now is answered at once
-	done    chan struct{}
+	// closedErr answers what is posted once closed: nil for an endpoint a reload removed (the
+	// broker forgets what nobody wants, and the connection goes on), errEndpointGone when the
+	// agent stops (it comes again after the restart).
+	closedErr error
+	done      chan struct{}
 
 	m machine // the state machine: the endpoint's goroutine only
 }
@@ -134,9 +138,10 @@ type (
 func (ep *endpoint) post(ev event) {
 	ep.mu.Lock()
 	if ep.closed {
+		err := ep.closedErr
 		ep.mu.Unlock()
 		if a, ok := ev.(evArrival); ok {
-			a.receipt.release(errEndpointGone)
+			a.receipt.release(err)
 		}
 		return
 	}
@@ -586,7 +591,7 @@ func (ep *endpoint) close(removed bool) {
 		err = nil
 	}
 	ep.mu.Lock()
-	ep.closed = true
+	ep.closed, ep.closedErr = true, err
 	evs := ep.queue
 	ep.queue = nil
 	ep.mu.Unlock()

@@ -18,13 +18,12 @@ type connState struct {
 	failed uint64
 }
 
-// fail marks gen as a connection on which a receipt failed.
+// fail marks gen as a connection on which a receipt failed. Generations only grow: an older
+// connection's failure, reported late, must not unmark a newer one.
 func (c *connState) fail(gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if gen != 0 {
-		c.failed = gen
-	}
+	c.failed = max(c.failed, gen)
 }
 
 // hasFailed reports whether a receipt failed on connection gen.
