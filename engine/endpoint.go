@@ -188,10 +188,11 @@ func (ep *endpoint) start(ctx context.Context, wg *sync.WaitGroup) {
 }
 
 // stop makes the goroutine return once the apply in progress has been committed, and waits for it.
-// An endpoint whose goroutine never started has nothing to wait for.
+// An endpoint whose goroutine never started has nothing to wait for; it is closed at once.
 func (ep *endpoint) stop() {
 	ep.mu.Lock()
 	started := ep.started
+	ep.started = true // a start after this does nothing
 	ep.quit = true
 	ep.mu.Unlock()
 	select {
@@ -200,7 +201,11 @@ func (ep *endpoint) stop() {
 	}
 	if started {
 		<-ep.done
+		return
 	}
+	// Never started (removed before Run reached it): what was posted, and what is posted from now
+	// on, is released here, or it would wait for a goroutine that never comes.
+	ep.close(true)
 }
 
 func (ep *endpoint) run(ctx context.Context) {
