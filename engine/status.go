@@ -32,6 +32,10 @@ type EndpointStatus struct {
 	// the configuration it applies: an apply that does not end shows here.
 	ApplyingSince time.Time `json:"applying_since,omitzero"`
 	ApplyingID    string    `json:"applying_id,omitempty"`
+	// RequestWaitingSince is when the agent asked the server for the latest configuration and has
+	// had no answer since (zero when answered, or offline): a server that does not answer shows
+	// here, through the request's repeats.
+	RequestWaitingSince time.Time `json:"request_waiting_since,omitzero"`
 }
 
 // Endpoints reports every endpoint's state, sorted by key. It only reads the store.
@@ -67,6 +71,8 @@ func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 
 				ApplyingSince: since,
 				ApplyingID:    applyingID,
+
+				RequestWaitingSince: ep.req.waitingSince(ep),
 			})
 		}
 		return nil
