@@ -100,6 +100,9 @@ func (m *machine) arrive(a evArrival) {
 	}
 	x.mark = mark
 	x.o.Received = e.opt.Now()
+	if a.in.own {
+		x.o.Origin = OriginPull
+	}
 	m.ep.stats.received.Add(1)
 	if x.ack == ackHeld {
 		a.receipt.hold(&e.held)

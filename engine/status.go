@@ -1,7 +1,10 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -79,6 +82,56 @@ func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read state: %w", err)
+	}
+	return out, nil
+}
+
+// EndpointHistory is one endpoint's applied configurations, as the local API shows them.
+type EndpointHistory struct {
+	Key   string `json:"key"` // token, or token/name for a named configuration
+	Token string `json:"token"`
+	Name  string `json:"name,omitempty"`
+	// Entries are the newest applied configurations, newest first (at most 32 are kept).
+	Entries []HistoryEntry `json:"entries"`
+	// Damaged says why the endpoint's history record does not read ("" when it does); the next
+	// configuration applied starts it afresh.
+	Damaged string `json:"damaged,omitempty"`
+}
+
+// ErrUnknownEndpoint is returned by History for a key no endpoint has.
+var ErrUnknownEndpoint = errors.New("no endpoint")
+
+// History reports the applied configurations of the endpoint with key, or of every endpoint
+// (sorted by key) when key is "". It only reads the store.
+func (e *Engine) History(key string) ([]EndpointHistory, error) {
+	eps := e.endpointList()
+	if key != "" {
+		i := slices.IndexFunc(eps, func(ep *endpoint) bool { return ep.key == key })
+		if i < 0 {
+			keys := make([]string, len(eps))
+			for j, ep := range eps {
+				keys[j] = ep.key
+			}
+			return nil, fmt.Errorf("%w %q (endpoints: %s)", ErrUnknownEndpoint, key, strings.Join(keys, ", "))
+		}
+		eps = eps[i : i+1]
+	}
+	out := make([]EndpointHistory, 0, len(eps))
+	err := e.store.View(func(tx *Tx) error {
+		for _, ep := range eps {
+			h := EndpointHistory{Key: ep.key, Token: ep.token, Name: ep.name, Entries: []HistoryEntry{}}
+			ents, err := tx.History(ep.key)
+			if err != nil {
+				h.Damaged = "history record does not decode: " + errors.Unwrap(err).Error()
+			} else if ents != nil {
+				h.Entries = ents
+			}
+			out = append(out, h)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read history: %w", err)
 	}
 	return out, nil
 }
