@@ -6,14 +6,14 @@ _cmx_agent() {
 	local cur prev words cword
 	_init_completion || return
 
-	local commands="run check status sync watch bundle version"
+	local commands="run check status sync history watch bundle version"
 	if ((cword == 1)); then
 		COMPREPLY=($(compgen -W "$commands help" -- "$cur"))
 		return
 	fi
 
 	case $prev in
-	--config | -o)
+	--config | -o | --socket)
 		_filedir
 		return
 		;;
@@ -35,6 +35,7 @@ _cmx_agent() {
 	run) flags="--config --log-format --log-level" ;;
 	check | sync) flags="--config" ;;
 	status) flags="--config --json" ;;
+	history) flags="--config --socket --json" ;;
 	watch)
 		# After PATH and "--" comes a command of its own.
 		local i
