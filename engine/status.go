@@ -45,9 +45,10 @@ type EndpointStatus struct {
 func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 	eps := e.endpointList()
 	pending := e.out.pendingByEndpoint()
+	waits := requestWaits(eps)
 	out := make([]EndpointStatus, 0, len(eps))
 	err := e.store.View(func(tx *Tx) error {
-		for _, ep := range eps {
+		for i, ep := range eps {
 			es := tx.stateOrRebuilt(ep.key)
 			waiting, err := tx.HasPending(ep.key)
 			if err != nil {
@@ -75,7 +76,7 @@ func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 				ApplyingSince: since,
 				ApplyingID:    applyingID,
 
-				RequestWaitingSince: ep.req.waitingSince(ep),
+				RequestWaitingSince: waits[i],
 			})
 		}
 		return nil
@@ -134,6 +135,17 @@ func (e *Engine) History(key string) ([]EndpointHistory, error) {
 		return nil, fmt.Errorf("read history: %w", err)
 	}
 	return out, nil
+}
+
+// requestWaits reads each endpoint's RequestWaitingSince. It is read before, not inside, a read
+// transaction: a requester holds its lock while it hands out a message id, which may commit and
+// grow the database, and bbolt's remap then waits for every read transaction to end.
+func requestWaits(eps []*endpoint) []time.Time {
+	waits := make([]time.Time, len(eps))
+	for i, ep := range eps {
+		waits[i] = ep.req.waitingSince(ep)
+	}
+	return waits
 }
 
 // ServerStates reports what the server last said about each endpoint besides configurations.
