@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
 )
@@ -82,7 +83,8 @@ func TestHistory_CMP7AnswersToRequestsArePulls(t *testing.T) {
 	}
 }
 
-// History with no key lists every endpoint, sorted by key; an unknown key is an error naming it.
+// History with no key lists every endpoint, sorted by key; an unknown key is an error naming it
+// (and the first ten endpoints); a damaged record is named on its endpoint, the others read.
 func TestHistory_AllEndpointsOrAnUnknownOne(t *testing.T) {
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "dev"})
 	wantStatus(t, c.push(`1`, `["one"]`), "ok")
@@ -92,5 +94,37 @@ func TestHistory_AllEndpointsOrAnUnknownOne(t *testing.T) {
 	}
 	if _, err := c.e.History("nope"); !errors.Is(err, ErrUnknownEndpoint) || err.Error() != `no endpoint "nope" (endpoints: dev, gw)` {
 		t.Errorf("History(nope) error %v, want ErrUnknownEndpoint naming the endpoints", err)
+	}
+
+	c.stop()
+	st, err := OpenStore(filepath.Join(c.dir, "state"), time.Second, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Update(func(tx *Tx) error { return tx.hot().Put(epKey("gw", kindHistory), []byte{1, 0x80}) }); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	c.run()
+	hs, err = c.e.History("")
+	if err != nil || len(hs) != 2 || hs[0].Damaged != "" || hs[1].Damaged != "history record does not decode: history: bad record" {
+		t.Errorf("History() with gw's record damaged = %+v, %v; want gw named damaged, dev as ever", hs, err)
+	}
+	wantStatus(t, c.push(`2`, `["two"]`), "ok")
+	c.waitLog("configuration applied", 2)
+	if hs, err := c.e.History("gw"); err != nil || hs[0].Damaged != "" || len(hs[0].Entries) != 1 || hs[0].Entries[0].ID != "2" {
+		t.Errorf("History(gw) after the next push = %+v, %v; want it started afresh with 2", hs, err)
+	}
+}
+
+func TestHistory_AnUnknownEndpointsErrorNamesTenEndpointsAtMost(t *testing.T) {
+	var eps []config.Endpoint
+	for i := range 12 {
+		eps = append(eps, config.Endpoint{Token: fmt.Sprintf("d%02d", i)})
+	}
+	e := newTestEngine(t, config.DialectCMX3, eps...)
+	_, err := e.History("nope")
+	if want := `no endpoint "nope" (endpoints: d00, d01, d02, d03, d04, d05, d06, d07, d08, d09 and 2 more)`; err == nil || err.Error() != want {
+		t.Errorf("History(nope) error %v, want %s", err, want)
 	}
 }

@@ -109,11 +109,7 @@ func (e *Engine) History(key string) ([]EndpointHistory, error) {
 	if key != "" {
 		i := slices.IndexFunc(eps, func(ep *endpoint) bool { return ep.key == key })
 		if i < 0 {
-			keys := make([]string, len(eps))
-			for j, ep := range eps {
-				keys[j] = ep.key
-			}
-			return nil, fmt.Errorf("%w %q (endpoints: %s)", ErrUnknownEndpoint, key, strings.Join(keys, ", "))
+			return nil, fmt.Errorf("%w %q (endpoints: %s)", ErrUnknownEndpoint, key, someKeys(eps))
 		}
 		eps = eps[i : i+1]
 	}
@@ -135,6 +131,20 @@ func (e *Engine) History(key string) ([]EndpointHistory, error) {
 		return nil, fmt.Errorf("read history: %w", err)
 	}
 	return out, nil
+}
+
+// someKeys names the endpoints for an error message, the first maxNamedKeys of them.
+func someKeys(eps []*endpoint) string {
+	const maxNamedKeys = 10
+	var keys []string
+	for _, ep := range eps[:min(len(eps), maxNamedKeys)] {
+		keys = append(keys, ep.key)
+	}
+	s := strings.Join(keys, ", ")
+	if len(eps) > maxNamedKeys {
+		s += fmt.Sprintf(" and %d more", len(eps)-maxNamedKeys)
+	}
+	return s
 }
 
 // requestWaits reads each endpoint's RequestWaitingSince. It is read before, not inside, a read
