@@ -44,6 +44,25 @@ type Status struct {
 // EndpointStatus is one endpoint in Status.
 type EndpointStatus = engine.EndpointStatus
 
+// History is the answer of GET /v1/history: per endpoint, sorted by key, the applied
+// configurations, newest first.
+type History struct {
+	Endpoints []EndpointHistory `json:"endpoints"`
+}
+
+// EndpointHistory is one endpoint in History.
+type EndpointHistory = engine.EndpointHistory
+
+// History reports the applied configurations of the endpoint with key, or of every endpoint when
+// key is ""; engine.ErrUnknownEndpoint for a key no endpoint has.
+func (a *Agent) History(key string) (History, error) {
+	hs, err := a.eng.History(key)
+	if err != nil {
+		return History{}, err
+	}
+	return History{Endpoints: hs}, nil
+}
+
 // SyncResult is the answer of POST /v1/sync.
 type SyncResult struct {
 	Requested int `json:"requested"` // endpoints asked for
@@ -268,6 +287,17 @@ func (a *Agent) apiHandler() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("GET /v1/history", func(w http.ResponseWriter, r *http.Request) {
+		h, err := a.History(r.URL.Query().Get("endpoint"))
+		switch {
+		case errors.Is(err, engine.ErrUnknownEndpoint):
+			writeJSON(w, http.StatusNotFound, apiError{err.Error()})
+		case err != nil:
+			writeJSON(w, http.StatusInternalServerError, apiError{err.Error()})
+		default:
+			writeJSON(w, http.StatusOK, h)
+		}
 	})
 	mux.HandleFunc("GET /metrics", a.metricsHandler)
 	mux.HandleFunc("POST /v1/sync", func(w http.ResponseWriter, r *http.Request) {

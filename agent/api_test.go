@@ -2,10 +2,14 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -343,4 +347,48 @@ func TestAPIClient_CallsInARowBeyondTheConnectionCapAllSucceed(t *testing.T) {
 			t.Fatalf("call %d of %d: %v", i+1, n, err)
 		}
 	}
+}
+
+// GET /v1/history lists the applied configurations per endpoint, newest first, with how each
+// came; ?endpoint=KEY only that endpoint's, and an unknown key is a 404 naming the endpoints.
+func TestAPI_HistoryListsAppliedConfigurationsPerEndpoint(t *testing.T) {
+	h := newHarness(t, "gw-001", "dev-2")
+	h.start()
+	pull := h.pulled("gw-001")
+	h.waitStatus(func(s Status) bool { return s.Connected })
+	topic := h.prefix("gw-001") + "/json"
+	h.server.Publish(t, topic, 1, []byte(`{"id":"a","entries":[1]}`))
+	h.confirmed(topic + "/status")
+	answer := fmt.Sprintf("%s/%d", topic, pull)
+	h.server.Publish(t, answer, 1, []byte(`{"id":"b","entries":[2]}`))
+	h.confirmed(answer + "/status")
+	h.logCount("configuration applied", 2)
+
+	ctx := context.Background()
+	all, err := h.api().History(ctx, "")
+	if err != nil || len(all.Endpoints) != 2 || all.Endpoints[0].Key != "dev-2" || len(all.Endpoints[0].Entries) != 0 {
+		t.Fatalf("History() = %+v, %v; want dev-2 with nothing, then gw-001", all, err)
+	}
+	gw := all.Endpoints[1]
+	var got []string
+	for _, e := range gw.Entries {
+		got = append(got, e.ID+" "+e.Origin.String()+" "+e.SHA256)
+	}
+	want := []string{"b pull " + sha256Hex("[2]"), "a push " + sha256Hex("[1]")}
+	if !slices.Equal(got, want) {
+		t.Errorf("gw-001 history %q, want %q", got, want)
+	}
+	one, err := h.api().History(ctx, "gw-001")
+	if err != nil || len(one.Endpoints) != 1 || one.Endpoints[0].Key != "gw-001" || len(one.Endpoints[0].Entries) != 2 {
+		t.Errorf("History(gw-001) = %+v, %v; want gw-001's 2 entries only", one, err)
+	}
+	_, err = h.api().History(ctx, "nope")
+	if !isAPIError(err, 404) || err.Error() != `no endpoint "nope" (endpoints: dev-2, gw-001)` {
+		t.Errorf("History(nope) = %v, want 404 naming the endpoints", err)
+	}
+}
+
+func sha256Hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
 }

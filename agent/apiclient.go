@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 )
 
@@ -37,6 +38,17 @@ func (c *APIClient) Status(ctx context.Context) (Status, error) {
 	var st Status
 	err := c.do(ctx, http.MethodGet, "/v1/status", &st)
 	return st, err
+}
+
+// History fetches GET /v1/history for the endpoint with key, or for every endpoint when key is "".
+func (c *APIClient) History(ctx context.Context, key string) (History, error) {
+	path := "/v1/history"
+	if key != "" {
+		path += "?endpoint=" + url.QueryEscape(key)
+	}
+	var h History
+	err := c.do(ctx, http.MethodGet, path, &h)
+	return h, err
 }
 
 // Sync calls POST /v1/sync.

@@ -6,7 +6,7 @@ _cmx_agent() {
 	local cur prev words cword
 	_init_completion || return
 
-	local commands="init run check status sync watch bundle version"
+	local commands="init run check status sync history watch bundle version"
 	if ((cword == 1)); then
 		COMPREPLY=($(compgen -W "$commands help" -- "$cur"))
 		return
@@ -44,6 +44,7 @@ _cmx_agent() {
 	check) flags="--config --online" ;;
 	sync) flags="--config --socket" ;;
 	status) flags="--config --socket --json" ;;
+	history) flags="--config --socket --json" ;;
 	watch)
 		# After PATH and "--" comes a command of its own.
 		local i

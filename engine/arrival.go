@@ -106,6 +106,9 @@ func (m *machine) arrive(a evArrival) {
 	}
 	x.mark = mark
 	x.o.Received = e.opt.Now()
+	if a.in.own {
+		x.o.Origin = OriginPull
+	}
 	m.ep.stats.received.Add(1)
 	if x.ack == ackHeld {
 		a.receipt.hold(&e.held)
@@ -163,9 +166,25 @@ func (m *machine) onRefused(x arrival) {
 	if o.ID != "" {
 		m.j.setHandled(o.ID, Handled{Status: x.in.reject.Status, Code: x.in.reject.Code})
 	}
+	m.noteAnswer(o, *x.in.reject)
 	m.j.answer(e, ep, o, *x.in.reject, x.ack == ackHeld)
 	m.j.waiters = append(m.j.waiters, x.receipt)
 	m.commitSoon(x.ack)
+}
+
+// noteAnswer records r, the answer sent for o without an apply (a refusal, a re-confirmation), as
+// the endpoint's last answer, in the commit that makes the answer durable: status shows what the
+// server was told last, not the "ok" of an earlier configuration. The applied configuration stays
+// as it is. A damaged state record is left for the next result to rewrite (status keeps saying
+// why). The machine's copy of the committed state (m.st) may lag in these fields only: nothing reads
+// them from it, and the next result overwrites them.
+func (m *machine) noteAnswer(o *Offer, r Result) {
+	st := m.current()
+	if st.damaged != "" {
+		return
+	}
+	st.LastText, st.LastStatus, st.LastCode, st.LastAt = o.Text, r.Status, r.Code, m.ep.e.opt.Now()
+	m.j.setState(st)
 }
 
 // onRepeatOfRunning takes the id of the offer being applied, again. In 7/CMP a server sending it
@@ -205,6 +224,7 @@ func (m *machine) onHandled(x arrival) {
 		return
 	}
 	e.log.Warn("duplicate id confirmed again", "endpoint", ep.key, "id", o.Text, "topic", x.topic, "status", r.Status)
+	m.noteAnswer(o, r)
 	m.j.reanswer(e, ep, o, r, x.ack == ackHeld)
 	m.j.waiters = append(m.j.waiters, x.receipt)
 	m.commitSoon(x.ack)

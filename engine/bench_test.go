@@ -15,6 +15,11 @@ import (
 // file and the one commit.
 func BenchmarkHeldPush(b *testing.B) {
 	c := startCore(b, config.DialectCMX3, nil, config.Endpoint{Token: "gw"})
+	// The confirmations are read as a server would, so the transport never waits for a reader.
+	go func() {
+		for range c.sent {
+		}
+	}()
 	body := strings.Repeat("x", 200)
 	for i := range 20 { // warm-up: the handled set and the outbox get their pages
 		waitReceiptB(b, c.deliver(p+"/json", 1, fmt.Sprintf(`{"id": %d, "entries": [%q]}`, i+1, body)))

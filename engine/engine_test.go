@@ -164,7 +164,11 @@ func (c *core) pump(ctx context.Context, e *Engine) {
 		for _, m := range e.Outbox().Next(c.gen, 100) {
 			e.Outbox().Sent(m.Seq)
 			e.Outbox().Acked(m.Seq)
-			c.sent <- m
+			select {
+			case c.sent <- m:
+			case <-ctx.Done(): // nobody reads what is sent any more: stopping must not wait for it
+				return
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -81,6 +81,11 @@ func (j *journal) setState(st EndpointState) {
 	j.ops = append(j.ops, func(tx *Tx) error { return tx.SetState(keyOf(tx), st) })
 }
 
+// addHistory records an applied configuration in the endpoint's history, in the result's commit.
+func (j *journal) addHistory(h HistoryEntry) {
+	j.ops = append(j.ops, func(tx *Tx) error { return tx.AddHistory(keyOf(tx), h) })
+}
+
 func (j *journal) setApplied(body, raw []byte, rendered bool) {
 	j.ops = append(j.ops, func(tx *Tx) error { return tx.SetApplied(keyOf(tx), body, raw, rendered) })
 }

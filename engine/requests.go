@@ -125,6 +125,10 @@ type requester struct {
 	refused bool          // the armed repeat is a refused request's
 	wait    time.Duration // the interval of the armed unanswered-request repeat
 	bo      backoff       // a refused request's
+	// since is when the request now unanswered was first sent: its repeats (and syncs) do not
+	// move it, an answer does (the next request starts a new wait). Zero when none was sent on
+	// this connection.
+	since time.Time
 }
 
 // Backoff bounds of a refused request.
@@ -141,6 +145,7 @@ const maxPullWait = 10 * time.Minute
 func (r *requester) ask(e *Engine, ep *endpoint, gen uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.sending(e, ep)
 	e.send(gen, ep)
 	r.wait = e.opt.PullTimeout
 	r.arm(e, ep, gen, r.wait, false)
@@ -171,7 +176,27 @@ func (r *requester) cancel(gen uint64) {
 	defer r.mu.Unlock()
 	if gen == 0 || r.gen == gen {
 		r.disarm()
+		r.since = time.Time{} // the requests of that connection are dropped: nothing waits
 	}
+}
+
+// sending notes that a request is about to be sent; r.mu must be held. The wait starts now unless
+// an earlier request is still unanswered.
+func (r *requester) sending(e *Engine, ep *endpoint) {
+	if r.since.IsZero() || ep.answered.Load() {
+		r.since = e.opt.Now()
+	}
+}
+
+// waitingSince is when the endpoint's unanswered request was first sent; zero when it was answered,
+// when a refused request waits for its retry (the server did answer), or when none is out.
+func (r *requester) waitingSince(ep *endpoint) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.gen == 0 || r.refused || ep.answered.Load() {
+		return time.Time{}
+	}
+	return r.since
 }
 
 // fire repeats the request armed as arming, waited ago, if it is still wanted: the connection is the
@@ -196,6 +221,7 @@ func (r *requester) fire(e *Engine, ep *endpoint, arming uint64, waited time.Dur
 		e.log.Info("no answer to configuration request; asking again", "endpoint", ep.key, "waited", waited)
 		r.wait = min(2*r.wait, maxPullWait)
 	}
+	r.sending(e, ep)
 	e.send(gen, ep)
 	r.arm(e, ep, gen, r.wait, false)
 }

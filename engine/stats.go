@@ -88,6 +88,9 @@ type EndpointStats struct {
 	Damaged string
 	// ApplyingSince is when the apply in progress started; zero when none runs.
 	ApplyingSince time.Time
+	// RequestWaitingSince is when the endpoint's unanswered request was sent; zero when none waits
+	// (EndpointStatus.RequestWaitingSince).
+	RequestWaitingSince time.Time
 }
 
 // Stats is what the engine reports for metrics.
@@ -110,8 +113,9 @@ type Stats struct {
 func (e *Engine) Stats() (Stats, error) {
 	var st Stats
 	eps := e.endpointList()
+	waits := requestWaits(eps)
 	err := e.store.View(func(tx *Tx) error {
-		for _, ep := range eps {
+		for i, ep := range eps {
 			es := tx.stateOrRebuilt(ep.key)
 			st.Endpoints = append(st.Endpoints, EndpointStats{
 				Key: ep.key, AppliedID: es.AppliedText, Applied: es.AppliedHash != "", AppliedAt: es.AppliedAt,
@@ -119,7 +123,9 @@ func (e *Engine) Stats() (Stats, error) {
 				Rejected: ep.stats.rejected.Load(), Failed: ep.stats.failed.Load(), DriftRepairs: ep.stats.driftRepairs.Load(),
 				Damaged: es.damaged,
 			})
-			_, st.Endpoints[len(st.Endpoints)-1].ApplyingSince = ep.applying.get()
+			last := &st.Endpoints[len(st.Endpoints)-1]
+			_, last.ApplyingSince = ep.applying.get()
+			last.RequestWaitingSince = waits[i]
 			st.HeldReleased += ep.stats.holdsReleased.Load()
 		}
 		return nil

@@ -1,7 +1,10 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -32,15 +35,20 @@ type EndpointStatus struct {
 	// the configuration it applies: an apply that does not end shows here.
 	ApplyingSince time.Time `json:"applying_since,omitzero"`
 	ApplyingID    string    `json:"applying_id,omitempty"`
+	// RequestWaitingSince is when the agent asked the server for the latest configuration and has
+	// had no answer since (zero when answered, or offline): a server that does not answer shows
+	// here, through the request's repeats.
+	RequestWaitingSince time.Time `json:"request_waiting_since,omitzero"`
 }
 
 // Endpoints reports every endpoint's state, sorted by key. It only reads the store.
 func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 	eps := e.endpointList()
 	pending := e.out.pendingByEndpoint()
+	waits := requestWaits(eps)
 	out := make([]EndpointStatus, 0, len(eps))
 	err := e.store.View(func(tx *Tx) error {
-		for _, ep := range eps {
+		for i, ep := range eps {
 			es := tx.stateOrRebuilt(ep.key)
 			waiting, err := tx.HasPending(ep.key)
 			if err != nil {
@@ -67,6 +75,8 @@ func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 
 				ApplyingSince: since,
 				ApplyingID:    applyingID,
+
+				RequestWaitingSince: waits[i],
 			})
 		}
 		return nil
@@ -75,6 +85,77 @@ func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 		return nil, fmt.Errorf("read state: %w", err)
 	}
 	return out, nil
+}
+
+// EndpointHistory is one endpoint's applied configurations, as the local API shows them.
+type EndpointHistory struct {
+	Key   string `json:"key"` // token, or token/name for a named configuration
+	Token string `json:"token"`
+	Name  string `json:"name,omitempty"`
+	// Entries are the newest applied configurations, newest first (at most 32 are kept).
+	Entries []HistoryEntry `json:"entries"`
+	// Damaged says why the endpoint's history record does not read ("" when it does); the next
+	// configuration applied starts it afresh.
+	Damaged string `json:"damaged,omitempty"`
+}
+
+// ErrUnknownEndpoint is returned by History for a key no endpoint has.
+var ErrUnknownEndpoint = errors.New("no endpoint")
+
+// History reports the applied configurations of the endpoint with key, or of every endpoint
+// (sorted by key) when key is "". It only reads the store.
+func (e *Engine) History(key string) ([]EndpointHistory, error) {
+	eps := e.endpointList()
+	if key != "" {
+		i := slices.IndexFunc(eps, func(ep *endpoint) bool { return ep.key == key })
+		if i < 0 {
+			return nil, fmt.Errorf("%w %q (endpoints: %s)", ErrUnknownEndpoint, key, someKeys(eps))
+		}
+		eps = eps[i : i+1]
+	}
+	out := make([]EndpointHistory, 0, len(eps))
+	err := e.store.View(func(tx *Tx) error {
+		for _, ep := range eps {
+			h := EndpointHistory{Key: ep.key, Token: ep.token, Name: ep.name, Entries: []HistoryEntry{}}
+			ents, err := tx.History(ep.key)
+			if err != nil {
+				h.Damaged = "history record does not decode: " + errors.Unwrap(err).Error()
+			} else if ents != nil {
+				h.Entries = ents
+			}
+			out = append(out, h)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read history: %w", err)
+	}
+	return out, nil
+}
+
+// someKeys names the endpoints for an error message, the first maxNamedKeys of them.
+func someKeys(eps []*endpoint) string {
+	const maxNamedKeys = 10
+	var keys []string
+	for _, ep := range eps[:min(len(eps), maxNamedKeys)] {
+		keys = append(keys, ep.key)
+	}
+	s := strings.Join(keys, ", ")
+	if len(eps) > maxNamedKeys {
+		s += fmt.Sprintf(" and %d more", len(eps)-maxNamedKeys)
+	}
+	return s
+}
+
+// requestWaits reads each endpoint's RequestWaitingSince. It is read before, not inside, a read
+// transaction: a requester holds its lock while it hands out a message id, which may commit and
+// grow the database, and bbolt's remap then waits for every read transaction to end.
+func requestWaits(eps []*endpoint) []time.Time {
+	waits := make([]time.Time, len(eps))
+	for i, ep := range eps {
+		waits[i] = ep.req.waitingSince(ep)
+	}
+	return waits
 }
 
 // ServerStates reports what the server last said about each endpoint besides configurations.

@@ -37,6 +37,7 @@ const DBName = "agent.db"
 //	hot/e<ep>r             the configuration as received, when a template rendered it (store_body.go)
 //	hot/e<ep>v             ServerState (JSON, serverstate.go)
 //	hot/e<ep>h             the most recent handled ids and their outcomes (store_handled.go)
+//	hot/e<ep>y             the newest applied configurations' metadata (store_history.go)
 //	hot/e<ep>p<seq8>       Offer received and not yet applied (JSON, without its body); see Pending
 //	hot/e<ep>q<seq8>       that offer's body, raw bytes
 //	cold/<ep>f             priorFile: the output as found before the agent first wrote it
@@ -62,6 +63,7 @@ const (
 	kindRaw      = 'r'
 	kindServer   = 'v'
 	kindHandled  = 'h'
+	kindHistory  = 'y'
 	kindPending  = 'p'
 	kindPendBody = 'q'
 	kindPrior    = 'f' // in cold
@@ -102,6 +104,9 @@ type Offer struct {
 	// Internal marks an offer the agent made itself (a reload re-applying the stored configuration):
 	// nobody waits for its answer.
 	Internal bool `json:"internal,omitempty"`
+	// Origin is how the offer came (for the history): a push, unless it answers one of the agent's
+	// own requests or was imported.
+	Origin Origin `json:"origin,omitempty"`
 
 	// Records written before offers had several routes.
 	OldTopic string `json:"reply_topic,omitempty"`

@@ -503,6 +503,9 @@ func pushCommit(tx *Tx, i int, body []byte) error {
 	if err := tx.SetApplied("gw", body, body, false); err != nil {
 		return err
 	}
+	if err := tx.AddHistory("gw", HistoryEntry{At: time.Now(), ID: fmt.Sprint(i), SHA256: st.AppliedHash}); err != nil {
+		return err
+	}
 	if err := tx.DeletePending("gw", uint64(i)); err != nil {
 		return err
 	}

@@ -2,14 +2,16 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"io/fs"
+	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/cmx-agent/cmx-agent/agent"
 )
@@ -73,13 +75,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(st); err != nil {
-			fmt.Fprintln(stderr, "cmx-agent status:", err)
-			return 1
-		}
-		return 0
+		return printJSON(stdout, stderr, "status", st)
 	}
 	printStatus(stdout, st)
 	return 0
@@ -107,20 +103,41 @@ func printStatus(w io.Writer, st agent.Status) {
 		}
 		last := "-"
 		if e.LastStatus != "" {
-			last = idOrDash(e.LastID, "(no id)") + ": " + e.LastStatus
+			last = cell(idOrDash(e.LastID, "(no id)"), maxCell) + ": " + cell(e.LastStatus, maxCell)
 		}
 		if e.Damaged != "" {
 			// The id and times were in the record; only what was applied is known (its hash).
-			applied, at, last = "?", "?", "damaged: "+e.Damaged
+			applied, at, last = "?", "?", "damaged: "+cell(e.Damaged, maxCell)
 		}
 		if !e.ApplyingSince.IsZero() {
-			last += fmt.Sprintf(" (applying %s for %s)", idOrDash(e.ApplyingID, "(no id)"), time.Since(e.ApplyingSince).Round(time.Second))
+			last += fmt.Sprintf(" (applying %s for %s)", cell(idOrDash(e.ApplyingID, "(no id)"), maxCell), time.Since(e.ApplyingSince).Round(time.Second))
 		} else if e.Waiting {
 			last += " (newer one waiting)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", e.Key, applied, at, last, e.Pending, e.Output)
+		if !e.RequestWaitingSince.IsZero() {
+			last += " (request unanswered since " + e.RequestWaitingSince.Local().Format(time.DateTime) + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", e.Key, cell(applied, maxCell), at, last, e.Pending, e.Output)
 	}
 	tw.Flush()
+}
+
+// maxCell is how many characters of a status or id the table shows; --json has them whole.
+const maxCell = 60
+
+// cell makes s fit a table cell: control characters (a tab or newline in a server's id) become
+// spaces, so they cannot break the columns, and past max characters s is cut and ends with "…".
+func cell(s string, max int) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
+	if utf8.RuneCountInString(s) <= max {
+		return s
+	}
+	return string([]rune(s)[:max]) + "…"
 }
 
 func idOrDash(id, none string) string {

@@ -44,6 +44,8 @@ commands:
          ask the running agent for its connection and endpoints (exit 1: no agent)
   sync   [--config PATH | --socket PATH]
          ask the running agent to request the latest configuration now
+  history [--config PATH | --socket PATH] [--json] [TOKEN[/NAME]]
+         the last applied configurations per endpoint, newest first
   watch  [--debounce D] PATH [-- CMD ARGS...]
          print time, size and sha256 of each version of PATH; run CMD after each new one
   bundle [--config PATH] [--socket PATH] [-o FILE] [--with-outputs] [--journal-lines N]
@@ -71,6 +73,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdStatus(args[1:], stdout, stderr)
 	case "sync":
 		return cmdSync(args[1:], stdout, stderr)
+	case "history":
+		return cmdHistory(args[1:], stdout, stderr)
 	case "watch":
 		return cmdWatch(args[1:], stdout, stderr)
 	case "bundle":
