@@ -9,6 +9,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/metrics"
+	"github.com/cmx-agent/cmx-agent/trust"
 )
 
 // Build identifies the running binary in metrics.
@@ -20,7 +21,8 @@ type Build struct {
 // The metric families, every name prefixed cmx_agent_. Per endpoint there are 10 series (info,
 // last apply time, received, four results, drift repairs, damaged, apply running), so 1,000
 // endpoints make 10,000 series; the apply duration histogram is one for the whole agent (17
-// series), and the rest are single series (25 besides the endpoints' in all).
+// series), signature refusals one per rule (10), and the rest are single series (35 besides the
+// endpoints' in all).
 func (a *Agent) writeMetrics(w *metrics.Writer) error {
 	st, err := a.eng.Stats()
 	if err != nil {
@@ -101,6 +103,11 @@ func (a *Agent) writeMetrics(w *metrics.Writer) error {
 	w.Sample("cmx_agent_outbox_oldest_age_seconds", age)
 	w.Family("cmx_agent_database_size_bytes", "Size of the state database file.", "gauge")
 	w.Sample("cmx_agent_database_size_bytes", float64(st.DatabaseBytes))
+	w.Family("cmx_agent_signature_refusals_total", "Configurations refused by signature checks, by rule: malformed, too_large, algorithm, critical, payload, untrusted, binding, expired, rollback, unsigned.", "counter")
+	refusals := a.eng.SignatureRefusals()
+	for _, r := range trust.Reasons() {
+		w.Sample("cmx_agent_signature_refusals_total", float64(refusals[r]), l("reason", string(r)))
+	}
 	return w.Flush()
 }
 

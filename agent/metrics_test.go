@@ -107,6 +107,7 @@ func TestMetrics_ParseAndCarryEveryFamily(t *testing.T) {
 		"cmx_agent_drift_repairs_total", "cmx_agent_endpoint_damaged", "cmx_agent_apply_duration_seconds",
 		"cmx_agent_endpoint_apply_running_seconds", "cmx_agent_held_acks_released_total",
 		"cmx_agent_outbox_messages", "cmx_agent_outbox_oldest_age_seconds", "cmx_agent_database_size_bytes",
+		"cmx_agent_signature_refusals_total",
 	} {
 		if _, ok := fams[name]; !ok {
 			t.Errorf("family %s missing", name)
@@ -197,8 +198,8 @@ func TestMetrics_SeriesAreBoundedByTheEndpointList(t *testing.T) {
 			series++
 		}
 	}
-	if series != 10*1000+25 {
-		t.Errorf("%d series for 1,000 endpoints, want 10,025 (10 per endpoint and 25 besides)", series)
+	if series != 10*1000+35 {
+		t.Errorf("%d series for 1,000 endpoints, want 10,035 (10 per endpoint and 35 besides)", series)
 	}
 }
 

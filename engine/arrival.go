@@ -238,6 +238,11 @@ func (m *machine) current() EndpointState {
 // one that waited. A stored offer is committed as pending first; a held one waits unstored.
 func (m *machine) onNew(x arrival) {
 	e, o := m.ep.e, x.o
+	if r := m.rollback(o); r != nil {
+		x.in.reject = r
+		m.onRefused(x)
+		return
+	}
 	o.Seq = e.nextSeq()
 	p := &pending{o: o, ack: ackHeld, waiters: []*Receipt{x.receipt}}
 	// A removed endpoint's offer is not stored: it is dropped at the endpoint's stop, which

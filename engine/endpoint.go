@@ -459,6 +459,7 @@ func (m *machine) recordResult(p *pending, out outcome) {
 	if p.o.ID != "" && !p.o.Internal {
 		m.j.setHandled(p.o.ID, Handled(out.r))
 	}
+	m.recordAccepted(p.o, out.r)
 	if !p.o.Internal {
 		m.j.answer(e, ep, p.o, out.r, p.ack != ackStored)
 	}

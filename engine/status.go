@@ -32,6 +32,10 @@ type EndpointStatus struct {
 	// the configuration it applies: an apply that does not end shows here.
 	ApplyingSince time.Time `json:"applying_since,omitzero"`
 	ApplyingID    string    `json:"applying_id,omitempty"`
+	// SignedVersion is the highest signed version accepted (0: none); RequireSigned says whether
+	// unsigned configurations are refused (signed.go).
+	SignedVersion int64 `json:"signed_version,omitempty"`
+	RequireSigned bool  `json:"require_signed"`
 }
 
 // Endpoints reports every endpoint's state, sorted by key. It only reads the store.
@@ -47,6 +51,7 @@ func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 				return err
 			}
 			applyingID, since := ep.applying.get()
+			acc, _ := tx.Accepted(ep.key) // a damaged record shows as none, as the machine takes it
 			out = append(out, EndpointStatus{
 				Key:         ep.key,
 				Token:       ep.token,
@@ -67,6 +72,8 @@ func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 
 				ApplyingSince: since,
 				ApplyingID:    applyingID,
+				SignedVersion: acc.Version,
+				RequireSigned: ep.config().RequireSigned,
 			})
 		}
 		return nil

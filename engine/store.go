@@ -37,6 +37,7 @@ const DBName = "agent.db"
 //	hot/e<ep>r             the configuration as received, when a template rendered it (store_body.go)
 //	hot/e<ep>v             ServerState (JSON, serverstate.go)
 //	hot/e<ep>h             the most recent handled ids and their outcomes (store_handled.go)
+//	hot/e<ep>n             the highest signed version accepted (store_signed.go)
 //	hot/e<ep>p<seq8>       Offer received and not yet applied (JSON, without its body); see Pending
 //	hot/e<ep>q<seq8>       that offer's body, raw bytes
 //	cold/<ep>f             priorFile: the output as found before the agent first wrote it
@@ -102,6 +103,9 @@ type Offer struct {
 	// Internal marks an offer the agent made itself (a reload re-applying the stored configuration):
 	// nobody waits for its answer.
 	Internal bool `json:"internal,omitempty"`
+	// Signed marks a verified signed configuration (Body is its payload's config), for
+	// anti-rollback; nil for an unsigned one.
+	Signed *Signed `json:"signed,omitempty"`
 
 	// Records written before offers had several routes.
 	OldTopic string `json:"reply_topic,omitempty"`
