@@ -6,14 +6,14 @@ _cmx_agent() {
 	local cur prev words cword
 	_init_completion || return
 
-	local commands="run check status sync watch bundle version"
+	local commands="run check status sync watch bundle import version"
 	if ((cword == 1)); then
 		COMPREPLY=($(compgen -W "$commands help" -- "$cur"))
 		return
 	fi
 
 	case $prev in
-	--config | -o)
+	--config | -o | --socket)
 		_filedir
 		return
 		;;
@@ -47,11 +47,12 @@ _cmx_agent() {
 		flags="--debounce"
 		;;
 	bundle) flags="--config -o --with-outputs --journal-lines" ;;
+	import) flags="--config --socket" ;;
 	*) return ;;
 	esac
 	if [[ $cur == -* ]]; then
 		COMPREPLY=($(compgen -W "$flags" -- "$cur"))
-	elif [[ ${words[1]} == watch ]]; then
+	elif [[ ${words[1]} == watch || ${words[1]} == import ]]; then
 		_filedir
 	fi
 } &&

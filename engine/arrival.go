@@ -153,6 +153,7 @@ func (m *machine) classify(a evArrival) (arrival, error) {
 func (m *machine) onRefused(x arrival) {
 	e, ep, o := m.ep.e, m.ep, x.o
 	e.log.Warn("configuration refused", "endpoint", ep.key, "id", o.Text, "topic", x.topic, "reason", x.in.reject.Status)
+	o.notify(*x.in.reject)
 	ep.stats.count(x.in.reject.Code)
 	if o.ID != "" {
 		m.j.setHandled(o.ID, Handled{Status: x.in.reject.Status, Code: x.in.reject.Code})
@@ -186,6 +187,7 @@ func (m *machine) onRepeatOfRunning(x arrival) {
 		return
 	}
 	m.j.answer(e, m.ep, x.o, r, x.ack == ackHeld)
+	x.o.notify(r)
 	m.j.waiters = append(m.j.waiters, x.receipt)
 }
 
@@ -200,6 +202,7 @@ func (m *machine) onHandled(x arrival) {
 	}
 	e.log.Warn("duplicate id confirmed again", "endpoint", ep.key, "id", o.Text, "topic", x.topic, "status", r.Status)
 	m.j.reanswer(e, ep, o, r, x.ack == ackHeld)
+	o.notify(r)
 	m.j.waiters = append(m.j.waiters, x.receipt)
 	m.commitSoon(x.ack)
 }
@@ -281,6 +284,7 @@ func (m *machine) join(p *pending, x arrival) {
 	for _, r := range x.o.Routes {
 		p.o.addRoute(r)
 	}
+	p.o.results = append(p.o.results, x.o.results...)
 	m.ep.e.log.Info("configuration received again while pending", "endpoint", m.ep.key, "id", x.o.Text, "topic", x.topic)
 	if x.ack == ackHeld {
 		p.waiters = append(p.waiters, x.receipt)
@@ -320,6 +324,7 @@ func (m *machine) supersede(old *pending, newer *Offer) {
 		m.j.answer(e, m.ep, old.o, r, old.ack != ackStored)
 		m.ep.stats.count(r.Code)
 	}
+	old.o.notify(r)
 	if old.ack == ackStored {
 		m.j.deletePending(old.o.Seq)
 	}

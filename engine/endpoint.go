@@ -436,6 +436,7 @@ func (m *machine) applied(p *pending, out outcome) {
 		for _, r := range p.waiters {
 			r.release(errEndpointGone) // unacknowledged: the broker sends it again after the restart
 		}
+		p.o.notify(Result{Status: "the agent stopped during the apply; it is applied again after the restart", Code: CodeFailed})
 		m.phase, m.running = idle, nil
 		return
 	}
@@ -498,6 +499,7 @@ func (m *machine) commitResult() {
 	}
 	e.opt.Pause(StepCommitted)
 	m.j.committed()
+	p.o.notify(out.r)
 	m.phase, m.running, m.result = idle, nil, nil
 	e.changed()
 }

@@ -111,6 +111,11 @@ func (e *Engine) verifyBody(ep *endpoint, body []byte, entries bool, lim cmx.Lim
 		}
 		return body, nil, nil
 	}
+	return e.verifyEnvelope(ep, env, entries, lim)
+}
+
+// verifyEnvelope is verifyBody for the envelope itself.
+func (e *Engine) verifyEnvelope(ep *endpoint, env []byte, entries bool, lim cmx.Limits) ([]byte, *Signed, *Result) {
 	c, err := e.sig.verifier.Load().Verify(env, e.opt.Now())
 	if err == nil {
 		err = c.CheckBinding(ep.token, ep.name)

@@ -106,6 +106,9 @@ type Offer struct {
 	// Signed marks a verified signed configuration (Body is its payload's config), for
 	// anti-rollback; nil for an unsigned one.
 	Signed *Signed `json:"signed,omitempty"`
+	// results are told the offer's outcome (import.go), in memory only: after a restart nobody
+	// waits any more.
+	results []chan<- Result
 
 	// Records written before offers had several routes.
 	OldTopic string `json:"reply_topic,omitempty"`
