@@ -16,6 +16,8 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 
+	"github.com/cmx-agent/cmx-agent/agent"
+
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
 	"github.com/cmx-agent/cmx-agent/trust"
 )
@@ -238,4 +240,36 @@ func TestImport_OfflineAppliesAndTheServerLearnsOnceConnected(t *testing.T) {
 func exitOf(cmd *exec.Cmd) int {
 	cmd.Run()
 	return cmd.ProcessState.ExitCode()
+}
+
+// kill -9 at each durable step of a signed push, on both paths: after the restart it is applied
+// and confirmed, and its version is the one anti-rollback holds (a recovered offer keeps it).
+func TestCrash_SignedPushAtEachStepKeepsItsVersion(t *testing.T) {
+	paths := []struct{ name, hook string }{{"held", ""}, {"committed", "hook = [\"true\"]\n"}}
+	for _, path := range paths {
+		for _, step := range []string{agent.StepReceived, agent.StepSynced, agent.StepRenamed, agent.StepCommitted} {
+			t.Run(path.name+"/"+step, func(t *testing.T) {
+				e := newCrashEnvWith(t, "", signedEndpoint+path.hook, "gw-001.json")
+				ops := signingKey(t, e.dir, "ops")
+				entries := func(version int64) string {
+					return "[" + joseSign(t, ops, trust.Payload{Token: "gw-001", Version: version, Config: json.RawMessage(fmt.Sprintf(`[%d]`, version))}) + "]"
+				}
+				p := startAgent(t, e.config, "CMX_AGENT_TEST_PAUSE="+step)
+				e.waitPull(t)
+				e.server.Publish(t, e.prefix+"/json", 1, []byte(`{"id":1,"entries":`+entries(5)+`}`))
+				p.waitLine(t, "test pause at "+step)
+				p.kill(t)
+
+				startAgent(t, e.config)
+				if s := e.waitConfirmation(t, "1"); s != "ok" {
+					t.Fatalf("status after restart = %q, want ok", s)
+				}
+				e.checkFile(t, `[5]`)
+				if s := e.push(t, 2, entries(4)); s != "signature: version 4 older than 5" {
+					t.Errorf("older version after the crash: %q", s)
+				}
+				e.checkFile(t, `[5]`)
+			})
+		}
+	}
 }
