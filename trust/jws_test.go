@@ -252,3 +252,19 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// The cost a signed push adds to the agent, besides the larger payload.
+func BenchmarkVerify(b *testing.B) {
+	signer := seedKey(1)
+	env, err := Sign(signer, Payload{Token: "gw-0001", Version: 7, Config: json.RawMessage(`[{"seq":7,"sampling_ms":500,"name":"bench","pad":"` + strings.Repeat("x", 180) + `"}]`)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	v := trusted(signer)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := v.Verify(env, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
