@@ -154,6 +154,10 @@ func TestSigned_CMX3OnTheRealBinary(t *testing.T) {
 	if err != nil || !bytes.Contains(mf, []byte(`"signed_version": 6`)) || !bytes.Contains(mf, []byte(`"require_signed": true`)) {
 		t.Errorf("status --json: %v\n%s", err, mf)
 	}
+	text, err := exec.Command(binary(t), "status", "--config", e.config).Output()
+	if err != nil || !bytes.Contains(text, []byte("\nsigned:  gw-001 highest version accepted 6; unsigned configurations refused\n")) {
+		t.Errorf("status: %v\n%s", err, text)
+	}
 }
 
 func mustRead(t *testing.T, path string) string {
