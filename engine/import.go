@@ -76,13 +76,24 @@ func (e *Engine) importOne(ctx context.Context, env []byte) ImportResult {
 	// (never held); its answer goes at its route's QoS, 1.
 	rcpt := newReceipt()
 	ep.post(evArrival{in: inbound{offer: o}, topic: "import", qos: 0, size: len(env), receipt: rcpt})
-	select {
-	case r := <-done:
-		res.Status, res.OK = r.Status, r.OK()
-	case <-ctx.Done():
-		res.Status = "still being applied (see cmx-agent status)"
+	stored := rcpt.Done()
+	for {
+		select {
+		case r := <-done:
+			res.Status, res.OK = r.Status, r.OK()
+			return res
+		case <-stored:
+			if err := rcpt.Err(); err != nil {
+				// Not stored (a full or read-only state disk), so not applied either.
+				res.Status = fmt.Sprintf("not applied: %v", err)
+				return res
+			}
+			stored = nil // stored: its outcome comes through done
+		case <-ctx.Done():
+			res.Status = "still being applied (see cmx-agent status)"
+			return res
+		}
 	}
-	return res
 }
 
 // importOffer makes the offer of a verified imported configuration c for ep: its id is the

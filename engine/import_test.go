@@ -4,7 +4,12 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/trust"
@@ -65,5 +70,22 @@ func TestImport_CMP7ReportsTheConfigurationApplied(t *testing.T) {
 	c.waitFile(c.output("gw/net"), `{"mtu":9000}`)
 	if code, id, _ := c.appliedReport(); code != 200 || id != "cfg-4" {
 		t.Errorf("applied report %d %s, want 200 cfg-4", code, id)
+	}
+}
+
+// An import that cannot be stored is not applied, and says so at once.
+func TestImport_NotStoredIsReportedAtOnce(t *testing.T) {
+	k := signer(1)
+	c := startCoreWith(t, coreOptions{Trust: trustOf(k), FailCommit: func() error { return errors.New("no space left on device") }}, config.Endpoint{Token: "gw"})
+	start := time.Now()
+	got := c.importAll(sign(t, k, trust.Payload{Token: "gw", Version: 1, Config: json.RawMessage(`[1]`)}))
+	if len(got) != 1 || got[0].OK || !strings.HasPrefix(got[0].Status, "not applied: ") || !strings.Contains(got[0].Status, "no space left on device") {
+		t.Fatalf("results %+v, want one 'not applied: ... no space left on device'", got)
+	}
+	if d := time.Since(start); d > testWait/2 {
+		t.Errorf("answered after %v: it waited for a result that cannot come", d)
+	}
+	if _, err := os.Stat(c.output("gw")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("output written: %v", err)
 	}
 }
