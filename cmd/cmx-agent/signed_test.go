@@ -277,3 +277,39 @@ func TestCrash_SignedPushAtEachStepKeepsItsVersion(t *testing.T) {
 		}
 	}
 }
+
+// kill -9 during an import's apply: the import is stored on arrival, so the restarted agent
+// applies it and the server gets its confirmation; the importer is told it did not finish.
+func TestCrash_ImportIsAppliedAfterARestart(t *testing.T) {
+	for _, step := range []string{agent.StepSynced, agent.StepRenamed} {
+		t.Run(step, func(t *testing.T) {
+			e := newCrashEnvWith(t, "", signedEndpoint, "gw-001.json")
+			ops := signingKey(t, e.dir, "ops")
+			file := filepath.Join(e.dir, "usb.jws")
+			env := joseSign(t, ops, trust.Payload{Token: "gw-001", Version: 3, ID: json.RawMessage(`33`), Config: json.RawMessage(`[3]`)})
+			if err := os.WriteFile(file, []byte(env), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			p := startAgent(t, e.config, "CMX_AGENT_TEST_PAUSE="+step)
+			e.waitPull(t)
+			imp := exec.Command(binary(t), "import", "--config", e.config, file)
+			var stdout bytes.Buffer
+			imp.Stdout = &stdout
+			if err := imp.Start(); err != nil {
+				t.Fatal(err)
+			}
+			p.waitLine(t, "test pause at "+step)
+			p.kill(t)
+			imp.Wait()
+			if code := imp.ProcessState.ExitCode(); code != 1 {
+				t.Errorf("import cut by the crash: exit %d (%s), want 1", code, stdout.String())
+			}
+
+			startAgent(t, e.config)
+			if s := e.waitConfirmation(t, "33"); s != "ok" {
+				t.Fatalf("confirmation after the restart: %q, want ok", s)
+			}
+			e.checkFile(t, `[3]`)
+		})
+	}
+}
