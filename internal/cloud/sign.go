@@ -1,6 +1,7 @@
 package cloud
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
@@ -31,6 +32,10 @@ func LoadSigningKey(path string) (ed25519.PrivateKey, error) {
 func SignBody(key ed25519.PrivateKey, dialect string, tg Target, body []byte, version int64) ([]byte, error) {
 	if !json.Valid(body) {
 		return nil, errors.New("sign: the configuration is not JSON")
+	}
+	if dialect != config.DialectCMP7 && !bytes.HasPrefix(bytes.TrimSpace(body), []byte("[")) {
+		// Checked here, where the entries are still in sight: signed, they are one string.
+		return nil, errors.New("sign: a cmx3 configuration is the entries array, and this is not an array")
 	}
 	env, err := trust.Sign(key, trust.Payload{Token: tg.Token, Name: tg.Name, Version: version, Config: body})
 	if err != nil {

@@ -3,10 +3,14 @@ package cloud
 import (
 	"crypto/ed25519"
 	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
 	"github.com/cmx-agent/cmx-agent/trust"
 )
 
@@ -60,5 +64,50 @@ func TestSignBody_CarriesTheEnvelopeWhereEachDialectDoes(t *testing.T) {
 		if err != nil || c.Label() != "gw/n" || c.Version != 5 || string(c.Body) != `[1]` {
 			t.Errorf("%s: %+v, %v", dialect, c, err)
 		}
+	}
+}
+
+// serve --sign-key: an agent that requires signatures takes what it serves, at the boot request
+// and on every change, two changes within one second included.
+func TestServe_SignKeySignsEveryConfigurationSent(t *testing.T) {
+	b := mqtttest.Start(t)
+	_, key, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, err := trust.EncodePublicKey(key.Public().(ed25519.PublicKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "ops.pub"), pem, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	configs := t.TempDir()
+	file := filepath.Join(configs, "gw-001.json")
+	if err := os.WriteFile(file, []byte(`[{"a":1}]`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := startServe(t, ServeOptions{Options: Options{Broker: b.URL, AppVersion: testApp}, Configs: configs, SignKey: key})
+	out := startAgentWith(t, b.URL, "gw-001", dir, "[trust]\nkeys = [\"ops.pub\"]\nrequire_signed = true\n")
+	waitFile(t, out, `[{"a":1}]`)
+	if c := s.next(t); !c.OK() {
+		t.Fatalf("boot answer: %+v", c)
+	}
+	for _, body := range []string{`[{"a":2}]`, `[{"a":3}]`} {
+		if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		waitFile(t, out, body)
+		if c := s.next(t); !c.OK() {
+			t.Fatalf("after a change to %s: %+v", body, c)
+		}
+	}
+}
+
+func TestSignBody_RefusesACMX3BodyThatIsNotAnArray(t *testing.T) {
+	key := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
+	if _, err := SignBody(key, config.DialectCMX3, Target{Token: "gw"}, []byte(`{"a":1}`), 1); err == nil || !strings.Contains(err.Error(), "not an array") {
+		t.Errorf("SignBody of an object for cmx3: %v", err)
 	}
 }
