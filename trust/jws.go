@@ -67,23 +67,26 @@ func NewVerifier(keys []Key, maxSize int) *Verifier {
 // Keys returns how many keys the verifier trusts.
 func (v *Verifier) Keys() int { return len(v.keys) }
 
-// IsEnvelope reports whether a JSON value is meant as a JWS: an object with a "payload" member
-// and a "signature" or "signatures" one. Bodies that merely resemble one are still verified, and
-// refused when malformed, rather than written unverified.
+// IsEnvelope reports whether a JSON value is meant as a JWS: an object whose "payload" is a
+// string, with a string "signature" (flattened) or an array "signatures" (general). Such a value
+// is verified, and refused when malformed, rather than written unverified; a configuration that
+// merely has members of those names (a "payload" object, say) is not taken for one.
 func IsEnvelope(data []byte) bool {
 	data = bytes.TrimSpace(data)
 	if len(data) == 0 || data[0] != '{' {
 		return false
 	}
-	var probe struct {
-		Payload    json.RawMessage `json:"payload"`
-		Signature  json.RawMessage `json:"signature"`
-		Signatures json.RawMessage `json:"signatures"`
-	}
-	if json.Unmarshal(data, &probe) != nil {
+	m := map[string]json.RawMessage{}
+	if json.Unmarshal(data, &m) != nil {
 		return false
 	}
-	return probe.Payload != nil && (probe.Signature != nil || probe.Signatures != nil)
+	kind := func(name string) byte {
+		if v := bytes.TrimSpace(m[name]); len(v) > 0 {
+			return v[0]
+		}
+		return 0
+	}
+	return kind("payload") == '"' && (kind("signature") == '"' || kind("signatures") == '[')
 }
 
 type signature struct {
