@@ -231,6 +231,13 @@ func TestImport_OfflineAppliesAndTheServerLearnsOnceConnected(t *testing.T) {
 		t.Errorf("confirmation %s, want {\"id\":\"usb-8\",\"status\":\"ok\"} at QoS 1", m)
 	}
 
+	// Again through --socket, without the configuration file: the one in place is ok again.
+	again := exec.Command(binary(t), "import", "--socket", filepath.Join(e.dir, "state", "agent.sock"), file)
+	out, _ := again.Output()
+	if !strings.HasPrefix(string(out), "gw-001 version 8: ok\n") || again.ProcessState.ExitCode() != 1 {
+		t.Errorf("import --socket: exit %d, %q", again.ProcessState.ExitCode(), out)
+	}
+
 	// Usage: no file is exit 2; an agent that does not answer is exit 1.
 	if code := exitOf(exec.Command(binary(t), "import", "--config", e.config)); code != 2 {
 		t.Errorf("import without FILE: exit %d, want 2", code)
