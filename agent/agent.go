@@ -188,10 +188,11 @@ func (a *Agent) Reload(cfg *config.Config) error {
 	if len(changed) > 0 {
 		return fmt.Errorf("%v changed: %w", changed, ErrRestartNeeded)
 	}
+	a.eng.SetTrust(cfg.Trust.Loaded) // before the endpoints, which may now require signatures
 	ch := a.eng.Reload(cfg.Endpoints)
 	a.mu.Lock()
 	c := *a.cfg
-	c.Endpoints = cfg.Endpoints
+	c.Endpoints, c.Trust = cfg.Endpoints, cfg.Trust
 	a.cfg = &c
 	a.mu.Unlock()
 	if ctx == nil {

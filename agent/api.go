@@ -300,6 +300,7 @@ func (a *Agent) apiHandler() http.Handler {
 		}
 	})
 	mux.HandleFunc("GET /metrics", a.metricsHandler)
+	mux.HandleFunc("POST /v1/import", a.importHandler)
 	mux.HandleFunc("POST /v1/sync", func(w http.ResponseWriter, r *http.Request) {
 		res, err := a.Sync()
 		if errors.Is(err, ErrNotConnected) {

@@ -67,7 +67,12 @@ type APIError struct {
 func (e *APIError) Error() string { return e.Message }
 
 func (c *APIClient) do(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, "http://cmx-agent"+path, nil)
+	return c.send(ctx, method, path, nil, out)
+}
+
+// send is do with a request body.
+func (c *APIClient) send(ctx context.Context, method, path string, in io.Reader, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://cmx-agent"+path, in)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/metrics"
 	"github.com/cmx-agent/cmx-agent/transport"
+	"github.com/cmx-agent/cmx-agent/trust"
 )
 
 // Build identifies the running binary in metrics.
@@ -23,7 +24,7 @@ type Build struct {
 // damaged, apply running), so 1,000 endpoints make 10,000 series; the apply duration histogram is
 // one for the whole agent (17 series), the connection failures 6 (one per cause), the process
 // families 6 and the Go ones 19 (GC pauses: 5 quantiles, sum and count), and the rest are single
-// series (57 besides the endpoints' in all).
+// series: signature refusals one per rule (10), and the rest single ones (67 besides the endpoints' in all).
 func (a *Agent) writeMetrics(w *metrics.Writer) error {
 	st, err := a.eng.Stats()
 	if err != nil {
@@ -110,6 +111,11 @@ func (a *Agent) writeMetrics(w *metrics.Writer) error {
 	w.Sample("cmx_agent_outbox_set_aside_messages", float64(st.OutboxSetAside))
 	w.Family("cmx_agent_database_size_bytes", "Size of the state database file.", "gauge")
 	w.Sample("cmx_agent_database_size_bytes", float64(st.DatabaseBytes))
+	w.Family("cmx_agent_signature_refusals_total", "Configurations refused by signature checks, by rule: malformed, too_large, algorithm, critical, payload, untrusted, binding, expired, rollback, unsigned.", "counter")
+	refusals := a.eng.SignatureRefusals()
+	for _, r := range trust.Reasons() {
+		w.Sample("cmx_agent_signature_refusals_total", float64(refusals[r]), l("reason", string(r)))
+	}
 	if err := metrics.Process(w); err != nil {
 		// The families that could be read are written; the scrape shows which are missing.
 		a.log.Debug("process metrics incomplete", "err", err)

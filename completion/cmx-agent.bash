@@ -6,7 +6,7 @@ _cmx_agent() {
 	local cur prev words cword
 	_init_completion || return
 
-	local commands="init run check status sync history watch bundle version"
+	local commands="init run check status sync history watch bundle import version"
 	if ((cword == 1)); then
 		COMPREPLY=($(compgen -W "$commands help" -- "$cur"))
 		return
@@ -57,11 +57,12 @@ _cmx_agent() {
 		flags="--debounce"
 		;;
 	bundle) flags="--config --socket -o --with-outputs --journal-lines" ;;
+	import) flags="--config --socket" ;;
 	*) return ;;
 	esac
 	if [[ $cur == -* ]]; then
 		COMPREPLY=($(compgen -W "$flags" -- "$cur"))
-	elif [[ ${words[1]} == watch ]]; then
+	elif [[ ${words[1]} == watch || ${words[1]} == import ]]; then
 		_filedir
 	fi
 } &&

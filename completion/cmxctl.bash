@@ -7,12 +7,12 @@ _cmxctl() {
 	_init_completion || return
 
 	if ((cword == 1)); then
-		COMPREPLY=($(compgen -W "demo push serve version help" -- "$cur"))
+		COMPREPLY=($(compgen -W "demo keygen push serve sign version help" -- "$cur"))
 		return
 	fi
 
 	case $prev in
-	--password-file | --ca-file | --cert-file | --key-file | --configs)
+	--password-file | --ca-file | --cert-file | --key-file | --configs | --sign-key | --key)
 		[[ $prev == --configs ]] && _filedir -d || _filedir
 		return
 		;;
@@ -24,7 +24,7 @@ _cmxctl() {
 		COMPREPLY=($(compgen -W "debug info warn error" -- "$cur"))
 		return
 		;;
-	--broker | --app | --extension | --username | --token | --name | --id | --wait | --embedded | --share | --addr)
+	--broker | --app | --extension | --username | --token | --name | --id | --wait | --embedded | --share | --addr | -o | --version | --expires)
 		return # a value of the operator's own
 		;;
 	esac
@@ -33,13 +33,15 @@ _cmxctl() {
 	local flags
 	case ${words[1]} in
 	demo) flags="--addr --exit" ;;
-	push) flags="--token --name --id --wait --raw $common" ;;
-	serve) flags="--configs --embedded --share $common" ;;
+	keygen) flags="-o" ;;
+	push) flags="--token --name --id --wait --raw --sign-key $common" ;;
+	serve) flags="--configs --embedded --share --sign-key $common" ;;
+	sign) flags="--key --token --name --version --expires --id" ;;
 	*) return ;;
 	esac
 	if [[ $cur == -* ]]; then
 		COMPREPLY=($(compgen -W "$flags" -- "$cur"))
-	elif [[ ${words[1]} == push ]]; then
+	elif [[ ${words[1]} == push || ${words[1]} == sign ]]; then
 		_filedir
 	fi
 } &&

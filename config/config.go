@@ -83,6 +83,7 @@ type Config struct {
 	Broker    Broker     `toml:"broker"`
 	Kaa       Kaa        `toml:"kaa"`
 	Agent     Agent      `toml:"agent"`
+	Trust     Trust      `toml:"trust"`
 	Endpoints []Endpoint `toml:"endpoint"`
 	// Warnings are problems that leave the file valid, in file order.
 	Warnings Problems `toml:"-"`
@@ -136,6 +137,9 @@ type Endpoint struct {
 	Hook        []string `toml:"hook"`     // argv; empty = no hook
 	HookTimeout Duration `toml:"hook_timeout"`
 	OnDrift     string   `toml:"on_drift"` // OnDriftRepair, OnDriftReport or OnDriftIgnore
+	// RequireSigned refuses unsigned configurations: the endpoint's require_signed or
+	// trust.require_signed (an endpoint cannot waive what [trust] requires).
+	RequireSigned bool `toml:"require_signed"`
 }
 
 // Key identifies the endpoint among all endpoints of a valid configuration:

@@ -486,7 +486,7 @@ func (t table) sub(key string) (table, bool) {
 
 func (d *decoder) config(raw map[string]any, cfg *Config) {
 	root := table{d: d, m: raw}
-	root.unknown("broker", "kaa", "agent", "endpoint")
+	root.unknown("broker", "kaa", "agent", "trust", "endpoint")
 
 	cfg.Broker = Broker{Servers: []string{DefaultServer}, Keepalive: Duration{DefaultKeepalive}, ReconnectSpread: Duration{DefaultReconnectSpread}}
 	if t, ok := root.sub("broker"); ok {
@@ -508,6 +508,7 @@ func (d *decoder) config(raw map[string]any, cfg *Config) {
 		d.agent(t, &cfg.Agent)
 	}
 
+	cfg.Trust = d.trust(root)
 	cfg.Endpoints = d.endpoints(root, cfg, dialectOK)
 	// An empty client_id stays empty: the agent derives one once and keeps it in its database, so
 	// that the gateway's identity towards the broker does not change with its endpoint list.
@@ -738,7 +739,7 @@ func (d *decoder) endpoints(root table, cfg *Config, dialectOK bool) []Endpoint 
 			prefix: "endpoint.", suffix: fmt.Sprintf(" (endpoint #%d)", n), label: fmt.Sprintf("endpoint #%d ", n),
 		}
 		e := Endpoint{Mode: DefaultMode, HookTimeout: Duration{DefaultHookTimeout}, OnDrift: DefaultOnDrift}
-		t.unknown("token", "name", "output", "mode", "owner", "group", "template", "validate", "hook", "hook_timeout", "on_drift")
+		t.unknown("token", "name", "output", "mode", "owner", "group", "template", "validate", "hook", "hook_timeout", "on_drift", "require_signed")
 
 		tokenOK := false
 		if !t.has("token") {
@@ -791,6 +792,8 @@ func (d *decoder) endpoints(root table, cfg *Config, dialectOK bool) []Endpoint 
 				d.add(t.path("on_drift"), "endpoint #%d on_drift: must be %q, %q or %q, not %q", n, OnDriftRepair, OnDriftReport, OnDriftIgnore, drift)
 			}
 		}
+
+		d.requireSigned(t, n, cfg.Trust, &e.RequireSigned)
 
 		if outputOK {
 			line := d.lines.line(t.path("output")...)

@@ -162,6 +162,7 @@ func (m *machine) classify(a evArrival) (arrival, error) {
 func (m *machine) onRefused(x arrival) {
 	e, ep, o := m.ep.e, m.ep, x.o
 	e.log.Warn("configuration refused", "endpoint", ep.key, "id", o.Text, "topic", x.topic, "reason", x.in.reject.Status)
+	o.notify(*x.in.reject)
 	ep.stats.count(x.in.reject.Code)
 	if o.ID != "" {
 		m.j.setHandled(o.ID, Handled{Status: x.in.reject.Status, Code: x.in.reject.Code})
@@ -211,6 +212,7 @@ func (m *machine) onRepeatOfRunning(x arrival) {
 		return
 	}
 	m.j.answer(e, m.ep, x.o, r, x.ack == ackHeld)
+	x.o.notify(r)
 	m.j.waiters = append(m.j.waiters, x.receipt)
 }
 
@@ -226,6 +228,7 @@ func (m *machine) onHandled(x arrival) {
 	e.log.Warn("duplicate id confirmed again", "endpoint", ep.key, "id", o.Text, "topic", x.topic, "status", r.Status)
 	m.noteAnswer(o, r)
 	m.j.reanswer(e, ep, o, r, x.ack == ackHeld)
+	o.notify(r)
 	m.j.waiters = append(m.j.waiters, x.receipt)
 	m.commitSoon(x.ack)
 }
@@ -264,6 +267,11 @@ func (m *machine) current() EndpointState {
 // one that waited. A stored offer is committed as pending first; a held one waits unstored.
 func (m *machine) onNew(x arrival) {
 	e, o := m.ep.e, x.o
+	if r := m.rollback(o); r != nil {
+		x.in.reject = r
+		m.onRefused(x)
+		return
+	}
 	o.Seq = e.nextSeq()
 	p := &pending{o: o, ack: ackHeld, waiters: []*Receipt{x.receipt}}
 	// A removed endpoint's offer is not stored: it is dropped at the endpoint's stop, which
@@ -302,6 +310,7 @@ func (m *machine) join(p *pending, x arrival) {
 	for _, r := range x.o.Routes {
 		p.o.addRoute(r)
 	}
+	p.o.results = append(p.o.results, x.o.results...)
 	m.ep.e.log.Info("configuration received again while pending", "endpoint", m.ep.key, "id", x.o.Text, "topic", x.topic)
 	if x.ack == ackHeld {
 		p.waiters = append(p.waiters, x.receipt)
@@ -341,6 +350,7 @@ func (m *machine) supersede(old *pending, newer *Offer) {
 		m.j.answer(e, m.ep, old.o, r, old.ack != ackStored)
 		m.ep.stats.count(r.Code)
 	}
+	old.o.notify(r)
 	if old.ack == ackStored {
 		m.j.deletePending(old.o.Seq)
 	}

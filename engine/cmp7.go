@@ -94,11 +94,22 @@ func (d cmp7) decode(ep *endpoint, topic string, _ byte, payload []byte, size in
 	case cmx.NoneAssigned:
 		return inbound{note: &serverNote{kind: noteNone, rid: route.RequestID}}
 	}
+	body, signed, refusal := ep.e.verifyBody(ep, resp.Config, false, d.limits)
+	if refusal != nil {
+		// No dedupe key, as for a payload that does not parse: the same configId is verified
+		// again when it comes again (after a reload that added its signer's key, say).
+		return inbound{
+			offer:  &Offer{Text: resp.ConfigID, RequestID: route.RequestID},
+			reject: refusal,
+			note:   &serverNote{kind: noteAnswered, rid: route.RequestID},
+		}
+	}
 	return inbound{
 		offer: &Offer{
 			ID:        cmx.ConfigIDKey(resp.ConfigID),
 			Text:      resp.ConfigID,
-			Body:      resp.Config,
+			Body:      body,
+			Signed:    signed,
 			RequestID: route.RequestID,
 		},
 		note: &serverNote{kind: noteConfig, rid: route.RequestID},

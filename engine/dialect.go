@@ -133,7 +133,11 @@ func (d cmx3) decode(ep *endpoint, topic string, qos byte, payload []byte, size 
 		o.ID, o.Text = ie.ID.Key(), ie.ID.Text()
 		return inbound{offer: o, reject: &Result{Status: ie.Status(), Code: CodeInvalid}}
 	}
-	o.ID, o.Text, o.Body = p.ID.Key(), p.ID.Text(), p.Entries
+	o.ID, o.Text = p.ID.Key(), p.ID.Text()
+	var refusal *Result
+	if o.Body, o.Signed, refusal = ep.e.verifyBody(ep, p.Entries, true, d.limits); refusal != nil {
+		return inbound{offer: o, reject: refusal}
+	}
 	return inbound{offer: o, own: ep.requested(pullIDOf(ep, topic))}
 }
 

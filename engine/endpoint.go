@@ -454,6 +454,7 @@ func (m *machine) applied(p *pending, out outcome) {
 		for _, r := range p.waiters {
 			r.release(errEndpointGone) // unacknowledged: the broker sends it again after the restart
 		}
+		p.o.notify(Result{Status: "the agent stopped during the apply; it is applied again after the restart", Code: CodeFailed})
 		m.phase, m.running = idle, nil
 		return
 	}
@@ -484,6 +485,7 @@ func (m *machine) recordResult(p *pending, out outcome) {
 	if p.o.ID != "" && !p.o.Internal {
 		m.j.setHandled(p.o.ID, Handled(out.r))
 	}
+	m.recordAccepted(p.o, out.r)
 	if !p.o.Internal {
 		m.j.answer(e, ep, p.o, out.r, p.ack != ackStored)
 	}
@@ -524,6 +526,7 @@ func (m *machine) commitResult() {
 	}
 	e.opt.Pause(StepCommitted)
 	m.j.committed()
+	p.o.notify(out.r)
 	m.phase, m.running, m.result = idle, nil, nil
 	e.changed()
 }

@@ -100,6 +100,7 @@ type Engine struct {
 	leaseEnd uint64 // ids up to here are leased in the database
 
 	conn connState // the transport's connection as the engine sees it (requests.go)
+	sig  *signing  // trusted keys and signature refusals (signed.go)
 
 	applyTimes histogram // durations of the pipeline, for metrics
 
@@ -133,6 +134,7 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 		procs:   make(chan struct{}, maxProcesses),
 		eps:     map[string]*endpoint{},
 		byToken: map[string][]*endpoint{},
+		sig:     newSigning(cfg.Trust.Loaded, int(cfg.Agent.MaxPayload)),
 	}
 	if err := e.readState(cfg.Endpoints); err != nil {
 		st.Close()

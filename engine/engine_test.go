@@ -52,6 +52,7 @@ type coreOptions struct {
 	HoldBound   time.Duration // Options.HoldBound; default an hour (no bound in practice)
 	// Unsent: no transport runs, so the answers stay in the outbox for the test to read.
 	Unsent bool
+	Trust  config.Trust // [trust]; none by default
 }
 
 func startCore(t testing.TB, dialect string, pause func(string), eps ...config.Endpoint) *core {
@@ -83,6 +84,7 @@ func startCoreWith(t testing.TB, o coreOptions, eps ...config.Endpoint) *core {
 	cfg := &config.Config{
 		Kaa:       config.Kaa{AppVersion: "app", Extension: "cmx", Dialect: o.Dialect},
 		Agent:     config.Agent{StateDir: filepath.Join(dir, "state"), MaxPayload: o.MaxPayload},
+		Trust:     o.Trust,
 		Endpoints: eps,
 	}
 	c := &core{t: t, dir: dir, sent: make(chan OutMsg, 1000), logs: &logBuffer{}, cfg: cfg, opt: o}
@@ -443,16 +445,8 @@ func TestCMP7_TransientFailureIsRetriedAndARefusalIsNot(t *testing.T) {
 	// The output's folder is a file: the write fails (500) until it is a folder.
 	c := startCore(t, config.DialectCMP7, nil, config.Endpoint{Token: "gw", Output: filepath.Join(blocker, "gw.json")})
 	report := func() (int, string) {
-		m := c.next("")
-		for !strings.Contains(m.Topic, "/applied/") {
-			m = c.next("")
-		}
-		var a struct {
-			ConfigID   string `json:"configId"`
-			StatusCode int    `json:"statusCode"`
-		}
-		json.Unmarshal(m.Payload, &a)
-		return a.StatusCode, a.ConfigID
+		code, id, _ := c.appliedReport()
+		return code, id
 	}
 	c.deliver(p+"/config/json/status", 1, `{"configId": "c1", "config": [1]}`)
 	if code, _ := report(); code != 500 {
@@ -697,10 +691,16 @@ func (f *failingCommits) fail() error {
 // pendingOf lists the pending offers the database holds for endpoint key.
 func (c *core) pendingOf(key string) []*Offer {
 	c.t.Helper()
-	var out []*Offer
+	return readStore(c, func(tx *Tx) ([]*Offer, error) { return tx.Pending(key) })
+}
+
+// readStore returns what read finds in the engine's database, failing the test on an error.
+func readStore[T any](c *core, read func(*Tx) (T, error)) T {
+	c.t.Helper()
+	var out T
 	if err := c.e.store.View(func(tx *Tx) error {
 		var err error
-		out, err = tx.Pending(key)
+		out, err = read(tx)
 		return err
 	}); err != nil {
 		c.t.Fatal(err)

@@ -5,16 +5,31 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/trust"
 )
 
 // FuzzInbound drives what the network controls — topic and payload — through the agent's routing
-// and the cmx3 decoder, the code between paho and the store. Nothing may panic, a refusal always has
-// a status that says what was wrong, an accepted body is valid JSON taken from the payload, and
-// answers go only to the endpoint's own status topics.
+// and the cmx3 decoder, the code between paho and the store, signature checks included. Nothing may
+// panic, a refusal always has a status that says what was wrong, an accepted body is valid JSON
+// taken from the payload (or, signed, from its verified envelope), and answers go only to the
+// endpoint's own status topics.
 func FuzzInbound(f *testing.F) {
+	k := signer(1)
+	for _, p := range []trust.Payload{
+		{Token: "gw-001", Version: 3, Config: json.RawMessage(`[{"k":"v"}]`)},
+		{Token: "gw-001", Version: 3, Config: json.RawMessage(`{"k":"v"}`)},
+		{Token: "gw-002", Version: 3, Config: json.RawMessage(`[]`)},
+	} {
+		env, err := trust.Sign(k, p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add("kp1/app-v1/cmx/gw-001/json", []byte(`{"id":1,"entries":[`+string(env)+`]}`), byte(1))
+	}
 	f.Add("kp1/app-v1/cmx/gw-001/json", []byte(`{"id":42,"entries":[{"k":"v"}]}`), byte(1))
 	f.Add("kp1/app-v1/cmx/gw-001/json/7", []byte(`{"entries":[]}`), byte(0))
 	f.Add("kp1/app-v1/cmx/gw-001/json/status", []byte(`{"id":42,"status":"ok"}`), byte(1))
@@ -26,7 +41,8 @@ func FuzzInbound(f *testing.F) {
 
 	cfg := &config.Config{Kaa: config.Kaa{AppVersion: "app-v1", Extension: "cmx", Dialect: config.DialectCMX3}}
 	d := cmx3{limits: cmx.Limits{MaxPayload: 4096, MaxDepth: 8, MaxIDLen: 32, MaxEntries: 16}}
-	ep := &endpoint{key: "gw-001", token: "gw-001", cfg: config.Endpoint{Token: "gw-001"}, prefix: cmx.Prefix("app-v1", "cmx", "gw-001")}
+	e := &Engine{sig: newSigning(trustOf(k).Loaded, 4096), opt: Options{Now: time.Now}}
+	ep := &endpoint{key: "gw-001", token: "gw-001", cfg: config.Endpoint{Token: "gw-001"}, prefix: cmx.Prefix("app-v1", "cmx", "gw-001"), e: e}
 	f.Fuzz(func(t *testing.T, topic string, payload []byte, qos byte) {
 		tp, ok := cmx.SplitTopic(topic, cfg.Kaa.AppVersion, cfg.Kaa.Extension)
 		if !ok || tp.Token != ep.token || !d.isConfig(ep, tp.Rest) {
@@ -43,11 +59,15 @@ func FuzzInbound(f *testing.F) {
 			t.Fatalf("reply to %+v, want %+v", in.offer.Routes, want)
 		}
 		if in.reject != nil {
-			if !strings.HasPrefix(in.reject.Status, "invalid payload: ") || in.reject.OK() {
+			if !strings.HasPrefix(in.reject.Status, "invalid payload: ") && !strings.HasPrefix(in.reject.Status, "signature: ") || in.reject.OK() {
 				t.Fatalf("refusal of %q has status %q", payload, in.reject.Status)
 			}
 			if len(in.offer.Body) != 0 {
 				t.Fatalf("refused push carries a body")
+			}
+		} else if in.offer.Signed != nil {
+			if !json.Valid(in.offer.Body) || in.offer.Signed.Hash != hashOf(in.offer.Body) || !bytes.HasPrefix(in.offer.Body, []byte("[")) {
+				t.Fatalf("accepted signed body %q of %q", in.offer.Body, payload)
 			}
 		} else if !json.Valid(in.offer.Body) || !bytes.Contains(payload, in.offer.Body) {
 			t.Fatalf("accepted body %q is not JSON from the payload %q", in.offer.Body, payload)

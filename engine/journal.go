@@ -57,8 +57,9 @@ type journal struct {
 	ops     []func(*Tx) error
 	waiters []*Receipt
 	// handled and state shadow the store until the commit, so a decision taken before it sees them.
-	handled map[string]Handled
-	state   *EndpointState
+	handled  map[string]Handled
+	state    *EndpointState
+	accepted *Accepted // signed.go
 	// answers are in the outbox already (published early or not); the commit makes them durable.
 	answers []*outEntry
 	// puts are the indexes in ops of each offer's uncommitted record, by seq. A deletion takes

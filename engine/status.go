@@ -39,6 +39,10 @@ type EndpointStatus struct {
 	// had no answer since (zero when answered, or offline): a server that does not answer shows
 	// here, through the request's repeats.
 	RequestWaitingSince time.Time `json:"request_waiting_since,omitzero"`
+	// SignedVersion is the highest signed version accepted (0: none); RequireSigned says whether
+	// unsigned configurations are refused (signed.go).
+	SignedVersion int64 `json:"signed_version,omitempty"`
+	RequireSigned bool  `json:"require_signed"`
 }
 
 // Endpoints reports every endpoint's state, sorted by key. It only reads the store.
@@ -55,6 +59,7 @@ func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 				return err
 			}
 			applyingID, since := ep.applying.get()
+			acc, _ := tx.Accepted(ep.key) // a damaged record shows as none, as the machine takes it
 			out = append(out, EndpointStatus{
 				Key:         ep.key,
 				Token:       ep.token,
@@ -77,6 +82,8 @@ func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 				ApplyingID:    applyingID,
 
 				RequestWaitingSince: waits[i],
+				SignedVersion:       acc.Version,
+				RequireSigned:       ep.config().RequireSigned,
 			})
 		}
 		return nil

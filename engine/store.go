@@ -38,6 +38,7 @@ const DBName = "agent.db"
 //	hot/e<ep>v             ServerState (JSON, serverstate.go)
 //	hot/e<ep>h             the most recent handled ids and their outcomes (store_handled.go)
 //	hot/e<ep>y             the newest applied configurations' metadata (store_history.go)
+//	hot/e<ep>n             the highest signed version accepted (store_signed.go)
 //	hot/e<ep>p<seq8>       Offer received and not yet applied (JSON, without its body); see Pending
 //	hot/e<ep>q<seq8>       that offer's body, raw bytes
 //	cold/<ep>f             priorFile: the output as found before the agent first wrote it
@@ -107,6 +108,12 @@ type Offer struct {
 	// Origin is how the offer came (for the history): a push, unless it answers one of the agent's
 	// own requests or was imported.
 	Origin Origin `json:"origin,omitempty"`
+	// Signed marks a verified signed configuration (Body is its payload's config), for
+	// anti-rollback; nil for an unsigned one.
+	Signed *Signed `json:"signed,omitempty"`
+	// results are told the offer's outcome (import.go), in memory only: after a restart nobody
+	// waits any more.
+	results []chan<- Result
 
 	// Records written before offers had several routes.
 	OldTopic string `json:"reply_topic,omitempty"`

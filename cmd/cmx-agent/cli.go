@@ -120,6 +120,24 @@ func printStatus(w io.Writer, st agent.Status) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", e.Key, cell(applied, maxCell), at, last, e.Pending, e.Output)
 	}
 	tw.Flush()
+	printSigned(w, st.Endpoints)
+}
+
+// printSigned adds a line per endpoint that has accepted a signed configuration or requires one.
+func printSigned(w io.Writer, eps []agent.EndpointStatus) {
+	for _, e := range eps {
+		if e.SignedVersion == 0 && !e.RequireSigned {
+			continue
+		}
+		version, unsigned := "none yet", "accepted"
+		if e.SignedVersion > 0 {
+			version = fmt.Sprint(e.SignedVersion)
+		}
+		if e.RequireSigned {
+			unsigned = "refused"
+		}
+		fmt.Fprintf(w, "signed:  %s highest version accepted %s; unsigned configurations %s\n", e.Key, version, unsigned)
+	}
 }
 
 // maxCell is how many characters of a status or id the table shows; --json has them whole.

@@ -50,6 +50,8 @@ commands:
          print time, size and sha256 of each version of PATH; run CMD after each new one
   bundle [--config PATH] [--socket PATH] [-o FILE] [--with-outputs] [--journal-lines N]
          write a support bundle (.tar.gz, mode 0600) without secrets, for a ticket
+  import [--config PATH] [--socket PATH] FILE...
+         apply signed configurations from files through the running agent (exit 0: all ok)
   version                  print version, commit and Go version
 
 Every command answers --help with its usage.
@@ -79,6 +81,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdWatch(args[1:], stdout, stderr)
 	case "bundle":
 		return cmdBundle(args[1:], stdout, stderr)
+	case "import":
+		return cmdImport(args[1:], stdout, stderr)
 	case "init":
 		return cmdInit(args[1:], os.Stdin, stdout, stderr)
 	case "version":

@@ -21,6 +21,8 @@ type runner struct {
 	rep    *report
 	logf   func(string, ...any)
 	seq    int // the last push id of pushWait
+	// extraTOML, when set, is appended to the configuration of the agents startAgentWait starts.
+	extraTOML string
 }
 
 const mb = 1e6
@@ -63,6 +65,11 @@ func (r *runner) startAgentWait(app string, toks []string, maxPayload string, no
 	cfg, err := agentConfig(dir, r.broker.url, app, toks, maxPayload, "", hooked...)
 	if err != nil {
 		return nil, 0, err
+	}
+	if r.extraTOML != "" {
+		if err := appendFile(cfg, r.extraTOML); err != nil {
+			return nil, 0, err
+		}
 	}
 	r.srv.drain()
 	a, err := startAgent(r.bin, dir, cfg, notify)
@@ -122,32 +129,10 @@ func (r *runner) single() error {
 	}
 	defer fl.stop()
 
-	// Latency: blocks of pushes alternate between the agent and the floor, so load from other
-	// processes on a shared machine falls on both alike. The first block of each is a warm-up.
-	const block = 50
-	var agentLat, floorLat []time.Duration
-	r.logf("latency: %d pushes each to the agent and the floor, in blocks of %d", r.p.Pushes, block)
-	for warm := true; len(agentLat) < r.p.Pushes; warm = false {
-		n := min(block, r.p.Pushes-len(agentLat))
-		for _, side := range []string{app, "floor"} {
-			for range n {
-				d, err := r.pushWait(side, tok)
-				if err != nil {
-					return fmt.Errorf("latency: %w\n%s", err, a.logTail())
-				}
-				if warm {
-					continue
-				}
-				if side == app {
-					agentLat = append(agentLat, d)
-				} else {
-					floorLat = append(floorLat, d)
-				}
-			}
-		}
+	agentLat, floorLat, err := r.againstFloor(tok, func() (time.Duration, error) { return r.pushWait(app, tok) })
+	if err != nil {
+		return fmt.Errorf("latency: %w\n%s", err, a.logTail())
 	}
-	slices.Sort(agentLat)
-	slices.Sort(floorLat)
 	note := fmt.Sprintf("%d pushes of %d B, one at a time", len(agentLat), pushBodyBytes)
 	r.rep.ratio("push → confirmation p50", "ms", ms(quantile(agentLat, .5)), ms(quantile(floorLat, .5)), targetP50, note)
 	r.rep.ratio("push → confirmation p99", "ms", ms(quantile(agentLat, .99)), ms(quantile(floorLat, .99)), targetP99, note)
@@ -157,6 +142,9 @@ func (r *runner) single() error {
 	// The large push goes to an agent of its own, measured from a true idle: the latency agent's
 	// heap has grown with 500 pushes behind it, which would hide the cost of one large push.
 	a.stop()
+	if err := r.signedLatency(tok); err != nil {
+		return err
+	}
 	big, _, err := r.startAgentWait("big", []string{tok}, fmt.Sprintf("%dB", r.p.BigBytes+4096), false)
 	if err != nil {
 		return err
@@ -164,6 +152,38 @@ func (r *runner) single() error {
 	defer big.stop()
 	settle()
 	return r.big(big, "big", tok)
+}
+
+// againstFloor measures r.p.Pushes pushes to the agent (push) and as many to the floor (at tok), in
+// blocks that alternate between the two, so load from other processes on a shared machine falls on
+// both alike. The first block of each is a warm-up. The latencies come back sorted.
+func (r *runner) againstFloor(tok string, push func() (time.Duration, error)) (agentLat, floorLat []time.Duration, err error) {
+	const block = 50
+	r.logf("latency: %d pushes each to the agent and the floor, in blocks of %d", r.p.Pushes, block)
+	for warm := true; len(agentLat) < r.p.Pushes; warm = false {
+		n := min(block, r.p.Pushes-len(agentLat))
+		for range n {
+			d, err := push()
+			if err != nil {
+				return nil, nil, err
+			}
+			if !warm {
+				agentLat = append(agentLat, d)
+			}
+		}
+		for range n {
+			d, err := r.pushWait("floor", tok)
+			if err != nil {
+				return nil, nil, err
+			}
+			if !warm {
+				floorLat = append(floorLat, d)
+			}
+		}
+	}
+	slices.Sort(agentLat)
+	slices.Sort(floorLat)
+	return agentLat, floorLat, nil
 }
 
 // startup starts a fresh agent (new state folder) a few times and reports the median times to

@@ -1,10 +1,12 @@
 // Command cmxctl is cmx-agent's cloud-side companion for operators, tests and the demo: it pushes a
 // configuration and waits for the confirmation, serves configurations from a folder, runs an
-// embedded MQTT broker, and shows the whole loop with one command (cmxctl demo).
+// embedded MQTT broker, shows the whole loop with one command (cmxctl demo), and makes signing
+// keys and signed configurations (keygen, sign).
 package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -37,15 +39,20 @@ const usage = `usage: cmxctl <command> [flags]
 commands:
   demo   [--addr HOST:PORT] [--exit]
          the whole loop on this machine: embedded broker, server, agent, a push and its confirmation
-  push   --token T [--name N] [--id ID] [--wait 10s] [--raw] FILE
+  keygen -o NAME
+         make a signing key pair: NAME.key (private, 0600), NAME.pub (for [trust] keys); prints its kid
+  push   --token T [--name N] [--id ID] [--wait 10s] [--raw] [--sign-key NAME.key] FILE
          push FILE's configuration and wait for the confirmation (exit 0 only on "ok";
          cmp7: FILE is the config value, --id the configId, --name a named configuration,
-         exit 0 only on an applied report with a 2xx statusCode)
-  serve  --configs DIR [--embedded HOST:PORT] [--share GROUP]
+         exit 0 only on an applied report with a 2xx statusCode); --sign-key signs it first
+  serve  --configs DIR [--embedded HOST:PORT] [--share GROUP] [--sign-key NAME.key]
          answer requests with DIR/<token>.json (cmp7 also DIR/<token>.<name>.json), push when a
          file changes (cmp7: to the endpoint's latest observing request), print every
          confirmation or applied report; --share splits the work between servers on mosquitto or
-         the embedded broker (RabbitMQ does not support $share: it delivers nothing to it)
+         the embedded broker (RabbitMQ does not support $share: it delivers nothing to it);
+         --sign-key signs every configuration sent, at its file's modification time as version
+  sign   --key NAME.key --token T [--name N] [--version V] [--expires DUR] [--id ID] FILE
+         print FILE's configuration signed (a JWS, for cmx-agent import or any push)
   version
 
 common flags of push and serve:
@@ -73,6 +80,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdServe(ctx, args[1:], stdout, stderr)
 	case "demo":
 		return cmdDemo(ctx, args[1:], stdout, stderr)
+	case "keygen":
+		return cmdKeygen(args[1:], stdout, stderr)
+	case "sign":
+		return cmdSign(args[1:], stdout, stderr)
 	case "version", "--version":
 		if len(args) > 1 && (args[1] == "-h" || args[1] == "--help") {
 			fmt.Fprintf(stdout, "usage: cmxctl version\n\n%s\n", "print cmxctl's version, commit and Go version")
@@ -234,6 +245,7 @@ func cmdPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	idText := fs.String("id", "", `push id: a number stays a number, anything else is a string (default: "push-" and the time)`)
 	waitFor := fs.Duration("wait", 10*time.Second, "how long to wait for the confirmation; 0 = do not wait")
 	raw := fs.Bool("raw", false, "FILE is the whole message, sent as it is (to see how the agent answers malformed input)")
+	signKey := fs.String("sign-key", "", "sign the configuration with this private key (NAME.key), version the current Unix time")
 	if code, done := parse(fs, args, stdout, stderr,
 		"push --token T [--name N] [--id ID] [--wait 10s] [--raw] [flags] FILE",
 		"push FILE's configuration and wait for the confirmation; exit 0 only on \"ok\" (cmp7: FILE is\nthe config value, --id the configId, --name a named configuration; exit 0 only on an applied\nreport with a 2xx statusCode), 1 otherwise, 2 on input that cannot be used"); done {
@@ -252,6 +264,21 @@ func cmdPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "cmxctl push:", err)
 		return 2
 	}
+	tg := cloud.Target{Token: *token, Name: *name}
+	if *signKey != "" {
+		if *raw {
+			fmt.Fprintln(stderr, "cmxctl push: --raw sends the message as it is: it cannot be signed")
+			return 2
+		}
+		key, err := cloud.LoadSigningKey(*signKey)
+		if err == nil {
+			body, err = cloud.SignBody(key, c.o.Dialect, tg, body, time.Now().Unix())
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, "cmxctl push:", err)
+			return 2
+		}
+	}
 	if *idText == "" {
 		*idText = "push-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	}
@@ -264,12 +291,12 @@ func cmdPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *raw {
 		push = cloud.PushRaw
 	}
-	conf, err := push(ctx, c.o, cloud.Target{Token: *token, Name: *name}, id, body, *waitFor)
+	conf, err := push(ctx, c.o, tg, id, body, *waitFor)
 	if err != nil {
 		return failed(stderr, "push", err, fs.Arg(0))
 	}
 	if *waitFor <= 0 {
-		fmt.Fprintf(stdout, "pushed %s id=%s (not waiting for the confirmation)\n", cloud.Target{Token: *token, Name: *name}, id.JSON())
+		fmt.Fprintf(stdout, "pushed %s id=%s (not waiting for the confirmation)\n", tg, id.JSON())
 		return 0
 	}
 	fmt.Fprintln(stdout, conf)
@@ -286,6 +313,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	configs := fs.String("configs", "", "folder of configurations, <token>.json each, <token>.<name>.json for a cmp7 named one (required)")
 	embedded := fs.String("embedded", "", "run an MQTT broker in this process on HOST:PORT (e.g. 127.0.0.1:1883) and use it")
 	share := fs.String("share", "", "subscribe as $share/GROUP/ so several servers split the work (not on RabbitMQ: it does not support $share and delivers nothing)")
+	signKey := fs.String("sign-key", "", "sign every configuration sent with this private key (NAME.key)")
 	if code, done := parse(fs, args, stdout, stderr, "serve --configs DIR [--embedded HOST:PORT] [--share GROUP] [flags]",
 		"answer requests with DIR/<token>.json (cmp7 also DIR/<token>.<name>.json), push a file when it\nchanges, print every confirmation or applied report"); done {
 		return code
@@ -302,6 +330,14 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stderr, "cmxctl serve:", err)
 		return 2
 	}
+	var key ed25519.PrivateKey
+	if *signKey != "" {
+		var err error
+		if key, err = cloud.LoadSigningKey(*signKey); err != nil {
+			fmt.Fprintln(stderr, "cmxctl serve:", err)
+			return 2
+		}
+	}
 	if *embedded != "" {
 		b, err := cloud.StartBroker(*embedded, c.o.Logger.With("part", "broker"))
 		if err != nil {
@@ -312,7 +348,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		c.o.Broker = b.URL()
 		c.o.Logger.Info("embedded broker listening", "addr", b.Addr())
 	}
-	err := cloud.Serve(ctx, cloud.ServeOptions{Options: c.o, Configs: *configs, Share: *share, Out: stdout})
+	err := cloud.Serve(ctx, cloud.ServeOptions{Options: c.o, Configs: *configs, Share: *share, Out: stdout, SignKey: key})
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return failed(stderr, "serve", err, "")
 	}

@@ -16,7 +16,7 @@ func realCommand(t *testing.T) doccheck.Command {
 		run(context.Background(), []string{sub, "-h"}, &stdout, &stderr)
 		return stdout.String()
 	})
-	if len(c.Subs) < 4 || len(c.Subs["push"]) != 15 {
+	if len(c.Subs) < 4 || len(c.Subs["push"]) != 16 {
 		t.Fatalf("the real command as read: %v; the usage text or -h output changed shape", c.Subs)
 	}
 	return c

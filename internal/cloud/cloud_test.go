@@ -43,7 +43,12 @@ func (l *lockedBuf) String() string {
 // startAgent runs a real agent in-process for token against brokerURL; it returns the output path.
 func startAgent(t *testing.T, brokerURL, token string) string {
 	t.Helper()
-	dir := t.TempDir()
+	return startAgentWith(t, brokerURL, token, t.TempDir(), "")
+}
+
+// startAgentWith is startAgent in dir with extra TOML at the end of the configuration.
+func startAgentWith(t *testing.T, brokerURL, token, dir, extra string) string {
+	t.Helper()
 	cfg, err := config.Parse(filepath.Join(dir, "agent.toml"), fmt.Appendf(nil, `[broker]
 servers = [%q]
 [kaa]
@@ -54,7 +59,7 @@ socket = "state/agent.sock"
 [[endpoint]]
 token = %q
 output = "out/%s.json"
-`, brokerURL, testApp, token, token))
+%s`, brokerURL, testApp, token, token, extra))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package cloud
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -42,6 +43,9 @@ type ServeOptions struct {
 	Debounce time.Duration
 	// Ready, when set, is called once the server is subscribed and watching.
 	Ready func()
+	// SignKey, when set, signs every configuration sent (sign.go), at the version of its file's
+	// modification time.
+	SignKey ed25519.PrivateKey
 }
 
 type server struct {
@@ -54,6 +58,7 @@ type server struct {
 	// changes go to its response topic.
 	obsMu     sync.Mutex
 	observers map[Target]string
+	versions  versions // of signed configurations
 }
 
 // Serve answers requests with the configurations in o.Configs, pushes a file when it changes and
@@ -217,7 +222,14 @@ func (s *server) readConfig(tg Target) (id cmx.ID, body []byte, found bool, err 
 	if body, err = io.ReadAll(f); err != nil {
 		return cmx.ID{}, nil, false, err
 	}
-	return VersionID(body, fi.ModTime()), body, true, nil
+	id = VersionID(body, fi.ModTime())
+	if s.o.SignKey != nil {
+		v := s.versions.next(tg, fi.ModTime().Unix(), body)
+		if body, err = SignBody(s.o.SignKey, s.o.Dialect, tg, body, v); err != nil {
+			return cmx.ID{}, nil, false, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	return id, body, true, nil
 }
 
 // pushChange sends a changed configuration file to its endpoint (cmp7: to its observer).
