@@ -473,7 +473,11 @@ func (m *machine) recordResult(p *pending, out outcome) {
 	// The history lists configurations as they come into place, not the agent's own re-apply of
 	// the stored one under new options (Tx.AddHistory skips the one in place applied again).
 	if out.applied && !p.o.Internal {
-		m.j.addHistory(HistoryEntry{At: now, ID: p.o.Text, SHA256: out.hash, Origin: p.o.Origin})
+		h := HistoryEntry{At: now, ID: p.o.Text, SHA256: out.hash, Origin: p.o.Origin}
+		if p.o.Signed != nil {
+			h.Version = p.o.Signed.Version
+		}
+		m.j.addHistory(h)
 	}
 	if out.applied {
 		st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedShape, st.AppliedAt = p.o.ID, p.o.Text, out.hash, out.shape, now

@@ -252,3 +252,17 @@ func TestSigned_APendingSignedOfferKeepsItsVersionInTheDatabase(t *testing.T) {
 		t.Fatalf("pending %+v", got)
 	}
 }
+
+// The history shows each signed configuration's version.
+func TestSigned_TheHistoryShowsTheVersion(t *testing.T) {
+	k := signer(1)
+	c := startCoreWith(t, coreOptions{Trust: trustOf(k)}, config.Endpoint{Token: "gw"})
+	if conf := c.pushSigned("1", sign(t, k, trust.Payload{Token: "gw", Version: 42, Config: json.RawMessage(`[1]`)})); conf.Status != "ok" {
+		t.Fatalf("signed push: %q", conf.Status)
+	}
+	c.waitLog("configuration applied", 1)
+	hs, err := c.e.History("gw")
+	if err != nil || len(hs) != 1 || len(hs[0].Entries) != 1 || hs[0].Entries[0].Version != 42 {
+		t.Errorf("history %+v, %v; want one entry of version 42", hs, err)
+	}
+}

@@ -64,14 +64,19 @@ type HistoryEntry struct {
 	ID     string    `json:"id,omitempty"` // as people read it; "" = applied without an id
 	SHA256 string    `json:"sha256"`       // hex sha256 of the output as applied (status's applied_hash)
 	Origin Origin    `json:"origin"`
+	// Version is the signed configuration's version (0: unsigned).
+	Version int64 `json:"version,omitempty"`
 }
 
-const historyVersion = 1
+// historyVersion is the record's format: 2 adds each entry's signed version; 1, written before
+// signed configurations, is still read.
+const historyVersion = 2
 
 var errHistory = errors.New("history: bad record")
 
-// encodeHistory writes entries, oldest first: version (1), then per entry varint unix milliseconds,
-// origin (1), hash length (1) and the hash's bytes, uvarint id length and the id.
+// encodeHistory writes entries, oldest first: format (2), then per entry varint unix milliseconds,
+// origin (1), hash length (1) and the hash's bytes, uvarint id length and the id, varint signed
+// version.
 func encodeHistory(ents []HistoryEntry) []byte {
 	b := []byte{historyVersion}
 	for _, h := range ents {
@@ -85,6 +90,7 @@ func encodeHistory(ents []HistoryEntry) []byte {
 		b = append(b, sum...)
 		b = binary.AppendUvarint(b, uint64(len(h.ID)))
 		b = append(b, h.ID...)
+		b = binary.AppendVarint(b, h.Version)
 	}
 	return b
 }
@@ -93,9 +99,10 @@ func decodeHistory(raw []byte) ([]HistoryEntry, error) {
 	if raw == nil {
 		return nil, nil
 	}
-	if len(raw) == 0 || raw[0] != historyVersion {
+	if len(raw) == 0 || raw[0] < 1 || raw[0] > historyVersion {
 		return nil, errHistory
 	}
+	format := raw[0]
 	r := raw[1:]
 	var out []HistoryEntry
 	for len(r) > 0 {
@@ -120,6 +127,13 @@ func decodeHistory(raw []byte) ([]HistoryEntry, error) {
 		}
 		h.ID = string(r[m : m+int(idLen)])
 		r = r[m+int(idLen):]
+		if format >= 2 {
+			v, n := binary.Varint(r)
+			if n <= 0 {
+				return nil, errHistory
+			}
+			h.Version, r = v, r[n:]
+		}
 		out = append(out, h)
 	}
 	return out, nil

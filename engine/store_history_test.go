@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/binary"
 	"fmt"
 	"strings"
 	"testing"
@@ -125,5 +126,26 @@ func TestOrigin_TextRoundTripsAndRefusesUnknownNames(t *testing.T) {
 	var o Origin
 	if err := o.UnmarshalText([]byte("carrier pigeon")); err == nil {
 		t.Error("an unknown origin was accepted")
+	}
+}
+
+// A signed configuration's version is kept with its entry; a record of the first format, written
+// before versions were, still reads.
+func TestHistory_KeepsTheSignedVersionAndReadsTheFirstFormat(t *testing.T) {
+	at := time.UnixMilli(1800000000123).UTC()
+	ents := []HistoryEntry{{At: at, ID: "a", SHA256: fmt.Sprintf("%064x", 1), Origin: OriginImport, Version: 1765432100}, {At: at, ID: "b", SHA256: fmt.Sprintf("%064x", 2)}}
+	got, err := decodeHistory(encodeHistory(ents))
+	if err != nil || len(got) != 2 || got[0] != ents[0] || got[1] != ents[1] {
+		t.Errorf("decode(encode(%+v)) = %+v, %v", ents, got, err)
+	}
+	// Format 1: no version after the id.
+	v1 := []byte{1}
+	v1 = binary.AppendVarint(v1, at.UnixMilli())
+	v1 = append(v1, byte(OriginPush), 0)
+	v1 = binary.AppendUvarint(v1, 1)
+	v1 = append(v1, 'x')
+	got, err = decodeHistory(v1)
+	if err != nil || len(got) != 1 || got[0].ID != "x" || got[0].Version != 0 {
+		t.Errorf("first format: %+v, %v; want x without a version", got, err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -55,17 +56,21 @@ func cmdHistory(args []string, stdout, stderr io.Writer) int {
 // printHistory writes one line per applied configuration, each endpoint's newest first.
 func printHistory(w io.Writer, h agent.History) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ENDPOINT\tAPPLIED AT\tID\tVIA\tSHA256")
+	fmt.Fprintln(tw, "ENDPOINT\tAPPLIED AT\tID\tVIA\tVERSION\tSHA256")
 	for _, ep := range h.Endpoints {
 		switch {
 		case ep.Damaged != "":
-			fmt.Fprintf(tw, "%s\t?\t?\t?\tdamaged: %s\n", ep.Key, cell(ep.Damaged, maxCell))
+			fmt.Fprintf(tw, "%s\t?\t?\t?\t?\tdamaged: %s\n", ep.Key, cell(ep.Damaged, maxCell))
 		case len(ep.Entries) == 0:
-			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\n", ep.Key)
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\n", ep.Key)
 		}
 		for _, e := range ep.Entries {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ep.Key, e.At.Local().Format(time.DateTime),
-				cell(idOrDash(e.ID, "(no id)"), maxCell), e.Origin, e.SHA256)
+			version := "-" // unsigned
+			if e.Version > 0 {
+				version = strconv.FormatInt(e.Version, 10)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ep.Key, e.At.Local().Format(time.DateTime),
+				cell(idOrDash(e.ID, "(no id)"), maxCell), e.Origin, version, e.SHA256)
 		}
 	}
 	tw.Flush()

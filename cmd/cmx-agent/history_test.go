@@ -43,12 +43,13 @@ func TestHistory_TheCommandListsWhatTheRunningAgentApplied(t *testing.T) {
 		t.Fatalf("history: exit %d, stdout\n%s\nstderr %s; want a header and 2 lines", code, out, stderr)
 	}
 	sep := regexp.MustCompile(`\s{2,}`)
-	if got := sep.Split(lines[0], -1); !slices.Equal(got, []string{"ENDPOINT", "APPLIED AT", "ID", "VIA", "SHA256"}) {
+	if got := sep.Split(lines[0], -1); !slices.Equal(got, []string{"ENDPOINT", "APPLIED AT", "ID", "VIA", "VERSION", "SHA256"}) {
 		t.Errorf("header %q", lines[0])
 	}
 	for i, want := range [][]string{{"gw-001", "v2", "pull", sum("[2]")}, {"gw-001", "v1", "push", sum("[1]")}} {
 		cols := sep.Split(lines[i+1], -1)
-		if len(cols) != 5 || cols[0] != want[0] || cols[2] != want[1] || cols[3] != want[2] || cols[4] != want[3] {
+		// VERSION is "-": these configurations are not signed.
+		if len(cols) != 6 || cols[0] != want[0] || cols[2] != want[1] || cols[3] != want[2] || cols[4] != "-" || cols[5] != want[3] {
 			t.Errorf("line %d %q, want %q", i+1, lines[i+1], want)
 		}
 		if _, err := time.ParseInLocation(time.DateTime, cols[1], time.Local); err != nil {
