@@ -136,11 +136,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.runCtx = ctx
 	a.mu.Unlock()
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		a.serveAPI(ctx)
-	}()
+	wg.Add(1)
+	if ln, path, ok := a.listenAPI(); ok {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.serveAPI(ctx, ln, path)
+		}()
+	}
 	if addr := a.config().Agent.MetricsListen; addr != "" {
 		wg.Add(1)
 		go func() {

@@ -189,17 +189,25 @@ func idOrNone(id string) string {
 
 // serveAPI listens on the configured socket until ctx ends. A socket that cannot be created is
 // logged and the agent goes on without its API: applying configurations matters more.
-func (a *Agent) serveAPI(ctx context.Context) {
-	path := a.config().Agent.Socket
+// listenAPI binds the local API's socket; ok is false when there is none to serve (not configured,
+// or it cannot be bound: logged, and the agent goes on without it). Run binds it before it connects,
+// so that the API answers once the agent says it is connected.
+func (a *Agent) listenAPI() (ln apiListener, path string, ok bool) {
+	path = a.config().Agent.Socket
 	if path == "" {
-		return
+		return ln, path, false
 	}
 	ln, err := listenSocket(path)
 	if err != nil {
 		a.log.Error("local API unavailable", "socket", path, "err", err)
-		return
+		return ln, path, false
 	}
 	a.log.Debug("local API listening", "socket", path)
+	return ln, path, true
+}
+
+// serveAPI serves the local API on ln until ctx ends, then removes the socket.
+func (a *Agent) serveAPI(ctx context.Context, ln apiListener, path string) {
 	if err := serveHTTP(ctx, ln, a.apiHandler(), a.apiLimits, a.log.With("socket", path)); err != nil {
 		a.log.Error("local API stopped", "socket", path, "err", err)
 	}

@@ -15,8 +15,9 @@ import (
 // --socket reaches the running agent while its configuration file is broken: the file is not read.
 func TestSocket_ReachesTheRunningAgentWithABrokenConfigurationFile(t *testing.T) {
 	e := newCrashEnv(t)
-	startAgent(t, e.config)
+	p := startAgent(t, e.config)
 	e.waitPull(t)
+	p.waitLine(t, "local API listening") // served beside the connection, not before it
 	socket := filepath.Join(e.dir, "state", "agent.sock")
 	writeOrFail(t, e.config, "[kaa]\nthis is not TOML\n")
 
