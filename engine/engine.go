@@ -99,7 +99,7 @@ type Engine struct {
 	nextMsg  uint64 // next message id to hand out
 	leaseEnd uint64 // ids up to here are leased in the database
 
-	conn connState // the transport's connection as the engine sees it (requests.go)
+	conn connState // the transport's connection as the engine sees it (conn.go)
 	sig  *signing  // trusted keys and signature refusals (signed.go)
 
 	applyTimes histogram // durations of the pipeline, for metrics

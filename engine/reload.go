@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"errors"
 	"reflect"
 	"slices"
 
@@ -16,14 +15,6 @@ type Changes struct {
 	Unsubscribe []string
 	Request     []string // endpoint keys
 }
-
-var (
-	errNotStored    = errors.New("could not be stored")
-	errEndpointGone = errors.New("the endpoint stopped before this was applied")
-	// errAfterFailure refuses what arrives on a connection after a message that could not be
-	// stored: the broker sends it again, after that one, on the next connection.
-	errAfterFailure = errors.New("an earlier message on this connection could not be stored")
-)
 
 func (ep *endpoint) removed() bool {
 	ep.mu.Lock()

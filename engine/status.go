@@ -106,9 +106,6 @@ type EndpointHistory struct {
 	Damaged string `json:"damaged,omitempty"`
 }
 
-// ErrUnknownEndpoint is returned by History for a key no endpoint has.
-var ErrUnknownEndpoint = errors.New("no endpoint")
-
 // History reports the applied configurations of the endpoint with key, or of every endpoint
 // (sorted by key) when key is "". It only reads the store.
 func (e *Engine) History(key string) ([]EndpointHistory, error) {
@@ -183,17 +180,3 @@ func (e *Engine) ServerStates() (map[string]ServerState, error) {
 
 // StorePath is the database file.
 func (e *Engine) StorePath() string { return e.store.Path() }
-
-// ClientID returns the MQTT client id kept in the database, storing derived there when none is:
-// the gateway's identity stays the first one used, whatever later happens to its endpoint list.
-func (e *Engine) ClientID(derived string) (string, error) {
-	var id string
-	err := e.store.Update(func(tx *Tx) error {
-		if id = tx.ClientID(); id != "" {
-			return nil
-		}
-		id = derived
-		return tx.SetClientID(id)
-	})
-	return id, err
-}

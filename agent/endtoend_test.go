@@ -5,18 +5,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
-	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
 )
 
-// The review's findings, end to end through a real broker, written against the agent's outside
-// only, so that they run on the core before and after its rebuild.
+// Behaviours seen only from the agent's outside, end to end through a real broker: what the engine's
+// own tests cannot show (a broker's view of the client id, a reload's subscriptions, the
+// transport's cut of a payload over the limit).
 
-func TestFinding_NamedConfigurationAddedByReloadBesideTheDefaultIsRequestedAndApplied(t *testing.T) {
+func TestReload_ANamedConfigurationAddedBesideTheDefaultIsRequestedAndApplied(t *testing.T) {
 	h := newHarnessConfig(t, config.DialectCMP7, "[[endpoint]]\ntoken = \"gw-001\"\noutput = \"out/gw-001.json\"\n")
 	h.start()
 	h.requested(gwDefault)
@@ -36,7 +34,7 @@ func TestFinding_NamedConfigurationAddedByReloadBesideTheDefaultIsRequestedAndAp
 	h.waitFile(h.out7(gwModbus), []byte(`{"unit":1}`))
 }
 
-func TestFinding_ClientIDStaysWhenTheFirstEndpointIsRemoved(t *testing.T) {
+func TestClientID_TheBrokerSeesTheSameOneWhenTheFirstEndpointIsRemoved(t *testing.T) {
 	h := newHarness(t, "gw-a", "gw-b")
 	parse := func(tokens ...string) *config.Config {
 		src := fmt.Sprintf("[broker]\nservers = [%q]\nkeepalive = \"5s\"\n[kaa]\napp_version = %q\n[agent]\nstate_dir = \"state\"\nsocket = \"state/agent.sock\"\n", h.broker.URL, app)
@@ -65,68 +63,7 @@ func TestFinding_ClientIDStaysWhenTheFirstEndpointIsRemoved(t *testing.T) {
 	}
 }
 
-func TestFinding_SameIDPendingAndReceivedOnAnotherTopicIsConfirmedOnEach(t *testing.T) {
-	h := newHarness(t)
-	var once sync.Once
-	held, release := make(chan struct{}), make(chan struct{})
-	h.pause = func(step string) {
-		if step == StepSynced {
-			once.Do(func() { close(held); <-release })
-		}
-	}
-	h.start()
-	h.pulled("gw-001")
-	h.server.Publish(t, h.prefix("gw-001")+"/json", 1, []byte(`{"id":7,"entries":[7]}`))
-	<-held // 7 is being written
-	// The same push arrives as the answer to a pull.
-	h.server.Publish(t, h.prefix("gw-001")+"/json/42", 1, []byte(`{"id":7,"entries":[7]}`))
-	h.waitLog(`id=7 topic=kp1/app-v1/cmx/gw-001/json/42`, 1)
-	close(release)
-	for _, topic := range []string{h.prefix("gw-001") + "/json/status", h.prefix("gw-001") + "/json/42/status"} {
-		m := h.all.NextMatching(t, waitFor, func(m mqtttest.Message) bool { return m.Topic == topic })
-		if string(m.Payload) != `{"id":7,"status":"ok"}` {
-			t.Errorf("%s: %s", topic, m.Payload)
-		}
-	}
-}
-
-func TestFinding_CMP7ServerGoingBackToTheConfigurationBeingWrittenEndsOnIt(t *testing.T) {
-	h := newCMP7Harness(t)
-	arm, blocked, release := h.holdWrite()
-	arm()
-	rids := h.startCMP7()
-	h.respond(gwDefault, rids[gwDefault], `{"configId":"z","config":["z"]}`)
-	<-blocked // z is being written
-	h.respond(gwDefault, 0, `{"configId":"b","config":["b"]}`)
-	h.waitLog(`id=b`, 1)
-	h.respond(gwDefault, 0, `{"configId":"z","config":["z"]}`) // the server's last word
-	h.waitLog(`id=z`, 2)
-	close(release)
-	h.waitLog(`msg="configuration applied" endpoint=gw-001 id=`, 1)
-	h.waitFile(h.out7(gwDefault), []byte(`["z"]`))
-}
-
-func TestFinding_CMP7TransientFailureIsRetriedWhenTheServerSendsItAgain(t *testing.T) {
-	h := newCMP7Harness(t)
-	// The output's folder is a file: the write fails (500) until it is a folder again.
-	blocker := filepath.Join(h.dir, "out")
-	if err := os.WriteFile(blocker, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	rids := h.startCMP7()
-	h.respond(devEp, rids[devEp], `{"configId":"c1","config":[1]}`)
-	if _, a := h.applied(devEp); a.StatusCode != 500 {
-		t.Fatalf("first report %d, want 500", a.StatusCode)
-	}
-	os.Remove(blocker)
-	h.respond(devEp, 0, `{"configId":"c1","config":[1]}`)
-	if _, a := h.applied(devEp); a.StatusCode != 200 {
-		t.Errorf("report after the cause went: %d, want 200 (applied, not the stored 500)", a.StatusCode)
-	}
-	h.waitFile(h.out7(devEp), []byte(`[1]`))
-}
-
-func TestFinding_ReloadChangingTheTemplateAppliesTheStoredConfigurationAtOnce(t *testing.T) {
+func TestReload_ChangingTheTemplateAppliesTheStoredConfigurationAtOnce(t *testing.T) {
 	h := newHarness(t)
 	tmplA, tmplB := filepath.Join(h.dir, "a.tmpl"), filepath.Join(h.dir, "b.tmpl")
 	for path, body := range map[string]string{tmplA: `A={{index . 0}}`, tmplB: `B={{index . 0}}`} {
@@ -151,28 +88,7 @@ func TestFinding_ReloadChangingTheTemplateAppliesTheStoredConfigurationAtOnce(t 
 	h.waitFile(h.output("gw-001"), []byte(`B=7`))
 }
 
-func TestFinding_ReloadBeforeRunRemovingAnEndpointReturns(t *testing.T) {
-	h := newHarness(t, "gw-a", "gw-b")
-	a, err := New(h.cfg, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	cfg := *h.cfg
-	cfg.Endpoints = h.cfg.Endpoints[:1]
-	done := make(chan error, 1)
-	go func() { done <- a.Reload(&cfg) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Reload: %v", err)
-		}
-	case <-time.After(waitFor):
-		t.Fatal("Reload before Run did not return: it waits for an endpoint that never started")
-	}
-}
-
-func TestFinding_PushFarOverMaxPayloadIsRefusedWithItsIDAndNotHeldWhole(t *testing.T) {
+func TestPush_FarOverMaxPayloadIsRefusedWithItsIDAndNotHeldWhole(t *testing.T) {
 	h := newHarness(t) // max_payload 64 KiB
 	h.start()
 	h.pulled("gw-001")
