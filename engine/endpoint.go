@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/backoff"
 )
 
 // endpoint is one configured endpoint: a token, or a token and a configuration name (7/CMP). Its
@@ -58,6 +59,7 @@ func (e *Engine) newEndpoint(ec config.Endpoint) *endpoint {
 		done:   make(chan struct{}),
 	}
 	ep.m.ep = ep
+	ep.m.backoff = resultRetry()
 	return ep
 }
 
@@ -318,7 +320,7 @@ type machine struct {
 	timer *time.Timer // the retried result commit's
 	// hold ends the acknowledgements held back once Options.HoldBound has passed (releaseHolds).
 	hold      *time.Timer
-	backoff   backoff
+	backoff   backoff.Backoff // the result commit's retries
 	cfgDue    *config.Endpoint // options from a reload, taken at the next idle moment
 	driftDue  bool
 	driftLate bool // a drift event came during an apply
@@ -510,13 +512,13 @@ func (m *machine) commitResult() {
 	committedState := m.j.state
 	if err := e.commit(ep, &m.j); err != nil {
 		ep.busyFlag.Store(true)
-		d := m.backoff.next()
+		d := m.backoff.Next()
 		e.log.Error("cannot record the result; retrying", "endpoint", ep.key, "id", p.o.Text, "in", d.Round(time.Millisecond), "err", err)
 		m.phase = retrying
 		m.setTimer(d)
 		return
 	}
-	m.backoff.reset()
+	m.backoff.Reset()
 	m.st = committedState
 	if !p.o.Internal {
 		ep.stats.count(out.r.Code)
@@ -655,22 +657,7 @@ func (m *machine) shutdown(removed bool) {
 	}
 }
 
-// backoff is exponential with jitter: each delay is drawn from [d/2, d] where d doubles from min to
-// max (defaults 1 s and 30 s).
-type backoff struct {
-	min, max, cur time.Duration
+// resultRetry is the backoff of a result's commit that failed: 1 s doubling to 30 s.
+func resultRetry() backoff.Backoff {
+	return backoff.Backoff{Policy: backoff.Policy{Min: time.Second, Max: 30 * time.Second}}
 }
-
-func (b *backoff) next() time.Duration {
-	if b.min == 0 {
-		b.min, b.max = time.Second, 30*time.Second
-	}
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	return jitter(b.cur)
-}
-
-func (b *backoff) reset() { b.cur = 0 }

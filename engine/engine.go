@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -605,8 +604,3 @@ func (e *Engine) Healthy(ctx context.Context) error {
 
 func prefixOf(k config.Kaa, token string) string { return cmx.Prefix(k.AppVersion, k.Extension, token) }
 
-// jitter draws a delay from [d/2, d].
-func jitter(d time.Duration) time.Duration {
-	half := d / 2
-	return half + time.Duration(rand.Int64N(int64(half)+1))
-}

@@ -3,6 +3,8 @@ package engine
 import (
 	"sync"
 	"time"
+
+	"github.com/cmx-agent/cmx-agent/internal/backoff"
 )
 
 // Request asks for the latest configuration of the endpoints with these keys on the live
@@ -60,7 +62,7 @@ type requester struct {
 	arming  uint64        // counts the arms: a timer armed before the last one does nothing
 	refused bool          // the armed repeat is a refused request's
 	wait    time.Duration // the interval of the armed unanswered-request repeat
-	bo      backoff       // a refused request's
+	bo      backoff.Backoff // a refused request's
 	// since is when the request now unanswered was first sent: its repeats (and syncs) do not
 	// move it, an answer does (the next request starts a new wait). Zero when none was sent on
 	// this connection.
@@ -175,10 +177,10 @@ func (r *requester) refuse(e *Engine, ep *endpoint) (d time.Duration, ok bool) {
 	if gen == 0 {
 		return 0, false
 	}
-	if r.bo.min == 0 {
-		r.bo = backoff{min: errRetryMin, max: errRetryMax}
+	if r.bo.Min == 0 {
+		r.bo = backoff.Backoff{Policy: backoff.Policy{Min: errRetryMin, Max: errRetryMax}}
 	}
-	d = r.bo.next()
+	d = r.bo.Next()
 	r.arm(e, ep, gen, d, true)
 	return d, true
 }
@@ -189,7 +191,7 @@ func (r *requester) refuse(e *Engine, ep *endpoint) (d time.Duration, ok bool) {
 func (r *requester) reset() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.bo.reset()
+	r.bo.Reset()
 	if r.refused {
 		r.disarm()
 	}

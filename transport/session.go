@@ -23,6 +23,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/engine"
+	"github.com/cmx-agent/cmx-agent/internal/backoff"
 )
 
 // Core is what the session serves: the engine.
@@ -487,29 +488,11 @@ func NewReconnectPolicy(spread time.Duration) ReconnectPolicy {
 func (p ReconnectPolicy) Delay(attempt int, r *rand.Rand) time.Duration {
 	if attempt <= 0 {
 		if p.Spread > 0 {
-			return time.Duration(int64n(r, int64(p.Spread)))
+			return time.Duration(backoff.Int64N(r, int64(p.Spread)))
 		}
 		attempt = 1
 	}
-	d := p.Min
-	for i := 1; i < attempt && d > 0 && d < p.Max; i++ {
-		d *= 2
-	}
-	d = min(d, p.Max)
-	half := d / 2
-	return half + time.Duration(int64n(r, int64(d-half)+1))
-}
-
-// int64n is r.Int64N(n), or the global source's when r is nil; 0 when n ≤ 0.
-func int64n(r *rand.Rand, n int64) int64 {
-	switch {
-	case n <= 0:
-		return 0
-	case r != nil:
-		return r.Int64N(n)
-	default:
-		return rand.Int64N(n)
-	}
+	return backoff.Policy{Min: p.Min, Max: p.Max}.Nth(attempt, r)
 }
 
 // attemptHandler records which broker a connection attempt goes to.

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/cmx-agent/cmx-agent/internal/backoff"
 )
 
 // What the session does when the broker refuses its SUBSCRIBE.
@@ -188,12 +190,7 @@ func (l *ladder) interrupted() { l.closedSince, l.closes = time.Time{}, 0 }
 // probeDelay is how long QoS 0 lasts before a probe: ProbeMin doubled per refused probe, at most
 // ProbeMax, drawn from [d/2, d] so that a fleet's probes spread out.
 func (l *ladder) probeDelay(r *rand.Rand) time.Duration {
-	d := ProbeMin
-	for i := 0; i < l.probes && d < ProbeMax; i++ {
-		d *= 2
-	}
-	d = min(d, ProbeMax)
-	return d/2 + time.Duration(int64n(r, int64(d/2)+1))
+	return backoff.Policy{Min: ProbeMin, Max: ProbeMax}.Nth(l.probes+1, r)
 }
 
 // RefusedError is a SUBSCRIBE the broker refused: with a SUBACK failure code (0x80) for every
