@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -247,5 +248,21 @@ func waitFileLines(t *testing.T, path string, want []string) {
 			t.Fatalf("%s holds %q, want the lines %q", path, b, want)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A FIFO put at the watched path is said to be no regular file and stalls nothing: the regular
+// file that replaces it is reported.
+func TestWatch_AFIFOAtThePathStallsNothing(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "cfg.json")
+	if err := syscall.Mkfifo(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w := startWatch(t, "--debounce", "10ms", path)
+	w.waitStderr(t, "not a regular file")
+	replaceAtomically(t, path, content(1))
+	if got := w.next(t); got != versionOf(content(1)) {
+		t.Fatalf("line %q, want %q", got, versionOf(content(1)))
 	}
 }

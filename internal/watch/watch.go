@@ -50,15 +50,7 @@ type Options struct {
 // and read again if the file changed during the read, so a version is never a partial file when
 // writers replace the file atomically.
 func Watch(ctx context.Context, path string, opt Options, onVersion func(Version)) error {
-	if opt.Debounce <= 0 {
-		opt.Debounce = 200 * time.Millisecond
-	}
-	if opt.Retry <= 0 {
-		opt.Retry = 500 * time.Millisecond
-	}
-	if opt.Warn == nil {
-		opt.Warn = func(string) {}
-	}
+	opt = opt.withDefaults()
 	// fsnotify names events by the folder as added joined with the file's name: for "f.txt" that is
 	// "./f.txt", which matches no relative name. An absolute path makes both sides the same.
 	named := path
@@ -66,42 +58,14 @@ func Watch(ctx context.Context, path string, opt Options, onVersion func(Version
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", named, err)
 	}
-	dir := filepath.Dir(path)
-	w, err := fsnotify.NewWatcher()
+	fw, err := fsnotify.NewWatcher()
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", path, err)
 	}
-	defer w.Close()
-
-	var (
-		last     string // sha256 of the last version reported
-		absent   bool   // absence already noted
-		watching = w.Add(dir) == nil
-		initial  = true // the next check is the one at the start
-	)
-	check := func() {
-		first := initial
-		initial = false
-		v, err := read(path)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			if !absent {
-				opt.Warn(path + ": absent; waiting for it")
-				absent = true
-			}
-			return
-		case err != nil:
-			opt.Warn(fmt.Sprintf("%s: %v", path, err))
-			return
-		}
-		absent = false
-		if v.SHA256 != last {
-			last = v.SHA256
-			v.Initial = first
-			onVersion(v)
-		}
-	}
-	check()
+	defer fw.Close()
+	w := &watcher{path: path, dir: filepath.Dir(path), opt: opt, onVersion: onVersion, fw: fw, initial: true}
+	w.watching = fw.Add(w.dir) == nil
+	w.check()
 
 	debounce := time.NewTimer(time.Hour)
 	debounce.Stop()
@@ -112,32 +76,90 @@ func Watch(ctx context.Context, path string, opt Options, onVersion func(Version
 		case <-ctx.Done():
 			return nil
 		case <-retry.C:
-			if !watching && w.Add(dir) == nil {
-				watching = true
+			if !w.watching && fw.Add(w.dir) == nil {
+				w.watching = true
 				debounce.Reset(opt.Debounce)
 			}
-		case ev, ok := <-w.Events:
+		case ev, ok := <-fw.Events:
 			if !ok {
 				return nil
 			}
-			switch {
-			case ev.Name == path:
-				debounce.Reset(opt.Debounce)
-			case ev.Name == dir && (ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename)):
-				_ = w.Remove(dir)
-				watching = false
+			if w.concerns(ev) {
 				debounce.Reset(opt.Debounce)
 			}
-		case err, ok := <-w.Errors:
+		case err, ok := <-fw.Errors:
 			if !ok {
 				return nil
 			}
 			opt.Warn(fmt.Sprintf("watch %s: %v", path, err))
 			debounce.Reset(opt.Debounce)
 		case <-debounce.C:
-			check()
+			w.check()
 		}
 	}
+}
+
+func (opt Options) withDefaults() Options {
+	if opt.Debounce <= 0 {
+		opt.Debounce = 200 * time.Millisecond
+	}
+	if opt.Retry <= 0 {
+		opt.Retry = 500 * time.Millisecond
+	}
+	if opt.Warn == nil {
+		opt.Warn = func(string) {}
+	}
+	return opt
+}
+
+// watcher is one Watch's state; only its loop touches it.
+type watcher struct {
+	path, dir string
+	opt       Options
+	onVersion func(Version)
+	fw        *fsnotify.Watcher
+	last      string // sha256 of the last version reported
+	absent    bool   // absence already noted
+	watching  bool   // the folder is watched
+	initial   bool   // the next check is the one at the start
+}
+
+// check reads the file and reports it when it is a new version.
+func (w *watcher) check() {
+	first := w.initial
+	w.initial = false
+	v, err := read(w.path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if !w.absent {
+			w.opt.Warn(w.path + ": absent; waiting for it")
+			w.absent = true
+		}
+		return
+	case err != nil:
+		w.opt.Warn(fmt.Sprintf("%s: %v", w.path, err))
+		return
+	}
+	w.absent = false
+	if v.SHA256 != w.last {
+		w.last = v.SHA256
+		v.Initial = first
+		w.onVersion(v)
+	}
+}
+
+// concerns reports whether ev may have changed the file: an event of the file itself, or the
+// folder's removal (which also stops the folder's watch until it is back).
+func (w *watcher) concerns(ev fsnotify.Event) bool {
+	switch {
+	case ev.Name == w.path:
+		return true
+	case ev.Name == w.dir && (ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename)):
+		_ = w.fw.Remove(w.dir)
+		w.watching = false
+		return true
+	}
+	return false
 }
 
 // read hashes the file at path from one open descriptor; if the name points to another file, or the
@@ -153,7 +175,8 @@ func read(path string) (Version, error) {
 }
 
 func readOnce(path string) (Version, bool, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: a FIFO put at the path must not stall the watch until a writer comes.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return Version{}, false, err
 	}
@@ -161,6 +184,9 @@ func readOnce(path string) (Version, bool, error) {
 	var before syscall.Stat_t
 	if err := syscall.Fstat(int(f.Fd()), &before); err != nil {
 		return Version{}, false, err
+	}
+	if before.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return Version{}, false, fmt.Errorf("not a regular file (mode %o): nothing to watch there", before.Mode&syscall.S_IFMT)
 	}
 	h := sha256.New()
 	n, err := io.Copy(h, f)
