@@ -31,6 +31,7 @@ const DBName = "agent.db"
 //	hot/m\x00counter       message ids up to here may have been handed out (uint64, big endian)
 //	hot/m\x00client_id     the MQTT client id first used, when the configuration names none
 //	hot/m\x00offer_seq     the offer counter of the layout before this one (see LastSeq)
+//	hot/m\x00identity      set once the agent's identity is made (store_identity.go)
 //	hot/o<seq8>            OutMsg (JSON), in the order it must be sent
 //	hot/e<ep>s             EndpointState (JSON)
 //	hot/e<ep>b             the output's bytes as last applied (store_body.go)
