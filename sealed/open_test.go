@@ -1,0 +1,123 @@
+package sealed
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"filippo.io/age"
+	"filippo.io/age/armor"
+)
+
+const secret = "hunter2-s3cret"
+
+// newIdentity is a fresh identity in a temporary state folder.
+func newIdentity(t testing.TB) *Identity {
+	t.Helper()
+	id, err := Load(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// seal encrypts plaintext to rcpt and returns the {"$sealed": ...} object, as cmxctl seal prints it.
+func seal(t testing.TB, rcpt string, plaintext string) string {
+	t.Helper()
+	r, err := age.ParseX25519Recipient(rcpt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	aw := armor.NewWriter(&buf)
+	w, err := age.Encrypt(aw, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte(plaintext)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := aw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(map[string]string{Key: buf.String()})
+	return string(b)
+}
+
+func TestOpen_ReplacesEachSealedValueByItsJSONInTheBodysOrder(t *testing.T) {
+	id := newIdentity(t)
+	body := `{"wifi": {"ssid": "home", "password": ` + seal(t, id.Recipient(), `"`+secret+`"`) + `},
+	 "db": [1.50, ` + seal(t, id.Recipient(), ` {"user": "u", "password": "p<&>"} `) + `], "a": {}, "b": [], "c": null}`
+	out, n, err := id.Open([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"wifi":{"ssid":"home","password":"` + secret + `"},"db":[1.50,{"user":"u","password":"p<&>"}],"a":{},"b":[],"c":null}`
+	if string(out) != want || n != 2 {
+		t.Fatalf("Open = %s (%d values)\nwant %s (2)", out, n, want)
+	}
+}
+
+func TestOpen_LeavesABodyWithoutSealedValuesByteForByte(t *testing.T) {
+	id := newIdentity(t)
+	body := []byte("{\n  \"a\": [1, 2.0e3, \"<x>\"],\n  \"sealed\": {\"x\": 1}\n}\n")
+	out, n, err := id.Open(body)
+	if err != nil || n != 0 || !bytes.Equal(out, body) {
+		t.Fatalf("Open = %q, %d, %v; want the body itself", out, n, err)
+	}
+}
+
+func TestOpen_RefusesBadSealedValuesNamingThePathNeverTheContent(t *testing.T) {
+	id, other := newIdentity(t), newIdentity(t)
+	good := seal(t, id.Recipient(), `"`+secret+`"`)
+	armored := func(s string) string { var m map[string]string; json.Unmarshal([]byte(s), &m); return m[Key] }
+	damaged := strings.Replace(armored(good), "\n", "\n!!", 2)
+	many := "[" + strings.Repeat(`{"$sealed": "-----BEGIN AGE ENCRYPTED FILE-----"},`, MaxValues) + good + "]"
+	cases := []struct {
+		name, body, path, want string
+	}{
+		{"another gateway's recipient", `{"wifi":{"password":` + seal(t, other.Recipient(), `"`+secret+`"`) + `}}`, "$.wifi.password", "does not decrypt with this gateway's identity"},
+		{"damaged armor", `{"wifi":{"password":{"$sealed":` + mustJSON(damaged) + `}}}`, "$.wifi.password", "damaged"},
+		{"plaintext not JSON", `{"k":[` + seal(t, id.Recipient(), secret) + `]}`, "$.k[0]", "is not JSON"},
+		{"nested", `{"k":` + seal(t, id.Recipient(), good) + `}`, "$.k", "nesting is refused"},
+		{"too many", many, "", "more than 64 sealed values"},
+		{"too large", `{"k":{"$sealed":` + mustJSON("-----BEGIN AGE ENCRYPTED FILE-----"+strings.Repeat("A", MaxArmor)) + `}}`, "$.k", "more than 65536"},
+		{"other keys after", `{"k":{"$sealed":"x","y":1}}`, "$.k", "no other key"},
+		{"other keys before", `{"k":{"y":1,"$sealed":"x"}}`, "$.k", "no other key"},
+		{"not a string", `{"k":{"$sealed":{"a":1}}}`, "$.k", "must be a string"},
+		{"not armored", `{"odd key":{"$sealed":"YWdl"}}`, `$["odd key"]`, "not an ASCII-armored age file"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out, _, err := id.Open([]byte(c.body))
+			var se *Error
+			if !errors.As(err, &se) || se.Path != c.path || !strings.Contains(se.Reason, c.want) {
+				t.Fatalf("Open: %v; want a refusal at %q saying %q", err, c.path, c.want)
+			}
+			if strings.Contains(err.Error(), secret) || strings.Contains(string(out), secret) {
+				t.Fatalf("the refusal leaks the secret: %v, %q", err, out)
+			}
+		})
+	}
+}
+
+func TestCount_ChecksWithoutDecrypting(t *testing.T) {
+	id := newIdentity(t)
+	body := `[` + seal(t, id.Recipient(), `1`) + `,` + seal(t, newIdentity(t).Recipient(), `2`) + `]`
+	if n, err := Count([]byte(body)); n != 2 || err != nil {
+		t.Fatalf("Count = %d, %v; want 2 values and no error (the second is another's: not decrypted)", n, err)
+	}
+	if _, err := Count([]byte(`{"a":`)); err == nil {
+		t.Fatal("Count of a truncated body: no error")
+	}
+}
+
+func mustJSON(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
