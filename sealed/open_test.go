@@ -23,7 +23,8 @@ func newIdentity(t testing.TB) *Identity {
 	return id
 }
 
-// seal encrypts plaintext to rcpt and returns the {"$sealed": ...} object, as cmxctl seal prints it.
+// seal encrypts plaintext to rcpt and returns the {"$sealed": ...} object. The plaintext need not
+// be JSON: tests seal bad values too.
 func seal(t testing.TB, rcpt string, plaintext string) string {
 	t.Helper()
 	r, err := age.ParseX25519Recipient(rcpt)
@@ -33,20 +34,41 @@ func seal(t testing.TB, rcpt string, plaintext string) string {
 	var buf bytes.Buffer
 	aw := armor.NewWriter(&buf)
 	w, err := age.Encrypt(aw, r)
+	if err == nil {
+		_, err = w.Write([]byte(plaintext))
+	}
+	if err == nil {
+		err = w.Close()
+	}
+	if err == nil {
+		err = aw.Close()
+	}
 	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write([]byte(plaintext)); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := aw.Close(); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := json.Marshal(map[string]string{Key: buf.String()})
 	return string(b)
+}
+
+func TestSeal_MakesAnObjectOpenGivesBack(t *testing.T) {
+	id := newIdentity(t)
+	obj, err := Seal(id.Recipient(), []byte(` {"user": "u", "password": "`+secret+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(obj), secret) || !strings.HasPrefix(string(obj), `{"$sealed":"-----BEGIN AGE ENCRYPTED FILE-----\n`) {
+		t.Fatalf("Seal = %s", obj)
+	}
+	out, n, err := id.Open([]byte(`{"db":` + string(obj) + `}`))
+	if err != nil || n != 1 || string(out) != `{"db":{"user":"u","password":"`+secret+`"}}` {
+		t.Fatalf("Open = %s, %d, %v", out, n, err)
+	}
+	if _, err := Seal(id.Recipient(), []byte("not json")); err == nil {
+		t.Fatal("Seal of a value that is not JSON: no error")
+	}
+	if _, err := Seal("age1nope", []byte("1")); err == nil {
+		t.Fatal("Seal to a bad recipient: no error")
+	}
 }
 
 func TestOpen_ReplacesEachSealedValueByItsJSONInTheBodysOrder(t *testing.T) {
