@@ -34,5 +34,8 @@ func Seal(recipient string, value []byte) ([]byte, error) {
 	if err := aw.Close(); err != nil {
 		return nil, fmt.Errorf("seal: %w", err)
 	}
+	if buf.Len() > MaxArmor {
+		return nil, fmt.Errorf("seal: the value's armor is %d bytes, more than the %d an agent opens", buf.Len(), MaxArmor)
+	}
 	return marshal(map[string]string{Key: buf.String()})
 }
