@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"encoding/json"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/sealed"
+	"github.com/cmx-agent/cmx-agent/trust"
 )
 
 const sealedSecret = "wifi-s3cret-7d1f"
@@ -157,4 +159,21 @@ func sealedTo(t testing.TB, rcpt, value string) string {
 		t.Fatal(err)
 	}
 	return string(obj)
+}
+
+// Templates see the decrypted values; a signature covers the sealed form (signed after sealing).
+func TestSealed_TemplatesSeeTheValueAndASignatureCoversTheSealedForm(t *testing.T) {
+	dir := t.TempDir()
+	tmpl := filepath.Join(dir, "wpa.conf.tmpl")
+	if err := os.WriteFile(tmpl, []byte("{{range .}}ssid={{.ssid}}\npsk={{.psk}}\n{{end}}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	k := signer(1)
+	c := startCoreWith(t, coreOptions{Trust: trustOf(k)}, config.Endpoint{Token: "gw", Template: tmpl, Mode: 0o600})
+	body := `[{"ssid":"home","psk":` + c.sealFor(`"`+sealedSecret+`"`) + `}]`
+	env := sign(t, k, trust.Payload{Token: "gw", Version: 1, Config: json.RawMessage(body)})
+	wantStatus(t, c.pushSigned("1", env), "ok")
+	wantFile(t, c.output("gw"), "ssid=home\npsk="+sealedSecret+"\n")
+	wantStatus(t, c.pushSigned("2", env), "ok") // unchanged: the same signed, sealed configuration
+	c.noLeak(sealedSecret)
 }
