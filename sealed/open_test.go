@@ -134,7 +134,7 @@ func TestCount_ChecksWithoutDecrypting(t *testing.T) {
 	if n, err := Count([]byte(body)); n != 2 || err != nil {
 		t.Fatalf("Count = %d, %v; want 2 values and no error (the second is another's: not decrypted)", n, err)
 	}
-	if _, err := Count([]byte(`{"a":`)); err == nil {
+	if _, err := Count([]byte(`{"a":{"$sealed":`)); err == nil {
 		t.Fatal("Count of a truncated body: no error")
 	}
 }
@@ -142,4 +142,22 @@ func TestCount_ChecksWithoutDecrypting(t *testing.T) {
 func mustJSON(s string) string {
 	b, _ := json.Marshal(s)
 	return string(b)
+}
+
+// Every configuration passes Count: one without sealed values (the common case, up to max_payload)
+// must cost no walk over its tokens.
+func TestCount_ABodyWithoutSealedValuesIsNotWalked(t *testing.T) {
+	body := []byte(`[{"pad":"` + strings.Repeat("x", 1<<20) + `","sealed":{"a":[1,2,3]},"s":"$seal"}]`)
+	allocs := testing.AllocsPerRun(5, func() {
+		if n, err := Count(body); n != 0 || err != nil {
+			t.Fatalf("Count = %d, %v", n, err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("Count of a 1 MiB body without sealed values: %.0f allocations, want 0 (no walk)", allocs)
+	}
+	// A key spelt with escapes is still found.
+	if n, err := Count([]byte(`{"k":{"\u0024sealed":"-----BEGIN AGE ENCRYPTED FILE-----"}}`)); n != 1 || err != nil {
+		t.Errorf("Count with an escaped key = %d, %v; want 1", n, err)
+	}
 }
