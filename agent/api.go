@@ -37,6 +37,8 @@ type Status struct {
 	// refused, or QoS 1 (then when QoS 1 is tried again); see docs/brokers.md.
 	Degraded string `json:"degraded,omitempty"`
 	Dialect  string `json:"dialect"`
+	// Recipient is the agent's age recipient, to which configurations seal values.
+	Recipient string `json:"recipient"`
 	// Endpoints are sorted by key.
 	Endpoints []EndpointStatus `json:"endpoints"`
 }
@@ -74,7 +76,7 @@ var ErrNotConnected = errors.New("not connected to the broker; the agent asks fo
 // Status reports the connection and every endpoint's state. It only reads the store, so it is safe
 // to call at any time after New.
 func (a *Agent) Status() (Status, error) {
-	st := Status{Dialect: a.config().Kaa.Dialect, Endpoints: []EndpointStatus{}}
+	st := Status{Dialect: a.config().Kaa.Dialect, Recipient: a.eng.Recipient(), Endpoints: []EndpointStatus{}}
 	c := a.Connection()
 	st.Connected, st.Server, st.LastError = c.Connected, c.Server, c.LastError
 	if !c.Connected {

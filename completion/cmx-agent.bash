@@ -6,7 +6,7 @@ _cmx_agent() {
 	local cur prev words cword
 	_init_completion || return
 
-	local commands="init run check status sync history watch bundle import version"
+	local commands="init run check status sync history watch bundle import identity version"
 	if ((cword == 1)); then
 		COMPREPLY=($(compgen -W "$commands help" -- "$cur"))
 		return
@@ -58,6 +58,7 @@ _cmx_agent() {
 		;;
 	bundle) flags="--config --socket -o --with-outputs --journal-lines" ;;
 	import) flags="--config --socket" ;;
+	identity) flags="--config" ;;
 	*) return ;;
 	esac
 	if [[ $cur == -* ]]; then

@@ -7,7 +7,7 @@ _cmxctl() {
 	_init_completion || return
 
 	if ((cword == 1)); then
-		COMPREPLY=($(compgen -W "demo keygen push serve sign version help" -- "$cur"))
+		COMPREPLY=($(compgen -W "demo keygen push serve seal sign version help" -- "$cur"))
 		return
 	fi
 
@@ -36,12 +36,13 @@ _cmxctl() {
 	keygen) flags="-o" ;;
 	push) flags="--token --name --id --wait --raw --sign-key $common" ;;
 	serve) flags="--configs --embedded --share --sign-key $common" ;;
+	seal) flags="--to" ;;
 	sign) flags="--key --token --name --version --expires --id" ;;
 	*) return ;;
 	esac
 	if [[ $cur == -* ]]; then
 		COMPREPLY=($(compgen -W "$flags" -- "$cur"))
-	elif [[ ${words[1]} == push || ${words[1]} == sign ]]; then
+	elif [[ ${words[1]} == push || ${words[1]} == sign || ${words[1]} == seal ]]; then
 		_filedir
 	fi
 } &&

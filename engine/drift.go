@@ -259,7 +259,7 @@ func (e *Engine) checkDrift(m *machine) {
 		}
 		return
 	}
-	body, have, err := e.store.storedBytes(ep.key, (*Tx).Body)
+	body, have, err := e.appliedOutput(ep.key, cfg)
 	if err != nil {
 		e.log.Error("cannot read applied configuration for the drift check", "endpoint", ep.key, "err", err)
 		return
@@ -297,7 +297,8 @@ func (e *Engine) outputSum(key, output string) (string, error) {
 		n    int
 		have bool
 	)
-	if err := e.store.View(func(tx *Tx) error { n, have = tx.BodyLen(key); return nil }); err == nil && have {
+	// A sealed configuration's stored bytes are not the output's: their size tells nothing.
+	if err := e.store.View(func(tx *Tx) error { n, have = tx.BodyLen(key); have = have && !tx.BodySealed(key); return nil }); err == nil && have {
 		if fi, err := apply.LstatRegular(output); err == nil && fi.Size() != int64(n) {
 			return fmt.Sprintf("size %d", fi.Size()), nil
 		}

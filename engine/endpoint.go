@@ -483,7 +483,8 @@ func (m *machine) recordResult(p *pending, out outcome) {
 	}
 	if out.applied {
 		st.AppliedID, st.AppliedText, st.AppliedHash, st.AppliedShape, st.AppliedAt = p.o.ID, p.o.Text, out.hash, out.shape, now
-		m.j.setApplied(out.body, p.o.Body, out.rendered)
+		st.AppliedSealed = out.sealedHash
+		m.j.setApplied(out.body, p.o.Body, out.rendered, out.sealed)
 	} else if out.dropPrior {
 		m.j.deletePrior()
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/sealed"
 )
 
 // Pause points: the durable steps of one configuration, in order. Options.Pause is called with each.
@@ -101,6 +102,8 @@ type Engine struct {
 	conn connState // the transport's connection as the engine sees it (conn.go)
 	sig  *signing  // trusted keys and signature refusals (signed.go)
 
+	identity *sealed.Identity // decrypts sealed values; kept across reloads
+
 	applyTimes histogram // durations of the pipeline, for metrics
 
 	// forget holds the pending records of removed endpoints whose deletion could not be committed
@@ -123,17 +126,23 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	id, err := loadIdentity(st, cfg.Agent.StateDir)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	e := &Engine{
-		kaa:     cfg.Kaa,
-		agent:   cfg.Agent,
-		log:     opt.Logger,
-		opt:     opt,
-		store:   st,
-		dia:     d,
-		procs:   make(chan struct{}, maxProcesses),
-		eps:     map[string]*endpoint{},
-		byToken: map[string][]*endpoint{},
-		sig:     newSigning(cfg.Trust.Loaded, int(cfg.Agent.MaxPayload)),
+		identity: id,
+		kaa:      cfg.Kaa,
+		agent:    cfg.Agent,
+		log:      opt.Logger,
+		opt:      opt,
+		store:    st,
+		dia:      d,
+		procs:    make(chan struct{}, maxProcesses),
+		eps:      map[string]*endpoint{},
+		byToken:  map[string][]*endpoint{},
+		sig:      newSigning(cfg.Trust.Loaded, int(cfg.Agent.MaxPayload)),
 	}
 	if err := e.readState(cfg.Endpoints); err != nil {
 		st.Close()
@@ -146,6 +155,27 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 	e.reindex()
 	return e, nil
 }
+
+// loadIdentity reads the agent's identity in dir, making it only when the database has never had
+// one (a new state folder, or an upgrade from a version without sealed values): configurations may
+// have been sealed to an identity the database knew, and a new key would silently break them all.
+func loadIdentity(st *Store, dir string) (*sealed.Identity, error) {
+	var had bool
+	if err := st.View(func(tx *Tx) error { had = tx.HasIdentity(); return nil }); err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	id, err := sealed.Load(dir, !had)
+	if err != nil || had {
+		return id, err
+	}
+	if err := st.Update(func(tx *Tx) error { return tx.SetIdentity() }); err != nil {
+		return nil, fmt.Errorf("identity: record it: %w", err)
+	}
+	return id, nil
+}
+
+// Recipient is the agent's age recipient (age1...), to which configurations seal values.
+func (e *Engine) Recipient() string { return e.identity.Recipient() }
 
 // withDefaults fills in the options left zero.
 func (opt Options) withDefaults() Options {

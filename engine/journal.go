@@ -87,8 +87,13 @@ func (j *journal) addHistory(h HistoryEntry) {
 	j.ops = append(j.ops, func(tx *Tx) error { return tx.AddHistory(keyOf(tx), h) })
 }
 
-func (j *journal) setApplied(body, raw []byte, rendered bool) {
-	j.ops = append(j.ops, func(tx *Tx) error { return tx.SetApplied(keyOf(tx), body, raw, rendered) })
+func (j *journal) setApplied(body, raw []byte, rendered, sealed bool) {
+	j.ops = append(j.ops, func(tx *Tx) error {
+		if err := tx.SetApplied(keyOf(tx), body, raw, rendered); err != nil {
+			return err
+		}
+		return tx.SetBodySealed(keyOf(tx), sealed)
+	})
 }
 
 func (j *journal) deletePrior() {

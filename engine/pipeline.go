@@ -24,7 +24,11 @@ type outcome struct {
 	shape    string
 	body     []byte
 	rendered bool
-	output   string
+	// sealed: body is the configuration as received, whose sealed values the output holds
+	// decrypted; sealedHash is its hash, which decides "unchanged" for it.
+	sealed     bool
+	sealedHash string
+	output     string
 	// unchanged: the output held body already; nothing was written or run.
 	unchanged bool
 	// abandoned: the agent is stopping and the pipeline was cut short; nothing may be committed, the
@@ -75,20 +79,34 @@ func (p previous) name() string {
 func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpoint, st EndpointState, o *Offer) outcome {
 	start := time.Now()
 	defer func() { e.applyTimes.observe(time.Since(start)) }()
-	data := o.Body
-	rendered := false
-	if cfg.Template != "" {
-		out, err := apply.Render(cfg.Template, o.Body)
-		if err != nil {
-			return outcome{r: Result{Status: "rejected by template: " + err.Error(), Code: CodeRejected}}
-		}
-		data, rendered = out, true
+	nSealed, refused := checkSealed(cfg, o.Body)
+	if refused != nil {
+		return outcome{r: *refused}
 	}
-	hash, shape := hashOf(data), shapeOf(cfg)
+	shape := shapeOf(cfg)
+	if nSealed > 0 {
+		// Decided on the configuration as received: the same sealed one again is neither decrypted
+		// nor written; a new encryption of the same secret is a new configuration.
+		sealedHash := hashOf(o.Body)
+		if sealedHash == st.AppliedSealed && shape == st.AppliedShape {
+			return outcome{r: resultOK, applied: true, unchanged: true, hash: st.AppliedHash, sealedHash: sealedHash,
+				shape: shape, body: o.Body, sealed: true, output: cfg.Output}
+		}
+	}
+	data, refused := e.render(cfg, o.Body)
+	if refused != nil {
+		return outcome{r: *refused}
+	}
+	rendered := cfg.Template != ""
+	hash := hashOf(data)
 	done := outcome{r: resultOK, applied: true, hash: hash, shape: shape, body: data, rendered: rendered, output: cfg.Output}
+	if nSealed > 0 {
+		// The database keeps the sealed form; drift repair and rollback render it again.
+		done.body, done.rendered, done.sealed, done.sealedHash = o.Body, false, true, hashOf(o.Body)
+	}
 	// A state written before shapes were recorded has none: its bytes alone decide, as they did,
 	// so an upgrade does not make every device reload.
-	if hash == st.AppliedHash && (shape == st.AppliedShape || st.AppliedShape == "") {
+	if nSealed == 0 && hash == st.AppliedHash && (shape == st.AppliedShape || st.AppliedShape == "") {
 		// No write, no validate, no hook: a server that sends the same configuration again (after
 		// every reconnect, for instance) must not make the device reload.
 		done.unchanged = true // logged once committed, as an applied one is
@@ -286,7 +304,7 @@ func (e *Engine) rollback(ctx context.Context, ep *endpoint, cfg config.Endpoint
 	}
 	if prev.stored {
 		var err error
-		if prev.body, _, err = e.store.storedBytes(ep.key, (*Tx).Body); err != nil {
+		if prev.body, _, err = e.appliedOutput(ep.key, cfg); err != nil {
 			e.log.Error("rollback failed", "endpoint", ep.key, "err", err)
 			return fail(status + "; rollback failed: cannot read the previous configuration: " + err.Error())
 		}

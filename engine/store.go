@@ -31,10 +31,12 @@ const DBName = "agent.db"
 //	hot/m\x00counter       message ids up to here may have been handed out (uint64, big endian)
 //	hot/m\x00client_id     the MQTT client id first used, when the configuration names none
 //	hot/m\x00offer_seq     the offer counter of the layout before this one (see LastSeq)
+//	hot/m\x00identity      set once the agent's identity is made (store_identity.go)
 //	hot/o<seq8>            OutMsg (JSON), in the order it must be sent
 //	hot/e<ep>s             EndpointState (JSON)
 //	hot/e<ep>b             the output's bytes as last applied (store_body.go)
 //	hot/e<ep>r             the configuration as received, when a template rendered it (store_body.go)
+//	hot/e<ep>z             set when e<ep>b is a configuration with sealed values, not the output (sealed.go)
 //	hot/e<ep>v             ServerState (JSON, serverstate.go)
 //	hot/e<ep>h             the most recent handled ids and their outcomes (store_handled.go)
 //	hot/e<ep>y             the newest applied configurations' metadata (store_history.go)
@@ -136,6 +138,9 @@ type EndpointState struct {
 	AppliedText string    `json:"applied_text,omitempty"`
 	AppliedHash string    `json:"applied_hash,omitempty"` // hex sha256 of the applied (rendered) body
 	AppliedAt   time.Time `json:"applied_at,omitzero"`
+	// AppliedSealed is the hex sha256 of the applied configuration as received when it held sealed
+	// values: "unchanged" is decided on it, without decrypting.
+	AppliedSealed string `json:"applied_sealed,omitempty"`
 	// AppliedShape is the hash of everything besides the body that shapes the file (output, mode,
 	// owner, group, template): the same bytes under another shape are not "unchanged".
 	AppliedShape string    `json:"applied_shape,omitempty"`
@@ -434,7 +439,9 @@ func (t *Tx) stateOrRebuilt(ep string) EndpointState {
 		cause = u // the key is no news to whoever reads this beside the endpoint's name
 	}
 	st = EndpointState{damaged: "state record does not decode: " + cause.Error()}
-	if body := t.hot().Get(epKey(ep, kindBody)); body != nil {
+	if body := t.hot().Get(epKey(ep, kindBody)); body != nil && t.BodySealed(ep) {
+		st.AppliedSealed = hashOf(body) // the output's hash is unknown without decrypting
+	} else if body != nil {
 		st.AppliedHash = hashOf(body)
 	}
 	return st

@@ -39,7 +39,9 @@ func TestCompletion_BashCompletesSubcommandsFlagsAndValues(t *testing.T) {
 		{"cmx-agent.bash", "_cmx_agent", []string{"cmx-agent", "init", "--dialect", "c"}, "cmx3 cmp7"},
 		{"cmx-agent.bash", "_cmx_agent", []string{"cmx-agent", "check", "--o"}, "--online"},
 		{"cmx-agent.bash", "_cmx_agent", []string{"cmx-agent", "run", "--log-format", "j"}, "json"},
-		{"cmxctl.bash", "_cmxctl", []string{"cmxctl", "se"}, "serve"},
+		{"cmx-agent.bash", "_cmx_agent", []string{"cmx-agent", "id"}, "identity"},
+		{"cmxctl.bash", "_cmxctl", []string{"cmxctl", "se"}, "serve seal"},
+		{"cmxctl.bash", "_cmxctl", []string{"cmxctl", "seal", "--"}, "--to"},
 		{"cmxctl.bash", "_cmxctl", []string{"cmxctl", "push", "--pass"}, "--password-file"},
 		{"cmxctl.bash", "_cmxctl", []string{"cmxctl", "serve", "--dialect", "c"}, "cmx3 cmp7"},
 	} {

@@ -52,6 +52,8 @@ commands:
          write a support bundle (.tar.gz, mode 0600) without secrets, for a ticket
   import [--config PATH] [--socket PATH] FILE...
          apply signed configurations from files through the running agent (exit 0: all ok)
+  identity [--config PATH]
+         print the agent's age recipient, to which configurations seal values
   version                  print version, commit and Go version
 
 Every command answers --help with its usage.
@@ -81,6 +83,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdWatch(args[1:], stdout, stderr)
 	case "bundle":
 		return cmdBundle(args[1:], stdout, stderr)
+	case "identity":
+		return cmdIdentity(args[1:], stdout, stderr)
 	case "import":
 		return cmdImport(args[1:], stdout, stderr)
 	case "init":

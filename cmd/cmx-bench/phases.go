@@ -145,6 +145,9 @@ func (r *runner) single() error {
 	if err := r.signedLatency(tok); err != nil {
 		return err
 	}
+	if err := r.sealedLatency(tok); err != nil {
+		return err
+	}
 	big, _, err := r.startAgentWait("big", []string{tok}, fmt.Sprintf("%dB", r.p.BigBytes+4096), false)
 	if err != nil {
 		return err

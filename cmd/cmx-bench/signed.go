@@ -42,16 +42,8 @@ func (r *runner) signedLatency(tok string) error {
 		if err != nil {
 			return 0, err
 		}
-		t0 := time.Now() // the server signs before it sends: not the agent's time
-		r.srv.push(app, tok, payload)
-		ev, err := r.srv.waitStatus(app, tok, strconv.Itoa(r.seq), 30*time.Second)
-		if err != nil {
-			return 0, err
-		}
-		if ev.status != "ok" {
-			return 0, fmt.Errorf("signed push %d confirmed %q", r.seq, ev.status)
-		}
-		return ev.at.Sub(t0), nil
+		// The server signs before it sends (timedPush starts the clock after): not the agent's time.
+		return r.timedPush(app, tok, "signed", payload)
 	}
 	agentLat, floorLat, err := r.againstFloor(tok, push)
 	if err != nil {
@@ -62,6 +54,20 @@ func (r *runner) signedLatency(tok string) error {
 	r.rep.ratio("signed push → confirmation p50", "ms", ms(quantile(agentLat, .5)), ms(quantile(floorLat, .5)), targetP50, note)
 	r.logf("signed latency p50 agent %.2f ms floor %.2f ms", ms(quantile(agentLat, .5)), ms(quantile(floorLat, .5)))
 	return nil
+}
+
+// timedPush pushes payload, id r.seq, to app/tok and returns the time to its "ok" confirmation.
+func (r *runner) timedPush(app, tok, what string, payload []byte) (time.Duration, error) {
+	t0 := time.Now()
+	r.srv.push(app, tok, payload)
+	ev, err := r.srv.waitStatus(app, tok, strconv.Itoa(r.seq), 30*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	if ev.status != "ok" {
+		return 0, fmt.Errorf("%s push %d confirmed %q", what, r.seq, ev.status)
+	}
+	return ev.at.Sub(t0), nil
 }
 
 // signedPush is pushBody's configuration signed for tok at version seq, as a push with id seq.

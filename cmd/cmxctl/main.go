@@ -51,6 +51,9 @@ commands:
          confirmation or applied report; --share splits the work between servers on mosquitto or
          the embedded broker (RabbitMQ does not support $share: it delivers nothing to it);
          --sign-key signs every configuration sent, at its file's modification time as version
+  seal   --to RECIPIENT [FILE]
+         print FILE's JSON value (stdin by default) sealed to a gateway's recipient (age1..., from
+         cmx-agent identity): a {"$sealed": ...} object to put anywhere in a configuration
   sign   --key NAME.key --token T [--name N] [--version V] [--expires DUR] [--id ID] FILE
          print FILE's configuration signed (a JWS, for cmx-agent import or any push)
   version
@@ -82,6 +85,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdDemo(ctx, args[1:], stdout, stderr)
 	case "keygen":
 		return cmdKeygen(args[1:], stdout, stderr)
+	case "seal":
+		return cmdSeal(args[1:], os.Stdin, stdout, stderr)
 	case "sign":
 		return cmdSign(args[1:], stdout, stderr)
 	case "version", "--version":
