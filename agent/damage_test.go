@@ -78,10 +78,14 @@ func TestStatus_ADamagedStateRecordIsNamedAndTheOtherEndpointsShown(t *testing.T
 		{"cmx_agent_endpoint_damaged", map[string]string{"endpoint": "gw-001"}, 1},
 		{"cmx_agent_endpoint_damaged", map[string]string{"endpoint": "dev-2"}, 0},
 		{"cmx_agent_endpoint_applied_info", map[string]string{"endpoint": "dev-2", "id": "7"}, 1},
-		{"cmx_agent_configurations_received_total", map[string]string{"endpoint": "dev-2"}, 0},
 	} {
 		if v := value(t, fams, c.family, c.labels); v != c.want {
 			t.Errorf("%s%v = %v, want %v", c.family, c.labels, v, c.want)
 		}
+	}
+	// The other endpoint's counters are served too. Since this start it received nothing, or push 7
+	// once more: its PUBACK may not have left before the stop, and the broker sends it again.
+	if v := value(t, fams, "cmx_agent_configurations_received_total", map[string]string{"endpoint": "dev-2"}); v > 1 {
+		t.Errorf("configurations received by dev-2 since the start = %v, want 0 or 1", v)
 	}
 }
