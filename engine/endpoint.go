@@ -320,7 +320,7 @@ type machine struct {
 	timer *time.Timer // the retried result commit's
 	// hold ends the acknowledgements held back once Options.HoldBound has passed (releaseHolds).
 	hold      *time.Timer
-	backoff   backoff.Backoff // the result commit's retries
+	backoff   backoff.Backoff  // the result commit's retries
 	cfgDue    *config.Endpoint // options from a reload, taken at the next idle moment
 	driftDue  bool
 	driftLate bool // a drift event came during an apply

@@ -633,4 +633,3 @@ func (e *Engine) Healthy(ctx context.Context) error {
 }
 
 func prefixOf(k config.Kaa, token string) string { return cmx.Prefix(k.AppVersion, k.Extension, token) }
-

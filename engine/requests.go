@@ -59,9 +59,9 @@ type requester struct {
 	mu      sync.Mutex
 	gen     uint64 // the connection the armed repeat belongs to; 0 = none armed
 	timer   *time.Timer
-	arming  uint64        // counts the arms: a timer armed before the last one does nothing
-	refused bool          // the armed repeat is a refused request's
-	wait    time.Duration // the interval of the armed unanswered-request repeat
+	arming  uint64          // counts the arms: a timer armed before the last one does nothing
+	refused bool            // the armed repeat is a refused request's
+	wait    time.Duration   // the interval of the armed unanswered-request repeat
 	bo      backoff.Backoff // a refused request's
 	// since is when the request now unanswered was first sent: its repeats (and syncs) do not
 	// move it, an answer does (the next request starts a new wait). Zero when none was sent on
