@@ -153,9 +153,7 @@ func TestCMP7_AReconfirmedOldConfigIDDoesNotReplaceANewerUnsentReport(t *testing
 func TestHold_AnApplyPastTheBoundIsStoredAndAcknowledged(t *testing.T) {
 	blocked, release, pause := holdFirst(StepSynced)
 	c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: 50 * time.Millisecond}, config.Endpoint{Token: "gw"})
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(unblock) // before the engine stops, should the test fail while 1 is held
+	unblock := releaseOnCleanup(t, release)
 	r := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
 	<-blocked // 1 is being written, and stays so
 	waitReceipt(t, r)
@@ -182,21 +180,12 @@ func TestHold_AnOfferStoredAtTheBoundIsAppliedAfterARestart(t *testing.T) {
 	var f failingCommits
 	blocked, release, pause := holdFirst(StepSynced)
 	c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: 50 * time.Millisecond, FailCommit: f.fail}, config.Endpoint{Token: "gw"})
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(unblock)
+	unblock := releaseOnCleanup(t, release)
 	r := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
 	<-blocked
 	waitReceipt(t, r)
 	// The agent stops and its result cannot be committed: the stored record is all that is left.
-	f.n.Store(1 << 30)
-	c.cancel()
-	unblock()
-	<-c.done
-	c.e.Close()
-	c.e = nil
-	f.n.Store(0)
-	c.run()
+	c.crashWithoutResults(&f, unblock)
 	if m := c.next("/status"); string(m.Payload) != `{"id":1,"status":"ok"}` {
 		t.Errorf("confirmation %s, want 1 ok", m.Payload)
 	}
@@ -330,9 +319,7 @@ func TestHold_AStoredOfferBehindAHeldOneStoresItToo(t *testing.T) {
 	var f failingCommits
 	blocked, release, pause := holdFirst(StepSynced)
 	c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: time.Hour, FailCommit: f.fail}, config.Endpoint{Token: "gw"})
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(unblock)
+	unblock := releaseOnCleanup(t, release)
 	r5 := c.deliver(p+"/json", 1, `{"id": 5, "entries": [5]}`) // held, being written
 	<-blocked
 	waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 6, "entries": [6]}`)) // stored, waits behind 5
@@ -345,14 +332,7 @@ func TestHold_AStoredOfferBehindAHeldOneStoresItToo(t *testing.T) {
 		t.Fatalf("pending offers %q, want 5 and 6", ids)
 	}
 	// A crash: no result is committed. The broker delivers 5 again after the restart.
-	f.n.Store(1 << 30)
-	c.cancel()
-	unblock()
-	<-c.done
-	c.e.Close()
-	c.e = nil
-	f.n.Store(0)
-	c.run()
+	c.crashWithoutResults(&f, unblock)
 	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 5, "entries": [5]}`))
 	var got []string
 	for range 2 {
@@ -411,9 +391,7 @@ func TestHold_ARepeatJoiningAStoredOfferIsReleasedAtTheBound(t *testing.T) {
 		t.Run(repeats, func(t *testing.T) {
 			blocked, release, pause := holdFirst(StepSynced)
 			c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: 50 * time.Millisecond}, config.Endpoint{Token: "gw"})
-			var once sync.Once
-			unblock := func() { once.Do(func() { close(release) }) }
-			t.Cleanup(unblock)
+			unblock := releaseOnCleanup(t, release)
 			// QoS 0: stored on arrival, and acknowledged with that commit.
 			waitReceipt(t, c.deliver(p+"/json", 0, `{"id": 1, "entries": [1]}`))
 			<-blocked // 1 is being written, and stays so
@@ -464,9 +442,7 @@ func TestHold_ARepeatJoiningAStoredOfferIsReleasedAtTheBound(t *testing.T) {
 func TestHold_ARemovedEndpointsApplyPastTheBoundIsAcknowledged(t *testing.T) {
 	blocked, release, pause := holdFirst(StepSynced)
 	c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: 50 * time.Millisecond}, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "other"})
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(unblock)
+	unblock := releaseOnCleanup(t, release)
 	r := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`) // held
 	<-blocked                                                 // 1 is being written, and stays so
 	gw, other := c.e.eps["gw"], c.e.eps["other"].config()
@@ -509,4 +485,29 @@ func TestReload_AnArrivalAtARemovedEndpointDoesNotFailTheConnection(t *testing.T
 	if c.e.conn.hasFailed(c.gen) {
 		t.Error("the connection was marked failed by an arrival at a removed endpoint")
 	}
+}
+
+// releaseOnCleanup returns a function that closes release once; the test's cleanup calls it too,
+// before the engine's stop (cleanups run last registered first), which would otherwise wait for an
+// apply held at a pause point when the test fails while holding it.
+func releaseOnCleanup(t *testing.T, release chan struct{}) func() {
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	return unblock
+}
+
+// crashWithoutResults stops the engine as a crash would leave it: every commit fails from now on
+// (the results in flight are not recorded), the held apply is released, and the engine runs again
+// on the same database with commits working.
+func (c *core) crashWithoutResults(f *failingCommits, unblock func()) {
+	c.t.Helper()
+	f.n.Store(1 << 30)
+	c.cancel()
+	unblock()
+	<-c.done
+	c.e.Close()
+	c.e = nil
+	f.n.Store(0)
+	c.run()
 }

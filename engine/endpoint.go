@@ -19,11 +19,10 @@ type endpoint struct {
 
 	// answered is set when a configuration message arrives, so unanswered requests are repeated.
 	answered atomic.Bool
-	// lastRID is the request id of the latest configuration request (an error answering an older
-	// one is not repeated).
-	lastRID atomic.Uint64
-	asked   asked     // the latest request ids, so an answer to one is known as such
-	req     requester // the endpoint's one request loop (requests.go)
+	// asked holds the latest request ids, so an answer to one is known as such (and an error
+	// answering an older one is not repeated).
+	asked asked
+	req   requester // the endpoint's one request loop (requests.go)
 	// busyFlag mirrors the machine for status: an offer is being applied or waits.
 	busyFlag atomic.Bool
 	// applying mirrors the pipeline in progress for status and metrics, so an apply that does not
@@ -95,6 +94,16 @@ func (a *asked) add(id uint64) {
 	defer a.mu.Unlock()
 	a.ids[a.n%len(a.ids)] = id
 	a.n++
+}
+
+// last is the latest request id; 0 before the first.
+func (a *asked) last() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.n == 0 {
+		return 0
+	}
+	return a.ids[(a.n-1)%len(a.ids)]
 }
 
 func (a *asked) has(id uint64) bool {

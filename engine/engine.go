@@ -243,15 +243,14 @@ func (e *Engine) readState(eps []config.Endpoint) error {
 		if stored, err = tx.Outbox(0); err != nil {
 			return err
 		}
-		if dropped, err = dropUnconfigured(tx, eps); err != nil {
+		// One walk of the pending offers' keys serves both: the seqs of the dropped ones still
+		// count, so that no seq is handed out twice.
+		pending := tx.PendingSeqs()
+		if dropped, err = dropUnconfigured(tx, eps, pending); err != nil {
 			return err
 		}
 		lastOut = tx.LastOutboxSeq()
-		seq, err := tx.LastSeq()
-		if err != nil {
-			return err
-		}
-		e.seq.Store(seq)
+		e.seq.Store(tx.lastSeq(pending))
 		last, err := tx.LeaseIDs(idLease)
 		e.nextMsg, e.leaseEnd = last+1, last+idLease
 		return err
@@ -266,17 +265,17 @@ func (e *Engine) readState(eps []config.Endpoint) error {
 	return nil
 }
 
-// dropUnconfigured deletes the pending offers of the endpoints that are not among eps and returns
-// their keys. A configuration received for an endpoint that is no longer configured is not
+// dropUnconfigured deletes the pending offers (pending: Tx.PendingSeqs) of the endpoints that are
+// not among eps and returns their keys. A configuration received for an endpoint that is no longer configured is not
 // applied should the endpoint come back: it then asks for its latest configuration, as after a
 // reload that removed it.
-func dropUnconfigured(tx *Tx, eps []config.Endpoint) ([]string, error) {
+func dropUnconfigured(tx *Tx, eps []config.Endpoint, pending map[string][]uint64) ([]string, error) {
 	configured := map[string]bool{}
 	for _, ec := range eps {
 		configured[ec.Key()] = true
 	}
 	var dropped []string
-	for key, seqs := range tx.PendingSeqs() {
+	for key, seqs := range pending {
 		if configured[key] {
 			continue
 		}

@@ -201,7 +201,6 @@ func (e *Engine) send(gen uint64, ep *endpoint) {
 	id := e.nextID()
 	topic, payload := e.dia.request(ep, id, e.stateOf(ep))
 	ep.answered.Store(false)
-	ep.lastRID.Store(id)
 	ep.asked.add(id)
 	e.out.request(OutMsg{Endpoint: ep.key, Topic: topic, QoS: 1, Payload: payload, Request: true}, gen)
 	e.log.Debug("requested latest configuration", "endpoint", ep.key, "topic", topic, "msg_id", id)
@@ -256,7 +255,7 @@ func (e *Engine) noteServer(m *machine, topic string, n serverNote) error {
 		if n.malformed != "" {
 			args = append(args, "malformed", n.malformed)
 		}
-		if latest := ep.lastRID.Load(); n.rid != 0 && n.rid != latest {
+		if latest := ep.asked.last(); n.rid != 0 && n.rid != latest {
 			// An error for an older request: a newer one is already out.
 			e.log.Warn("server refused an earlier configuration request", args...)
 			return nil

@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -219,9 +218,7 @@ func TestSigned_AnOlderVersionDoesNotSupersedeANewerOneInFlight(t *testing.T) {
 	blocked, release, pause := holdFirstWrite()
 	// The refusal's answer waits for the apply in progress, held at most the hold bound.
 	c := startCoreWith(t, coreOptions{Trust: trustOf(k), Pause: pause, HoldBound: 50 * time.Millisecond}, config.Endpoint{Token: "gw"})
-	var once sync.Once
-	releaseOnce := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(releaseOnce) // before the engine's stop, which waits for the apply: a failure must not hang
+	releaseOnce := releaseOnCleanup(t, release)
 	out := c.output("gw")
 	r := c.deliver(p+"/json", 1, `{"id":1,"entries":[`+sign(t, k, trust.Payload{Token: "gw", Version: 9, Config: json.RawMessage(`[9]`)})+`]}`)
 	select {

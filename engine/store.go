@@ -571,15 +571,20 @@ func (t *Tx) eachPendingKey(fn func(ep []byte, seq uint64)) {
 }
 
 // LastSeq is the highest offer sequence number the database has seen.
-func (t *Tx) LastSeq() (uint64, error) {
-	b := t.hot()
+func (t *Tx) LastSeq() (uint64, error) { return t.lastSeq(t.PendingSeqs()), nil }
+
+// lastSeq is LastSeq from the pending offers' seqs already listed (PendingSeqs).
+func (t *Tx) lastSeq(pending map[string][]uint64) uint64 {
 	var last uint64
-	if v := b.Get(keyOfferSeq); len(v) == 8 {
+	if v := t.hot().Get(keyOfferSeq); len(v) == 8 {
 		last = binary.BigEndian.Uint64(v) // the counter of the layout before
 	}
-	// The pending offers' keys alone give the highest.
-	t.eachPendingKey(func(_ []byte, seq uint64) { last = max(last, seq) })
-	return last, nil
+	for _, seqs := range pending {
+		for _, seq := range seqs {
+			last = max(last, seq)
+		}
+	}
+	return last
 }
 
 // PutOutbox stores m under its sequence number, which the caller has assigned (see Outbox).
