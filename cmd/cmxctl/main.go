@@ -221,6 +221,15 @@ func parse(fs *flag.FlagSet, args []string, stdout, stderr io.Writer, synopsis, 
 	return 0, false
 }
 
+// extraArgs reports, and says on stderr, that a command taking no positional argument got one.
+func extraArgs(fs *flag.FlagSet, stderr io.Writer) bool {
+	if fs.NArg() == 0 {
+		return false
+	}
+	fmt.Fprintf(stderr, "cmxctl %s: unexpected argument %q (cmxctl %s --help lists the flags)\n", fs.Name(), fs.Arg(0), fs.Name())
+	return true
+}
+
 // printFlags is flag.PrintDefaults with the flags written as operators type them: --name.
 func printFlags(w io.Writer, fs *flag.FlagSet) {
 	fs.VisitAll(func(f *flag.Flag) {
@@ -323,8 +332,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		"answer requests with DIR/<token>.json (cmp7 also DIR/<token>.<name>.json), push a file when it\nchanges, print every confirmation or applied report"); done {
 		return code
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "cmxctl serve: unexpected argument %q (cmxctl serve --help lists the flags)\n", fs.Arg(0))
+	if extraArgs(fs, stderr) {
 		return 2
 	}
 	if *configs == "" {
@@ -368,8 +376,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"the whole loop on this machine: embedded broker, server, agent, a push and its confirmation"); done {
 		return code
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "cmxctl demo: unexpected argument %q (cmxctl demo --help lists the flags)\n", fs.Arg(0))
+	if extraArgs(fs, stderr) {
 		return 2
 	}
 	if err := cloud.Demo(ctx, cloud.DemoOptions{Out: stdout, Addr: *addr, Exit: *exit}); err != nil {

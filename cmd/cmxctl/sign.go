@@ -25,8 +25,7 @@ func cmdKeygen(args []string, stdout, stderr io.Writer) int {
 		"write a signing key pair: NAME.key (PKCS#8 PEM, 0600, keep it offline) and NAME.pub (for the\ngateways' [trust] keys), and print the key's id (its RFC 7638 thumbprint)"); done {
 		return code
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "cmxctl keygen: unexpected argument %q (cmxctl keygen --help lists the flags)\n", fs.Arg(0))
+	if extraArgs(fs, stderr) {
 		return 2
 	}
 	if *out == "" {
