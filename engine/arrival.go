@@ -105,7 +105,7 @@ func (m *machine) arrive(a evArrival) {
 		return
 	}
 	x.mark = mark
-	x.o.Received = e.opt.Now()
+	x.o.Received = e.opt.Clock.Now()
 	if a.in.own {
 		x.o.Origin = OriginPull
 	}
@@ -184,7 +184,7 @@ func (m *machine) noteAnswer(o *Offer, r Result) {
 	if st.damaged != "" {
 		return
 	}
-	st.LastText, st.LastStatus, st.LastCode, st.LastAt = o.Text, r.Status, r.Code, m.ep.e.opt.Now()
+	st.LastText, st.LastStatus, st.LastCode, st.LastAt = o.Text, r.Status, r.Code, m.ep.e.opt.Clock.Now()
 	m.j.setState(st)
 }
 

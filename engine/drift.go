@@ -13,6 +13,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
 )
 
 // Drift timing: events for one output are gathered for DriftDebounce before a check (an editor
@@ -33,11 +34,11 @@ type driftWatcher struct {
 	mu      sync.Mutex
 	watched map[string]bool // folders with a live watch
 	missing map[string]bool // folders that could not be watched, already checked once
-	timers  map[*endpoint]*time.Timer
+	timers  map[*endpoint]clock.Timer
 }
 
 func newDriftWatcher(e *Engine) *driftWatcher {
-	return &driftWatcher{e: e, kickC: make(chan struct{}, 1), watched: map[string]bool{}, missing: map[string]bool{}, timers: map[*endpoint]*time.Timer{}}
+	return &driftWatcher{e: e, kickC: make(chan struct{}, 1), watched: map[string]bool{}, missing: map[string]bool{}, timers: map[*endpoint]clock.Timer{}}
 }
 
 // kick makes the watcher look for folders to watch now (after a reload, or a write that created a
@@ -81,17 +82,17 @@ func (d *driftWatcher) run(ctx context.Context) {
 	// Folders that could not be watched (nothing applied yet, or removed) are looked for again on a
 	// timer that runs only while there are such folders: an idle agent with all its folders watched
 	// wakes for nothing.
-	var retry *time.Timer
+	var retry clock.Timer
 	var retryC <-chan time.Time
 	resync := func() map[string][]*endpoint {
 		byOut, _ := d.outputs()
 		if d.sync(w) {
 			if retry == nil {
-				retry = time.NewTimer(DriftRetry)
+				retry = d.e.opt.Clock.NewTimer(DriftRetry)
 			} else {
 				retry.Reset(DriftRetry)
 			}
-			retryC = retry.C
+			retryC = retry.C()
 		} else {
 			retryC = nil
 		}
@@ -214,7 +215,7 @@ func (d *driftWatcher) scheduleLocked(ep *endpoint) {
 		t.Reset(DriftDebounce)
 		return
 	}
-	d.timers[ep] = time.AfterFunc(DriftDebounce, func() { ep.post(evDrift{}) })
+	d.timers[ep] = d.e.opt.Clock.AfterFunc(DriftDebounce, func() { ep.post(evDrift{}) })
 }
 
 // checkDrift compares ep's output with what was applied and, per on_drift, reports or repairs it.
@@ -311,7 +312,7 @@ func (e *Engine) scheduleDrift(ep *endpoint) {
 	d := e.drift
 	e.mu.RUnlock()
 	if d == nil {
-		time.AfterFunc(DriftDebounce, func() { ep.post(evDrift{}) })
+		e.opt.Clock.AfterFunc(DriftDebounce, func() { ep.post(evDrift{}) })
 		return
 	}
 	d.schedule(ep)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/internal/backoff"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
 )
 
 // endpoint is one configured endpoint: a token, or a token and a configuration name (7/CMP). Its
@@ -245,10 +246,10 @@ func (ep *endpoint) run(ctx context.Context) {
 		}
 		var timer, hold <-chan time.Time
 		if m.timer != nil {
-			timer = m.timer.C
+			timer = m.timer.C()
 		}
 		if m.hold != nil {
-			hold = m.hold.C
+			hold = m.hold.C()
 		}
 		// Quitting, the machine waits only for the apply in progress, whose end wakes it: an ended
 		// context, ready at every select, would spin a core for as long as that apply takes.
@@ -326,9 +327,9 @@ type machine struct {
 
 	j journal // what waits for the next commit
 
-	timer *time.Timer // the retried result commit's
+	timer clock.Timer // the retried result commit's
 	// hold ends the acknowledgements held back once Options.HoldBound has passed (releaseHolds).
-	hold      *time.Timer
+	hold      clock.Timer
 	backoff   backoff.Backoff  // the result commit's retries
 	cfgDue    *config.Endpoint // options from a reload, taken at the next idle moment
 	driftDue  bool
@@ -351,7 +352,7 @@ func (m *machine) state() EndpointState {
 
 func (m *machine) setTimer(d time.Duration) {
 	m.stopTimer()
-	m.timer = time.NewTimer(d)
+	m.timer = m.ep.e.opt.Clock.NewTimer(d)
 }
 
 // watchHolds starts the hold bound's timer when the machine begins holding acknowledgements back,
@@ -359,7 +360,7 @@ func (m *machine) setTimer(d time.Duration) {
 func (m *machine) watchHolds() {
 	switch holding := m.holding(); {
 	case holding && m.hold == nil:
-		m.hold = time.NewTimer(m.ep.e.opt.HoldBound)
+		m.hold = m.ep.e.opt.Clock.NewTimer(m.ep.e.opt.HoldBound)
 	case !holding:
 		m.stopHold()
 	}
@@ -446,7 +447,7 @@ func (m *machine) start(p *pending) {
 	ep, e := m.ep, m.ep.e
 	cfg, st := ep.config(), m.state()
 	e.applies.Add(1)
-	ep.applying.set(p.o.Text, time.Now())
+	ep.applying.set(p.o.Text, ep.e.opt.Clock.Now())
 	go func() {
 		defer e.applies.Done()
 		out := e.runPipeline(m.ctx, ep, cfg, st, p.o)
@@ -478,7 +479,7 @@ func (m *machine) applied(p *pending, out outcome) {
 // outcome and the answers, and p leaves the pending offers.
 func (m *machine) recordResult(p *pending, out outcome) {
 	e, ep := m.ep.e, m.ep
-	now := e.opt.Now()
+	now := e.opt.Clock.Now()
 	st := m.state()
 	st.LastText, st.LastStatus, st.LastCode, st.LastAt = p.o.Text, out.r.Status, out.r.Code, now
 	// The history lists configurations as they come into place, not the agent's own re-apply of
@@ -606,7 +607,7 @@ func (m *machine) reapplyIfReshaped() {
 		return
 	}
 	e.log.Info("endpoint options changed: applying the stored configuration again", "endpoint", ep.key, "id", st.AppliedText)
-	o := &Offer{Seq: e.nextSeq(), ID: st.AppliedID, Text: st.AppliedText, Body: raw, Internal: true, Received: e.opt.Now()}
+	o := &Offer{Seq: e.nextSeq(), ID: st.AppliedID, Text: st.AppliedText, Body: raw, Internal: true, Received: e.opt.Clock.Now()}
 	m.start(&pending{o: o, ack: ackNone})
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
 	"github.com/cmx-agent/cmx-agent/sealed"
 )
 
@@ -44,8 +45,9 @@ type Options struct {
 	// Pause, when set, is called at each durable step (the Step* names); crash tests make it block so
 	// they can kill the process exactly there.
 	Pause func(step string)
-	// Now is the wall clock, used only for timestamps shown to people.
-	Now func() time.Time
+	// Clock is the wall clock, used only for timestamps shown to people, and the source of every
+	// timer (backoffs, debounces, bounds, hook timeouts); default clock.Real.
+	Clock clock.Clock
 	// LockTimeout bounds the wait for the database lock (default 1 s).
 	LockTimeout time.Duration
 	// PullTimeout is how long an unanswered request waits before it is repeated (default 30 s,
@@ -182,9 +184,7 @@ func (opt Options) withDefaults() Options {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
-	if opt.Now == nil {
-		opt.Now = time.Now
-	}
+	opt.Clock = clock.OrReal(opt.Clock)
 	if opt.Pause == nil {
 		opt.Pause = func(string) {}
 	}
@@ -261,7 +261,7 @@ func (e *Engine) readState(eps []config.Endpoint) error {
 	for _, key := range dropped {
 		e.log.Info("dropped the pending configurations of an endpoint no longer configured", "endpoint", key)
 	}
-	e.out = newOutbox(lastOut, stored)
+	e.out = newOutbox(lastOut, stored, e.opt.Clock)
 	return nil
 }
 

@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
 	"github.com/cmx-agent/cmx-agent/trust"
 )
 
@@ -41,7 +41,7 @@ func FuzzInbound(f *testing.F) {
 
 	cfg := &config.Config{Kaa: config.Kaa{AppVersion: "app-v1", Extension: "cmx", Dialect: config.DialectCMX3}}
 	d := cmx3{limits: cmx.Limits{MaxPayload: 4096, MaxDepth: 8, MaxIDLen: 32, MaxEntries: 16}}
-	e := &Engine{sig: newSigning(trustOf(k).Loaded, 4096), opt: Options{Now: time.Now}}
+	e := &Engine{sig: newSigning(trustOf(k).Loaded, 4096), opt: Options{Clock: clock.Real{}}}
 	ep := &endpoint{key: "gw-001", token: "gw-001", cfg: config.Endpoint{Token: "gw-001"}, prefix: cmx.Prefix("app-v1", "cmx", "gw-001"), e: e}
 	f.Fuzz(func(t *testing.T, topic string, payload []byte, qos byte) {
 		tp, ok := cmx.SplitTopic(topic, cfg.Kaa.AppVersion, cfg.Kaa.Extension)

@@ -40,7 +40,7 @@ func (e *Engine) importOne(ctx context.Context, env []byte) ImportResult {
 		r := e.refused(&trust.Error{Reason: trust.ReasonUnsigned, Detail: "not a signed configuration (import takes only JWS objects)"})
 		return ImportResult{Status: r.Status}
 	}
-	c, err := e.sig.verifier.Load().Verify(env, e.opt.Now())
+	c, err := e.sig.verifier.Load().Verify(env, e.opt.Clock.Now())
 	var te *trust.Error
 	if errors.As(err, &te) {
 		return ImportResult{Status: e.refused(te).Status}

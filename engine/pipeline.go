@@ -77,8 +77,8 @@ func (p previous) name() string {
 // at the broker), so a crash anywhere here makes the agent run the whole pipeline again after the
 // restart; that is why hooks must be idempotent.
 func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpoint, st EndpointState, o *Offer) outcome {
-	start := time.Now()
-	defer func() { e.applyTimes.observe(time.Since(start)) }()
+	start := e.opt.Clock.Now()
+	defer func() { e.applyTimes.observe(e.opt.Clock.Now().Sub(start)) }()
 	nSealed, refused := checkSealed(cfg, o.Body)
 	if refused != nil {
 		return outcome{r: *refused}
@@ -209,6 +209,7 @@ func (e *Engine) command(cfg config.Endpoint, configID, what string, argv []stri
 		Timeout: hookTimeout(cfg),
 		Log:     e.log.With("endpoint", cfg.Key(), "id", configID),
 		What:    what,
+		Clock:   e.opt.Clock,
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/internal/backoff"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
 )
 
 // Request asks for the latest configuration of the endpoints with these keys on the live
@@ -58,7 +59,7 @@ func (e *Engine) request(gen uint64, eps []*endpoint) {
 type requester struct {
 	mu      sync.Mutex
 	gen     uint64 // the connection the armed repeat belongs to; 0 = none armed
-	timer   *time.Timer
+	timer   clock.Timer
 	arming  uint64          // counts the arms: a timer armed before the last one does nothing
 	refused bool            // the armed repeat is a refused request's
 	wait    time.Duration   // the interval of the armed unanswered-request repeat
@@ -95,7 +96,7 @@ func (r *requester) arm(e *Engine, ep *endpoint, gen uint64, d time.Duration, re
 	r.arming++
 	r.gen, r.refused = gen, refused
 	arming := r.arming
-	r.timer = time.AfterFunc(d, func() { r.fire(e, ep, arming, d) })
+	r.timer = e.opt.Clock.AfterFunc(d, func() { r.fire(e, ep, arming, d) })
 }
 
 // disarm stops the armed repeat; r.mu must be held.
@@ -122,7 +123,7 @@ func (r *requester) cancel(gen uint64) {
 // an earlier request is still unanswered.
 func (r *requester) sending(e *Engine, ep *endpoint) {
 	if r.since.IsZero() || ep.answered.Load() {
-		r.since = e.opt.Now()
+		r.since = e.opt.Clock.Now()
 	}
 }
 
@@ -210,7 +211,7 @@ func (e *Engine) send(gen uint64, ep *endpoint) {
 // repeats a refused request with backoff. Any usable response ends the backoff.
 func (e *Engine) noteServer(m *machine, topic string, n serverNote) error {
 	ep := m.ep
-	now := e.opt.Now()
+	now := e.opt.Clock.Now()
 	var old ServerState
 	if err := e.store.View(func(tx *Tx) error {
 		var err error

@@ -116,7 +116,7 @@ func (e *Engine) verifyBody(ep *endpoint, body []byte, entries bool, lim cmx.Lim
 
 // verifyEnvelope is verifyBody for the envelope itself.
 func (e *Engine) verifyEnvelope(ep *endpoint, env []byte, entries bool, lim cmx.Limits) ([]byte, *Signed, *Result) {
-	c, err := e.sig.verifier.Load().Verify(env, e.opt.Now())
+	c, err := e.sig.verifier.Load().Verify(env, e.opt.Clock.Now())
 	if err == nil {
 		err = c.CheckBinding(ep.token, ep.name)
 	}
@@ -206,7 +206,7 @@ func (m *machine) recordAccepted(o *Offer, r Result) {
 	if o.Signed == nil || !r.OK() || o.Signed.Version < m.accepted().Version {
 		return
 	}
-	a := Accepted{Version: o.Signed.Version, Hash: o.Signed.Hash, KID: o.Signed.KID, At: m.ep.e.opt.Now()}
+	a := Accepted{Version: o.Signed.Version, Hash: o.Signed.Hash, KID: o.Signed.KID, At: m.ep.e.opt.Clock.Now()}
 	m.j.accepted = &a
 	m.j.ops = append(m.j.ops, func(tx *Tx) error { return tx.SetAccepted(keyOf(tx), a) })
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/cmx-agent/cmx-agent/agent"
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/engine"
 )
 
 // DemoOptions configure Demo.
@@ -132,7 +133,7 @@ output = "out/%s.json"
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
-	a, err := agent.New(cfg, agent.Options{Logger: log.With("part", "agent")})
+	a, err := agent.New(cfg, agent.Options{Options: engine.Options{Logger: log.With("part", "agent")}})
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
