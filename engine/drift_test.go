@@ -9,17 +9,19 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
 )
 
 const repaired = "output changed locally; repaired"
 
 // settle is how long a test waits to show that something does not happen (a repair loop, a second
-// report): several debounce periods, in which a loop would have gone round more than once.
-const settle = 4 * DriftDebounce
+// report): many debounce periods, in which a loop would have gone round more than once. The tests
+// run it on a warped clock (warp), where it takes a fiftieth of that in real time.
+const settle = 20 * DriftDebounce
 
 func TestDrift_EditsAndDeletionAreRepairedWithoutHookOrLoop(t *testing.T) {
 	ep, hookRuns := withHookLog(t)
-	c := startCoreWith(t, coreOptions{}, ep)
+	c := startCoreWith(t, coreOptions{Clock: warp(t)}, ep)
 	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
 	out := c.output("gw")
 	const want = `["applied"]`
@@ -39,7 +41,7 @@ func TestDrift_EditsAndDeletionAreRepairedWithoutHookOrLoop(t *testing.T) {
 		c.waitFile(out, want)
 		c.waitLog(repaired, i+1)
 	}
-	time.Sleep(settle) // proves absence: the repairs' own writes are not taken for drift
+	c.pass(settle) // proves absence: the repairs' own writes are not taken for drift
 	if n := strings.Count(c.logs.String(), repaired); n != len(edits) {
 		t.Errorf("%d repairs logged, want %d (one per edit)", n, len(edits))
 	}
@@ -52,7 +54,7 @@ func TestDrift_EditsAndDeletionAreRepairedWithoutHookOrLoop(t *testing.T) {
 }
 
 func TestDrift_FolderRemovedIsRecreatedAndWatchedAgain(t *testing.T) {
-	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw"})
+	c := startCoreWith(t, coreOptions{Clock: warp(t)}, config.Endpoint{Token: "gw"})
 	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
 	out := c.output("gw")
 	const want = `["applied"]`
@@ -75,7 +77,7 @@ func TestDrift_FolderRemovedIsRecreatedAndWatchedAgain(t *testing.T) {
 		if err := os.WriteFile(out, []byte("edit in the new folder"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if waitRepair(out, want, 2*DriftDebounce+DriftRetry) {
+		if c.waitRepair(out, want, 2*DriftDebounce+DriftRetry) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -84,14 +86,15 @@ func TestDrift_FolderRemovedIsRecreatedAndWatchedAgain(t *testing.T) {
 	}
 }
 
-// waitRepair reports whether path holds want within d.
-func waitRepair(path, want string, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
+// waitRepair reports whether path holds want within d on the engine's clock.
+func (c *core) waitRepair(path, want string, d time.Duration) bool {
+	clk := clock.OrReal(c.opt.Clock)
+	deadline := clk.Now().Add(d)
+	for clk.Now().Before(deadline) {
 		if got, err := os.ReadFile(path); err == nil && string(got) == want {
 			return true
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(time.Millisecond)
 	}
 	return false
 }
@@ -111,13 +114,13 @@ func replaceFile(t *testing.T, path, content string) {
 
 func TestDrift_ReportLogsOnceAndLeavesTheFile(t *testing.T) {
 	const report = "output changed locally; on_drift = report"
-	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", OnDrift: config.OnDriftReport})
+	c := startCoreWith(t, coreOptions{Clock: warp(t)}, config.Endpoint{Token: "gw", OnDrift: config.OnDriftReport})
 	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
 	out := c.output("gw")
 	replaceFile(t, out, "local")
 	c.waitLog(report, 1)
 	replaceFile(t, out, "local") // the same change again: events, no new report
-	time.Sleep(settle)           // proves absence: no repair and no second report
+	c.pass(settle)               // proves absence: no repair and no second report
 	wantFile(t, out, "local")
 	if n := strings.Count(c.logs.String(), "output changed locally"); n != 1 {
 		t.Errorf("%d drift reports, want 1", n)
@@ -128,11 +131,11 @@ func TestDrift_ReportLogsOnceAndLeavesTheFile(t *testing.T) {
 }
 
 func TestDrift_IgnoreLeavesTheFileSilently(t *testing.T) {
-	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", OnDrift: config.OnDriftIgnore})
+	c := startCoreWith(t, coreOptions{Clock: warp(t)}, config.Endpoint{Token: "gw", OnDrift: config.OnDriftIgnore})
 	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
 	out := c.output("gw")
 	replaceFile(t, out, "local")
-	time.Sleep(settle) // proves absence: nothing repairs or reports the change
+	c.pass(settle) // proves absence: nothing repairs or reports the change
 	wantFile(t, out, "local")
 	if strings.Contains(c.logs.String(), "output changed locally") {
 		t.Errorf("drift logged with on_drift = ignore")

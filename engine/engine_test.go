@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
+	"github.com/cmx-agent/cmx-agent/internal/clock/clocktest"
 )
 
 const testWait = 10 * time.Second
@@ -53,6 +55,32 @@ type coreOptions struct {
 	// Unsent: no transport runs, so the answers stay in the outbox for the test to read.
 	Unsent bool
 	Trust  config.Trust // [trust]; none by default
+	// Clock is Options.Clock; default the real one. A test that waits out backoffs or debounces
+	// passes a clocktest.Clock and advances it.
+	Clock clock.Clock
+}
+
+// warp returns a clock that runs 50 times faster than real time for as long as the test lasts, for
+// a test that would otherwise wait out backoffs, debounces or timeouts one after another. Call it
+// before startCoreWith, so that the engine stops before the clock does.
+func warp(t testing.TB) *clocktest.Clock {
+	clk := clocktest.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	clk.Drive(t, 50*time.Millisecond)
+	return clk
+}
+
+// pass waits until d has passed on the engine's clock.
+func (c *core) pass(d time.Duration) {
+	c.t.Helper()
+	clk := clock.OrReal(c.opt.Clock)
+	until := clk.Now().Add(d)
+	deadline := time.Now().Add(testWait)
+	for clk.Now().Before(until) {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%v did not pass on the engine's clock within %v", d, testWait)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func startCore(t testing.TB, dialect string, pause func(string), eps ...config.Endpoint) *core {
@@ -102,7 +130,7 @@ func startCoreWith(t testing.TB, o coreOptions, eps ...config.Endpoint) *core {
 func (c *core) run() {
 	c.t.Helper()
 	logger := slog.New(slog.NewTextHandler(c.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	e, err := New(c.cfg, Options{Pause: c.opt.Pause, Logger: logger, PullTimeout: c.opt.PullTimeout, HoldBound: c.opt.HoldBound})
+	e, err := New(c.cfg, Options{Pause: c.opt.Pause, Logger: logger, PullTimeout: c.opt.PullTimeout, HoldBound: c.opt.HoldBound, Clock: c.opt.Clock})
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -500,7 +528,7 @@ func TestResultCommitFailure_RetriesTheCommitAndNoDriftRepairFightsIt(t *testing
 		Agent:     config.Agent{StateDir: filepath.Join(dir, "state"), MaxPayload: 1 << 16},
 		Endpoints: []config.Endpoint{{Token: "gw", Output: out, OnDrift: config.OnDriftRepair}},
 	}
-	e, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	e, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, nil)), Clock: warp(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -723,7 +751,7 @@ func TestResultCommitFailure_ARepeatMeanwhileIsAnsweredWithTheResult(t *testing.
 	for _, qos := range []byte{1, 0} { // the repeat on the held path, then on the committed one
 		t.Run(fmt.Sprintf("repeat at QoS %d", qos), func(t *testing.T) {
 			var f failingCommits
-			c := startCoreWith(t, coreOptions{FailCommit: f.fail}, config.Endpoint{Token: "gw"})
+			c := startCoreWith(t, coreOptions{FailCommit: f.fail, Clock: warp(t)}, config.Endpoint{Token: "gw"})
 			f.n.Store(1) // the result commit of push 1 (held: it has no receive commit)
 			r1 := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
 			c.waitLog("cannot record the result; retrying", 1)
@@ -814,7 +842,7 @@ func TestResultCommitFailure_ACMP7RepeatOfATransientFailureIsAppliedAgain(t *tes
 	marker := filepath.Join(t.TempDir(), "ran")
 	var f failingCommits
 	// The hook fails once (500, rolled back); the result commit fails too.
-	c := startCoreWith(t, coreOptions{Dialect: config.DialectCMP7, FailCommit: f.fail}, config.Endpoint{Token: "gw",
+	c := startCoreWith(t, coreOptions{Dialect: config.DialectCMP7, FailCommit: f.fail, Clock: warp(t)}, config.Endpoint{Token: "gw",
 		Hook: []string{"sh", "-c", `if [ -e "$0" ]; then exit 0; fi; touch "$0"; exit 1`, marker}})
 	f.skip.Store(1) // the receive commit
 	f.n.Store(1)    // the result commit

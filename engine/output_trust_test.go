@@ -256,7 +256,7 @@ func TestDrift_NonRegularFileAtTheOutputIsRepairedWithoutBlocking(t *testing.T) 
 	for _, kind := range []string{"FIFO", "symbolic link", "socket", "device"} {
 		t.Run(kind, func(t *testing.T) {
 			secret, content := secretFile(t)
-			c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw"})
+			c := startCoreWith(t, coreOptions{Clock: warp(t)}, config.Endpoint{Token: "gw"})
 			wantStatus(t, c.push(`1`, `["applied"]`), "ok")
 			out := c.output("gw")
 			// Made beside the output and renamed over it, as anyone who may write the folder can.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/clock/clocktest"
 )
 
 // hookLog is a hook that records "<config id>=<output bytes>" per run in hook.log beside itself and
@@ -148,24 +149,34 @@ func TestHook_HangingHookIsKilledAtTheTimeoutWithItsChildren(t *testing.T) {
 	dir := t.TempDir()
 	hook := script(t, dir, "hook.sh", `echo "$CMX_CONFIG_ID" >> "$(dirname "$0")/hook.log"
 if grep -q hang "$CMX_OUTPUT"; then echo "waiting for device" >&2; sleep 60 & echo $! > "$(dirname "$0")/child.pid"; wait; fi`)
-	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", Hook: []string{hook},
+	clk := clocktest.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	c := startCoreWith(t, coreOptions{Clock: clk}, config.Endpoint{Token: "gw", Hook: []string{hook},
 		HookTimeout: config.Duration{Duration: time.Second}})
 	wantStatus(t, c.push(`1`, `["fine"]`), "ok")
-	start := time.Now()
-	wantStatus(t, c.push(`2`, `["hang"]`), "hook failed: timed out after 1s: waiting for device; rolled back to 1")
-	// Not a timing assertion: the hook's child sleeps 60 s, so an answer well before that shows the
-	// group was killed at the timeout rather than waited for.
-	if took := time.Since(start); took > 30*time.Second {
-		t.Errorf("confirmation took %v: the hook was waited for, not killed", took)
+	r := c.deliver(p+"/json", 1, `{"id": 2, "entries": ["hang"]}`)
+	// The hook waits for its child, which sleeps 60 s: only a kill at the timeout ends it.
+	pidFile := filepath.Join(dir, "child.pid")
+	var pid int
+	for deadline := time.Now().Add(testWait); ; time.Sleep(time.Millisecond) {
+		b, _ := os.ReadFile(pidFile)
+		var err error
+		if pid, err = strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the hook did not start its child: %s = %q", pidFile, b)
+		}
 	}
+	clk.Advance(999 * time.Millisecond)
+	if syscall.Kill(pid, 0) != nil {
+		t.Fatal("the hook's child ended before the timeout")
+	}
+	clk.Advance(time.Millisecond)
+	wantStatus(t, c.confirmed(p+"/json/status"), "hook failed: timed out after 1s: waiting for device; rolled back to 1")
+	waitReceipt(t, r)
 	wantFile(t, c.output("gw"), `["fine"]`)
 	if got := strings.Join(readLines(t, filepath.Join(dir, "hook.log")), " "); got != "1 2 1" {
 		t.Errorf("hook runs %q, want 1 2 1", got)
-	}
-	b, _ := os.ReadFile(filepath.Join(dir, "child.pid"))
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatalf("child pid %q", b)
 	}
 	deadline := time.Now().Add(testWait)
 	for syscall.Kill(pid, 0) == nil {

@@ -102,6 +102,29 @@ func (c *Clock) AdvanceUntil(tb testing.TB, timeout, step time.Duration, cond fu
 	}
 }
 
+// Drive advances the clock by step every millisecond of real time until the test ends: the code
+// under test sees time run step/1ms times faster, its timers firing in the order real time would
+// give, while the test waits for outcomes as it would in real time. It suits a test whose waits
+// come one after another from code it does not step through (backoffs while files are written,
+// debounces after file-system events); a test that knows which timer is next uses Advance.
+func (c *Clock) Drive(tb testing.TB, step time.Duration) {
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				c.Advance(step)
+			}
+		}
+	}()
+	tb.Cleanup(func() { close(stop); <-done })
+}
+
 // earliest returns the armed timer due first; c.mu must be held.
 func (c *Clock) earliest() *timer {
 	var first *timer

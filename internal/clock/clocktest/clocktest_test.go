@@ -126,3 +126,18 @@ func TestClock_AdvanceUntilLetsTimersArmedOnTheWayFire(t *testing.T) {
 		t.Errorf("clock at %v, want at least 11 min", c.Now().Sub(epoch))
 	}
 }
+
+func TestClock_DriveMovesTheClockUntilTheTestEnds(t *testing.T) {
+	c := New(epoch)
+	fired := make(chan struct{})
+	c.AfterFunc(time.Hour, func() { close(fired) })
+	t.Run("driven", func(t *testing.T) {
+		c.Drive(t, time.Minute)
+		<-fired // an hour of the clock in about 60 ms
+	})
+	at := c.Now()
+	c.AfterFunc(time.Millisecond, func() { t.Error("fired after the driving test ended") })
+	if !c.Now().Equal(at) {
+		t.Errorf("clock moved from %v to %v after the driving test ended", at, c.Now())
+	}
+}
