@@ -17,6 +17,7 @@ import (
 
 // classify names what an arriving configuration is to the endpoint, in one place.
 func TestArrival_ClassifyNamesEachCase(t *testing.T) {
+	t.Parallel()
 	offer := func(id string) *pending { return &pending{o: &Offer{ID: id, Text: id}, ack: ackStored} }
 	internal := &pending{o: &Offer{ID: "7", Text: "7", Internal: true}}
 	cases := []struct {
@@ -80,6 +81,7 @@ func (c *core) pullID() uint64 {
 // another configuration replaced it, is answered "superseded by" the one in place, not "ok"; the
 // same configuration answering the agent's own pull is the server's latest word and is applied.
 func TestHandled_AnOKNoLongerInPlaceIsAnsweredSupersededUnlessItAnswersAPull(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"})
 	pull := c.pullID()
 	out := c.output("gw")
@@ -111,6 +113,7 @@ func TestHandled_AnOKNoLongerInPlaceIsAnsweredSupersededUnlessItAnswersAPull(t *
 // A push without an id that replaced an applied one leaves nothing to name: the re-sent id is
 // superseded by "a newer push".
 func TestHandled_AnOKReplacedByAPushWithoutIDIsSupersededByANewerPush(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"})
 	wantStatus(t, c.push(`1`, `["one"]`), "ok")
 	wantStatus(t, c.push(``, `["anonymous"]`), "ok")
@@ -121,6 +124,7 @@ func TestHandled_AnOKReplacedByAPushWithoutIDIsSupersededByANewerPush(t *testing
 // In 7/CMP an applied report replaces an older one still unsent, but a configId handled before
 // and reported again must not take the place of the report of the configuration applied since.
 func TestCMP7_AReconfirmedOldConfigIDDoesNotReplaceANewerUnsentReport(t *testing.T) {
+	t.Parallel()
 	validate := script(t, t.TempDir(), "validate.sh", `if grep -q bad "$CMX_CANDIDATE"; then echo bad >&2; exit 4; fi`)
 	c := startCoreWith(t, coreOptions{Dialect: config.DialectCMP7, Unsent: true}, config.Endpoint{Token: "gw", Validate: []string{validate}})
 	waitReceipt(t, c.deliver(p+"/config/json/status", 1, `{"configId": "c1", "config": ["bad"]}`))
@@ -151,6 +155,7 @@ func TestCMP7_AReconfirmedOldConfigIDDoesNotReplaceANewerUnsentReport(t *testing
 // configuration stored and its receipt released, so one slow endpoint does not hold every later
 // PUBACK. The apply goes on, and its result deletes the record.
 func TestHold_AnApplyPastTheBoundIsStoredAndAcknowledged(t *testing.T) {
+	t.Parallel()
 	blocked, release, pause := holdFirst(StepSynced)
 	c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: 50 * time.Millisecond}, config.Endpoint{Token: "gw"})
 	unblock := releaseOnCleanup(t, release)
@@ -177,6 +182,7 @@ func TestHold_AnApplyPastTheBoundIsStoredAndAcknowledged(t *testing.T) {
 // The acknowledgement released at the bound is a stored offer's: a crash after it (the agent
 // stopping while the apply is cut short) applies it again at the next start.
 func TestHold_AnOfferStoredAtTheBoundIsAppliedAfterARestart(t *testing.T) {
+	t.Parallel()
 	var f failingCommits
 	blocked, release, pause := holdFirst(StepSynced)
 	c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: 50 * time.Millisecond, FailCommit: f.fail}, config.Endpoint{Token: "gw"})
@@ -195,6 +201,7 @@ func TestHold_AnOfferStoredAtTheBoundIsAppliedAfterARestart(t *testing.T) {
 // Process slots are for processes: an endpoint without validate or hook is applied and confirmed
 // while every slot runs another endpoint's slow hook.
 func TestProcessSlots_AnEndpointWithoutProcessesNeverWaitsForOne(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	gate, started := filepath.Join(dir, "go"), filepath.Join(dir, "started")
 	if err := os.Mkdir(started, 0o755); err != nil {
@@ -237,6 +244,7 @@ func TestProcessSlots_AnEndpointWithoutProcessesNeverWaitsForOne(t *testing.T) {
 // A removed endpoint's waiting offer leaves the database even when the removal meets a failing
 // disk: added again, the endpoint does not apply what the reload dropped.
 func TestReload_ARemovedEndpointsWaitingOfferIsDroppedWhileCommitsFail(t *testing.T) {
+	t.Parallel()
 	gate := filepath.Join(t.TempDir(), "go")
 	var f failingCommits
 	ep := config.Endpoint{Token: "gw", Hook: []string{"sh", "-c", `while [ ! -e "$0" ]; do sleep 0.01; done`, gate}}
@@ -267,6 +275,7 @@ func TestReload_ARemovedEndpointsWaitingOfferIsDroppedWhileCommitsFail(t *testin
 // An endpoint taken out of the configuration while the agent was down leaves no pending offer to
 // be applied should it come back: it asks for its latest configuration instead.
 func TestRestart_APendingOfferOfAnEndpointNoLongerConfiguredIsDropped(t *testing.T) {
+	t.Parallel()
 	gate := filepath.Join(t.TempDir(), "go")
 	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", Hook: []string{"sh", "-c", `while [ ! -e "$0" ]; do sleep 0.01; done`, gate}},
 		config.Endpoint{Token: "other"})
@@ -316,6 +325,7 @@ func (c *core) pendingOf2(t *testing.T, key string) []*Offer {
 // it. Otherwise a crash leaves the newer in the database and the older with the broker, whose
 // redelivery after the restart would read as the newest and end on disk.
 func TestHold_AStoredOfferBehindAHeldOneStoresItToo(t *testing.T) {
+	t.Parallel()
 	var f failingCommits
 	blocked, release, pause := holdFirst(StepSynced)
 	c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: time.Hour, FailCommit: f.fail}, config.Endpoint{Token: "gw"})
@@ -353,6 +363,7 @@ func TestHold_AStoredOfferBehindAHeldOneStoresItToo(t *testing.T) {
 // acknowledges neither, and the broker sends both again on the next connection, in their order. A
 // newer one applied meanwhile would be followed by the older one, read as newer.
 func TestReceiveCommitFailure_NothingLaterOnThatConnectionIsTaken(t *testing.T) {
+	t.Parallel()
 	var f failingCommits
 	c := startCoreWith(t, coreOptions{FailCommit: f.fail}, config.Endpoint{Token: "gw"})
 	f.n.Store(1)
@@ -387,6 +398,7 @@ func TestReceiveCommitFailure_NothingLaterOnThatConnectionIsTaken(t *testing.T) 
 // go in arrival order, so one held for an apply that does not end holds every later one. At the
 // bound the offer is stored again with the repeat's route, so a crash still answers it.
 func TestHold_ARepeatJoiningAStoredOfferIsReleasedAtTheBound(t *testing.T) {
+	t.Parallel()
 	for _, repeats := range []string{"the one being written", "the one waiting"} {
 		t.Run(repeats, func(t *testing.T) {
 			blocked, release, pause := holdFirst(StepSynced)
@@ -440,6 +452,7 @@ func TestHold_ARepeatJoiningAStoredOfferIsReleasedAtTheBound(t *testing.T) {
 // stalled file system) must not hold that push's PUBACK, and with it every later one of the
 // connection, for all that time: the bound holds for a removed endpoint too.
 func TestHold_ARemovedEndpointsApplyPastTheBoundIsAcknowledged(t *testing.T) {
+	t.Parallel()
 	blocked, release, pause := holdFirst(StepSynced)
 	c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: 50 * time.Millisecond}, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "other"})
 	unblock := releaseOnCleanup(t, release)
@@ -476,6 +489,7 @@ func TestHold_ARemovedEndpointsApplyPastTheBoundIsAcknowledged(t *testing.T) {
 // A message that reaches an endpoint just removed by a reload is acknowledged (nobody wants it) and
 // does not cost the connection; when the agent stops, it stays unacknowledged for the restart.
 func TestReload_AnArrivalAtARemovedEndpointDoesNotFailTheConnection(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"})
 	ep := c.e.eps["gw"]
 	c.e.Reload(nil)

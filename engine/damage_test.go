@@ -38,6 +38,7 @@ func (c *core) storedState(key string) (EndpointState, error) {
 }
 
 func TestState_ADamagedStateRecordIsReportedAndTheOtherEndpointsRead(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "gw2"})
 	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`))
 	c.next("/status")
@@ -77,6 +78,7 @@ func TestState_ADamagedStateRecordIsReportedAndTheOtherEndpointsRead(t *testing.
 // state record: found unchanged (no write, no hook), its result is recorded. In cmx3 its id was
 // handled before, and a handled id is otherwise only confirmed again.
 func TestState_ADamagedStateRecordIsRewrittenByTheAnswerWithTheConfigurationInPlace(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		dialect string
 		push    string // where a configuration comes unasked

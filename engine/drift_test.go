@@ -20,6 +20,7 @@ const repaired = "output changed locally; repaired"
 const settle = 20 * DriftDebounce
 
 func TestDrift_EditsAndDeletionAreRepairedWithoutHookOrLoop(t *testing.T) {
+	t.Parallel()
 	ep, hookRuns := withHookLog(t)
 	c := startCoreWith(t, coreOptions{Clock: warp(t)}, ep)
 	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
@@ -54,6 +55,7 @@ func TestDrift_EditsAndDeletionAreRepairedWithoutHookOrLoop(t *testing.T) {
 }
 
 func TestDrift_FolderRemovedIsRecreatedAndWatchedAgain(t *testing.T) {
+	t.Parallel()
 	c := startCoreWith(t, coreOptions{Clock: warp(t)}, config.Endpoint{Token: "gw"})
 	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
 	out := c.output("gw")
@@ -113,6 +115,7 @@ func replaceFile(t *testing.T, path, content string) {
 }
 
 func TestDrift_ReportLogsOnceAndLeavesTheFile(t *testing.T) {
+	t.Parallel()
 	const report = "output changed locally; on_drift = report"
 	c := startCoreWith(t, coreOptions{Clock: warp(t)}, config.Endpoint{Token: "gw", OnDrift: config.OnDriftReport})
 	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
@@ -131,6 +134,7 @@ func TestDrift_ReportLogsOnceAndLeavesTheFile(t *testing.T) {
 }
 
 func TestDrift_IgnoreLeavesTheFileSilently(t *testing.T) {
+	t.Parallel()
 	c := startCoreWith(t, coreOptions{Clock: warp(t)}, config.Endpoint{Token: "gw", OnDrift: config.OnDriftIgnore})
 	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
 	out := c.output("gw")
@@ -143,6 +147,7 @@ func TestDrift_IgnoreLeavesTheFileSilently(t *testing.T) {
 }
 
 func TestDrift_AtStartTheOutputIsRepaired(t *testing.T) {
+	t.Parallel()
 	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw"})
 	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
 	c.stop()
@@ -156,6 +161,7 @@ func TestDrift_AtStartTheOutputIsRepaired(t *testing.T) {
 // arrival order, every later push of the connection): an output replaced by a huge file (a
 // misdirected log, a copied image) must not be read whole to find that it is not the applied one.
 func TestDrift_AHugeFileAtTheOutputIsFoundChangedWithoutReadingIt(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := &config.Config{
 		Kaa:       config.Kaa{AppVersion: "app", Extension: "cmx", Dialect: config.DialectCMX3},

@@ -391,6 +391,7 @@ func holdFirst(step string) (blocked chan struct{}, release chan struct{}, pause
 }
 
 func TestPush_SameIDOnAnotherTopicIsConfirmedOnEach(t *testing.T) {
+	t.Parallel()
 	blocked, release, pause := holdFirstWrite()
 	c := startCore(t, config.DialectCMX3, pause, config.Endpoint{Token: "gw"})
 	r1 := c.deliver(p+"/json", 1, `{"id": 7, "entries": [1]}`)
@@ -413,6 +414,7 @@ func TestPush_SameIDOnAnotherTopicIsConfirmedOnEach(t *testing.T) {
 }
 
 func TestReceipt_HeldUntilTheResultIsCommitted(t *testing.T) {
+	t.Parallel()
 	release := make(chan struct{})
 	c := startCore(t, config.DialectCMX3, func(step string) {
 		if step == StepRenamed {
@@ -434,6 +436,7 @@ func TestReceipt_HeldUntilTheResultIsCommitted(t *testing.T) {
 }
 
 func TestReload_ChangedOutputAppliesTheStoredConfigurationAtOnce(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"})
 	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 1, "entries": [{"k": 1}]}`))
 	c.next("/json/status")
@@ -448,6 +451,7 @@ func TestReload_ChangedOutputAppliesTheStoredConfigurationAtOnce(t *testing.T) {
 }
 
 func TestCMP7_ServerGoingBackToTheOneBeingWrittenEndsOnIt(t *testing.T) {
+	t.Parallel()
 	blocked, release, pause := holdFirstWrite()
 	c := startCore(t, config.DialectCMP7, pause, config.Endpoint{Token: "gw"})
 	out := c.e.endpointList()[0].config().Output
@@ -465,6 +469,7 @@ func TestCMP7_ServerGoingBackToTheOneBeingWrittenEndsOnIt(t *testing.T) {
 }
 
 func TestCMP7_TransientFailureIsRetriedAndARefusalIsNot(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	blocker := filepath.Join(dir, "file")
 	if err := os.WriteFile(blocker, nil, 0o644); err != nil {
@@ -489,6 +494,7 @@ func TestCMP7_TransientFailureIsRetriedAndARefusalIsNot(t *testing.T) {
 }
 
 func TestReload_RemovingAnEndpointBeforeRunDoesNotWait(t *testing.T) {
+	t.Parallel()
 	e := newTestEngine(t, config.DialectCMX3, config.Endpoint{Token: "a"}, config.Endpoint{Token: "b"})
 	done := make(chan struct{})
 	go func() {
@@ -520,6 +526,7 @@ func (l *logBuffer) String() string {
 }
 
 func TestResultCommitFailure_RetriesTheCommitAndNoDriftRepairFightsIt(t *testing.T) {
+	t.Parallel()
 	logs := &logBuffer{}
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out", "gw.json")
@@ -569,6 +576,7 @@ func TestResultCommitFailure_RetriesTheCommitAndNoDriftRepairFightsIt(t *testing
 }
 
 func TestClientID_TheFirstOneUsedIsKept(t *testing.T) {
+	t.Parallel()
 	e := newTestEngine(t, config.DialectCMX3, config.Endpoint{Token: "a"})
 	first, err := e.ClientID("cmx-agent-a")
 	if err != nil {
@@ -582,6 +590,7 @@ func TestClientID_TheFirstOneUsedIsKept(t *testing.T) {
 }
 
 func TestReload_RemovedEndpointReleasesWhatItWillNotApply(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		at   string // where push 1 is when the endpoint is removed
@@ -652,6 +661,7 @@ func TestReload_RemovedEndpointReleasesWhatItWillNotApply(t *testing.T) {
 }
 
 func TestState_ACorruptStateRecordIsReplacedByTheNextResult(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"})
 	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`))
 	c.next("/status")
@@ -686,6 +696,7 @@ func TestState_ACorruptStateRecordIsReplacedByTheNextResult(t *testing.T) {
 }
 
 func TestPush_CommittedPathReleasesTheReceiptOnceStoredNotOnceApplied(t *testing.T) {
+	t.Parallel()
 	gate := filepath.Join(t.TempDir(), "go")
 	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw",
 		Hook: []string{"sh", "-c", `while [ ! -e "$0" ]; do sleep 0.01; done`, gate}})
@@ -748,6 +759,7 @@ func (c *core) confirmations(n int) map[string]string {
 }
 
 func TestResultCommitFailure_ARepeatMeanwhileIsAnsweredWithTheResult(t *testing.T) {
+	t.Parallel()
 	for _, qos := range []byte{1, 0} { // the repeat on the held path, then on the committed one
 		t.Run(fmt.Sprintf("repeat at QoS %d", qos), func(t *testing.T) {
 			var f failingCommits
@@ -771,6 +783,7 @@ func TestResultCommitFailure_ARepeatMeanwhileIsAnsweredWithTheResult(t *testing.
 }
 
 func TestReceiveCommitFailure_TheNewerOfferIsNotLostAndTheOlderNotRevived(t *testing.T) {
+	t.Parallel()
 	var f failingCommits
 	blocked, release, pause := holdFirst(StepSynced)
 	c := startCoreWith(t, coreOptions{FailCommit: f.fail, Pause: pause}, config.Endpoint{Token: "gw"})
@@ -813,6 +826,7 @@ func TestReceiveCommitFailure_TheNewerOfferIsNotLostAndTheOlderNotRevived(t *tes
 }
 
 func TestReceiveCommitFailure_APushToAnIdleEndpointIsNotAppliedLater(t *testing.T) {
+	t.Parallel()
 	var f failingCommits
 	c := startCoreWith(t, coreOptions{FailCommit: f.fail}, config.Endpoint{Token: "gw"})
 	f.n.Store(1)
@@ -839,6 +853,7 @@ func TestReceiveCommitFailure_APushToAnIdleEndpointIsNotAppliedLater(t *testing.
 }
 
 func TestResultCommitFailure_ACMP7RepeatOfATransientFailureIsAppliedAgain(t *testing.T) {
+	t.Parallel()
 	marker := filepath.Join(t.TempDir(), "ran")
 	var f failingCommits
 	// The hook fails once (500, rolled back); the result commit fails too.
@@ -876,6 +891,7 @@ func TestResultCommitFailure_ACMP7RepeatOfATransientFailureIsAppliedAgain(t *tes
 }
 
 func TestReload_APushWithTheAppliedIDDuringAReapplyIsConfirmedWithItsOutcome(t *testing.T) {
+	t.Parallel()
 	counter := filepath.Join(t.TempDir(), "runs")
 	// The hook passes on its first run; the second (the re-apply the reload causes) waits for a gate.
 	hook := []string{"sh", "-c", `n=$(cat "$0" 2>/dev/null || echo 0); echo $((n+1)) > "$0"; [ "$n" = 0 ] || while [ ! -e "$0.go" ]; do sleep 0.01; done`, counter}
@@ -908,6 +924,7 @@ func TestReload_APushWithTheAppliedIDDuringAReapplyIsConfirmedWithItsOutcome(t *
 }
 
 func TestState_ADamagedPendingRecordDoesNotCostTheOthers(t *testing.T) {
+	t.Parallel()
 	gate := filepath.Join(t.TempDir(), "go")
 	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw",
 		Hook: []string{"sh", "-c", `while [ ! -e "$0" ]; do sleep 0.01; done`, gate}})
@@ -947,6 +964,7 @@ func TestState_ADamagedPendingRecordDoesNotCostTheOthers(t *testing.T) {
 }
 
 func TestReceiveCommitFailure_WhatTheServerSaidIsNotRecordedOutOfTurn(t *testing.T) {
+	t.Parallel()
 	var f failingCommits
 	c := startCoreWith(t, coreOptions{Dialect: config.DialectCMP7, FailCommit: f.fail}, config.Endpoint{Token: "gw"})
 	server := func() ServerState {
@@ -992,6 +1010,7 @@ func TestReceiveCommitFailure_WhatTheServerSaidIsNotRecordedOutOfTurn(t *testing
 // from the journal with its body, so what the journal holds stays about one offer whatever the
 // number of pushes (40 of 256 KiB here, 10 MiB in all).
 func TestReceiveCommitFailure_SupersededOffersDoNotPileUpInMemory(t *testing.T) {
+	t.Parallel()
 	var f failingCommits
 	blocked, release, pause := holdFirst(StepSynced)
 	// Push 1 stays held while it is written (no hold bound here: it is not what is measured).

@@ -37,6 +37,7 @@ func (c *core) historyOf(key string, body map[string]string) []string {
 // duplicate) adds nothing, nor does the same configuration applied again while in place; the same
 // bytes under a new id do. It is kept across restarts.
 func TestHistory_ListsAppliedConfigurationsNewestFirstWithHowTheyCame(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"})
 	pull := c.pullID()
 	body := map[string]string{"1": `["one"]`, "2": `["two"]`, "4": `["two"]`}
@@ -70,6 +71,7 @@ func TestHistory_ListsAppliedConfigurationsNewestFirstWithHowTheyCame(t *testing
 // In 7/CMP a configuration at the request's /status topic answers the agent's request; one at
 // the bare /status topic is the server's push.
 func TestHistory_CMP7AnswersToRequestsArePulls(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMP7, nil, config.Endpoint{Token: "gw"})
 	_, rid := c.nextRequest("gw")
 	waitReceipt(t, c.deliver(fmt.Sprintf("%s/config/json/%d/status", p, rid), 1, `{"configId":"a","config":["a"]}`))
@@ -86,6 +88,7 @@ func TestHistory_CMP7AnswersToRequestsArePulls(t *testing.T) {
 // History with no key lists every endpoint, sorted by key; an unknown key is an error naming it
 // (and the first ten endpoints); a damaged record is named on its endpoint, the others read.
 func TestHistory_AllEndpointsOrAnUnknownOne(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "dev"})
 	wantStatus(t, c.push(`1`, `["one"]`), "ok")
 	hs, err := c.e.History("")
@@ -118,6 +121,7 @@ func TestHistory_AllEndpointsOrAnUnknownOne(t *testing.T) {
 }
 
 func TestHistory_AnUnknownEndpointsErrorNamesTenEndpointsAtMost(t *testing.T) {
+	t.Parallel()
 	var eps []config.Endpoint
 	for i := range 12 {
 		eps = append(eps, config.Endpoint{Token: fmt.Sprintf("d%02d", i)})

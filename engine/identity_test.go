@@ -14,6 +14,7 @@ import (
 // A database from a version without sealed values has no identity: the upgrade makes one. Once
 // made, the identity is the same at every start, and its loss is an error at start.
 func TestNew_MakesTheIdentityOnUpgradeAndRefusesToStartWhenItIsLostLater(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
 	st, err := OpenStore(state, time.Second, 0) // a database as an earlier version left it

@@ -18,6 +18,7 @@ func topicsOf(ms []OutMsg) []string {
 }
 
 func TestOutbox_ATopicWhosePublishEndsConnectionsInARowIsSetAsideForHoursThatDouble(t *testing.T) {
+	t.Parallel()
 	clk := clocktest.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	o := newOutbox(0, []OutMsg{{Seq: 1, Endpoint: "a", Topic: "bad", QoS: 1}, {Seq: 2, Endpoint: "b", Topic: "good", QoS: 1}}, clk)
 	gen := uint64(0)
@@ -93,6 +94,7 @@ func TestOutbox_ATopicWhosePublishEndsConnectionsInARowIsSetAsideForHoursThatDou
 }
 
 func TestOutbox_AnswersToEachNewRequestCountAsOneTopic(t *testing.T) {
+	t.Parallel()
 	o := newOutbox(0, nil, clock.Real{})
 	// The answer to each pull has the pull's id in its topic; a refusal is of the resource path.
 	for i, topic := range []string{"kp1/a/cmx/t/json/11/status", "kp1/a/cmx/t/json/12/status", "kp1/a/cmx/t/json/13/status"} {

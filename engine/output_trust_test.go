@@ -94,6 +94,7 @@ func (c *core) waitRegular(path, want string) {
 }
 
 func TestFirstApply_LinkAtTheOutputIsNeitherFollowedNorCopied(t *testing.T) {
+	t.Parallel()
 	secret, content := secretFile(t)
 	ep, hookRuns := withHookLog(t)
 	ep.Output = filepath.Join(t.TempDir(), "out", "gw.json")
@@ -124,6 +125,7 @@ func TestFirstApply_LinkAtTheOutputIsNeitherFollowedNorCopied(t *testing.T) {
 }
 
 func TestFirstApply_FailedHookPutsTheAppsFileBackWithItsOwnModeAndOwner(t *testing.T) {
+	t.Parallel()
 	if os.Geteuid() != 0 {
 		t.Skip("giving the app's file another owner needs root")
 	}
@@ -169,6 +171,7 @@ func TestFirstApply_FailedHookPutsTheAppsFileBackWithItsOwnModeAndOwner(t *testi
 // A prior file recorded by an earlier version has no mode or owner: the endpoint's are used, as
 // they were then.
 func TestFirstApply_PriorRecordedWithoutModeAndOwnerComesBackWithTheEndpointsMode(t *testing.T) {
+	t.Parallel()
 	ep, _ := withHookLog(t)
 	ep.Mode = 0o640
 	c := startCoreWith(t, coreOptions{}, ep)
@@ -188,6 +191,7 @@ func TestFirstApply_PriorRecordedWithoutModeAndOwnerComesBackWithTheEndpointsMod
 // A FIFO at one endpoint's output used to block its apply (and the agent's stop) for good; a socket
 // or device is no file to keep either. The other endpoint goes on regardless.
 func TestFirstApply_NonRegularFileAtTheOutputGetsAnErrorStatusAndStallsNothing(t *testing.T) {
+	t.Parallel()
 	for _, kind := range []string{"FIFO", "socket", "device"} {
 		t.Run(kind, func(t *testing.T) {
 			c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "gw2"})
@@ -223,6 +227,7 @@ func TestFirstApply_NonRegularFileAtTheOutputGetsAnErrorStatusAndStallsNothing(t
 // The first apply keeps what it finds at the output in memory and in the database, for a rollback;
 // a file larger than any configuration the agent takes (max_payload) is refused and left alone.
 func TestFirstApply_FileOverMaxPayloadAtTheOutputIsRefusedAndLeftAsItIs(t *testing.T) {
+	t.Parallel()
 	const maxPayload = 1 << 16
 	for _, tc := range []struct {
 		name   string
@@ -253,6 +258,7 @@ func TestFirstApply_FileOverMaxPayloadAtTheOutputIsRefusedAndLeftAsItIs(t *testi
 // Anything but the agent's regular file at the output is drift; the repair renames the applied
 // bytes over it, which never follows a link, and the check never waits on a FIFO.
 func TestDrift_NonRegularFileAtTheOutputIsRepairedWithoutBlocking(t *testing.T) {
+	t.Parallel()
 	for _, kind := range []string{"FIFO", "symbolic link", "socket", "device"} {
 		t.Run(kind, func(t *testing.T) {
 			secret, content := secretFile(t)
@@ -283,6 +289,7 @@ func TestDrift_NonRegularFileAtTheOutputIsRepairedWithoutBlocking(t *testing.T) 
 // A folder cannot be renamed over: the drift is logged as not repairable, the folder stays, and the
 // endpoint goes on (a push then fails the same way).
 func TestDrift_FolderAtTheOutputIsLoggedAsNotRepairable(t *testing.T) {
+	t.Parallel()
 	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw"})
 	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
 	out := c.output("gw")
@@ -304,6 +311,7 @@ func TestDrift_FolderAtTheOutputIsLoggedAsNotRepairable(t *testing.T) {
 // The file found at the first apply is recorded once; until the agent's first write succeeds the
 // output is still not its own, and what is there then is checked again (without being read).
 func TestFirstApply_AfterAPriorWasRecordedANonRegularFileIsStillRefused(t *testing.T) {
+	t.Parallel()
 	ep, hookRuns := withHookLog(t)
 	ep.Validate = []string{script(t, t.TempDir(), "validate.sh", `grep -q good "$CMX_CANDIDATE"`)}
 	ep.Output = filepath.Join(t.TempDir(), "out", "gw.json")
@@ -332,6 +340,7 @@ func TestFirstApply_AfterAPriorWasRecordedANonRegularFileIsStillRefused(t *testi
 // of a file the app wrote at the output since: a failed hook later puts back what was there at the
 // agent's first write, not an older version of it.
 func TestFirstApply_AFileChangedAfterARefusedAttemptIsWhatARollbackPutsBack(t *testing.T) {
+	t.Parallel()
 	ep, _ := withHookLog(t)
 	ep.Validate = []string{script(t, t.TempDir(), "validate.sh", `! grep -q evil "$CMX_CANDIDATE"`)}
 	ep.Output = filepath.Join(t.TempDir(), "out", "gw.json")

@@ -55,6 +55,7 @@ func wantNoFile(t *testing.T, path string) {
 }
 
 func TestHook_RunsAfterTheFileIsInPlaceWithItsEnvironment(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	hook := script(t, dir, "hook.sh", `echo "$CMX_TOKEN $CMX_CONFIG_ID $CMX_OUTPUT ${CMX_CANDIDATE-none} $(cat "$CMX_OUTPUT")" > "$(dirname "$0")/hook.log"`)
 	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", Hook: []string{hook}})
@@ -88,6 +89,7 @@ grep -q good "$CMX_CANDIDATE" || { echo "no good in $CMX_CONFIG_ID" >&2; exit 4;
 // A failed hook puts back what was there before the push, as a file: the last configuration applied
 // (and runs the hook for it), or the operator's own file, or nothing.
 func TestHook_FailureRollsBack(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name     string
 		operator string // a file in place before the agent's first apply; "" = none
@@ -146,6 +148,7 @@ func TestHook_FailureRollsBack(t *testing.T) {
 }
 
 func TestHook_HangingHookIsKilledAtTheTimeoutWithItsChildren(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	hook := script(t, dir, "hook.sh", `echo "$CMX_CONFIG_ID" >> "$(dirname "$0")/hook.log"
 if grep -q hang "$CMX_OUTPUT"; then echo "waiting for device" >&2; sleep 60 & echo $! > "$(dirname "$0")/child.pid"; wait; fi`)
@@ -191,6 +194,7 @@ if grep -q hang "$CMX_OUTPUT"; then echo "waiting for device" >&2; sleep 60 & ec
 }
 
 func TestUnchanged_NoWriteNoValidateNoHook(t *testing.T) {
+	t.Parallel()
 	ep, runs := withHookLog(t)
 	ep.Validate = ep.Hook // logs its runs the same way
 	c := startCoreWith(t, coreOptions{}, ep)
@@ -214,6 +218,7 @@ func TestUnchanged_NoWriteNoValidateNoHook(t *testing.T) {
 }
 
 func TestTemplate_RendersTheBodyAndARenderErrorRejects(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	tmpl := filepath.Join(dir, "bridge.ini.tmpl")
 	os.WriteFile(tmpl, []byte("{{range .}}[{{.name}}]\nregister = {{.register}}\nscale = {{.scale}}\n{{end}}"), 0o644)
@@ -230,6 +235,7 @@ func TestTemplate_RendersTheBodyAndARenderErrorRejects(t *testing.T) {
 }
 
 func TestOwnerAndMode_AreSetOnTheOutput(t *testing.T) {
+	t.Parallel()
 	ep := config.Endpoint{Token: "gw", Mode: 0o640}
 	wantUID, wantGID := uint32(os.Geteuid()), uint32(os.Getegid())
 	if os.Geteuid() == 0 {
@@ -249,6 +255,7 @@ func TestOwnerAndMode_AreSetOnTheOutput(t *testing.T) {
 }
 
 func TestOwner_UnknownUserFailsWithNothingChanged(t *testing.T) {
+	t.Parallel()
 	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", Owner: "no-such-user-cmx"})
 	if s := c.push(`1`, `["x"]`).Status; !strings.HasPrefix(s, `write failed: owner "no-such-user-cmx": user: unknown user`) {
 		t.Errorf("status = %q", s)
@@ -272,6 +279,7 @@ func mount(t *testing.T, args ...string) {
 // A write that the file system refuses is reported with its cause, and the file in place stays,
 // with no temporary file beside it.
 func TestWrite_FileSystemRefusalsAreReportedAndLeaveTheOldFile(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name    string
 		setup   func(t *testing.T, out string) // out is the output's folder, holding gw.json = "old"
@@ -323,6 +331,7 @@ func TestWrite_FileSystemRefusalsAreReportedAndLeaveTheOldFile(t *testing.T) {
 // the configuration's: the push fails with a 5xx-kind status, which the server may retry, instead
 // of being rejected as if the configuration were bad.
 func TestValidate_ThatCannotStartIsAFailureNotARejection(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	validate := script(t, dir, "validate.sh", "exit 0\n")
 	ep := config.Endpoint{Token: "gw", Validate: []string{validate}}
@@ -342,6 +351,7 @@ func TestValidate_ThatCannotStartIsAFailureNotARejection(t *testing.T) {
 
 // A hook program that is gone is a failure too, with the new file taken back.
 func TestHook_ThatCannotStartIsAFailure(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	hook := script(t, dir, "hook.sh", "exit 0\n")
 	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", Hook: []string{hook}})

@@ -102,6 +102,7 @@ func TestRequests_ManySyncsAgainstASilentServerKeepOneRepeatLoopPerEndpoint(t *t
 // A request repeated after a refusal is a request like any other: unanswered, it is repeated after
 // the pull timeout; and a sync meanwhile replaces the scheduled repeat instead of adding one.
 func TestRequests_ARefusedRequestStaysInTheEndpointsOneLoop(t *testing.T) {
+	t.Parallel()
 	t.Run("its repeat is repeated when unanswered", func(t *testing.T) {
 		const pt = 5 * time.Second
 		clk := warp(t)

@@ -28,6 +28,7 @@ func (c *core) endpointStatus(key string) EndpointStatus {
 // replace the "ok" of the configuration applied before, and the applied one stays named as such;
 // also after a restart (the answer is committed, not only in memory).
 func TestStatus_LastAnswerIsShownForRefusalsAndReconfirmations(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name     string
 		then     func(c *core) confirmation
@@ -76,6 +77,7 @@ func TestStatus_LastAnswerIsShownForRefusalsAndReconfirmations(t *testing.T) {
 // A request the server does not answer shows as waiting since it was first sent, through its
 // repeats; an answer ends the wait.
 func TestStatus_RequestWaitingSinceShowsAnUnansweredRequest(t *testing.T) {
+	t.Parallel()
 	c := startCoreWith(t, coreOptions{PullTimeout: 30 * time.Millisecond}, config.Endpoint{Token: "gw"})
 	before := time.Now()
 	c.nextRequest("gw")
