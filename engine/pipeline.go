@@ -79,37 +79,8 @@ func (p previous) name() string {
 func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpoint, st EndpointState, o *Offer) outcome {
 	start := e.opt.Clock.Now()
 	defer func() { e.applyTimes.observe(e.opt.Clock.Now().Sub(start)) }()
-	nSealed, refused := checkSealed(cfg, o.Body)
-	if refused != nil {
-		return outcome{r: *refused}
-	}
-	shape := shapeOf(cfg)
-	if nSealed > 0 {
-		// Decided on the configuration as received: the same sealed one again is neither decrypted
-		// nor written; a new encryption of the same secret is a new configuration.
-		sealedHash := hashOf(o.Body)
-		if sealedHash == st.AppliedSealed && shape == st.AppliedShape {
-			return outcome{r: resultOK, applied: true, unchanged: true, hash: st.AppliedHash, sealedHash: sealedHash,
-				shape: shape, body: o.Body, sealed: true, output: cfg.Output}
-		}
-	}
-	data, refused := e.render(cfg, o.Body)
-	if refused != nil {
-		return outcome{r: *refused}
-	}
-	rendered := cfg.Template != ""
-	hash := hashOf(data)
-	done := outcome{r: resultOK, applied: true, hash: hash, shape: shape, body: data, rendered: rendered, output: cfg.Output}
-	if nSealed > 0 {
-		// The database keeps the sealed form; drift repair and rollback render it again.
-		done.body, done.rendered, done.sealed, done.sealedHash = o.Body, false, true, hashOf(o.Body)
-	}
-	// A state written before shapes were recorded has none: its bytes alone decide, as they did,
-	// so an upgrade does not make every device reload.
-	if nSealed == 0 && hash == st.AppliedHash && (shape == st.AppliedShape || st.AppliedShape == "") {
-		// No write, no validate, no hook: a server that sends the same configuration again (after
-		// every reconnect, for instance) must not make the device reload.
-		done.unchanged = true // logged once committed, as an applied one is
+	data, done, decided := e.candidate(cfg, st, o)
+	if decided {
 		return done
 	}
 	own, err := apply.LookupOwner(cfg.Owner, cfg.Group)
@@ -134,19 +105,12 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 	if err != nil {
 		return untouched(writeFailed(err))
 	}
-	if len(cfg.Validate) > 0 {
-		err := e.runProcess(ctx, e.command(cfg, o.Text, "validate", cfg.Validate, "CMX_CANDIDATE="+p.Path()))
-		if err != nil {
-			p.Abort()
-			if ctx.Err() != nil {
-				return outcome{abandoned: true}
-			}
-			// A program that cannot even start is the gateway's fault, not the configuration's.
-			if re := (*apply.RunError)(nil); errors.As(err, &re) && re.Err != nil {
-				return untouched(Result{Status: "validate failed: " + err.Error(), Code: CodeFailed})
-			}
-			return untouched(Result{Status: "rejected by validate: " + err.Error(), Code: CodeRejected})
+	if err := e.validate(ctx, cfg, o, p); err != nil {
+		p.Abort()
+		if ctx.Err() != nil {
+			return outcome{abandoned: true}
 		}
+		return untouched(validateFailed(err))
 	}
 	if err := p.Commit(); err != nil {
 		if p.Renamed() {
@@ -172,6 +136,62 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 	}
 	e.kickDriftFor(cfg.Output) // the first write may have created the output's folder: watch it now
 	return done
+}
+
+// candidate decides what the offer makes of the output: the bytes to write and the outcome once
+// they are in place, or, when decided is true, the outcome already (refused, or unchanged: nothing to
+// write, validate or hook).
+func (e *Engine) candidate(cfg config.Endpoint, st EndpointState, o *Offer) (data []byte, done outcome, decided bool) {
+	nSealed, refused := checkSealed(cfg, o.Body)
+	if refused != nil {
+		return nil, outcome{r: *refused}, true
+	}
+	shape := shapeOf(cfg)
+	if nSealed > 0 {
+		// Decided on the configuration as received: the same sealed one again is neither decrypted
+		// nor written; a new encryption of the same secret is a new configuration.
+		sealedHash := hashOf(o.Body)
+		if sealedHash == st.AppliedSealed && shape == st.AppliedShape {
+			return nil, outcome{r: resultOK, applied: true, unchanged: true, hash: st.AppliedHash, sealedHash: sealedHash,
+				shape: shape, body: o.Body, sealed: true, output: cfg.Output}, true
+		}
+	}
+	data, refused = e.render(cfg, o.Body)
+	if refused != nil {
+		return nil, outcome{r: *refused}, true
+	}
+	hash := hashOf(data)
+	done = outcome{r: resultOK, applied: true, hash: hash, shape: shape, body: data, rendered: cfg.Template != "", output: cfg.Output}
+	if nSealed > 0 {
+		// The database keeps the sealed form; drift repair and rollback render it again.
+		done.body, done.rendered, done.sealed, done.sealedHash = o.Body, false, true, hashOf(o.Body)
+	}
+	// A state written before shapes were recorded has none: its bytes alone decide, as they did,
+	// so an upgrade does not make every device reload.
+	if nSealed == 0 && hash == st.AppliedHash && (shape == st.AppliedShape || st.AppliedShape == "") {
+		// No write, no validate, no hook: a server that sends the same configuration again (after
+		// every reconnect, for instance) must not make the device reload.
+		done.unchanged = true // logged once committed, as an applied one is
+		return nil, done, true
+	}
+	return data, done, false
+}
+
+// validate runs the endpoint's validate command, if any, on the candidate file.
+func (e *Engine) validate(ctx context.Context, cfg config.Endpoint, o *Offer, p *apply.Pending) error {
+	if len(cfg.Validate) == 0 {
+		return nil
+	}
+	return e.runProcess(ctx, e.command(cfg, o.Text, "validate", cfg.Validate, "CMX_CANDIDATE="+p.Path()))
+}
+
+// validateFailed is the result of a validate command that did not pass.
+func validateFailed(err error) Result {
+	// A program that cannot even start is the gateway's fault, not the configuration's.
+	if re := (*apply.RunError)(nil); errors.As(err, &re) && re.Err != nil {
+		return Result{Status: "validate failed: " + err.Error(), Code: CodeFailed}
+	}
+	return Result{Status: "rejected by validate: " + err.Error(), Code: CodeRejected}
 }
 
 func hashOf(b []byte) string {
