@@ -25,8 +25,10 @@ const PollInterval = 5 * time.Millisecond
 
 // Eventually polls cond until it returns true, or fails the test with t.Fatalf after timeout.
 // msgAndArgs says what was awaited: a format string and its arguments (the timeout is appended);
-// without it the message only names the timeout. cond is checked once more at the deadline, so
-// a condition met in the last interval is not reported as missed.
+// without it the message only names the timeout. An argument that is a func() string is called
+// at the deadline, so that the message shows the state then (a Buffer's String, say). cond is
+// checked once more at the deadline, so a condition met in the last interval is not reported as
+// missed.
 func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msgAndArgs ...any) {
 	t.Helper()
 	if poll(timeout, cond) {
@@ -61,10 +63,17 @@ func message(msgAndArgs []any) string {
 	if len(msgAndArgs) == 0 {
 		return "condition not met"
 	}
-	if format, ok := msgAndArgs[0].(string); ok {
-		return fmt.Sprintf(format, msgAndArgs[1:]...)
+	args := make([]any, len(msgAndArgs))
+	for i, a := range msgAndArgs {
+		if f, ok := a.(func() string); ok {
+			a = f()
+		}
+		args[i] = a
 	}
-	return fmt.Sprint(msgAndArgs...)
+	if format, ok := args[0].(string); ok {
+		return fmt.Sprintf(format, args[1:]...)
+	}
+	return fmt.Sprint(args...)
 }
 
 // WaitFile waits until the file at path holds exactly want, or fails the test after timeout

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -39,6 +40,7 @@ func TestEventually_FailsWithTheMessageAtTheTimeout(t *testing.T) {
 		{"no message", nil, "condition not met within 20ms"},
 		{"format", []any{"output %s = %d", "a", 7}, "output a = 7 within 20ms"},
 		{"not a format", []any{42}, "42 within 20ms"},
+		{"a func argument", []any{"log: %s", func() string { return "a line" }}, "log: a line within 20ms"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -53,6 +55,17 @@ func TestEventually_FailsWithTheMessageAtTheTimeout(t *testing.T) {
 				t.Errorf("failed after %v, before the timeout", d)
 			}
 		})
+	}
+}
+
+func TestEventually_MessageShowsTheStateAtTheDeadline(t *testing.T) {
+	var polls atomic.Int32
+	failed := run(t, func(tb testing.TB) {
+		Eventually(tb, 50*time.Millisecond, func() bool { polls.Add(1); return false },
+			"polled %s times", func() string { return strconv.Itoa(int(polls.Load())) })
+	})
+	if want := "polled " + strconv.Itoa(int(polls.Load())) + " times within 50ms"; failed != want || polls.Load() < 2 {
+		t.Errorf("failure %q, want %q (after several polls)", failed, want)
 	}
 }
 
