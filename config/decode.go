@@ -57,6 +57,12 @@ func (t table) path(key string, more ...seg) []seg {
 	return append(p, more...)
 }
 
+// setString reports whether key holds a string other than "", whatever else is wrong with it.
+func (t table) setString(key string) bool {
+	s, ok := t.m[key].(string)
+	return ok && s != ""
+}
+
 func (t table) has(key string) bool {
 	_, ok := t.m[key]
 	return ok
@@ -516,22 +522,42 @@ func (d *decoder) config(raw map[string]any, cfg *Config) {
 
 func (d *decoder) broker(t table, b *Broker) {
 	t.unknown("servers", "client_id", "username", "password_file", "ca_file", "cert_file", "key_file", "keepalive", "clean_session", "reconnect_spread")
-	if t.strs("servers", &b.Servers) {
-		if len(b.Servers) == 0 {
-			d.add(t.path("servers"), "broker.servers: must list at least one server, such as %q", DefaultServer)
-		}
-		for i, s := range b.Servers {
-			if err := checkServer(s); err != nil {
-				d.add(t.path("servers", idxSeg(i)), "broker.servers[%d]: %q: %v", i, s, err)
-			}
+	d.brokerServers(t, b)
+	d.brokerClientID(t, b)
+	t.str("username", &b.Username)
+	d.brokerFiles(t, b)
+	d.brokerKeepalive(t, b)
+	t.boolean("clean_session", &b.CleanSession)
+	d.brokerReconnectSpread(t, b)
+	d.brokerCertKeyPair(t)
+}
+
+// brokerServers reads broker.servers: at least one, each a URL the agent can dial.
+func (d *decoder) brokerServers(t table, b *Broker) {
+	if !t.strs("servers", &b.Servers) {
+		return
+	}
+	if len(b.Servers) == 0 {
+		d.add(t.path("servers"), "broker.servers: must list at least one server, such as %q", DefaultServer)
+	}
+	for i, s := range b.Servers {
+		if err := checkServer(s); err != nil {
+			d.add(t.path("servers", idxSeg(i)), "broker.servers[%d]: %q: %v", i, s, err)
 		}
 	}
+}
+
+// brokerClientID reads broker.client_id, which MQTT carries as a UTF-8 string of 16-bit length.
+func (d *decoder) brokerClientID(t table, b *Broker) {
 	if t.str("client_id", &b.ClientID) {
 		if !utf8.ValidString(b.ClientID) || strings.IndexByte(b.ClientID, 0) >= 0 || len(b.ClientID) > 65535 {
 			d.add(t.path("client_id"), "broker.client_id: must be valid UTF-8 without NUL bytes, at most 65535 bytes")
 		}
 	}
-	t.str("username", &b.Username)
+}
+
+// brokerFiles reads the credential files: readable, and the secret ones not readable by others.
+func (d *decoder) brokerFiles(t table, b *Broker) {
 	if t.readableFile("password_file", &b.PasswordFile) {
 		t.secretFile("password_file", b.PasswordFile)
 	}
@@ -540,29 +566,30 @@ func (d *decoder) broker(t table, b *Broker) {
 	if t.readableFile("key_file", &b.KeyFile) {
 		t.secretFile("key_file", b.KeyFile)
 	}
+}
+
+// brokerKeepalive reads broker.keepalive. MQTT carries it as whole seconds in 16 bits: less than
+// a second would silently turn it off.
+func (d *decoder) brokerKeepalive(t table, b *Broker) {
 	if t.duration("keepalive", &b.Keepalive) {
-		// MQTT carries the keepalive as whole seconds in 16 bits: less than
-		// a second would silently turn it off.
 		if b.Keepalive.Duration < time.Second || b.Keepalive.Duration > 65535*time.Second {
 			d.add(t.path("keepalive"), "broker.keepalive: must be between 1s and %v (MQTT counts it in whole seconds, 16 bits), not %v", 65535*time.Second, b.Keepalive.Duration)
 		}
 	}
-	t.boolean("clean_session", &b.CleanSession)
+}
+
+// brokerReconnectSpread reads broker.reconnect_spread. Every lost connection may wait up to the
+// spread: longer leaves a gateway offline for hours after a blip.
+func (d *decoder) brokerReconnectSpread(t table, b *Broker) {
 	if t.durationOrZero("reconnect_spread", true, &b.ReconnectSpread) && b.ReconnectSpread.Duration > MaxReconnectSpread {
-		// Every lost connection may wait up to the spread: longer leaves a gateway offline
-		// for hours after a blip.
 		d.add(t.path("reconnect_spread"), "broker.reconnect_spread: must be at most %v (a lost connection may wait that long before the agent reconnects), not %v", MaxReconnectSpread, b.ReconnectSpread.Duration)
 	}
+}
 
-	// Judge the pairing on what the file says, not on whether the files
-	// were readable, which is reported on its own.
-	var certSet, keySet bool
-	if s, ok := t.m["cert_file"].(string); ok && s != "" {
-		certSet = true
-	}
-	if s, ok := t.m["key_file"].(string); ok && s != "" {
-		keySet = true
-	}
+// brokerCertKeyPair checks that mutual TLS has both its files. It judges the pairing on what the
+// file says, not on whether the files were readable, which is reported on its own.
+func (d *decoder) brokerCertKeyPair(t table) {
+	certSet, keySet := t.setString("cert_file"), t.setString("key_file")
 	switch {
 	case certSet && !keySet:
 		d.add(t.path("cert_file"), "broker.cert_file: set without broker.key_file; mutual TLS needs both")
@@ -696,8 +723,35 @@ func metricsAddrProblem(addr string, remoteOK bool) string {
 	return fmt.Sprintf("%q is not a loopback address; set metrics_allow_remote = true to serve metrics to other machines", addr)
 }
 
-// endpoints reads every [[endpoint]], then checks them against each other.
+// endpoints reads every [[endpoint]], and checks each against those before it.
 func (d *decoder) endpoints(root table, cfg *Config, dialectOK bool) []Endpoint {
+	tables := d.endpointTables(root)
+	if tables == nil {
+		return nil
+	}
+	u := uniqueEndpoints{d: d, outputs: map[string]seenAt{}, ids: map[string]seenAt{}}
+	eps := make([]Endpoint, 0, len(tables))
+	for i, m := range tables {
+		n := i + 1
+		t := table{
+			d: d, m: m, at: []seg{keySeg("endpoint"), idxSeg(i)},
+			prefix: "endpoint.", suffix: fmt.Sprintf(" (endpoint #%d)", n), label: fmt.Sprintf("endpoint #%d ", n),
+		}
+		e, ok := d.endpoint(t, n, cfg, dialectOK)
+		if ok.output {
+			u.output(t, n, e)
+		}
+		if ok.token && ok.name {
+			u.id(t, n, e)
+		}
+		eps = append(eps, e)
+	}
+	return eps
+}
+
+// endpointTables returns the tables of the endpoint key, which TOML allows as [[endpoint]] or as
+// endpoint = [{...}]; nil, with the problem added, when there is none or the key is not an array.
+func (d *decoder) endpointTables(root table) []map[string]any {
 	v, ok := root.m["endpoint"]
 	if !ok {
 		d.add(nil, "missing [[endpoint]]: at least one endpoint is required")
@@ -724,100 +778,122 @@ func (d *decoder) endpoints(root table, cfg *Config, dialectOK bool) []Endpoint 
 		d.add([]seg{keySeg("endpoint")}, "missing [[endpoint]]: at least one endpoint is required")
 		return nil
 	}
+	return tables
+}
 
-	type seen struct {
-		n    int // 1-based endpoint number
-		line int
+// endpointKeysOK says which of an endpoint's identifying keys were read without a problem: only
+// those are compared with the other endpoints'.
+type endpointKeysOK struct{ token, name, output bool }
+
+// endpoint reads the n-th [[endpoint]], t.
+func (d *decoder) endpoint(t table, n int, cfg *Config, dialectOK bool) (Endpoint, endpointKeysOK) {
+	e := Endpoint{Mode: DefaultMode, HookTimeout: Duration{DefaultHookTimeout}, OnDrift: DefaultOnDrift}
+	t.unknown("token", "name", "output", "mode", "owner", "group", "template", "validate", "hook", "hook_timeout", "on_drift", "require_signed")
+	var ok endpointKeysOK
+	ok.token = d.endpointToken(t, n, &e)
+	ok.name = d.endpointName(t, n, cfg.Kaa.Dialect, dialectOK, &e)
+	if !t.has("output") {
+		d.add(t.at, "endpoint #%d: missing required key output", n)
+	} else if t.filePath("output", &e.Output, false) {
+		ok.output = d.checkOutput(t, n, e.Output, cfg.Agent)
 	}
-	outputs := map[string]seen{}
-	ids := map[string]seen{}
-	eps := make([]Endpoint, 0, len(tables))
-	for i, m := range tables {
-		n := i + 1
-		t := table{
-			d: d, m: m, at: []seg{keySeg("endpoint"), idxSeg(i)},
-			prefix: "endpoint.", suffix: fmt.Sprintf(" (endpoint #%d)", n), label: fmt.Sprintf("endpoint #%d ", n),
-		}
-		e := Endpoint{Mode: DefaultMode, HookTimeout: Duration{DefaultHookTimeout}, OnDrift: DefaultOnDrift}
-		t.unknown("token", "name", "output", "mode", "owner", "group", "template", "validate", "hook", "hook_timeout", "on_drift", "require_signed")
+	t.mode("mode", &e.Mode)
+	t.account("owner", &e.Owner)
+	t.account("group", &e.Group)
+	t.readableFile("template", &e.Template)
+	t.argv("validate", &e.Validate)
+	t.argv("hook", &e.Hook)
+	t.duration("hook_timeout", &e.HookTimeout)
+	d.endpointOnDrift(t, n, &e)
+	d.requireSigned(t, n, cfg.Trust, &e.RequireSigned)
+	return e, ok
+}
 
-		tokenOK := false
-		if !t.has("token") {
-			d.add(t.at, "endpoint #%d: missing required key token", n)
-		} else if t.str("token", &e.Token) {
-			tokenOK = t.topicLevel("token", e.Token)
-		}
-		if tokenOK && e.Token == PlaceholderToken {
-			// Every unconfigured gateway behind a shared broker would share this token and client id.
-			d.add(t.path("token"), "endpoint #%d token: %q is the packaged placeholder, not this gateway's token: run cmx-agent init --force%s to write this gateway's configuration (or edit the file)", n, e.Token, d.configFlag())
-			tokenOK = false
-		}
-		nameOK := true
-		if t.has("name") {
-			nameOK = t.str("name", &e.Name)
-		}
-		if nameOK && e.Name != "" {
-			switch {
-			case !dialectOK:
-				nameOK = false // the dialect's own problem says enough
-			case cfg.Kaa.Dialect != DialectCMP7:
-				d.add(t.path("name"), "endpoint #%d name: only allowed with kaa.dialect = %q (named configurations are a 7/CMP feature)", n, DialectCMP7)
-				nameOK = false
-			default:
-				if err := cmx.CheckConfigName(e.Name); err != nil {
-					d.add(t.path("name"), "endpoint #%d name: %q %v", n, e.Name, err)
-					nameOK = false
-				}
-			}
-		}
-		outputOK := false
-		if !t.has("output") {
-			d.add(t.at, "endpoint #%d: missing required key output", n)
-		} else if t.filePath("output", &e.Output, false) {
-			outputOK = d.checkOutput(t, n, e.Output, cfg.Agent)
-		}
-		t.mode("mode", &e.Mode)
-		t.account("owner", &e.Owner)
-		t.account("group", &e.Group)
-		t.readableFile("template", &e.Template)
-		t.argv("validate", &e.Validate)
-		t.argv("hook", &e.Hook)
-		t.duration("hook_timeout", &e.HookTimeout)
-		var drift string
-		if t.str("on_drift", &drift) {
-			switch drift {
-			case OnDriftRepair, OnDriftReport, OnDriftIgnore:
-				e.OnDrift = drift
-			default:
-				d.add(t.path("on_drift"), "endpoint #%d on_drift: must be %q, %q or %q, not %q", n, OnDriftRepair, OnDriftReport, OnDriftIgnore, drift)
-			}
-		}
-
-		d.requireSigned(t, n, cfg.Trust, &e.RequireSigned)
-
-		if outputOK {
-			line := d.lines.line(t.path("output")...)
-			if first, dup := outputs[e.Output]; dup {
-				d.add(t.path("output"), "endpoint #%d output: %s is also the output of endpoint #%d (line %d)", n, e.Output, first.n, first.line)
-			} else {
-				outputs[e.Output] = seen{n, line}
-			}
-		}
-		if tokenOK && nameOK {
-			line := d.lines.line(t.path("token")...)
-			what := fmt.Sprintf("token %q", e.Token)
-			if e.Name != "" {
-				what += fmt.Sprintf(" with name %q", e.Name)
-			}
-			if first, dup := ids[e.Key()]; dup {
-				d.add(t.path("token"), "endpoint #%d: %s is also used by endpoint #%d (line %d)", n, what, first.n, first.line)
-			} else {
-				ids[e.Key()] = seen{n, line}
-			}
-		}
-		eps = append(eps, e)
+// endpointToken reads the required token, a topic level, and refuses the packaged placeholder.
+func (d *decoder) endpointToken(t table, n int, e *Endpoint) bool {
+	if !t.has("token") {
+		d.add(t.at, "endpoint #%d: missing required key token", n)
+		return false
 	}
-	return eps
+	if !t.str("token", &e.Token) || !t.topicLevel("token", e.Token) {
+		return false
+	}
+	if e.Token == PlaceholderToken {
+		// Every unconfigured gateway behind a shared broker would share this token and client id.
+		d.add(t.path("token"), "endpoint #%d token: %q is the packaged placeholder, not this gateway's token: run cmx-agent init --force%s to write this gateway's configuration (or edit the file)", n, e.Token, d.configFlag())
+		return false
+	}
+	return true
+}
+
+// endpointName reads the optional name of a named configuration, which only the 7/CMP dialect
+// has; with an unknown dialect a name is not judged (the dialect's own problem says enough).
+func (d *decoder) endpointName(t table, n int, dialect string, dialectOK bool, e *Endpoint) bool {
+	if t.has("name") && !t.str("name", &e.Name) {
+		return false
+	}
+	if e.Name == "" {
+		return true
+	}
+	switch {
+	case !dialectOK:
+		return false
+	case dialect != DialectCMP7:
+		d.add(t.path("name"), "endpoint #%d name: only allowed with kaa.dialect = %q (named configurations are a 7/CMP feature)", n, DialectCMP7)
+		return false
+	}
+	if err := cmx.CheckConfigName(e.Name); err != nil {
+		d.add(t.path("name"), "endpoint #%d name: %q %v", n, e.Name, err)
+		return false
+	}
+	return true
+}
+
+// endpointOnDrift reads on_drift, one of the three policies.
+func (d *decoder) endpointOnDrift(t table, n int, e *Endpoint) {
+	var drift string
+	if !t.str("on_drift", &drift) {
+		return
+	}
+	switch drift {
+	case OnDriftRepair, OnDriftReport, OnDriftIgnore:
+		e.OnDrift = drift
+	default:
+		d.add(t.path("on_drift"), "endpoint #%d on_drift: must be %q, %q or %q, not %q", n, OnDriftRepair, OnDriftReport, OnDriftIgnore, drift)
+	}
+}
+
+// seenAt is where an output or identity was first seen: the endpoint's number (1-based) and line.
+type seenAt struct{ n, line int }
+
+// uniqueEndpoints refuses an endpoint whose output, or whose identity (token and name), an
+// earlier endpoint has: two endpoints would write one file, or share one set of topics.
+type uniqueEndpoints struct {
+	d       *decoder
+	outputs map[string]seenAt
+	ids     map[string]seenAt
+}
+
+func (u uniqueEndpoints) output(t table, n int, e Endpoint) {
+	line := u.d.lines.line(t.path("output")...)
+	if first, dup := u.outputs[e.Output]; dup {
+		u.d.add(t.path("output"), "endpoint #%d output: %s is also the output of endpoint #%d (line %d)", n, e.Output, first.n, first.line)
+		return
+	}
+	u.outputs[e.Output] = seenAt{n, line}
+}
+
+func (u uniqueEndpoints) id(t table, n int, e Endpoint) {
+	line := u.d.lines.line(t.path("token")...)
+	what := fmt.Sprintf("token %q", e.Token)
+	if e.Name != "" {
+		what += fmt.Sprintf(" with name %q", e.Name)
+	}
+	if first, dup := u.ids[e.Key()]; dup {
+		u.d.add(t.path("token"), "endpoint #%d: %s is also used by endpoint #%d (line %d)", n, what, first.n, first.line)
+		return
+	}
+	u.ids[e.Key()] = seenAt{n, line}
 }
 
 // checkOutput refuses outputs that would overwrite the agent's own files.

@@ -244,7 +244,6 @@ func (c *conn) acknowledge(ctx context.Context, acks <-chan ack) {
 // connection for it (a publish it refuses) the close counts against that topic only
 // (engine.Outbox.Ended, from settle).
 func (c *conn) send(ctx context.Context) {
-	const window = 64
 	select {
 	case <-c.ready:
 	case <-ctx.Done():
@@ -252,100 +251,156 @@ func (c *conn) send(ctx context.Context) {
 	case <-c.stop:
 		return
 	}
-	ob := c.s.core.Outbox()
-	type result struct {
-		m   engine.OutMsg
-		err error
+	s := &sender{
+		c:        c,
+		ob:       c.s.core.Outbox(),
+		flying:   map[uint64]engine.OutMsg{},
+		suspects: map[uint64]bool{},
+		results:  make(chan sendResult, sendWindow),
 	}
-	var (
-		inflight int                          // published, no result yet
-		flying   = map[uint64]engine.OutMsg{} // QoS 1, published, not acknowledged (failed ones too)
-		suspects = map[uint64]bool{}          // those of flying that went as suspects
-		queue    []engine.OutMsg              // taken from the outbox, not yet published
-		retry    []engine.OutMsg
-		retryAt  <-chan time.Time
-		results  = make(chan result, window)
-	)
-	defer func() {
-		// What the connection's end left without a PUBACK, for settle.
-		for _, m := range flying {
-			c.flying = append(c.flying, m)
-		}
-	}()
+	defer s.handOver()
 	for {
-		if len(retry) > 0 && retryAt == nil {
-			queue, retry = append(retry, queue...), nil
-		}
-		if n := window - inflight - len(queue); n > 0 && len(suspects) == 0 {
-			queue = append(queue, ob.Next(c.gen, n)...)
-		}
-		for len(queue) > 0 && inflight < window {
-			m := queue[0]
-			if _, again := flying[m.Seq]; !again {
-				if len(suspects) > 0 {
-					break // while a suspect is not acknowledged, only it goes again
-				}
-				if ob.Suspect(m.Topic) {
-					if len(flying) > 0 {
-						break
-					}
-					suspects[m.Seq] = true
-				}
-			}
-			queue = queue[1:]
-			inflight++
-			qos := min(m.QoS, c.pubMax)
-			if qos > 0 {
-				flying[m.Seq] = m
-			}
-			tok := c.client.Publish(m.Topic, qos, false, m.Payload)
-			ob.Sent(m.Seq)
-			go func(m engine.OutMsg, tok mqtt.Token) {
-				select {
-				case <-tok.Done():
-				case <-c.stop:
-					return
-				}
-				select {
-				case results <- result{m: m, err: tok.Error()}:
-				case <-c.stop:
-				}
-			}(m, tok)
-		}
+		s.take()
+		s.publishQueued()
 		select {
 		case <-ctx.Done():
 			return
 		case <-c.stop:
 			return
-		case <-ob.Wake():
-		case <-retryAt:
-			retryAt = nil
-		case r := <-results:
-			inflight--
-			if r.err != nil {
-				// Still owed its PUBACK: it stays in flying, and a suspect keeps the others back.
-				c.s.log.Warn("publish failed; sending it again", "topic", r.m.Topic, "err", r.err)
-				if r.m.QoS > 0 {
-					retry = append(retry, r.m)
-					if retryAt == nil {
-						retryAt = time.After(time.Second)
-					}
-				}
-				continue
-			}
-			if g, _, _ := c.s.current(); g != c.gen {
-				return // completed after its connection ended: not proof of delivery
-			}
-			delete(flying, r.m.Seq)
-			delete(suspects, r.m.Seq)
-			if r.m.QoS > 0 {
-				if !r.m.Request {
-					c.s.opt.Pause(engine.StepPublished)
-				}
-				ob.Delivered(r.m)
-				c.s.log.Debug("answer delivered", "endpoint", r.m.Endpoint, "topic", r.m.Topic, "qos", r.m.QoS)
+		case <-s.ob.Wake():
+		case <-s.retryAt:
+			s.retryAt = nil
+		case r := <-s.results:
+			if !s.settled(r) {
+				return
 			}
 		}
+	}
+}
+
+// sendWindow is how many messages send has published at most without their result.
+const sendWindow = 64
+
+// sender is the state of one connection's send loop.
+type sender struct {
+	c  *conn
+	ob *engine.Outbox
+
+	inflight int                      // published, no result yet
+	flying   map[uint64]engine.OutMsg // QoS 1, published, not acknowledged (failed ones too)
+	suspects map[uint64]bool          // those of flying that went as suspects
+	queue    []engine.OutMsg          // taken from the outbox, not yet published
+	retry    []engine.OutMsg          // failed publishes, sent again when retryAt fires
+	retryAt  <-chan time.Time
+	results  chan sendResult
+}
+
+// sendResult is how a publish ended: err is nil when the broker acknowledged it (or, at QoS 0,
+// when it was written).
+type sendResult struct {
+	m   engine.OutMsg
+	err error
+}
+
+// take fills the queue: failed publishes first once their pause is over (they are older than
+// anything queued), then the outbox's next entries, up to the window. Nothing new is taken while
+// a suspect waits for its PUBACK.
+func (s *sender) take() {
+	if len(s.retry) > 0 && s.retryAt == nil {
+		s.queue, s.retry = append(s.retry, s.queue...), nil
+	}
+	if n := sendWindow - s.inflight - len(s.queue); n > 0 && len(s.suspects) == 0 {
+		s.queue = append(s.queue, s.ob.Next(s.c.gen, n)...)
+	}
+}
+
+// publishQueued publishes the queue's head while the window has room and the head may go.
+func (s *sender) publishQueued() {
+	for len(s.queue) > 0 && s.inflight < sendWindow && s.mayGo(s.queue[0]) {
+		m := s.queue[0]
+		s.queue = s.queue[1:]
+		s.publish(m)
+	}
+}
+
+// mayGo reports whether m may be published now, and marks it a suspect if it goes as one. A
+// message sent again (still in flying) always may; otherwise, while a suspect waits for its
+// PUBACK nothing else goes, and a suspect itself waits until nothing is in flight, so that a
+// close the broker makes for it counts against its topic alone.
+func (s *sender) mayGo(m engine.OutMsg) bool {
+	if _, again := s.flying[m.Seq]; again {
+		return true
+	}
+	if len(s.suspects) > 0 {
+		return false
+	}
+	if s.ob.Suspect(m.Topic) {
+		if len(s.flying) > 0 {
+			return false
+		}
+		s.suspects[m.Seq] = true
+	}
+	return true
+}
+
+// publish hands m to paho at the QoS this connection publishes at, and its result to results
+// once paho has one (or not at all, once the connection is closed).
+func (s *sender) publish(m engine.OutMsg) {
+	c := s.c
+	s.inflight++
+	qos := min(m.QoS, c.pubMax)
+	if qos > 0 {
+		s.flying[m.Seq] = m
+	}
+	tok := c.client.Publish(m.Topic, qos, false, m.Payload)
+	s.ob.Sent(m.Seq)
+	go func() {
+		select {
+		case <-tok.Done():
+		case <-c.stop:
+			return
+		}
+		select {
+		case s.results <- sendResult{m: m, err: tok.Error()}:
+		case <-c.stop:
+		}
+	}()
+}
+
+// settled takes in a publish's result: a failed QoS 1 publish is sent again after a pause (it is
+// still owed its PUBACK: it stays in flying, and a suspect keeps the others back); a success is
+// delivery only on the current connection. It reports false when the connection has ended.
+func (s *sender) settled(r sendResult) bool {
+	s.inflight--
+	if r.err != nil {
+		s.c.s.log.Warn("publish failed; sending it again", "topic", r.m.Topic, "err", r.err)
+		if r.m.QoS > 0 {
+			s.retry = append(s.retry, r.m)
+			if s.retryAt == nil {
+				s.retryAt = time.After(time.Second)
+			}
+		}
+		return true
+	}
+	if g, _, _ := s.c.s.current(); g != s.c.gen {
+		return false // completed after its connection ended: not proof of delivery
+	}
+	delete(s.flying, r.m.Seq)
+	delete(s.suspects, r.m.Seq)
+	if r.m.QoS > 0 {
+		if !r.m.Request {
+			s.c.s.opt.Pause(engine.StepPublished)
+		}
+		s.ob.Delivered(r.m)
+		s.c.s.log.Debug("answer delivered", "endpoint", r.m.Endpoint, "topic", r.m.Topic, "qos", r.m.QoS)
+	}
+	return true
+}
+
+// handOver leaves to settle what the connection's end left without a PUBACK.
+func (s *sender) handOver() {
+	for _, m := range s.flying {
+		s.c.flying = append(s.c.flying, m)
 	}
 }
 

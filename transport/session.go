@@ -183,132 +183,188 @@ func (s *Session) Run(ctx context.Context) error {
 	// A missing certificate or a password file with a bad mode is not fatal: it is logged, retried
 	// with backoff and shown in status, so fixing the file on disk is enough and a gateway never
 	// restart-loops over it.
-	pol := NewReconnectPolicy(s.cfg.ReconnectSpread.Duration)
-	lad := ladder{persistent: !s.cfg.CleanSession}
-	refused := 0 // attempts refused in a row since start, the last lost connection or rung
-	backoff := func() {
-		refused++
-		s.opt.Sleep(ctx, pol.Delay(refused, s.opt.Rand))
-	}
+	r := &runner{s: s, pol: NewReconnectPolicy(s.cfg.ReconnectSpread.Duration), lad: ladder{persistent: !s.cfg.CleanSession}}
 	for ctx.Err() == nil {
-		discard, clean, qos := lad.plan(s.opt.Now())
-		if discard {
-			if err := s.discardSession(ctx); err != nil {
-				if ctx.Err() != nil {
-					break
-				}
-				s.noteConnectError(err)
-				backoff()
-				continue
-			}
-		}
-		c, err := s.newConn(ctx, clean)
-		if err != nil {
-			lad.interrupted()
-			s.noteConnectError(err)
-			backoff()
-			continue
-		}
-		tok := c.client.Connect()
-		if !waitToken(ctx, tok) {
-			c.close()
+		if !r.attempt(ctx) {
 			break
-		}
-		if err := tok.Error(); err != nil {
-			c.close()
-			lad.interrupted()
-			s.noteConnectError(err)
-			backoff()
-			continue
-		}
-		server := s.attempted.Load().(string)
-		gen := s.up(server, c.client, qos)
-		c.gen = gen
-		s.log.Info("connected to broker", "server", server, "client_id", s.clientID, "clean_session", clean, "qos", qos)
-		c.start(ctx)
-		res, err := subscribe(ctx, c.client, s.core.Filters(), qos)
-		if err != nil {
-			s.down(gen)
-			c.close()
-			c.client.Disconnect(0)
-			if ctx.Err() != nil {
-				break
-			}
-			s.noteSubscribeError(err)
-			var ref *RefusedError
-			if errors.As(err, &ref) {
-				v := lad.refused(ref.Closed, s.opt.Now(), s.opt.Rand)
-				if v.moved {
-					s.log.Error(v.line, "server", server, "err", err)
-				} else {
-					s.log.Warn(v.line, "server", server, "err", err)
-				}
-				if v.restart {
-					refused = 0
-				}
-			} else {
-				lad.interrupted()
-				s.log.Error("cannot subscribe; reconnecting", "err", err)
-			}
-			backoff()
-			continue
-		}
-		if line := lad.subscribed(); line != "" {
-			s.log.Info(line, "server", server)
-		}
-		var probe <-chan time.Time
-		var probeAt time.Time
-		switch {
-		case lad.step == rungQoS0:
-			probeAt = lad.probeAt
-			d := max(probeAt.Sub(s.opt.Now()), 0)
-			probe = s.opt.After(d)
-			s.log.Warn("subscribed at QoS 0: the broker refuses this client id a QoS 1 subscription", "server", server, "qos1_again_in", d.Round(time.Second))
-		case res.granted < qos:
-			s.log.Warn("the broker granted the subscription at QoS 0 only: pushes made while disconnected are not kept, and answers go at QoS 0", "server", server)
-		}
-		if len(res.refused) > 0 {
-			s.log.Error("the broker refused the subscription to some topics (its ACL?); their endpoints receive nothing, the others work", "server", server, "filters", res.refused)
-		}
-		s.core.Online(gen, !clean && res.granted == 1)
-		s.mu.Lock()
-		s.online = s.gen == gen
-		s.qos, s.probeAt, s.refused = res.granted, probeAt, res.refused
-		s.lastErr = ""
-		s.mu.Unlock()
-		s.changed()
-		// Publishing starts once status says connected, so nothing the broker sees from this
-		// connection comes before it.
-		pubMax := byte(1) // asked for QoS 0 (the ladder's rung), the broker told nothing
-		if res.granted < qos {
-			pubMax = res.granted
-		}
-		c.subscribed(pubMax)
-		refused = 0
-		select {
-		case <-ctx.Done():
-			s.down(gen)
-			c.close()
-			c.client.Disconnect(250)
-		case <-probe:
-			s.log.Info("trying the QoS 1 subscription again", "server", server)
-			lad.probeNow()
-			s.down(gen)
-			c.close()
-			c.client.Disconnect(250)
-		case err := <-c.lost:
-			s.down(gen)
-			c.client.Disconnect(0) // the agent may end a live connection itself
-			c.close()
-			c.settle()
-			// A fleet loses its broker at once: the first attempt waits a random part of the
-			// spread, so the fleet comes back over it instead of all at once.
-			d := pol.Delay(0, s.opt.Rand)
-			s.log.Warn("connection to broker lost", "server", server, "err", err, "reconnect_in", d.Round(time.Millisecond))
-			s.opt.Sleep(ctx, d)
 		}
 	}
 	return nil
+}
+
+// runner is the state Run keeps across connections.
+type runner struct {
+	s       *Session
+	pol     ReconnectPolicy
+	lad     ladder
+	refused int // attempts refused in a row since start, the last lost connection or rung
+}
+
+// backoff waits the policy's delay for one more attempt refused in a row.
+func (r *runner) backoff(ctx context.Context) {
+	r.refused++
+	r.s.opt.Sleep(ctx, r.pol.Delay(r.refused, r.s.opt.Rand))
+}
+
+// attempt is one connection's life: connect, subscribe, serve until it ends. It reports false
+// when ctx ended while it waited for the broker.
+func (r *runner) attempt(ctx context.Context) bool {
+	s := r.s
+	c, clean, qos, ok := r.connect(ctx)
+	if c == nil {
+		return ok
+	}
+	server := s.attempted.Load().(string)
+	c.gen = s.up(server, c.client, qos)
+	s.log.Info("connected to broker", "server", server, "client_id", s.clientID, "clean_session", clean, "qos", qos)
+	c.start(ctx)
+	res, err := subscribe(ctx, c.client, s.core.Filters(), qos)
+	if err != nil {
+		return r.subscribeFailed(ctx, c, server, err)
+	}
+	probe := r.online(c, server, clean, qos, res)
+	r.refused = 0
+	r.serve(ctx, c, server, probe)
+	return true
+}
+
+// connect makes the connection the ladder plans next, discarding the previous session first if
+// it says so. On a failure it notes it and backs off, and returns a nil conn; ok is false when
+// ctx ended while it waited for the broker.
+func (r *runner) connect(ctx context.Context) (c *conn, clean bool, qos byte, ok bool) {
+	s := r.s
+	discard, clean, qos := r.lad.plan(s.opt.Now())
+	if discard {
+		if err := s.discardSession(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil, false, 0, false
+			}
+			r.connectFailed(ctx, err)
+			return nil, false, 0, true
+		}
+	}
+	c, err := s.newConn(ctx, clean)
+	if err != nil {
+		r.lad.interrupted()
+		r.connectFailed(ctx, err)
+		return nil, false, 0, true
+	}
+	tok := c.client.Connect()
+	if !waitToken(ctx, tok) {
+		c.close()
+		return nil, false, 0, false
+	}
+	if err := tok.Error(); err != nil {
+		c.close()
+		r.lad.interrupted()
+		r.connectFailed(ctx, err)
+		return nil, false, 0, true
+	}
+	return c, clean, qos, true
+}
+
+// connectFailed notes a failed connection attempt in status and backs off.
+func (r *runner) connectFailed(ctx context.Context, err error) {
+	r.s.noteConnectError(err)
+	r.backoff(ctx)
+}
+
+// subscribeFailed ends c, whose SUBSCRIBE failed, and decides what comes next: a refusal moves
+// the ladder (a rung down, or the session discarded), anything else is an interruption; then
+// it backs off. It reports false when ctx ended.
+func (r *runner) subscribeFailed(ctx context.Context, c *conn, server string, err error) bool {
+	s := r.s
+	s.down(c.gen)
+	c.close()
+	c.client.Disconnect(0)
+	if ctx.Err() != nil {
+		return false
+	}
+	s.noteSubscribeError(err)
+	var ref *RefusedError
+	if errors.As(err, &ref) {
+		v := r.lad.refused(ref.Closed, s.opt.Now(), s.opt.Rand)
+		if v.moved {
+			s.log.Error(v.line, "server", server, "err", err)
+		} else {
+			s.log.Warn(v.line, "server", server, "err", err)
+		}
+		if v.restart {
+			r.refused = 0
+		}
+	} else {
+		r.lad.interrupted()
+		s.log.Error("cannot subscribe; reconnecting", "err", err)
+	}
+	r.backoff(ctx)
+	return true
+}
+
+// online takes c online once subscribed: it says what the broker granted short of what was
+// asked, tells the engine and status, and lets c publish at the QoS the broker takes. It returns
+// when to try QoS 1 again, on the ladder's QoS 0 rung (nil otherwise).
+func (r *runner) online(c *conn, server string, clean bool, qos byte, res subResult) (probe <-chan time.Time) {
+	s := r.s
+	if line := r.lad.subscribed(); line != "" {
+		s.log.Info(line, "server", server)
+	}
+	var probeAt time.Time
+	switch {
+	case r.lad.step == rungQoS0:
+		probeAt = r.lad.probeAt
+		d := max(probeAt.Sub(s.opt.Now()), 0)
+		probe = s.opt.After(d)
+		s.log.Warn("subscribed at QoS 0: the broker refuses this client id a QoS 1 subscription", "server", server, "qos1_again_in", d.Round(time.Second))
+	case res.granted < qos:
+		s.log.Warn("the broker granted the subscription at QoS 0 only: pushes made while disconnected are not kept, and answers go at QoS 0", "server", server)
+	}
+	if len(res.refused) > 0 {
+		s.log.Error("the broker refused the subscription to some topics (its ACL?); their endpoints receive nothing, the others work", "server", server, "filters", res.refused)
+	}
+	s.core.Online(c.gen, !clean && res.granted == 1)
+	s.mu.Lock()
+	s.online = s.gen == c.gen
+	s.qos, s.probeAt, s.refused = res.granted, probeAt, res.refused
+	s.lastErr = ""
+	s.mu.Unlock()
+	s.changed()
+	// Publishing starts once status says connected, so nothing the broker sees from this
+	// connection comes before it.
+	pubMax := byte(1) // asked for QoS 0 (the ladder's rung), the broker told nothing
+	if res.granted < qos {
+		pubMax = res.granted
+	}
+	c.subscribed(pubMax)
+	return probe
+}
+
+// serve waits until c's life ends: ctx ends, the QoS 1 probe is due (c ends so that the next
+// connection asks for QoS 1), or the connection is lost (the next attempt waits a random part of
+// the spread).
+func (r *runner) serve(ctx context.Context, c *conn, server string, probe <-chan time.Time) {
+	s := r.s
+	select {
+	case <-ctx.Done():
+		s.down(c.gen)
+		c.close()
+		c.client.Disconnect(250)
+	case <-probe:
+		s.log.Info("trying the QoS 1 subscription again", "server", server)
+		r.lad.probeNow()
+		s.down(c.gen)
+		c.close()
+		c.client.Disconnect(250)
+	case err := <-c.lost:
+		s.down(c.gen)
+		c.client.Disconnect(0) // the agent may end a live connection itself
+		c.close()
+		c.settle()
+		// A fleet loses its broker at once: the first attempt waits a random part of the
+		// spread, so the fleet comes back over it instead of all at once.
+		d := r.pol.Delay(0, s.opt.Rand)
+		s.log.Warn("connection to broker lost", "server", server, "err", err, "reconnect_in", d.Round(time.Millisecond))
+		s.opt.Sleep(ctx, d)
+	}
 }
 
 // discardSession connects once with a clean session and leaves: MQTT 3.1.1 has the broker discard

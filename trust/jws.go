@@ -171,34 +171,9 @@ func parseEnvelope(envelope []byte) (string, []signature, error) {
 	if err := stringMember(top, "payload", &payload, envelopeField); err != nil {
 		return "", nil, err
 	}
-	var objs []map[string]json.RawMessage
-	if list, ok := top["signatures"]; ok {
-		for _, k := range []string{"protected", "header", "signature"} {
-			if _, ok := top[k]; ok {
-				return "", nil, refuse(ReasonMalformed, "malformed envelope: %q beside \"signatures\"", k)
-			}
-		}
-		var raws []json.RawMessage
-		if err := json.Unmarshal(list, &raws); err != nil || len(raws) == 0 {
-			return "", nil, refuse(ReasonMalformed, "malformed envelope: \"signatures\" is not a non-empty array")
-		}
-		if len(raws) > maxSignatures {
-			return "", nil, refuse(ReasonMalformed, "malformed envelope: %d signatures, at most %d", len(raws), maxSignatures)
-		}
-		for _, raw := range raws {
-			obj, err := members(raw)
-			if err != nil {
-				return "", nil, refuse(ReasonMalformed, "malformed envelope: a signature: %v", err)
-			}
-			for name := range obj {
-				if name != "protected" && name != "header" && name != "signature" {
-					return "", nil, refuse(ReasonMalformed, "malformed envelope: unknown member %q in a signature", name)
-				}
-			}
-			objs = append(objs, obj)
-		}
-	} else {
-		objs = []map[string]json.RawMessage{top}
+	objs, err := signatureObjects(top)
+	if err != nil {
+		return "", nil, err
 	}
 	for name := range top {
 		switch name {
@@ -209,36 +184,89 @@ func parseEnvelope(envelope []byte) (string, []signature, error) {
 	}
 	sigs := make([]signature, 0, len(objs))
 	for _, obj := range objs {
-		var protected, sig string
-		if err := stringMember(obj, "protected", &protected, envelopeField); err != nil {
-			return "", nil, err
-		}
-		if err := stringMember(obj, "signature", &sig, envelopeField); err != nil {
-			return "", nil, err
-		}
-		header, err := decodeSegment("protected header", protected)
+		sig, err := parseSignature(obj)
 		if err != nil {
 			return "", nil, err
 		}
-		if raw, ok := obj["header"]; ok {
-			unprotected, err := members(raw)
-			if err != nil {
-				return "", nil, refuse(ReasonMalformed, "malformed envelope: \"header\": %v", err)
-			}
-			for name, value := range unprotected {
-				if _, dup := header[name]; dup {
-					return "", nil, refuse(ReasonMalformed, "malformed envelope: header %q both protected and unprotected", name)
-				}
-				if name == "alg" || name == "crit" {
-					// Only the protected header binds these to the signature.
-					return "", nil, refuse(ReasonMalformed, "malformed envelope: %q in the unprotected header", name)
-				}
-				header[name] = value
-			}
-		}
-		sigs = append(sigs, signature{protected: protected, header: header, sig: sig})
+		sigs = append(sigs, sig)
 	}
 	return payload, sigs, nil
+}
+
+// signatureObjects returns the envelope's signature objects: those of "signatures" in the general
+// serialization (RFC 7515 section 7.2.1), or the envelope itself in the flattened one (7.2.2).
+func signatureObjects(top map[string]json.RawMessage) ([]map[string]json.RawMessage, error) {
+	list, ok := top["signatures"]
+	if !ok {
+		return []map[string]json.RawMessage{top}, nil
+	}
+	for _, k := range []string{"protected", "header", "signature"} {
+		if _, ok := top[k]; ok {
+			return nil, refuse(ReasonMalformed, "malformed envelope: %q beside \"signatures\"", k)
+		}
+	}
+	var raws []json.RawMessage
+	if err := json.Unmarshal(list, &raws); err != nil || len(raws) == 0 {
+		return nil, refuse(ReasonMalformed, "malformed envelope: \"signatures\" is not a non-empty array")
+	}
+	if len(raws) > maxSignatures {
+		return nil, refuse(ReasonMalformed, "malformed envelope: %d signatures, at most %d", len(raws), maxSignatures)
+	}
+	objs := make([]map[string]json.RawMessage, 0, len(raws))
+	for _, raw := range raws {
+		obj, err := members(raw)
+		if err != nil {
+			return nil, refuse(ReasonMalformed, "malformed envelope: a signature: %v", err)
+		}
+		for name := range obj {
+			if name != "protected" && name != "header" && name != "signature" {
+				return nil, refuse(ReasonMalformed, "malformed envelope: unknown member %q in a signature", name)
+			}
+		}
+		objs = append(objs, obj)
+	}
+	return objs, nil
+}
+
+// parseSignature reads one signature object: its protected header, decoded and merged with the
+// unprotected one, and the signature.
+func parseSignature(obj map[string]json.RawMessage) (signature, error) {
+	var protected, sig string
+	if err := stringMember(obj, "protected", &protected, envelopeField); err != nil {
+		return signature{}, err
+	}
+	if err := stringMember(obj, "signature", &sig, envelopeField); err != nil {
+		return signature{}, err
+	}
+	header, err := decodeSegment("protected header", protected)
+	if err != nil {
+		return signature{}, err
+	}
+	if raw, ok := obj["header"]; ok {
+		if err := mergeUnprotected(header, raw); err != nil {
+			return signature{}, err
+		}
+	}
+	return signature{protected: protected, header: header, sig: sig}, nil
+}
+
+// mergeUnprotected adds the unprotected header raw to header, refusing a name in both and the
+// names that only the protected header binds to the signature (alg, crit).
+func mergeUnprotected(header map[string]json.RawMessage, raw json.RawMessage) error {
+	unprotected, err := members(raw)
+	if err != nil {
+		return refuse(ReasonMalformed, "malformed envelope: \"header\": %v", err)
+	}
+	for name, value := range unprotected {
+		if _, dup := header[name]; dup {
+			return refuse(ReasonMalformed, "malformed envelope: header %q both protected and unprotected", name)
+		}
+		if name == "alg" || name == "crit" {
+			return refuse(ReasonMalformed, "malformed envelope: %q in the unprotected header", name)
+		}
+		header[name] = value
+	}
+	return nil
 }
 
 // checkHeader accepts alg EdDSA only and no crit, and returns the kid ("" when absent).

@@ -78,42 +78,16 @@ func (m *mainLoop) runUntilRestart(ctx context.Context, cfg *config.Config, firs
 		return nil, 1
 	}
 	defer a.Close()
-	// Ready once the configuration is loaded, the database open and SIGHUP handled (its default
-	// action would kill the process); not waiting for the broker, since a gateway must boot offline.
-	status := "starting"
-	if st, err := a.Status(); err == nil {
-		status = agent.StatusLine(st)
-	}
-	if first {
-		m.n.ready(status)
-		m.log.Info("cmx-agent started", "version", version, "config", cfg.Path, "endpoints", len(cfg.Endpoints), "dialect", cfg.Kaa.Dialect)
-	} else {
-		m.n.ready(status) // ends the RELOADING=1 of the reload that restarted the agent
-	}
-
-	var tick <-chan time.Time
-	interval, err := daemon.SdWatchdogEnabled(false)
-	if err != nil {
-		m.log.Warn("watchdog settings ignored", "err", err)
-	}
-	if interval > 0 {
-		t := time.NewTicker(interval / 2)
-		defer t.Stop()
-		tick = t.C
-	}
+	m.announce(a, cfg, first)
+	tick, interval, stopTick := m.watchdogTicker()
+	defer stopTick()
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- a.Run(runCtx) }()
-	var reloads sync.WaitGroup
-	defer reloads.Wait() // before a.Close: a reload in progress still uses the agent
-	reloaded := make(chan reloadResult, 1)
-	reloadIn := m.reload
-	var (
-		statusDue  <-chan time.Time
-		lastStatus time.Time
-	)
+	r := &agentRun{m: m, a: a, cfg: cfg, reloadIn: m.reload, reloaded: make(chan reloadResult, 1)}
+	defer r.reloads.Wait() // before a.Close: a reload in progress still uses the agent
 	stopping := ctx.Done()
 	if m.stopped {
 		stopping = nil
@@ -130,67 +104,139 @@ func (m *mainLoop) runUntilRestart(ctx context.Context, cfg *config.Config, firs
 			}
 			return nil, 0
 		case <-m.changes:
-			// Status reads every endpoint: during a burst of applies (a fan-out to 1,000
-			// endpoints) it is computed at most once per statusEvery, the last change included.
-			if statusDue == nil {
-				statusDue = time.After(time.Until(lastStatus.Add(statusEvery)))
-			}
-		case <-statusDue:
-			statusDue, lastStatus = nil, time.Now()
-			if st, err := a.Status(); err == nil {
-				m.n.status(agent.StatusLine(st))
-			}
+			r.statusChanged()
+		case <-r.statusDue:
+			r.sendStatus()
 		case <-tick:
-			m.opts.Pause(stepWatchdog)
-			hctx, hcancel := context.WithTimeout(ctx, interval/4)
-			err := a.Healthy(hctx)
-			hcancel()
-			if err != nil {
-				m.log.Error("unhealthy; not feeding the watchdog", "err", err)
-				continue
-			}
-			m.n.send(daemon.SdNotifyWatchdog)
-		case why := <-reloadIn:
-			data, err := os.ReadFile(cfg.Path)
-			if why != "SIGHUP" && err == nil && bytes.Equal(data, m.current) {
-				continue // touched, not changed
-			}
-			m.n.reloading()
-			nc, err := config.Load(cfg.Path)
-			if err != nil {
-				logProblems(m.log, cfg.Path, err)
-				m.n.send(daemon.SdNotifyReady)
-				continue
-			}
-			m.current = data
-			logWarnings(m.log, nc)
-			// Reload waits for an apply in progress (a hook may take hook_timeout): off the main
-			// loop, so the watchdog is still fed meanwhile. One reload at a time.
-			reloadIn = nil
-			reloads.Add(1)
-			go func() {
-				defer reloads.Done()
-				reloaded <- reloadResult{cfg: nc, why: why, err: a.Reload(nc)}
-			}()
-		case r := <-reloaded:
-			reloadIn = m.reload
-			switch {
-			case errors.Is(r.err, agent.ErrRestartNeeded):
-				m.log.Info("configuration changed; restarting the agent to apply it", "trigger", r.why, "reason", r.err)
+			r.feedWatchdog(ctx, interval)
+		case why := <-r.reloadIn:
+			r.startReload(why)
+		case res := <-r.reloaded:
+			if errors.Is(res.err, agent.ErrRestartNeeded) {
+				m.log.Info("configuration changed; restarting the agent to apply it", "trigger", res.why, "reason", res.err)
 				cancel()
 				if err := <-done; err != nil {
 					m.log.Error("agent stopped", "err", err)
 				}
-				return r.cfg, 0 // READY=1 follows once the new agent is up
-			case r.err != nil:
-				m.log.Error("cannot reload the configuration; keeping the running one", "trigger", r.why, "err", r.err)
-			default:
-				cfg = r.cfg
-				m.log.Info("configuration reloaded", "trigger", r.why, "endpoints", len(r.cfg.Endpoints))
+				return res.cfg, 0 // READY=1 follows once the new agent is up
 			}
-			m.n.send(daemon.SdNotifyReady)
+			r.reloadDone(res)
 		}
 	}
+}
+
+// announce tells the service manager the agent is ready: once the configuration is loaded, the
+// database open and SIGHUP handled (its default action would kill the process); not waiting for
+// the broker, since a gateway must boot offline. After a restart by a reload, READY=1 ends that
+// reload's RELOADING=1.
+func (m *mainLoop) announce(a *agent.Agent, cfg *config.Config, first bool) {
+	status := "starting"
+	if st, err := a.Status(); err == nil {
+		status = agent.StatusLine(st)
+	}
+	m.n.ready(status)
+	if first {
+		m.log.Info("cmx-agent started", "version", version, "config", cfg.Path, "endpoints", len(cfg.Endpoints), "dialect", cfg.Kaa.Dialect)
+	}
+}
+
+// watchdogTicker ticks at half the service manager's watchdog interval; tick is nil when the
+// watchdog is off. stop releases the ticker.
+func (m *mainLoop) watchdogTicker() (tick <-chan time.Time, interval time.Duration, stop func()) {
+	interval, err := daemon.SdWatchdogEnabled(false)
+	if err != nil {
+		m.log.Warn("watchdog settings ignored", "err", err)
+	}
+	if interval <= 0 {
+		return nil, 0, func() {}
+	}
+	t := time.NewTicker(interval / 2)
+	return t.C, interval, t.Stop
+}
+
+// agentRun is the state of the main loop around one agent.
+type agentRun struct {
+	m   *mainLoop
+	a   *agent.Agent
+	cfg *config.Config // the configuration the agent runs on, as last reloaded
+
+	statusDue  <-chan time.Time // when STATUS= is sent next; nil when nothing changed
+	lastStatus time.Time
+
+	reloadIn chan string       // the reload triggers; nil while a reload is in progress
+	reloaded chan reloadResult // the outcome of the reload in progress
+	reloads  sync.WaitGroup
+}
+
+// statusChanged schedules a STATUS= update. Status reads every endpoint: during a burst of
+// applies (a fan-out to 1,000 endpoints) it is computed at most once per statusEvery, the last
+// change included.
+func (r *agentRun) statusChanged() {
+	if r.statusDue == nil {
+		r.statusDue = time.After(time.Until(r.lastStatus.Add(statusEvery)))
+	}
+}
+
+// sendStatus sends the agent's status line as STATUS=.
+func (r *agentRun) sendStatus() {
+	r.statusDue, r.lastStatus = nil, time.Now()
+	if st, err := r.a.Status(); err == nil {
+		r.m.n.status(agent.StatusLine(st))
+	}
+}
+
+// feedWatchdog feeds the service manager's watchdog only while the agent is healthy, so that a
+// stuck agent is restarted.
+func (r *agentRun) feedWatchdog(ctx context.Context, interval time.Duration) {
+	r.m.opts.Pause(stepWatchdog)
+	hctx, hcancel := context.WithTimeout(ctx, interval/4)
+	err := r.a.Healthy(hctx)
+	hcancel()
+	if err != nil {
+		r.m.log.Error("unhealthy; not feeding the watchdog", "err", err)
+		return
+	}
+	r.m.n.send(daemon.SdNotifyWatchdog)
+}
+
+// startReload loads the configuration file again, unless only its time changed (SIGHUP always
+// loads): an invalid file is logged and the agent keeps its configuration; a valid one goes to
+// agent.Reload, which waits for an apply in progress (a hook may take hook_timeout): off the main
+// loop, so the watchdog is still fed meanwhile. One reload at a time.
+func (r *agentRun) startReload(why string) {
+	m := r.m
+	data, err := os.ReadFile(r.cfg.Path)
+	if why != "SIGHUP" && err == nil && bytes.Equal(data, m.current) {
+		return // touched, not changed
+	}
+	m.n.reloading()
+	nc, err := config.Load(r.cfg.Path)
+	if err != nil {
+		logProblems(m.log, r.cfg.Path, err)
+		m.n.send(daemon.SdNotifyReady)
+		return
+	}
+	m.current = data
+	logWarnings(m.log, nc)
+	r.reloadIn = nil
+	r.reloads.Add(1)
+	go func() {
+		defer r.reloads.Done()
+		r.reloaded <- reloadResult{cfg: nc, why: why, err: r.a.Reload(nc)}
+	}()
+}
+
+// reloadDone takes in a live reload's outcome (one that needs no restart) and ends its
+// RELOADING=1.
+func (r *agentRun) reloadDone(res reloadResult) {
+	r.reloadIn = r.m.reload
+	if res.err != nil {
+		r.m.log.Error("cannot reload the configuration; keeping the running one", "trigger", res.why, "err", res.err)
+	} else {
+		r.cfg = res.cfg
+		r.m.log.Info("configuration reloaded", "trigger", res.why, "endpoints", len(res.cfg.Endpoints))
+	}
+	r.m.n.send(daemon.SdNotifyReady)
 }
 
 type reloadResult struct {

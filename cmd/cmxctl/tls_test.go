@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 	"github.com/cmx-agent/cmx-agent/internal/testpki"
 )
 
@@ -23,18 +24,6 @@ func mutualTLSBroker(t *testing.T, ca *testpki.CA) (*mqtttest.Broker, string) {
 		"require_certificate true", "allow_anonymous true",
 	}}}})
 	return b, fmt.Sprintf("tls://127.0.0.1:%d", b.Ports[0])
-}
-
-// waitUntil waits until what is true, or fails the test with says after 10 s.
-func waitUntil(t *testing.T, what func() bool, says func() string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !what() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within 10s: %s", says())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func TestPush_ReachesAMutualTLSBrokerWithAPrivateCA(t *testing.T) {
@@ -88,7 +77,7 @@ func TestServe_AnswersOverAMutualTLSBrokerWithAPrivateCA(t *testing.T) {
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
-	var stdout, stderr mqtttest.LockedBuffer
+	var stdout, stderr testkit.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"serve", "--broker", url, "--app", app, "--configs", configs,
@@ -100,16 +89,13 @@ func TestServe_AnswersOverAMutualTLSBrokerWithAPrivateCA(t *testing.T) {
 			t.Errorf("serve exited %d after its context ended, want 0; stderr:\n%s", code, stderr.String())
 		}
 	})
-	waitUntil(t, func() bool { return strings.Contains(stderr.String(), "serving configurations") },
-		func() string { return "serve never subscribed; stderr:\n" + stderr.String() })
+	stderr.Wait(t, "serving configurations", 10*time.Second)
 
 	out := runningAgent(t, b)
-	waitUntil(t, func() bool { got, _ := os.ReadFile(out); return string(got) == `[{"served":"tls"}]` },
-		func() string { got, err := os.ReadFile(out); return fmt.Sprintf("output %q (%v)", got, err) })
-	waitUntil(t, func() bool {
+	testkit.WaitFile(t, out, []byte(`[{"served":"tls"}]`), 10*time.Second)
+	testkit.Eventually(t, 10*time.Second, func() bool {
 		return strings.Contains(stdout.String(), `gw-001`) && strings.Contains(stdout.String(), `status="ok"`)
-	},
-		func() string { return "no confirmation printed: " + stdout.String() })
+	}, "no confirmation printed: %s", stdout.String)
 }
 
 // Input that cannot be used exits 2 with one plain line naming the file and what is wrong with it,

@@ -11,7 +11,6 @@
 package mqtttest
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -24,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
 
 // DefaultMosquitto is where Debian's mosquitto package installs the broker.
@@ -82,7 +83,7 @@ type Broker struct {
 
 type process struct {
 	cmd    *exec.Cmd
-	output *LockedBuffer
+	output *testkit.Buffer
 	done   chan struct{}
 	err    error // set before done is closed
 }
@@ -324,7 +325,7 @@ func (b *Broker) launch() error {
 
 	cmd := exec.Command(b.bin, "-c", b.confPath)
 	cmd.Dir = b.Dir
-	out := &LockedBuffer{}
+	out := &testkit.Buffer{}
 	cmd.Stdout = out
 	cmd.Stderr = out
 	cmd.SysProcAttr = sysProcAttr()
@@ -558,23 +559,4 @@ func FreePort(t testing.TB) int {
 		t.Fatalf("mqtttest: release port %d: %v", port, err)
 	}
 	return port
-}
-
-// LockedBuffer collects output that a child process or a goroutine writes while
-// the test reads it.
-type LockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *LockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *LockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }

@@ -7,11 +7,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
 
 const wait = 5 * time.Second
@@ -303,40 +304,15 @@ func TestTopicMatches(t *testing.T) {
 	}
 }
 
-// fatalRecorder is a testing.TB whose Fatal stops only the goroutine running
-// the helper under test, so that a test can assert that a helper fails.
-type fatalRecorder struct {
-	testing.TB
-	msg string
-}
-
-func (f *fatalRecorder) Helper() {}
-
-func (f *fatalRecorder) Fatalf(format string, args ...any) {
-	f.msg = fmt.Sprintf(format, args...)
-	runtime.Goexit()
-}
-
-func (f *fatalRecorder) Fatal(args ...any) {
-	f.msg = fmt.Sprint(args...)
-	runtime.Goexit()
-}
-
 // expectFatal runs fn and returns its failure message; it fails the test if
 // fn did not fail.
 func expectFatal(t *testing.T, fn func(tb testing.TB)) string {
 	t.Helper()
-	rec := &fatalRecorder{TB: t}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		fn(rec)
-	}()
-	<-done
-	if rec.msg == "" {
+	msg := testkit.Failure(t, fn)
+	if msg == "" {
 		t.Fatal("the helper did not fail the test")
 	}
-	return rec.msg
+	return msg
 }
 
 func TestStartWith_LinesConfigureABridgeBetweenTwoBrokers(t *testing.T) {
