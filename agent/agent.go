@@ -50,7 +50,8 @@ type Agent struct {
 	sess *transport.Session
 
 	build    Build
-	reloadMu sync.Mutex // one Reload at a time
+	clock    clock.Clock // the engine's: what the metrics measure ages against
+	reloadMu sync.Mutex  // one Reload at a time
 	mu       sync.Mutex
 	cfg      *config.Config
 	runCtx   context.Context
@@ -96,11 +97,11 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 		ClientID:   clientID,
 		MaxPayload: int(cfg.Agent.MaxPayload),
 		Pause:      opt.Pause,
-		Now:        clock.OrReal(opt.Clock).Now,
+		Clock:      opt.Clock,
 		OnChange:   opt.OnChange,
 	})
 	c := *cfg
-	return &Agent{log: log, eng: eng, sess: sess, cfg: &c, build: opt.Build,
+	return &Agent{log: log, eng: eng, sess: sess, cfg: &c, build: opt.Build, clock: clock.OrReal(opt.Clock),
 		apiLimits: apiConnLimits(), metricsLimits: metricsConnLimits()}, nil
 }
 

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"encoding/json"
-	"github.com/cmx-agent/cmx-agent/engine"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cmx-agent/cmx-agent/engine"
 
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
