@@ -1,4 +1,4 @@
-package engine
+package store
 
 import (
 	"errors"
@@ -12,7 +12,7 @@ import (
 )
 
 func TestBatch_ConcurrentCallersAreAllCommittedInFewerTransactions(t *testing.T) {
-	st := openTestStore(t)
+	st := mustOpen(t, 0)
 	const n = 200
 	var (
 		mu  sync.Mutex
@@ -61,7 +61,7 @@ func TestBatch_ConcurrentCallersAreAllCommittedInFewerTransactions(t *testing.T)
 }
 
 func TestBatch_FailingFunctionDoesNotFailOthers(t *testing.T) {
-	st := openTestStore(t)
+	st := mustOpen(t, 0)
 	boom := errors.New("boom")
 	const n = 50
 	var wg sync.WaitGroup
@@ -138,7 +138,7 @@ func TestBatch_IsDurableWhenItReturns(t *testing.T) {
 }
 
 func TestBatch_LoneCallerCommitsWithoutWaitingForCompany(t *testing.T) {
-	st := openTestStore(t)
+	st := mustOpen(t, 0)
 	// bbolt's own db.Batch waits up to MaxBatchDelay (10 ms) for more callers; a lone push must not.
 	// Medians, compared with Update on the same database, so that a slow or busy disk does not fail
 	// the test.
