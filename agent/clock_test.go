@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cmx-agent/cmx-agent/store"
+
 	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/internal/clock"
 )
@@ -86,13 +88,13 @@ func TestClockJump_NothingOrdersByWallTime(t *testing.T) {
 // agentIDs returns the last message id handed out, read from the stopped agent's database.
 func (h *harness) agentIDs() uint64 {
 	h.t.Helper()
-	st, err := engine.OpenStore(h.cfg.Agent.StateDir, time.Second, 0)
+	st, err := store.OpenStore(h.cfg.Agent.StateDir, time.Second, 0)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	defer st.Close()
 	var next uint64
-	if err := st.Update(func(tx *engine.Tx) error { next, err = tx.NextIDs(1); return err }); err != nil {
+	if err := st.Update(func(tx *store.Tx) error { next, err = tx.NextIDs(1); return err }); err != nil {
 		h.t.Fatal(err)
 	}
 	return next

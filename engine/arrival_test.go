@@ -13,29 +13,30 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // classify names what an arriving configuration is to the endpoint, in one place.
 func TestArrival_ClassifyNamesEachCase(t *testing.T) {
 	t.Parallel()
-	offer := func(id string) *pending { return &pending{o: &Offer{ID: id, Text: id}, ack: ackStored} }
-	internal := &pending{o: &Offer{ID: "7", Text: "7", Internal: true}}
+	offer := func(id string) *pending { return &pending{o: &store.Offer{ID: id, Text: id}, ack: ackStored} }
+	internal := &pending{o: &store.Offer{ID: "7", Text: "7", Internal: true}}
 	cases := []struct {
 		name          string
 		running, next *pending
-		handled       map[string]Handled // outcomes of ids handled before, not yet committed
+		handled       map[string]store.Handled // outcomes of ids handled before, not yet committed
 		in            inbound
 		want          arrivalKind
 	}{
-		{name: "refused", in: inbound{offer: &Offer{ID: "1"}, reject: &Result{Code: CodeInvalid}}, want: arrivalRefused},
-		{name: "refused although it repeats the running one", running: offer("1"), in: inbound{offer: &Offer{ID: "1"}, reject: &Result{Code: CodeInvalid}}, want: arrivalRefused},
-		{name: "no id is always new", running: offer(""), in: inbound{offer: &Offer{}}, want: arrivalNew},
-		{name: "repeats the running one", running: offer("1"), in: inbound{offer: &Offer{ID: "1"}}, want: arrivalRepeatsRunning},
-		{name: "repeats the waiting one", running: offer("1"), next: offer("2"), in: inbound{offer: &Offer{ID: "2"}}, want: arrivalRepeatsWaiting},
-		{name: "the waiting one has the running one's id (a retried commit)", running: offer("1"), next: offer("1"), in: inbound{offer: &Offer{ID: "1"}}, want: arrivalRepeatsWaiting},
-		{name: "the agent's own re-apply is no repeat", running: internal, handled: map[string]Handled{"7": {Status: "ok", Code: CodeOK}}, in: inbound{offer: &Offer{ID: "7"}}, want: arrivalHandled},
-		{name: "handled before", handled: map[string]Handled{"3": {Status: "ok", Code: CodeOK}}, in: inbound{offer: &Offer{ID: "3"}}, want: arrivalHandled},
-		{name: "new", running: offer("1"), in: inbound{offer: &Offer{ID: "4"}}, want: arrivalNew},
+		{name: "refused", in: inbound{offer: &store.Offer{ID: "1"}, reject: &Result{Code: store.CodeInvalid}}, want: arrivalRefused},
+		{name: "refused although it repeats the running one", running: offer("1"), in: inbound{offer: &store.Offer{ID: "1"}, reject: &Result{Code: store.CodeInvalid}}, want: arrivalRefused},
+		{name: "no id is always new", running: offer(""), in: inbound{offer: &store.Offer{}}, want: arrivalNew},
+		{name: "repeats the running one", running: offer("1"), in: inbound{offer: &store.Offer{ID: "1"}}, want: arrivalRepeatsRunning},
+		{name: "repeats the waiting one", running: offer("1"), next: offer("2"), in: inbound{offer: &store.Offer{ID: "2"}}, want: arrivalRepeatsWaiting},
+		{name: "the waiting one has the running one's id (a retried commit)", running: offer("1"), next: offer("1"), in: inbound{offer: &store.Offer{ID: "1"}}, want: arrivalRepeatsWaiting},
+		{name: "the agent's own re-apply is no repeat", running: internal, handled: map[string]store.Handled{"7": {Status: "ok", Code: store.CodeOK}}, in: inbound{offer: &store.Offer{ID: "7"}}, want: arrivalHandled},
+		{name: "handled before", handled: map[string]store.Handled{"3": {Status: "ok", Code: store.CodeOK}}, in: inbound{offer: &store.Offer{ID: "3"}}, want: arrivalHandled},
+		{name: "new", running: offer("1"), in: inbound{offer: &store.Offer{ID: "4"}}, want: arrivalNew},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -303,15 +304,15 @@ func TestRestart_APendingOfferOfAnEndpointNoLongerConfiguredIsDropped(t *testing
 }
 
 // pendingOf2 reads the pending offers of key from the database while the engine is stopped.
-func (c *core) pendingOf2(t *testing.T, key string) []*Offer {
+func (c *core) pendingOf2(t *testing.T, key string) []*store.Offer {
 	t.Helper()
-	st, err := OpenStore(filepath.Join(c.dir, "state"), time.Second, 1000)
+	st, err := store.OpenStore(filepath.Join(c.dir, "state"), time.Second, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	var out []*Offer
-	if err := st.View(func(tx *Tx) error {
+	var out []*store.Offer
+	if err := st.View(func(tx *store.Tx) error {
 		var err error
 		out, err = tx.Pending(key)
 		return err
@@ -494,7 +495,7 @@ func TestReload_AnArrivalAtARemovedEndpointDoesNotFailTheConnection(t *testing.T
 	ep := c.e.eps["gw"]
 	c.e.Reload(nil)
 	r := newReceipt(&c.e.conn, c.gen)
-	ep.post(evArrival{in: inbound{offer: &Offer{ID: "1", Text: "1"}}, topic: p + "/json", qos: 1, receipt: r})
+	ep.post(evArrival{in: inbound{offer: &store.Offer{ID: "1", Text: "1"}}, topic: p + "/json", qos: 1, receipt: r})
 	waitReceipt(t, r)
 	if c.e.conn.hasFailed(c.gen) {
 		t.Error("the connection was marked failed by an arrival at a removed endpoint")

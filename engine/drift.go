@@ -14,6 +14,7 @@ import (
 	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/internal/clock"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // Drift timing: events for one output are gathered for DriftDebounce before a check (an editor
@@ -240,7 +241,7 @@ func (e *Engine) checkDrift(m *machine) {
 	var notRegular *apply.NotRegularError
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		what, sum = "deleted", hashOf(nil)
+		what, sum = "deleted", store.Hash(nil)
 	case errors.As(err, &notRegular):
 		// Not the agent's file, whatever it leads to: HashFile followed no link and waited on no
 		// FIFO, and the repair's rename replaces the thing itself.
@@ -299,7 +300,7 @@ func (e *Engine) outputSum(key, output string) (string, error) {
 		have bool
 	)
 	// A sealed configuration's stored bytes are not the output's: their size tells nothing.
-	if err := e.store.View(func(tx *Tx) error { n, have = tx.BodyLen(key); have = have && !tx.BodySealed(key); return nil }); err == nil && have {
+	if err := e.store.View(func(tx *store.Tx) error { n, have = tx.BodyLen(key); have = have && !tx.BodySealed(key); return nil }); err == nil && have {
 		if fi, err := apply.LstatRegular(output); err == nil && fi.Size() != int64(n) {
 			return fmt.Sprintf("size %d", fi.Size()), nil
 		}

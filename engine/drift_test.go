@@ -10,6 +10,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/internal/clock"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 const repaired = "output changed locally; repaired"
@@ -175,11 +176,11 @@ func TestDrift_AHugeFileAtTheOutputIsFoundChangedWithoutReadingIt(t *testing.T) 
 	}
 	defer e.Close()
 	applied := []byte(`["applied"]`)
-	if err := e.store.Update(func(tx *Tx) error { return tx.SetApplied("gw", applied, nil, false) }); err != nil {
+	if err := e.store.Update(func(tx *store.Tx) error { return tx.SetApplied("gw", applied, nil, false) }); err != nil {
 		t.Fatal(err)
 	}
 	m := &e.eps["gw"].m
-	m.st = &EndpointState{AppliedID: "1", AppliedText: "1", AppliedHash: hashOf(applied)}
+	m.st = &store.EndpointState{AppliedID: "1", AppliedText: "1", AppliedHash: store.Hash(applied)}
 	f, err := os.Create(cfg.Endpoints[0].Output)
 	if err != nil {
 		t.Fatal(err)

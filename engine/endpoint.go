@@ -10,6 +10,7 @@ import (
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/internal/backoff"
 	"github.com/cmx-agent/cmx-agent/internal/clock"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // endpoint is one configured endpoint: a token, or a token and a configuration name (7/CMP). Its
@@ -134,6 +135,7 @@ type (
 		qos     byte
 		size    int
 		receipt *Receipt
+		results listeners // told the offer's outcome (import.go)
 	}
 	evApplied struct {
 		o   *pending
@@ -143,7 +145,7 @@ type (
 	evHoldBound struct{} // Options.HoldBound has passed since the machine began holding
 	evDrift     struct{}
 	evOptions   struct{ cfg config.Endpoint }
-	evRecovery  struct{ offers []*Offer } // offers a crash left pending, applied at start
+	evRecovery  struct{ offers []*store.Offer } // offers a crash left pending, applied at start
 )
 
 // post queues ev for the machine; it never blocks.
@@ -298,7 +300,7 @@ func (p phase) String() string {
 
 // pending is an offer the machine holds: in memory, and in the database when stored.
 type pending struct {
-	o *Offer
+	o *store.Offer
 	// ack is how the offer's acknowledgement goes. ackStored: the offer is in the database, or goes
 	// there with the journal's next commit (a receive commit, or left by a crash). ackHeld: the
 	// broker still holds it, unacknowledged, and will deliver it again after a crash: it must not
@@ -310,6 +312,7 @@ type pending struct {
 	// (a repeat's route is stored only by a later commit). A stored offer's own receipt goes with
 	// its receive commit. Any waiter is a held PUBACK, bounded by releaseHolds.
 	waiters []*Receipt
+	results listeners // told the offer's outcome: the arrival's and those of repeats that joined it
 }
 
 // machine is an endpoint's state. Only the endpoint's goroutine touches it.
@@ -323,7 +326,7 @@ type machine struct {
 	result  *outcome // retrying: the outcome whose commit failed
 	// st is the endpoint's committed state, read once and then kept: the machine is its only
 	// writer, so neither an apply nor its result has to read it back from the store.
-	st *EndpointState
+	st *store.EndpointState
 
 	j journal // what waits for the next commit
 
@@ -342,7 +345,7 @@ type machine struct {
 }
 
 // state returns the endpoint's committed state.
-func (m *machine) state() EndpointState {
+func (m *machine) state() store.EndpointState {
 	if m.st == nil {
 		st := m.ep.e.stateOf(m.ep)
 		m.st = &st
@@ -466,7 +469,7 @@ func (m *machine) applied(p *pending, out outcome) {
 		for _, r := range p.waiters {
 			r.release(errEndpointGone) // unacknowledged: the broker sends it again after the restart
 		}
-		p.o.notify(Result{Status: "the agent stopped during the apply; it is applied again after the restart", Code: CodeFailed})
+		p.results.notify(Result{Status: "the agent stopped during the apply; it is applied again after the restart", Code: store.CodeFailed})
 		m.phase, m.running = idle, nil
 		return
 	}
@@ -500,7 +503,7 @@ func (m *machine) recordResult(p *pending, out outcome) {
 	}
 	m.j.setState(st)
 	if p.o.ID != "" && !p.o.Internal {
-		m.j.setHandled(p.o.ID, Handled(out.r))
+		m.j.setHandled(p.o.ID, store.Handled(out.r))
 	}
 	m.recordAccepted(p.o, out.r)
 	if !p.o.Internal {
@@ -543,7 +546,7 @@ func (m *machine) commitResult() {
 	}
 	e.opt.Pause(StepCommitted)
 	m.j.committed()
-	p.o.notify(out.r)
+	p.results.notify(out.r)
 	m.phase, m.running, m.result = idle, nil, nil
 	e.changed()
 }
@@ -557,7 +560,7 @@ func (m *machine) retryTick() {
 // recover takes the offers a crash left in the database, oldest first: all but the newest are
 // applied in turn only if one of them was being written (it may have half run its hook); the
 // newest waits behind it.
-func (m *machine) recover(offers []*Offer) {
+func (m *machine) recover(offers []*store.Offer) {
 	if m.quitting && !m.removing {
 		return // the agent stops: the records stay, to be recovered at the next start
 	}
@@ -601,13 +604,13 @@ func (m *machine) reapplyIfReshaped() {
 	if shapeOf(ep.config()) == st.AppliedShape {
 		return
 	}
-	raw, ok, err := e.store.storedBytes(ep.key, (*Tx).Raw)
+	raw, ok, err := e.store.StoredBytes(ep.key, (*store.Tx).Raw)
 	if err != nil || !ok {
 		e.log.Error("cannot read the stored configuration to apply it under the new options", "endpoint", ep.key, "err", err)
 		return
 	}
 	e.log.Info("endpoint options changed: applying the stored configuration again", "endpoint", ep.key, "id", st.AppliedText)
-	o := &Offer{Seq: e.nextSeq(), ID: st.AppliedID, Text: st.AppliedText, Body: raw, Internal: true, Received: e.opt.Clock.Now()}
+	o := &store.Offer{Seq: e.nextSeq(), ID: st.AppliedID, Text: st.AppliedText, Body: raw, Internal: true, Received: e.opt.Clock.Now()}
 	m.start(&pending{o: o, ack: ackNone})
 }
 

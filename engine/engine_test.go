@@ -21,6 +21,7 @@ import (
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/internal/clock"
 	"github.com/cmx-agent/cmx-agent/internal/clock/clocktest"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 const testWait = 10 * time.Second
@@ -430,7 +431,7 @@ func TestReceipt_HeldUntilTheResultIsCommitted(t *testing.T) {
 	close(release)
 	waitReceipt(t, r)
 	st := c.e.stateOf(c.e.endpointList()[0])
-	if st.AppliedText != "1" || st.LastCode != CodeOK {
+	if st.AppliedText != "1" || st.LastCode != store.CodeOK {
 		t.Errorf("state after release = %+v, want 1 applied", st)
 	}
 }
@@ -648,8 +649,8 @@ func TestReload_RemovedEndpointReleasesWhatItWillNotApply(t *testing.T) {
 				t.Errorf("output %q, want [1]: a push that comes after the removal is not applied", out)
 			}
 			// Nor is it kept to be applied should the endpoint be added again.
-			var left []*Offer
-			if err := c.e.store.View(func(tx *Tx) error {
+			var left []*store.Offer
+			if err := c.e.store.View(func(tx *store.Tx) error {
 				var err error
 				left, err = tx.Pending("gw")
 				return err
@@ -667,11 +668,11 @@ func TestState_ACorruptStateRecordIsReplacedByTheNextResult(t *testing.T) {
 	c.next("/status")
 	// bbolt's pages check out at open; the record inside one does not decode.
 	c.stop()
-	st, err := OpenStore(filepath.Join(c.dir, "state"), time.Second, 1000)
+	st, err := store.OpenStore(filepath.Join(c.dir, "state"), time.Second, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Update(func(tx *Tx) error { return tx.hot().Put(epKey("gw", kindState), []byte(`{"applied_id":`)) }); err != nil {
+	if err := st.Update(func(tx *store.Tx) error { return tx.PutRaw("gw", store.RecordState, 0, []byte(`{"applied_id":`)) }); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()
@@ -728,16 +729,16 @@ func (f *failingCommits) fail() error {
 }
 
 // pendingOf lists the pending offers the database holds for endpoint key.
-func (c *core) pendingOf(key string) []*Offer {
+func (c *core) pendingOf(key string) []*store.Offer {
 	c.t.Helper()
-	return readStore(c, func(tx *Tx) ([]*Offer, error) { return tx.Pending(key) })
+	return readStore(c, func(tx *store.Tx) ([]*store.Offer, error) { return tx.Pending(key) })
 }
 
 // readStore returns what read finds in the engine's database, failing the test on an error.
-func readStore[T any](c *core, read func(*Tx) (T, error)) T {
+func readStore[T any](c *core, read func(*store.Tx) (T, error)) T {
 	c.t.Helper()
 	var out T
-	if err := c.e.store.View(func(tx *Tx) error {
+	if err := c.e.store.View(func(tx *store.Tx) error {
 		var err error
 		out, err = read(tx)
 		return err
@@ -931,15 +932,15 @@ func TestState_ADamagedPendingRecordDoesNotCostTheOthers(t *testing.T) {
 	// Push 1 is stored (committed path) and being applied when the agent stops: it stays pending.
 	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`))
 	c.stop()
-	st, err := OpenStore(filepath.Join(c.dir, "state"), time.Second, 1000)
+	st, err := store.OpenStore(filepath.Join(c.dir, "state"), time.Second, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Update(func(tx *Tx) error {
+	if err := st.Update(func(tx *store.Tx) error {
 		if left, err := tx.Pending("gw"); err != nil || len(left) != 1 {
 			return fmt.Errorf("%d pending offers after the stop (%v), want 1", len(left), err)
 		}
-		return tx.hot().Put(pendingKey("gw", 1<<40), []byte(`{"seq":`))
+		return tx.PutRaw("gw", store.RecordPending, 1<<40, []byte(`{"seq":`))
 	}); err != nil {
 		t.Fatal(err)
 	}

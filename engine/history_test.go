@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // historyOf returns endpoint key's history as Engine.History reports it, as "id origin" lines,
@@ -21,7 +22,7 @@ func (c *core) historyOf(key string, body map[string]string) []string {
 	}
 	var out []string
 	for _, h := range hs[0].Entries {
-		if want := hashOf([]byte(body[h.ID])); h.SHA256 != want {
+		if want := store.Hash([]byte(body[h.ID])); h.SHA256 != want {
 			c.t.Errorf("entry %s: sha256 %s, want %s (of %s)", h.ID, h.SHA256, want, body[h.ID])
 		}
 		if h.At.IsZero() {
@@ -100,11 +101,11 @@ func TestHistory_AllEndpointsOrAnUnknownOne(t *testing.T) {
 	}
 
 	c.stop()
-	st, err := OpenStore(filepath.Join(c.dir, "state"), time.Second, 0)
+	st, err := store.OpenStore(filepath.Join(c.dir, "state"), time.Second, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Update(func(tx *Tx) error { return tx.hot().Put(epKey("gw", kindHistory), []byte{1, 0x80}) }); err != nil {
+	if err := st.Update(func(tx *store.Tx) error { return tx.PutRaw("gw", store.RecordHistory, 0, []byte{1, 0x80}) }); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()

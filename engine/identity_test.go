@@ -9,6 +9,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/sealed"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // A database from a version without sealed values has no identity: the upgrade makes one. Once
@@ -17,7 +18,7 @@ func TestNew_MakesTheIdentityOnUpgradeAndRefusesToStartWhenItIsLostLater(t *test
 	t.Parallel()
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
-	st, err := OpenStore(state, time.Second, 0) // a database as an earlier version left it
+	st, err := store.OpenStore(state, time.Second, 0) // a database as an earlier version left it
 	if err != nil {
 		t.Fatal(err)
 	}

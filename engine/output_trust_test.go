@@ -14,6 +14,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // What sits at an output path is not trusted (CONTRACT.md section 4): these tests plant what anyone
@@ -115,7 +116,7 @@ func TestFirstApply_LinkAtTheOutputIsNeitherFollowedNorCopied(t *testing.T) {
 	if entries, _ := os.ReadDir(filepath.Dir(ep.Output)); len(entries) != 1 {
 		t.Errorf("output folder holds %d entries, want only the link", len(entries))
 	}
-	db, err := os.ReadFile(filepath.Join(c.cfg.Agent.StateDir, DBName))
+	db, err := os.ReadFile(filepath.Join(c.cfg.Agent.StateDir, store.DBName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,8 +176,9 @@ func TestFirstApply_PriorRecordedWithoutModeAndOwnerComesBackWithTheEndpointsMod
 	ep, _ := withHookLog(t)
 	ep.Mode = 0o640
 	c := startCoreWith(t, coreOptions{}, ep)
-	err := c.e.store.Update(func(tx *Tx) error {
-		return tx.tx.Bucket(bucketCold).Put(priorKey("gw"), []byte(`{"exists":true,"body":"b3BlcmF0b3IncyBmaWxl"}`))
+	err := c.e.store.Update(func(tx *store.Tx) error {
+		// Without Attr, it is stored as an earlier version wrote it: {"exists":true,"body":"…"}.
+		return tx.SetPrior("gw", store.PriorFile{Exists: true, Body: []byte("operator's file")})
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // outcome is what the apply pipeline did with one offer.
@@ -46,9 +47,9 @@ type outcome struct {
 type previous struct {
 	exists bool
 	body   []byte
-	attr   *fileAttr // the found file's own mode and owner; nil: the endpoint's
-	text   string    // the id people read; "" for a file the agent did not write or a push without id
-	ours   bool      // body is a configuration the agent applied (not a file it found)
+	attr   *store.FileAttr // the found file's own mode and owner; nil: the endpoint's
+	text   string          // the id people read; "" for a file the agent did not write or a push without id
+	ours   bool            // body is a configuration the agent applied (not a file it found)
 	// stored: body is the applied body in the database, read only when a rollback needs it (most
 	// applies need none, and a configuration of a few MiB should not be copied for nothing). Only
 	// the endpoint's result commit changes it, and that comes after the pipeline.
@@ -76,7 +77,7 @@ func (p previous) name() string {
 // Until the machine commits the outcome, the offer stays pending (in the database, or unacknowledged
 // at the broker), so a crash anywhere here makes the agent run the whole pipeline again after the
 // restart; that is why hooks must be idempotent.
-func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpoint, st EndpointState, o *Offer) outcome {
+func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpoint, st store.EndpointState, o *store.Offer) outcome {
 	start := e.opt.Clock.Now()
 	defer func() { e.applyTimes.observe(e.opt.Clock.Now().Sub(start)) }()
 	data, done, decided := e.candidate(cfg, st, o)
@@ -141,7 +142,7 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 // candidate decides what the offer makes of the output: the bytes to write and the outcome once
 // they are in place, or, when decided is true, the outcome already (refused, or unchanged: nothing to
 // write, validate or hook).
-func (e *Engine) candidate(cfg config.Endpoint, st EndpointState, o *Offer) (data []byte, done outcome, decided bool) {
+func (e *Engine) candidate(cfg config.Endpoint, st store.EndpointState, o *store.Offer) (data []byte, done outcome, decided bool) {
 	nSealed, refused := checkSealed(cfg, o.Body)
 	if refused != nil {
 		return nil, outcome{r: *refused}, true
@@ -150,7 +151,7 @@ func (e *Engine) candidate(cfg config.Endpoint, st EndpointState, o *Offer) (dat
 	if nSealed > 0 {
 		// Decided on the configuration as received: the same sealed one again is neither decrypted
 		// nor written; a new encryption of the same secret is a new configuration.
-		sealedHash := hashOf(o.Body)
+		sealedHash := store.Hash(o.Body)
 		if sealedHash == st.AppliedSealed && shape == st.AppliedShape {
 			return nil, outcome{r: resultOK, applied: true, unchanged: true, hash: st.AppliedHash, sealedHash: sealedHash,
 				shape: shape, body: o.Body, sealed: true, output: cfg.Output}, true
@@ -160,11 +161,11 @@ func (e *Engine) candidate(cfg config.Endpoint, st EndpointState, o *Offer) (dat
 	if refused != nil {
 		return nil, outcome{r: *refused}, true
 	}
-	hash := hashOf(data)
+	hash := store.Hash(data)
 	done = outcome{r: resultOK, applied: true, hash: hash, shape: shape, body: data, rendered: cfg.Template != "", output: cfg.Output}
 	if nSealed > 0 {
 		// The database keeps the sealed form; drift repair and rollback render it again.
-		done.body, done.rendered, done.sealed, done.sealedHash = o.Body, false, true, hashOf(o.Body)
+		done.body, done.rendered, done.sealed, done.sealedHash = o.Body, false, true, store.Hash(o.Body)
 	}
 	// A state written before shapes were recorded has none: its bytes alone decide, as they did,
 	// so an upgrade does not make every device reload.
@@ -178,7 +179,7 @@ func (e *Engine) candidate(cfg config.Endpoint, st EndpointState, o *Offer) (dat
 }
 
 // validate runs the endpoint's validate command, if any, on the candidate file.
-func (e *Engine) validate(ctx context.Context, cfg config.Endpoint, o *Offer, p *apply.Pending) error {
+func (e *Engine) validate(ctx context.Context, cfg config.Endpoint, o *store.Offer, p *apply.Pending) error {
 	if len(cfg.Validate) == 0 {
 		return nil
 	}
@@ -189,14 +190,9 @@ func (e *Engine) validate(ctx context.Context, cfg config.Endpoint, o *Offer, p 
 func validateFailed(err error) Result {
 	// A program that cannot even start is the gateway's fault, not the configuration's.
 	if re := (*apply.RunError)(nil); errors.As(err, &re) && re.Err != nil {
-		return Result{Status: "validate failed: " + err.Error(), Code: CodeFailed}
+		return Result{Status: "validate failed: " + err.Error(), Code: store.CodeFailed}
 	}
-	return Result{Status: "rejected by validate: " + err.Error(), Code: CodeRejected}
-}
-
-func hashOf(b []byte) string {
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
+	return Result{Status: "rejected by validate: " + err.Error(), Code: store.CodeRejected}
 }
 
 // shapeOf hashes the options besides the body that shape the output file: where it is, its mode and
@@ -213,7 +209,7 @@ func shapeOf(c config.Endpoint) string {
 }
 
 func writeFailed(err error) Result {
-	return Result{Status: "write failed: " + apply.Describe(err), Code: CodeFailed}
+	return Result{Status: "write failed: " + apply.Describe(err), Code: store.CodeFailed}
 }
 
 // command builds a validate or hook command for an endpoint with the contract's environment.
@@ -256,12 +252,12 @@ func hookTimeout(c config.Endpoint) time.Duration {
 // previous returns what a rollback of ep would put back: the body last applied, or, before the
 // agent's first successful apply, the file it found at the output. That file is recorded durably
 // before the first write, so a crash after the rename cannot make the new bytes look like the old.
-func (e *Engine) previous(ep *endpoint, cfg config.Endpoint, st EndpointState) (previous, error) {
+func (e *Engine) previous(ep *endpoint, cfg config.Endpoint, st store.EndpointState) (previous, error) {
 	var (
 		p     previous
 		found bool
 	)
-	err := e.store.View(func(tx *Tx) error {
+	err := e.store.View(func(tx *store.Tx) error {
 		if tx.HasBody(ep.key) {
 			p, found = previous{exists: true, stored: true, text: st.AppliedText, ours: true}, true
 			return nil
@@ -292,7 +288,7 @@ func (e *Engine) previous(ep *endpoint, cfg config.Endpoint, st EndpointState) (
 	switch {
 	case err == nil:
 		perm, own := apply.AttrOf(fi)
-		p = previous{exists: true, body: b, attr: &fileAttr{Mode: perm, UID: own.UID, GID: own.GID}, fresh: true}
+		p = previous{exists: true, body: b, attr: &store.FileAttr{Mode: perm, UID: own.UID, GID: own.GID}, fresh: true}
 	case errors.Is(err, fs.ErrNotExist):
 		p = previous{fresh: true}
 	case errors.As(err, &notRegular):
@@ -302,8 +298,8 @@ func (e *Engine) previous(ep *endpoint, cfg config.Endpoint, st EndpointState) (
 	default:
 		return p, fmt.Errorf("read the file in place for rollback: %w", err)
 	}
-	err = e.store.Batch(func(tx *Tx) error {
-		return tx.SetPrior(ep.key, priorFile{Exists: p.exists, Body: p.body, Attr: p.attr})
+	err = e.store.Batch(func(tx *store.Tx) error {
+		return tx.SetPrior(ep.key, store.PriorFile{Exists: p.exists, Body: p.body, Attr: p.attr})
 	})
 	return p, err
 }
@@ -311,10 +307,12 @@ func (e *Engine) previous(ep *endpoint, cfg config.Endpoint, st EndpointState) (
 // rollback puts prev back after the new bytes went in place and something failed; with hookAgain
 // the hook runs once more, for the restored bytes. status is what failed; the result adds what the
 // rollback did.
-func (e *Engine) rollback(ctx context.Context, ep *endpoint, cfg config.Endpoint, o *Offer, prev previous, own apply.Owner, hookAgain bool, status string) outcome {
-	fail := func(s string) outcome { return outcome{r: Result{Status: s, Code: CodeFailed}} }
+func (e *Engine) rollback(ctx context.Context, ep *endpoint, cfg config.Endpoint, o *store.Offer, prev previous, own apply.Owner, hookAgain bool, status string) outcome {
+	fail := func(s string) outcome { return outcome{r: Result{Status: s, Code: store.CodeFailed}} }
 	// The output is as the attempt found it again.
-	restored := func(s string) outcome { return outcome{r: Result{Status: s, Code: CodeFailed}, dropPrior: prev.fresh} }
+	restored := func(s string) outcome {
+		return outcome{r: Result{Status: s, Code: store.CodeFailed}, dropPrior: prev.fresh}
+	}
 	if !prev.exists {
 		if err := apply.Remove(cfg.Output); err != nil {
 			e.log.Error("cannot remove the output after a failure", "endpoint", ep.key, "err", err)

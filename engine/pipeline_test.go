@@ -16,6 +16,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/internal/clock/clocktest"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // hookLog is a hook that records "<config id>=<output bytes>" per run in hook.log beside itself and
@@ -343,8 +344,8 @@ func TestValidate_ThatCannotStartIsAFailureNotARejection(t *testing.T) {
 	if want := "validate failed: cannot start: "; !strings.HasPrefix(got.Status, want) || !strings.Contains(got.Status, validate) {
 		t.Errorf("status %q, want it to begin with %q and name %s", got.Status, want, validate)
 	}
-	if st := c.e.stateOf(c.e.endpointList()[0]); st.LastCode != CodeFailed {
-		t.Errorf("last code %d, want %d (a failure, not a rejection)", st.LastCode, CodeFailed)
+	if st := c.e.stateOf(c.e.endpointList()[0]); st.LastCode != store.CodeFailed {
+		t.Errorf("last code %d, want %d (a failure, not a rejection)", st.LastCode, store.CodeFailed)
 	}
 	wantNoFile(t, c.output("gw"))
 }
@@ -362,8 +363,8 @@ func TestHook_ThatCannotStartIsAFailure(t *testing.T) {
 	if want := "hook failed: cannot start: "; !strings.HasPrefix(got.Status, want) {
 		t.Errorf("status %q, want it to begin with %q", got.Status, want)
 	}
-	if st := c.e.stateOf(c.e.endpointList()[0]); st.LastCode != CodeFailed {
-		t.Errorf("last code %d, want %d", st.LastCode, CodeFailed)
+	if st := c.e.stateOf(c.e.endpointList()[0]); st.LastCode != store.CodeFailed {
+		t.Errorf("last code %d, want %d", st.LastCode, store.CodeFailed)
 	}
 	wantNoFile(t, c.output("gw"))
 }

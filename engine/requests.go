@@ -6,6 +6,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/internal/backoff"
 	"github.com/cmx-agent/cmx-agent/internal/clock"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // Request asks for the latest configuration of the endpoints with these keys on the live
@@ -213,7 +214,7 @@ func (e *Engine) noteServer(m *machine, topic string, n serverNote) error {
 	ep := m.ep
 	now := e.opt.Clock.Now()
 	var old ServerState
-	if err := e.store.View(func(tx *Tx) error {
+	if err := e.store.View(func(tx *store.Tx) error {
 		var err error
 		old, err = tx.ServerState(ep.key)
 		return err

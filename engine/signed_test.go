@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/store"
 	"github.com/cmx-agent/cmx-agent/trust"
 )
 
@@ -47,9 +48,9 @@ func (c *core) pushSigned(id string, env string) confirmation {
 	return c.push(id, "["+env+"]")
 }
 
-func (c *core) accepted(key string) Accepted {
+func (c *core) accepted(key string) store.Accepted {
 	c.t.Helper()
-	return readStore(c, func(tx *Tx) (Accepted, error) { return tx.Accepted(key) })
+	return readStore(c, func(tx *store.Tx) (store.Accepted, error) { return tx.Accepted(key) })
 }
 
 func TestSigned_CMX3WritesThePayloadsConfigAndRefusesRollbackAcrossRestarts(t *testing.T) {
@@ -247,8 +248,8 @@ func TestSigned_APendingSignedOfferKeepsItsVersionInTheDatabase(t *testing.T) {
 	t.Parallel()
 	k := signer(1)
 	c := startCoreWith(t, coreOptions{Trust: trustOf(k), Unsent: true}, config.Endpoint{Token: "gw"})
-	o := &Offer{Seq: 1, Body: []byte(`[1]`), Signed: &Signed{Version: 3, Hash: hashOf([]byte(`[1]`)), KID: "k"}}
-	if err := c.e.store.Update(func(tx *Tx) error { return tx.SetPending("gw", o) }); err != nil {
+	o := &store.Offer{Seq: 1, Body: []byte(`[1]`), Signed: &store.Signed{Version: 3, Hash: store.Hash([]byte(`[1]`)), KID: "k"}}
+	if err := c.e.store.Update(func(tx *store.Tx) error { return tx.SetPending("gw", o) }); err != nil {
 		t.Fatal(err)
 	}
 	got := c.pendingOf("gw")

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // endpointStatus returns the status of the endpoint with key.
@@ -39,14 +40,14 @@ func TestStatus_LastAnswerIsShownForRefusalsAndReconfirmations(t *testing.T) {
 	}{
 		{"a refused push", func(c *core) confirmation {
 			return c.send(Message{Topic: p + "/json", QoS: 1, Payload: []byte(`{"id":2,"entries":{"a":1}}`)})
-		}, "2", "invalid payload: entries must be an array, got object", int(CodeInvalid), "1"},
+		}, "2", "invalid payload: entries must be an array, got object", int(store.CodeInvalid), "1"},
 		{"a refused push on the stored path (QoS 0)", func(c *core) confirmation {
 			return c.send(Message{Topic: p + "/json", QoS: 0, Payload: []byte(`not json`)})
-		}, "", "invalid payload", int(CodeInvalid), "1"},
+		}, "", "invalid payload", int(store.CodeInvalid), "1"},
 		{"an old id confirmed again", func(c *core) confirmation {
 			wantStatus(t, c.push(`3`, `["three"]`), "ok")
 			return c.push(`1`, `["one"]`)
-		}, "1", "superseded by 3", int(CodeSuperseded), "3"},
+		}, "1", "superseded by 3", int(store.CodeSuperseded), "3"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
