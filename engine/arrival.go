@@ -89,7 +89,7 @@ func (m *machine) arrive(a evArrival) {
 	}
 	mark := len(m.j.ops)
 	if a.in.note != nil {
-		if err := e.noteServer(m, a.topic, *a.in.note); err != nil {
+		if err := m.noteServer(a.topic, *a.in.note); err != nil {
 			a.receipt.release(err)
 			return
 		}

@@ -165,22 +165,3 @@ func (cmp7) request(ep *endpoint, msgID uint64, st store.EndpointState) (string,
 	applied, ok := cmx.ConfigIDFromKey(st.AppliedID)
 	return cmx.ConfigRequestTopic(ep.prefix, ep.name, msgID), cmx.ConfigRequest(applied, ok)
 }
-
-type noteKind int
-
-const (
-	noteConfig    noteKind = iota // a configuration came
-	noteAnswered                  // a response came that could not be used (it is answered 400)
-	noteUnchanged                 // {}: the endpoint has the current configuration
-	noteNone                      // configId "" and config null: the server has none for the endpoint
-	noteError                     // the server refused the request
-)
-
-// serverNote is what a server's response says about an endpoint besides a configuration.
-type serverNote struct {
-	kind      noteKind
-	rid       uint64 // request id of the response's topic; 0 = unsolicited or none
-	code      int    // noteError: statusCode
-	reason    string // noteError: reasonPhrase
-	malformed string // noteError: what was wrong with the error payload
-}
