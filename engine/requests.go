@@ -62,7 +62,7 @@ type requester struct {
 	timer   clock.Timer
 	arming  uint64          // counts the arms: a timer armed before the last one does nothing
 	refused bool            // the armed repeat is a refused request's
-	wait    time.Duration   // the interval of the armed unanswered-request repeat
+	repeats int             // the armed unanswered-request repeat is the n-th interval (pullWait)
 	bo      backoff.Backoff // a refused request's
 	// since is when the request now unanswered was first sent: its repeats (and syncs) do not
 	// move it, an answer does (the next request starts a new wait). Zero when none was sent on
@@ -86,8 +86,8 @@ func (r *requester) ask(e *Engine, ep *endpoint, gen uint64) {
 	defer r.mu.Unlock()
 	r.sending(e, ep)
 	e.send(gen, ep)
-	r.wait = e.opt.PullTimeout
-	r.arm(e, ep, gen, r.wait, false)
+	r.repeats = 1
+	r.arm(e, ep, gen, pullWait(e).Ceiling(r.repeats), false)
 }
 
 // arm schedules the repeat; r.mu must be held.
@@ -155,14 +155,21 @@ func (r *requester) fire(e *Engine, ep *endpoint, arming uint64, waited time.Dur
 	}
 	if refused {
 		e.log.Info("asking again for the configuration after an error", "endpoint", ep.key, "waited", waited.Round(time.Millisecond))
-		r.wait = e.opt.PullTimeout
+		r.repeats = 1
 	} else {
 		e.log.Info("no answer to configuration request; asking again", "endpoint", ep.key, "waited", waited)
-		r.wait = min(2*r.wait, maxPullWait)
+		r.repeats++
 	}
 	r.sending(e, ep)
 	e.send(gen, ep)
-	r.arm(e, ep, gen, r.wait, false)
+	r.arm(e, ep, gen, pullWait(e).Ceiling(r.repeats), false)
+}
+
+// pullWait is the interval of an unanswered request's repeats: the pull timeout, doubling up to
+// maxPullWait. It is not jittered: every endpoint's first request goes at its own moment (the
+// connection's, or a sync's), and its repeats keep that spread.
+func pullWait(e *Engine) backoff.Policy {
+	return backoff.Policy{Min: e.opt.PullTimeout, Max: max(maxPullWait, e.opt.PullTimeout)}
 }
 
 // refuse arms the repeat of a request the server refused, on the current connection, and returns
