@@ -103,7 +103,7 @@ type Offer struct {
 	Seq  uint64 `json:"seq"`            // arrival order, unique per database
 	ID   string `json:"id,omitempty"`   // the dedupe key (typed JSON text in cmx3); "" = none
 	Text string `json:"text,omitempty"` // the id as people and hooks read it
-	Body []byte `json:"body,omitempty"` // the configuration as received; stored apart, see SetSlot
+	Body []byte `json:"body,omitempty"` // the configuration as received; stored apart, see SetPending
 	// Routes are the answers owed: one per topic the offer arrived on (the same id can come on a
 	// push topic and on a pull's answer topic, and each gets its confirmation).
 	Routes    []Route   `json:"routes,omitempty"`
