@@ -13,6 +13,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 	"github.com/cmx-agent/cmx-agent/store"
 )
 
@@ -217,14 +218,11 @@ func TestProcessSlots_AnEndpointWithoutProcessesNeverWaitsForOne(t *testing.T) {
 	for i := range maxProcesses + 1 {
 		waitReceipt(t, c.deliver(fmt.Sprintf("kp1/app/cmx/slow%02d/json", i), 1, `{"id": 1, "entries": [1]}`))
 	}
-	for deadline := time.Now().Add(testWait); ; time.Sleep(5 * time.Millisecond) {
-		if names, _ := os.ReadDir(started); len(names) == maxProcesses {
-			break // every slot runs a hook that waits for the gate
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the slow hooks did not start")
-		}
-	}
+	// Every slot runs a hook that waits for the gate.
+	testkit.Eventually(t, testWait, func() bool {
+		names, _ := os.ReadDir(started)
+		return len(names) == maxProcesses
+	}, "the slow hooks did not start")
 	m := c.send(Message{Topic: "kp1/app/cmx/quick/json", QoS: 1, Payload: []byte(`{"id": 1, "entries": ["quick"]}`)})
 	if m.Status != "ok" {
 		t.Errorf("quick: %q, want ok", m.Status)
@@ -389,8 +387,7 @@ func TestReceiveCommitFailure_NothingLaterOnThatConnectionIsTaken(t *testing.T) 
 	if got[1] != `{"id":2,"status":"ok"}` {
 		t.Errorf("confirmations %q, want 2 ok", got)
 	}
-	for deadline := time.Now().Add(testWait); c.e.eps["gw"].busy() && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-	}
+	testkit.Eventually(t, testWait, func() bool { return !c.e.eps["gw"].busy() }, "the endpoint is still busy")
 	wantFile(t, c.output("gw"), "[2]")
 }
 
@@ -462,11 +459,7 @@ func TestHold_ARemovedEndpointsApplyPastTheBoundIsAcknowledged(t *testing.T) {
 	gw, other := c.e.eps["gw"], c.e.eps["other"].config()
 	reloaded := make(chan struct{})
 	go func() { c.e.Reload([]config.Endpoint{other}); close(reloaded) }()
-	for deadline := time.Now().Add(testWait); !gw.removed(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("Reload did not stop the endpoint")
-		}
-	}
+	testkit.Eventually(t, testWait, gw.removed, "Reload did not stop the endpoint")
 	select {
 	case <-r.Done():
 	case <-time.After(2 * time.Second): // 40 bounds

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 	"github.com/cmx-agent/cmx-agent/store"
 )
 
@@ -112,14 +113,10 @@ func TestState_ADamagedStateRecordIsRewrittenByTheAnswerWithTheConfigurationInPl
 				st  store.EndpointState
 				err error
 			)
-			for deadline := time.Now().Add(testWait); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-				if st, err = c.storedState("gw"); err == nil {
-					break
-				}
-			}
-			if err != nil {
-				t.Fatalf("the state record still does not read after the server's answer: %v", err)
-			}
+			testkit.Eventually(t, testWait, func() bool {
+				st, err = c.storedState("gw")
+				return err == nil
+			}, "the state record still does not read after the server's answer: %v", func() string { return fmt.Sprint(err) })
 			if st.AppliedText != tc.id || st.AppliedHash != store.Hash([]byte("[1]")) || st.AppliedShape == "" {
 				t.Errorf("state %+v, want %s applied with its hash and shape", st, tc.id)
 			}

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -10,10 +11,9 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/internal/clock"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 	"github.com/cmx-agent/cmx-agent/store"
 )
-
-const repaired = "output changed locally; repaired"
 
 // settle is how long a test waits to show that something does not happen (a repair loop, a second
 // report): many debounce periods, in which a loop would have gone round more than once. The tests
@@ -41,17 +41,14 @@ func TestDrift_EditsAndDeletionAreRepairedWithoutHookOrLoop(t *testing.T) {
 			t.Fatalf("%s: %v", e.name, err)
 		}
 		c.waitFile(out, want)
-		c.waitLog(repaired, i+1)
+		c.waitRepairs("gw", uint64(i+1))
 	}
 	c.pass(settle) // proves absence: the repairs' own writes are not taken for drift
-	if n := strings.Count(c.logs.String(), repaired); n != len(edits) {
-		t.Errorf("%d repairs logged, want %d (one per edit)", n, len(edits))
-	}
 	if got := readLines(t, hookRuns); len(got) != 1 {
 		t.Errorf("hook runs %q, want only the apply's (none for repairs)", got)
 	}
-	if n := c.e.endpointList()[0].stats.driftRepairs.Load(); n != uint64(len(edits)) {
-		t.Errorf("drift repairs counted %d, want %d", n, len(edits))
+	if n := c.e.eps["gw"].stats.driftRepairs.Load(); n != uint64(len(edits)) {
+		t.Errorf("drift repairs counted %d, want %d (one per edit)", n, len(edits))
 	}
 }
 
@@ -62,31 +59,25 @@ func TestDrift_FolderRemovedIsRecreatedAndWatchedAgain(t *testing.T) {
 	out := c.output("gw")
 	const want = `["applied"]`
 	// A repair may put the file back while the folder is being emptied: remove until it is gone.
-	for deadline := time.Now().Add(testWait); ; {
-		err := os.RemoveAll(filepath.Dir(out))
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-	}
+	testkit.Eventually(t, testWait, func() bool { return os.RemoveAll(filepath.Dir(out)) == nil }, "%s not removed", filepath.Dir(out))
 	c.waitFile(out, want)
-	c.waitLog(repaired, 1)
+	c.waitRepairs("gw", 1)
 	// The new folder is watched: an edit in it is repaired too. The watch is set a moment after the
 	// folder is back, so an edit made before it may go unseen: edit until one is repaired.
-	deadline := time.Now().Add(testWait)
-	for {
+	testkit.Eventually(t, testWait, func() bool {
 		if err := os.WriteFile(out, []byte("edit in the new folder"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if c.waitRepair(out, want, 2*DriftDebounce+DriftRetry) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("edit in the recreated folder not repaired")
-		}
-	}
+		return c.waitRepair(out, want, 2*DriftDebounce+DriftRetry)
+	}, "edit in the recreated folder not repaired")
+}
+
+// waitRepairs waits until the endpoint with key has counted n drift repairs.
+func (c *core) waitRepairs(key string, n uint64) {
+	c.t.Helper()
+	ep := c.e.eps[key]
+	testkit.Eventually(c.t, testWait, func() bool { return ep.stats.driftRepairs.Load() >= n },
+		"%s: %d drift repairs, want %d", key, func() string { return fmt.Sprint(ep.stats.driftRepairs.Load()) }, n)
 }
 
 // waitRepair reports whether path holds want within d on the engine's clock.
@@ -155,7 +146,7 @@ func TestDrift_AtStartTheOutputIsRepaired(t *testing.T) {
 	os.WriteFile(c.output("gw"), []byte("edited while the agent was down"), 0o644)
 	c.run()
 	c.waitFile(c.output("gw"), `["applied"]`)
-	c.waitLog(repaired, 1)
+	c.waitRepairs("gw", 1)
 }
 
 // The drift check runs on the endpoint's goroutine, where a push to it waits (and, PUBACKs going in
@@ -169,7 +160,7 @@ func TestDrift_AHugeFileAtTheOutputIsFoundChangedWithoutReadingIt(t *testing.T) 
 		Agent:     config.Agent{StateDir: filepath.Join(dir, "state"), MaxPayload: 1 << 16},
 		Endpoints: []config.Endpoint{{Token: "gw", Output: filepath.Join(dir, "gw.json"), OnDrift: config.OnDriftReport}},
 	}
-	logs := &logBuffer{}
+	logs := &testkit.Buffer{}
 	e, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
 		t.Fatal(err)

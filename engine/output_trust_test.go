@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 	"github.com/cmx-agent/cmx-agent/store"
 )
 
@@ -81,17 +83,14 @@ func secretFile(t *testing.T) (path, content string) {
 // not block on a FIFO either.
 func (c *core) waitRegular(path, want string) {
 	c.t.Helper()
-	deadline := time.Now().Add(testWait)
-	for {
-		b, _, err := apply.ReadRegular(path, int64(len(want)))
-		if err == nil && string(b) == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("%s = %q (%v), want a regular file holding %q", path, b, err, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	var (
+		b   []byte
+		err error
+	)
+	testkit.Eventually(c.t, testWait, func() bool {
+		b, _, err = apply.ReadRegular(path, int64(len(want)))
+		return err == nil && string(b) == want
+	}, "%s = %q (%v), want a regular file holding %q", path, func() string { return string(b) }, func() string { return fmt.Sprint(err) }, want)
 }
 
 func TestFirstApply_LinkAtTheOutputIsNeitherFollowedNorCopied(t *testing.T) {

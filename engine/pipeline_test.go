@@ -16,6 +16,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/internal/clock/clocktest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 	"github.com/cmx-agent/cmx-agent/store"
 )
 
@@ -161,16 +162,12 @@ if grep -q hang "$CMX_OUTPUT"; then echo "waiting for device" >&2; sleep 60 & ec
 	// The hook waits for its child, which sleeps 60 s: only a kill at the timeout ends it.
 	pidFile := filepath.Join(dir, "child.pid")
 	var pid int
-	for deadline := time.Now().Add(testWait); ; time.Sleep(time.Millisecond) {
+	testkit.Eventually(t, testWait, func() bool {
 		b, _ := os.ReadFile(pidFile)
 		var err error
-		if pid, err = strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the hook did not start its child: %s = %q", pidFile, b)
-		}
-	}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	}, "the hook did not start its child (%s)", pidFile)
 	clk.Advance(999 * time.Millisecond)
 	if syscall.Kill(pid, 0) != nil {
 		t.Fatal("the hook's child ended before the timeout")
@@ -182,16 +179,14 @@ if grep -q hang "$CMX_OUTPUT"; then echo "waiting for device" >&2; sleep 60 & ec
 	if got := strings.Join(readLines(t, filepath.Join(dir, "hook.log")), " "); got != "1 2 1" {
 		t.Errorf("hook runs %q, want 1 2 1", got)
 	}
-	deadline := time.Now().Add(testWait)
-	for syscall.Kill(pid, 0) == nil {
-		if st, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); bytes.Contains(st, []byte(") Z ")) {
-			break // killed, not yet reaped by its (orphaned) parent's reaper
+	testkit.Eventually(t, testWait, func() bool {
+		if syscall.Kill(pid, 0) != nil {
+			return true
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the hook's child %d still runs", pid)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		// Killed, not yet reaped by its (orphaned) parent's reaper.
+		st, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		return bytes.Contains(st, []byte(") Z "))
+	}, "the hook's child %d still runs", pid)
 }
 
 func TestUnchanged_NoWriteNoValidateNoHook(t *testing.T) {

@@ -96,7 +96,7 @@ func TestSealed_TheOutputHoldsTheValueTheStateOnlyTheSealedForm(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.waitFile(out, want)
-	c.waitLog(repaired, 1)
+	c.waitRepairs("gw", 1)
 
 	// A restart reads the sealed form back; the same configuration is still unchanged.
 	c.restart()
