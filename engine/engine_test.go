@@ -961,8 +961,8 @@ func TestReceiveCommitFailure_WhatTheServerSaidIsNotRecordedOutOfTurn(t *testing
 // apply in progress must not pile up in memory: a superseded offer's uncommitted record is dropped
 // from the journal with its body, so what the journal holds stays about one offer whatever the
 // number of pushes (40 of 256 KiB here, 10 MiB in all).
+// Not parallel: it measures the process's heap.
 func TestReceiveCommitFailure_SupersededOffersDoNotPileUpInMemory(t *testing.T) {
-	t.Parallel()
 	var f failingCommits
 	blocked, release, pause := holdFirst(StepSynced)
 	// Push 1 stays held while it is written (no hold bound here: it is not what is measured).
