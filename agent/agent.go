@@ -13,10 +13,10 @@ import (
 	"log/slog"
 	"reflect"
 	"sync"
-	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/engine"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
 	"github.com/cmx-agent/cmx-agent/transport"
 )
 
@@ -29,25 +29,11 @@ const (
 	StepPublished = engine.StepPublished
 )
 
-// Options are the agent's collaborators; the zero value of each field is a sensible default.
+// Options are the agent's collaborators: the engine's options (the logger, clock, pause points and
+// OnChange serve the MQTT session too) and the build the metrics show. The zero value of each field
+// is a sensible default.
 type Options struct {
-	Logger *slog.Logger
-	// Pause, when set, is called at each durable step (the Step* names); crash tests make it block so
-	// they can kill the process exactly there.
-	Pause func(step string)
-	// Now is the wall clock, used only for timestamps shown to people.
-	Now func() time.Time
-	// LockTimeout bounds the wait for the database lock (default 1 s).
-	LockTimeout time.Duration
-	// PullTimeout is how long an unanswered request waits before it is repeated (default 30 s,
-	// doubling to 10 min).
-	PullTimeout time.Duration
-	// HandledIDs bounds the remembered ids per endpoint (default 1000).
-	HandledIDs int
-	// OnChange, when set, is called after the broker connection comes up or goes down and after a
-	// configuration is applied, so the caller can report Status (systemd's STATUS=). It must not
-	// block.
-	OnChange func()
+	engine.Options
 	// Build is shown by the build info metric.
 	Build Build
 }
@@ -64,7 +50,8 @@ type Agent struct {
 	sess *transport.Session
 
 	build    Build
-	reloadMu sync.Mutex // one Reload at a time
+	clock    clock.Clock // the engine's: what the metrics measure ages against
+	reloadMu sync.Mutex  // one Reload at a time
 	mu       sync.Mutex
 	cfg      *config.Config
 	runCtx   context.Context
@@ -92,15 +79,9 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
 	log := boundLogger(opt.Logger)
-	eng, err := engine.New(cfg, engine.Options{
-		Logger:      log,
-		Pause:       opt.Pause,
-		Now:         opt.Now,
-		LockTimeout: opt.LockTimeout,
-		PullTimeout: opt.PullTimeout,
-		HandledIDs:  opt.HandledIDs,
-		OnChange:    opt.OnChange,
-	})
+	eopt := opt.Options
+	eopt.Logger = log
+	eng, err := engine.New(cfg, eopt)
 	if err != nil {
 		return nil, err
 	}
@@ -116,11 +97,11 @@ func New(cfg *config.Config, opt Options) (*Agent, error) {
 		ClientID:   clientID,
 		MaxPayload: int(cfg.Agent.MaxPayload),
 		Pause:      opt.Pause,
-		Now:        opt.Now,
+		Clock:      opt.Clock,
 		OnChange:   opt.OnChange,
 	})
 	c := *cfg
-	return &Agent{log: log, eng: eng, sess: sess, cfg: &c, build: opt.Build,
+	return &Agent{log: log, eng: eng, sess: sess, cfg: &c, build: opt.Build, clock: clock.OrReal(opt.Clock),
 		apiLimits: apiConnLimits(), metricsLimits: metricsConnLimits()}, nil
 }
 

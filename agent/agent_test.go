@@ -96,12 +96,12 @@ func (h *harness) prefix(token string) string { return "kp1/" + app + "/cmx/" + 
 func (h *harness) start() {
 	h.t.Helper()
 	h.logs = &testkit.Buffer{}
-	a, err := New(h.cfg, Options{
+	a, err := New(h.cfg, Options{Options: engine.Options{
 		Logger:      slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Pause:       h.pause,
 		OnChange:    h.onChange,
 		PullTimeout: h.pullTimeout,
-	})
+	}})
 	if err != nil {
 		h.t.Fatalf("New: %v", err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
 	"github.com/cmx-agent/cmx-agent/internal/testkit"
+	"github.com/cmx-agent/cmx-agent/store"
 	"github.com/cmx-agent/cmx-agent/transport"
 )
 
@@ -84,8 +85,8 @@ func TestAPI_PendingCountsUnsentConfirmations(t *testing.T) {
 	h.pulled("gw-001")
 	h.stop()
 	// An answer stored but never acknowledged (as after a crash before PUBACK) shows as pending.
-	if err := h.agentStore(func(tx *engine.Tx) error {
-		return tx.PutOutbox(engine.OutMsg{Seq: 1, Endpoint: "gw-001", Topic: h.prefix("gw-001") + "/json/status", QoS: 1, Payload: []byte(`{"id":1,"status":"ok"}`)})
+	if err := h.agentStore(func(tx *store.Tx) error {
+		return tx.PutOutbox(store.OutMsg{Seq: 1, Endpoint: "gw-001", Topic: h.prefix("gw-001") + "/json/status", QoS: 1, Payload: []byte(`{"id":1,"status":"ok"}`)})
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -101,8 +102,8 @@ func TestAPI_PendingCountsUnsentConfirmations(t *testing.T) {
 }
 
 // agentStore opens the stopped agent's database for a test to prepare state.
-func (h *harness) agentStore(fn func(*engine.Tx) error) error {
-	st, err := engine.OpenStore(h.cfg.Agent.StateDir, time.Second, 0)
+func (h *harness) agentStore(fn func(*store.Tx) error) error {
+	st, err := store.OpenStore(h.cfg.Agent.StateDir, time.Second, 0)
 	if err != nil {
 		return err
 	}

@@ -2,17 +2,25 @@ package agent
 
 import (
 	"fmt"
-	"github.com/cmx-agent/cmx-agent/engine"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cmx-agent/cmx-agent/store"
+
+	"github.com/cmx-agent/cmx-agent/engine"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
 )
 
-// jumpingClock is a wall clock that an operator (or NTP after a boot without RTC) moves by hours.
-type jumpingClock struct{ offset atomic.Int64 }
+// jumpingClock is a wall clock that an operator (or NTP after a boot without RTC) moves by hours;
+// its timers run in real time.
+type jumpingClock struct {
+	clock.Real
+	offset atomic.Int64
+}
 
-func (c *jumpingClock) now() time.Time { return time.Now().Add(time.Duration(c.offset.Load())) }
+func (c *jumpingClock) Now() time.Time { return time.Now().Add(time.Duration(c.offset.Load())) }
 func (c *jumpingClock) jump(d time.Duration) {
 	c.offset.Add(int64(d))
 }
@@ -21,7 +29,7 @@ func (c *jumpingClock) jump(d time.Duration) {
 // again follow arrival order and the database, whatever the clock does between and during pushes.
 func TestClockJump_NothingOrdersByWallTime(t *testing.T) {
 	h := newHarness(t)
-	clock := &jumpingClock{}
+	jumps := &jumpingClock{}
 	blocked, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
 	h.pause = func(step string) {
@@ -29,14 +37,14 @@ func TestClockJump_NothingOrdersByWallTime(t *testing.T) {
 			once.Do(func() { close(blocked); <-release })
 		}
 	}
-	h.startWith(Options{Now: clock.now})
+	h.startWith(Options{Options: engine.Options{Clock: jumps}})
 	h.pulled("gw-001")
 	topic := h.prefix("gw-001") + "/json"
 
 	h.server.Publish(t, topic, 1, []byte(`{"id":1,"entries":[1]}`))
 	<-blocked // push 1 is being written
 	for i, jump := range []time.Duration{-5 * time.Hour, 7 * time.Hour, -30 * 24 * time.Hour} {
-		clock.jump(jump)
+		jumps.jump(jump)
 		h.server.Publish(t, topic, 1, []byte(fmt.Sprintf(`{"id":%d,"entries":[%d]}`, i+2, i+2)))
 	}
 	// 2 and 3 each waited when a newer push came, whatever their timestamps say.
@@ -48,7 +56,7 @@ func TestClockJump_NothingOrdersByWallTime(t *testing.T) {
 		}
 		delete(want, string(c["id"]))
 	}
-	clock.jump(40 * 24 * time.Hour)
+	jumps.jump(40 * 24 * time.Hour)
 	close(release)
 	got := map[string]string{}
 	for range 2 {
@@ -62,9 +70,9 @@ func TestClockJump_NothingOrdersByWallTime(t *testing.T) {
 
 	// After a restart with the clock set back by a day, the handled ids and the counter still hold.
 	h.stop()
-	clock.jump(-24 * time.Hour)
+	jumps.jump(-24 * time.Hour)
 	first := h.agentIDs()
-	h.startWith(Options{Now: clock.now})
+	h.startWith(Options{Options: engine.Options{Clock: jumps}})
 	if id := h.pulled("gw-001"); id <= first {
 		t.Errorf("pull id after restart = %d, want > %d", id, first)
 	}
@@ -80,13 +88,13 @@ func TestClockJump_NothingOrdersByWallTime(t *testing.T) {
 // agentIDs returns the last message id handed out, read from the stopped agent's database.
 func (h *harness) agentIDs() uint64 {
 	h.t.Helper()
-	st, err := engine.OpenStore(h.cfg.Agent.StateDir, time.Second, 0)
+	st, err := store.OpenStore(h.cfg.Agent.StateDir, time.Second, 0)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	defer st.Close()
 	var next uint64
-	if err := st.Update(func(tx *engine.Tx) error { next, err = tx.NextIDs(1); return err }); err != nil {
+	if err := st.Update(func(tx *store.Tx) error { next, err = tx.NextIDs(1); return err }); err != nil {
 		h.t.Fatal(err)
 	}
 	return next

@@ -10,16 +10,16 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/cmx-agent/cmx-agent/engine"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // damageState overwrites endpoint key's state record in the stopped agent's database with bytes
-// that do not decode. The key is as engine/store.go lays it out: in bucket hot, 'e', the endpoint
+// that do not decode. The key is as store/store.go lays it out: in bucket hot, 'e', the endpoint
 // key's length (uvarint) and the key, then 's'; a record not found there fails the test rather than
 // damaging nothing.
 func (h *harness) damageState(key string) {
 	h.t.Helper()
-	db, err := bolt.Open(filepath.Join(h.cfg.Agent.StateDir, engine.DBName), 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := bolt.Open(filepath.Join(h.cfg.Agent.StateDir, store.DBName), 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -29,7 +29,7 @@ func (h *harness) damageState(key string) {
 	if err := db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte("hot"))
 		if b == nil || b.Get(k) == nil {
-			return errors.New("no state record where engine/store.go keeps it")
+			return errors.New("no state record where store/store.go keeps it")
 		}
 		return b.Put(k, []byte(`{"applied_id":`))
 	}); err != nil {

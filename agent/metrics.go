@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/http"
 	"runtime"
-	"time"
 
 	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/metrics"
@@ -31,7 +30,7 @@ func (a *Agent) writeMetrics(w *metrics.Writer) error {
 		return err
 	}
 	c := a.Connection()
-	now := time.Now()
+	now := a.clock.Now()
 	l := func(name, value string) metrics.Label { return metrics.Label{Name: name, Value: value} }
 	b := func(v bool) float64 {
 		if v {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
 )
 
@@ -40,7 +41,7 @@ func perfAgent(b *testing.B, n int, maxPayload string) (*mqtttest.Client, *mqttt
 	server := br.Client(b)
 	pulls := server.Subscribe(b, "kp1/+/cmx/+/pull/json", 1)
 	status := server.Subscribe(b, "kp1/+/cmx/+/json/status", 1)
-	a, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	a, err := New(cfg, Options{Options: engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -9,8 +9,11 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/cmx-agent/cmx-agent/internal/clock"
 )
 
 // Command is an operator's validate or hook command: an argv run directly, never through a shell,
@@ -21,6 +24,8 @@ type Command struct {
 	// agent inherited are dropped first, so a command never sees a stale CMX_CANDIDATE.
 	Env     []string
 	Timeout time.Duration // 0 = no limit
+	// Clock times Timeout; nil is the system's clock.
+	Clock clock.Clock
 	// Log receives the command's stdout and stderr, one record per line, bounded by OutputLimit.
 	Log  *slog.Logger
 	What string // "validate" or "hook", for the log
@@ -76,11 +81,14 @@ func Run(ctx context.Context, c Command) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	runCtx, cancel := ctx, context.CancelFunc(func() {})
-	if c.Timeout > 0 {
-		runCtx, cancel = context.WithTimeout(ctx, c.Timeout)
-	}
+	clk := clock.OrReal(c.Clock)
+	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var expired atomic.Bool
+	if c.Timeout > 0 {
+		t := clk.AfterFunc(c.Timeout, func() { expired.Store(true); cancel() })
+		defer t.Stop()
+	}
 
 	cmd := exec.CommandContext(runCtx, c.Argv[0], c.Argv[1:]...)
 	cmd.Env = commandEnv(os.Environ(), c.Env)
@@ -94,9 +102,9 @@ func Run(ctx context.Context, c Command) error {
 	stderr := &boundedBuffer{limit: OutputLimit}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 
-	start := time.Now()
+	start := clk.Now()
 	err := cmd.Run()
-	timedOut := c.Timeout > 0 && errors.Is(runCtx.Err(), context.DeadlineExceeded)
+	timedOut := expired.Load()
 	if timedOut || ctx.Err() != nil {
 		// The command may have exited before the group was killed; its children may not have.
 		if cmd.Process != nil {
@@ -114,7 +122,7 @@ func Run(ctx context.Context, c Command) error {
 			re.TimedOut = c.Timeout
 			return re
 		}
-		log.Debug("command succeeded", "what", c.What, "argv", c.Argv, "took", time.Since(start).Round(time.Millisecond))
+		log.Debug("command succeeded", "what", c.What, "argv", c.Argv, "took", clk.Now().Sub(start).Round(time.Millisecond))
 		return nil
 	case timedOut:
 		re.TimedOut = c.Timeout

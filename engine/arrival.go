@@ -3,6 +3,8 @@ package engine
 import (
 	"fmt"
 	"time"
+
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // ack is how a received message's acknowledgement (its PUBACK) goes. It is decided once, on arrival,
@@ -56,10 +58,10 @@ func (k arrivalKind) String() string {
 // arrival is one received configuration message as the machine handles it.
 type arrival struct {
 	evArrival
-	o    *Offer
+	o    *store.Offer
 	kind arrivalKind
 	ack  ack
-	h    Handled // arrivalHandled: the outcome stored for the id
+	h    store.Handled // arrivalHandled: the outcome stored for the id
 	// mark is where the arrival's journal operations begin, so a failed receive commit can take
 	// them all back (the note of a response that carries a configuration is one of them).
 	mark int
@@ -87,7 +89,7 @@ func (m *machine) arrive(a evArrival) {
 	}
 	mark := len(m.j.ops)
 	if a.in.note != nil {
-		if err := e.noteServer(m, a.topic, *a.in.note); err != nil {
+		if err := m.noteServer(a.topic, *a.in.note); err != nil {
 			a.receipt.release(err)
 			return
 		}
@@ -105,9 +107,9 @@ func (m *machine) arrive(a evArrival) {
 		return
 	}
 	x.mark = mark
-	x.o.Received = e.opt.Now()
+	x.o.Received = e.opt.Clock.Now()
 	if a.in.own {
-		x.o.Origin = OriginPull
+		x.o.Origin = store.OriginPull
 	}
 	m.ep.stats.received.Add(1)
 	if x.ack == ackHeld {
@@ -162,10 +164,10 @@ func (m *machine) classify(a evArrival) (arrival, error) {
 func (m *machine) onRefused(x arrival) {
 	e, ep, o := m.ep.e, m.ep, x.o
 	e.log.Warn("configuration refused", "endpoint", ep.key, "id", o.Text, "topic", x.topic, "reason", x.in.reject.Status)
-	o.notify(*x.in.reject)
+	x.results.notify(*x.in.reject)
 	ep.stats.count(x.in.reject.Code)
 	if o.ID != "" {
-		m.j.setHandled(o.ID, Handled{Status: x.in.reject.Status, Code: x.in.reject.Code})
+		m.j.setHandled(o.ID, store.Handled{Status: x.in.reject.Status, Code: x.in.reject.Code})
 	}
 	m.noteAnswer(o, *x.in.reject)
 	m.j.answer(e, ep, o, *x.in.reject, x.ack == ackHeld)
@@ -179,12 +181,12 @@ func (m *machine) onRefused(x arrival) {
 // as it is. A damaged state record is left for the next result to rewrite (status keeps saying
 // why). The machine's copy of the committed state (m.st) may lag in these fields only: nothing reads
 // them from it, and the next result overwrites them.
-func (m *machine) noteAnswer(o *Offer, r Result) {
+func (m *machine) noteAnswer(o *store.Offer, r Result) {
 	st := m.current()
-	if st.damaged != "" {
+	if st.Damaged != "" {
 		return
 	}
-	st.LastText, st.LastStatus, st.LastCode, st.LastAt = o.Text, r.Status, r.Code, m.ep.e.opt.Now()
+	st.LastText, st.LastStatus, st.LastCode, st.LastAt = o.Text, r.Status, r.Code, m.ep.e.opt.Clock.Now()
 	m.j.setState(st)
 }
 
@@ -206,13 +208,13 @@ func (m *machine) onRepeatOfRunning(x arrival) {
 	// already: the repeat is answered with the result in that commit, unless it is to be applied
 	// again, as a new offer behind the commit. The state is the one the result leaves (recordResult
 	// put it in the journal, which a failed commit keeps).
-	r, again := m.reanswer(Handled(m.result.r), x, *m.j.state, m.next != nil)
+	r, again := m.reanswer(store.Handled(m.result.r), x, *m.j.state, m.next != nil)
 	if again {
 		m.onNew(x)
 		return
 	}
 	m.j.answer(e, m.ep, x.o, r, x.ack == ackHeld)
-	x.o.notify(r)
+	x.results.notify(r)
 	m.j.waiters = append(m.j.waiters, x.receipt)
 }
 
@@ -228,7 +230,7 @@ func (m *machine) onHandled(x arrival) {
 	e.log.Warn("duplicate id confirmed again", "endpoint", ep.key, "id", o.Text, "topic", x.topic, "status", r.Status)
 	m.noteAnswer(o, r)
 	m.j.reanswer(e, ep, o, r, x.ack == ackHeld)
-	o.notify(r)
+	x.results.notify(r)
 	m.j.waiters = append(m.j.waiters, x.receipt)
 	m.commitSoon(x.ack)
 }
@@ -240,7 +242,7 @@ func (m *machine) onHandled(x arrival) {
 // the server's latest word and is applied again when it is not the one in place; and the dialect
 // may apply it again in other cases (7/CMP: whatever the server sends is its latest word, unless it
 // was refused for what it is).
-func (m *machine) reanswer(h Handled, x arrival, st EndpointState, otherPending bool) (r Result, again bool) {
+func (m *machine) reanswer(h store.Handled, x arrival, st store.EndpointState, otherPending bool) (r Result, again bool) {
 	d := m.ep.e.dia
 	inPlace := st.AppliedHash != "" && st.AppliedID == x.o.ID
 	switch {
@@ -248,15 +250,15 @@ func (m *machine) reanswer(h Handled, x arrival, st EndpointState, otherPending 
 		return Result{}, true
 	case d.again(h, x.o, st, otherPending):
 		return Result{}, true
-	case h.Code == CodeOK && !inPlace:
-		return d.superseded(&Offer{ID: st.AppliedID}), false
+	case h.Code == store.CodeOK && !inPlace:
+		return d.superseded(&store.Offer{ID: st.AppliedID}), false
 	}
 	return Result(h), false
 }
 
 // current is the endpoint's state as the machine last decided it: the committed state, or the one a
 // result whose commit is being retried leaves.
-func (m *machine) current() EndpointState {
+func (m *machine) current() store.EndpointState {
 	if m.j.state != nil {
 		return *m.j.state
 	}
@@ -273,7 +275,7 @@ func (m *machine) onNew(x arrival) {
 		return
 	}
 	o.Seq = e.nextSeq()
-	p := &pending{o: o, ack: ackHeld, waiters: []*Receipt{x.receipt}}
+	p := &pending{o: o, ack: ackHeld, waiters: []*Receipt{x.receipt}, results: x.results}
 	// A removed endpoint's offer is not stored: it is dropped at the endpoint's stop, which
 	// releases the receipt (the broker forgets it).
 	if x.ack == ackStored && !m.removing {
@@ -308,9 +310,9 @@ func (m *machine) onNew(x arrival) {
 // receipt to release with it. A repeat that is not held makes p stored, with all its routes.
 func (m *machine) join(p *pending, x arrival) {
 	for _, r := range x.o.Routes {
-		p.o.addRoute(r)
+		p.o.AddRoute(r)
 	}
-	p.o.results = append(p.o.results, x.o.results...)
+	p.results = append(p.results, x.results...)
 	m.ep.e.log.Info("configuration received again while pending", "endpoint", m.ep.key, "id", x.o.Text, "topic", x.topic)
 	if x.ack == ackHeld {
 		p.waiters = append(p.waiters, x.receipt)
@@ -340,17 +342,17 @@ func (m *machine) store(p *pending) {
 }
 
 // supersede answers old as replaced by newer, in the next commit.
-func (m *machine) supersede(old *pending, newer *Offer) {
+func (m *machine) supersede(old *pending, newer *store.Offer) {
 	e := m.ep.e
 	r := e.dia.superseded(newer)
 	if old.o.ID != "" && !old.o.Internal { // an internal offer's id is the applied one's: kept
-		m.j.setHandled(old.o.ID, Handled(r))
+		m.j.setHandled(old.o.ID, store.Handled(r))
 	}
 	if !old.o.Internal {
 		m.j.answer(e, m.ep, old.o, r, old.ack != ackStored)
 		m.ep.stats.count(r.Code)
 	}
-	old.o.notify(r)
+	old.results.notify(r)
 	if old.ack == ackStored {
 		m.j.deletePending(old.o.Seq)
 	}
@@ -360,15 +362,15 @@ func (m *machine) supersede(old *pending, newer *Offer) {
 }
 
 // handled looks an id up among the outcomes not yet committed, then in the store.
-func (m *machine) handled(id string) (Handled, bool, error) {
+func (m *machine) handled(id string) (store.Handled, bool, error) {
 	if h, ok := m.j.handled[id]; ok {
 		return h, true, nil
 	}
 	var (
-		h  Handled
+		h  store.Handled
 		ok bool
 	)
-	err := m.ep.e.store.View(func(tx *Tx) error {
+	err := m.ep.e.store.View(func(tx *store.Tx) error {
 		var err error
 		h, ok, err = tx.Handled(m.ep.key, id)
 		return err

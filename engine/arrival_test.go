@@ -13,28 +13,31 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // classify names what an arriving configuration is to the endpoint, in one place.
 func TestArrival_ClassifyNamesEachCase(t *testing.T) {
-	offer := func(id string) *pending { return &pending{o: &Offer{ID: id, Text: id}, ack: ackStored} }
-	internal := &pending{o: &Offer{ID: "7", Text: "7", Internal: true}}
+	t.Parallel()
+	offer := func(id string) *pending { return &pending{o: &store.Offer{ID: id, Text: id}, ack: ackStored} }
+	internal := &pending{o: &store.Offer{ID: "7", Text: "7", Internal: true}}
 	cases := []struct {
 		name          string
 		running, next *pending
-		handled       map[string]Handled // outcomes of ids handled before, not yet committed
+		handled       map[string]store.Handled // outcomes of ids handled before, not yet committed
 		in            inbound
 		want          arrivalKind
 	}{
-		{name: "refused", in: inbound{offer: &Offer{ID: "1"}, reject: &Result{Code: CodeInvalid}}, want: arrivalRefused},
-		{name: "refused although it repeats the running one", running: offer("1"), in: inbound{offer: &Offer{ID: "1"}, reject: &Result{Code: CodeInvalid}}, want: arrivalRefused},
-		{name: "no id is always new", running: offer(""), in: inbound{offer: &Offer{}}, want: arrivalNew},
-		{name: "repeats the running one", running: offer("1"), in: inbound{offer: &Offer{ID: "1"}}, want: arrivalRepeatsRunning},
-		{name: "repeats the waiting one", running: offer("1"), next: offer("2"), in: inbound{offer: &Offer{ID: "2"}}, want: arrivalRepeatsWaiting},
-		{name: "the waiting one has the running one's id (a retried commit)", running: offer("1"), next: offer("1"), in: inbound{offer: &Offer{ID: "1"}}, want: arrivalRepeatsWaiting},
-		{name: "the agent's own re-apply is no repeat", running: internal, handled: map[string]Handled{"7": {Status: "ok", Code: CodeOK}}, in: inbound{offer: &Offer{ID: "7"}}, want: arrivalHandled},
-		{name: "handled before", handled: map[string]Handled{"3": {Status: "ok", Code: CodeOK}}, in: inbound{offer: &Offer{ID: "3"}}, want: arrivalHandled},
-		{name: "new", running: offer("1"), in: inbound{offer: &Offer{ID: "4"}}, want: arrivalNew},
+		{name: "refused", in: inbound{offer: &store.Offer{ID: "1"}, reject: &Result{Code: store.CodeInvalid}}, want: arrivalRefused},
+		{name: "refused although it repeats the running one", running: offer("1"), in: inbound{offer: &store.Offer{ID: "1"}, reject: &Result{Code: store.CodeInvalid}}, want: arrivalRefused},
+		{name: "no id is always new", running: offer(""), in: inbound{offer: &store.Offer{}}, want: arrivalNew},
+		{name: "repeats the running one", running: offer("1"), in: inbound{offer: &store.Offer{ID: "1"}}, want: arrivalRepeatsRunning},
+		{name: "repeats the waiting one", running: offer("1"), next: offer("2"), in: inbound{offer: &store.Offer{ID: "2"}}, want: arrivalRepeatsWaiting},
+		{name: "the waiting one has the running one's id (a retried commit)", running: offer("1"), next: offer("1"), in: inbound{offer: &store.Offer{ID: "1"}}, want: arrivalRepeatsWaiting},
+		{name: "the agent's own re-apply is no repeat", running: internal, handled: map[string]store.Handled{"7": {Status: "ok", Code: store.CodeOK}}, in: inbound{offer: &store.Offer{ID: "7"}}, want: arrivalHandled},
+		{name: "handled before", handled: map[string]store.Handled{"3": {Status: "ok", Code: store.CodeOK}}, in: inbound{offer: &store.Offer{ID: "3"}}, want: arrivalHandled},
+		{name: "new", running: offer("1"), in: inbound{offer: &store.Offer{ID: "4"}}, want: arrivalNew},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -80,6 +83,7 @@ func (c *core) pullID() uint64 {
 // another configuration replaced it, is answered "superseded by" the one in place, not "ok"; the
 // same configuration answering the agent's own pull is the server's latest word and is applied.
 func TestHandled_AnOKNoLongerInPlaceIsAnsweredSupersededUnlessItAnswersAPull(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"})
 	pull := c.pullID()
 	out := c.output("gw")
@@ -111,6 +115,7 @@ func TestHandled_AnOKNoLongerInPlaceIsAnsweredSupersededUnlessItAnswersAPull(t *
 // A push without an id that replaced an applied one leaves nothing to name: the re-sent id is
 // superseded by "a newer push".
 func TestHandled_AnOKReplacedByAPushWithoutIDIsSupersededByANewerPush(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"})
 	wantStatus(t, c.push(`1`, `["one"]`), "ok")
 	wantStatus(t, c.push(``, `["anonymous"]`), "ok")
@@ -121,6 +126,7 @@ func TestHandled_AnOKReplacedByAPushWithoutIDIsSupersededByANewerPush(t *testing
 // In 7/CMP an applied report replaces an older one still unsent, but a configId handled before
 // and reported again must not take the place of the report of the configuration applied since.
 func TestCMP7_AReconfirmedOldConfigIDDoesNotReplaceANewerUnsentReport(t *testing.T) {
+	t.Parallel()
 	validate := script(t, t.TempDir(), "validate.sh", `if grep -q bad "$CMX_CANDIDATE"; then echo bad >&2; exit 4; fi`)
 	c := startCoreWith(t, coreOptions{Dialect: config.DialectCMP7, Unsent: true}, config.Endpoint{Token: "gw", Validate: []string{validate}})
 	waitReceipt(t, c.deliver(p+"/config/json/status", 1, `{"configId": "c1", "config": ["bad"]}`))
@@ -151,6 +157,7 @@ func TestCMP7_AReconfirmedOldConfigIDDoesNotReplaceANewerUnsentReport(t *testing
 // configuration stored and its receipt released, so one slow endpoint does not hold every later
 // PUBACK. The apply goes on, and its result deletes the record.
 func TestHold_AnApplyPastTheBoundIsStoredAndAcknowledged(t *testing.T) {
+	t.Parallel()
 	blocked, release, pause := holdFirst(StepSynced)
 	c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: 50 * time.Millisecond}, config.Endpoint{Token: "gw"})
 	unblock := releaseOnCleanup(t, release)
@@ -177,6 +184,7 @@ func TestHold_AnApplyPastTheBoundIsStoredAndAcknowledged(t *testing.T) {
 // The acknowledgement released at the bound is a stored offer's: a crash after it (the agent
 // stopping while the apply is cut short) applies it again at the next start.
 func TestHold_AnOfferStoredAtTheBoundIsAppliedAfterARestart(t *testing.T) {
+	t.Parallel()
 	var f failingCommits
 	blocked, release, pause := holdFirst(StepSynced)
 	c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: 50 * time.Millisecond, FailCommit: f.fail}, config.Endpoint{Token: "gw"})
@@ -195,6 +203,7 @@ func TestHold_AnOfferStoredAtTheBoundIsAppliedAfterARestart(t *testing.T) {
 // Process slots are for processes: an endpoint without validate or hook is applied and confirmed
 // while every slot runs another endpoint's slow hook.
 func TestProcessSlots_AnEndpointWithoutProcessesNeverWaitsForOne(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	gate, started := filepath.Join(dir, "go"), filepath.Join(dir, "started")
 	if err := os.Mkdir(started, 0o755); err != nil {
@@ -209,14 +218,11 @@ func TestProcessSlots_AnEndpointWithoutProcessesNeverWaitsForOne(t *testing.T) {
 	for i := range maxProcesses + 1 {
 		waitReceipt(t, c.deliver(fmt.Sprintf("kp1/app/cmx/slow%02d/json", i), 1, `{"id": 1, "entries": [1]}`))
 	}
-	for deadline := time.Now().Add(testWait); ; time.Sleep(5 * time.Millisecond) {
-		if names, _ := os.ReadDir(started); len(names) == maxProcesses {
-			break // every slot runs a hook that waits for the gate
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the slow hooks did not start")
-		}
-	}
+	// Every slot runs a hook that waits for the gate.
+	testkit.Eventually(t, testWait, func() bool {
+		names, _ := os.ReadDir(started)
+		return len(names) == maxProcesses
+	}, "the slow hooks did not start")
 	m := c.send(Message{Topic: "kp1/app/cmx/quick/json", QoS: 1, Payload: []byte(`{"id": 1, "entries": ["quick"]}`)})
 	if m.Status != "ok" {
 		t.Errorf("quick: %q, want ok", m.Status)
@@ -237,6 +243,7 @@ func TestProcessSlots_AnEndpointWithoutProcessesNeverWaitsForOne(t *testing.T) {
 // A removed endpoint's waiting offer leaves the database even when the removal meets a failing
 // disk: added again, the endpoint does not apply what the reload dropped.
 func TestReload_ARemovedEndpointsWaitingOfferIsDroppedWhileCommitsFail(t *testing.T) {
+	t.Parallel()
 	gate := filepath.Join(t.TempDir(), "go")
 	var f failingCommits
 	ep := config.Endpoint{Token: "gw", Hook: []string{"sh", "-c", `while [ ! -e "$0" ]; do sleep 0.01; done`, gate}}
@@ -267,6 +274,7 @@ func TestReload_ARemovedEndpointsWaitingOfferIsDroppedWhileCommitsFail(t *testin
 // An endpoint taken out of the configuration while the agent was down leaves no pending offer to
 // be applied should it come back: it asks for its latest configuration instead.
 func TestRestart_APendingOfferOfAnEndpointNoLongerConfiguredIsDropped(t *testing.T) {
+	t.Parallel()
 	gate := filepath.Join(t.TempDir(), "go")
 	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", Hook: []string{"sh", "-c", `while [ ! -e "$0" ]; do sleep 0.01; done`, gate}},
 		config.Endpoint{Token: "other"})
@@ -294,15 +302,15 @@ func TestRestart_APendingOfferOfAnEndpointNoLongerConfiguredIsDropped(t *testing
 }
 
 // pendingOf2 reads the pending offers of key from the database while the engine is stopped.
-func (c *core) pendingOf2(t *testing.T, key string) []*Offer {
+func (c *core) pendingOf2(t *testing.T, key string) []*store.Offer {
 	t.Helper()
-	st, err := OpenStore(filepath.Join(c.dir, "state"), time.Second, 1000)
+	st, err := store.OpenStore(filepath.Join(c.dir, "state"), time.Second, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	var out []*Offer
-	if err := st.View(func(tx *Tx) error {
+	var out []*store.Offer
+	if err := st.View(func(tx *store.Tx) error {
 		var err error
 		out, err = tx.Pending(key)
 		return err
@@ -316,6 +324,7 @@ func (c *core) pendingOf2(t *testing.T, key string) []*Offer {
 // it. Otherwise a crash leaves the newer in the database and the older with the broker, whose
 // redelivery after the restart would read as the newest and end on disk.
 func TestHold_AStoredOfferBehindAHeldOneStoresItToo(t *testing.T) {
+	t.Parallel()
 	var f failingCommits
 	blocked, release, pause := holdFirst(StepSynced)
 	c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: time.Hour, FailCommit: f.fail}, config.Endpoint{Token: "gw"})
@@ -353,6 +362,7 @@ func TestHold_AStoredOfferBehindAHeldOneStoresItToo(t *testing.T) {
 // acknowledges neither, and the broker sends both again on the next connection, in their order. A
 // newer one applied meanwhile would be followed by the older one, read as newer.
 func TestReceiveCommitFailure_NothingLaterOnThatConnectionIsTaken(t *testing.T) {
+	t.Parallel()
 	var f failingCommits
 	c := startCoreWith(t, coreOptions{FailCommit: f.fail}, config.Endpoint{Token: "gw"})
 	f.n.Store(1)
@@ -377,8 +387,7 @@ func TestReceiveCommitFailure_NothingLaterOnThatConnectionIsTaken(t *testing.T) 
 	if got[1] != `{"id":2,"status":"ok"}` {
 		t.Errorf("confirmations %q, want 2 ok", got)
 	}
-	for deadline := time.Now().Add(testWait); c.e.eps["gw"].busy() && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-	}
+	testkit.Eventually(t, testWait, func() bool { return !c.e.eps["gw"].busy() }, "the endpoint is still busy")
 	wantFile(t, c.output("gw"), "[2]")
 }
 
@@ -387,6 +396,7 @@ func TestReceiveCommitFailure_NothingLaterOnThatConnectionIsTaken(t *testing.T) 
 // go in arrival order, so one held for an apply that does not end holds every later one. At the
 // bound the offer is stored again with the repeat's route, so a crash still answers it.
 func TestHold_ARepeatJoiningAStoredOfferIsReleasedAtTheBound(t *testing.T) {
+	t.Parallel()
 	for _, repeats := range []string{"the one being written", "the one waiting"} {
 		t.Run(repeats, func(t *testing.T) {
 			blocked, release, pause := holdFirst(StepSynced)
@@ -440,6 +450,7 @@ func TestHold_ARepeatJoiningAStoredOfferIsReleasedAtTheBound(t *testing.T) {
 // stalled file system) must not hold that push's PUBACK, and with it every later one of the
 // connection, for all that time: the bound holds for a removed endpoint too.
 func TestHold_ARemovedEndpointsApplyPastTheBoundIsAcknowledged(t *testing.T) {
+	t.Parallel()
 	blocked, release, pause := holdFirst(StepSynced)
 	c := startCoreWith(t, coreOptions{Pause: pause, HoldBound: 50 * time.Millisecond}, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "other"})
 	unblock := releaseOnCleanup(t, release)
@@ -448,11 +459,7 @@ func TestHold_ARemovedEndpointsApplyPastTheBoundIsAcknowledged(t *testing.T) {
 	gw, other := c.e.eps["gw"], c.e.eps["other"].config()
 	reloaded := make(chan struct{})
 	go func() { c.e.Reload([]config.Endpoint{other}); close(reloaded) }()
-	for deadline := time.Now().Add(testWait); !gw.removed(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("Reload did not stop the endpoint")
-		}
-	}
+	testkit.Eventually(t, testWait, gw.removed, "Reload did not stop the endpoint")
 	select {
 	case <-r.Done():
 	case <-time.After(2 * time.Second): // 40 bounds
@@ -476,11 +483,12 @@ func TestHold_ARemovedEndpointsApplyPastTheBoundIsAcknowledged(t *testing.T) {
 // A message that reaches an endpoint just removed by a reload is acknowledged (nobody wants it) and
 // does not cost the connection; when the agent stops, it stays unacknowledged for the restart.
 func TestReload_AnArrivalAtARemovedEndpointDoesNotFailTheConnection(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"})
 	ep := c.e.eps["gw"]
 	c.e.Reload(nil)
 	r := newReceipt(&c.e.conn, c.gen)
-	ep.post(evArrival{in: inbound{offer: &Offer{ID: "1", Text: "1"}}, topic: p + "/json", qos: 1, receipt: r})
+	ep.post(evArrival{in: inbound{offer: &store.Offer{ID: "1", Text: "1"}}, topic: p + "/json", qos: 1, receipt: r})
 	waitReceipt(t, r)
 	if c.e.conn.hasFailed(c.gen) {
 		t.Error("the connection was marked failed by an arrival at a removed endpoint")

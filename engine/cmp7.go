@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/cmx-agent/cmx-agent/cmx"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // cmp7 is the Kaa 1.x dialect, 7/CMP. An endpoint (token, or token and configuration name) observes
@@ -81,10 +82,10 @@ func (d cmp7) decode(ep *endpoint, topic string, _ byte, payload []byte, size in
 			ie = &cmx.InputError{Reason: err.Error()}
 		}
 		// No dedupe key: the same configId may well come again, with its config.
-		o := &Offer{Text: ie.ID.Text(), RequestID: route.RequestID}
+		o := &store.Offer{Text: ie.ID.Text(), RequestID: route.RequestID}
 		return inbound{
 			offer:  o,
-			reject: &Result{Status: ie.Status(), Code: CodeInvalid},
+			reject: &Result{Status: ie.Status(), Code: store.CodeInvalid},
 			note:   &serverNote{kind: noteAnswered, rid: route.RequestID},
 		}
 	}
@@ -99,13 +100,13 @@ func (d cmp7) decode(ep *endpoint, topic string, _ byte, payload []byte, size in
 		// No dedupe key, as for a payload that does not parse: the same configId is verified
 		// again when it comes again (after a reload that added its signer's key, say).
 		return inbound{
-			offer:  &Offer{Text: resp.ConfigID, RequestID: route.RequestID},
+			offer:  &store.Offer{Text: resp.ConfigID, RequestID: route.RequestID},
 			reject: refusal,
 			note:   &serverNote{kind: noteAnswered, rid: route.RequestID},
 		}
 	}
 	return inbound{
-		offer: &Offer{
+		offer: &store.Offer{
 			ID:        cmx.ConfigIDKey(resp.ConfigID),
 			Text:      resp.ConfigID,
 			Body:      body,
@@ -120,8 +121,8 @@ func (d cmp7) decode(ep *endpoint, topic string, _ byte, payload []byte, size in
 // answers builds the applied report. Each report is a request of its own with a fresh request id,
 // and replaces an unsent older report of the endpoint: only the latest outcome matters to the
 // server. 7/CMP reports only the newest configuration, so a superseded one gets none.
-func (cmp7) answers(ep *endpoint, o *Offer, r Result, next func() uint64) []OutMsg {
-	if r.Code == CodeSuperseded {
+func (cmp7) answers(ep *endpoint, o *store.Offer, r Result, next func() uint64) []OutMsg {
+	if r.Code == store.CodeSuperseded {
 		return nil
 	}
 	return []OutMsg{{
@@ -140,11 +141,11 @@ func (cmp7) answers(ep *endpoint, o *Offer, r Result, next func() uint64) []OutM
 // disk), or when it failed for a reason that may pass (5xx: a full disk, a hook that timed out). A
 // configId refused for what it is (4xx: invalid, rejected by validate) is reported again with its
 // stored outcome instead of running validate and hooks again on every request.
-func (cmp7) again(h Handled, o *Offer, st EndpointState, otherPending bool) bool {
+func (cmp7) again(h store.Handled, o *store.Offer, st store.EndpointState, otherPending bool) bool {
 	switch {
-	case h.Code == CodeSuperseded:
+	case h.Code == store.CodeSuperseded:
 		return true
-	case h.Code == CodeOK:
+	case h.Code == store.CodeOK:
 		return o.ID != st.AppliedID || otherPending
 	}
 	return h.Code.Transient()
@@ -154,32 +155,13 @@ func (cmp7) again(h Handled, o *Offer, st EndpointState, otherPending bool) bool
 // waits has changed its mind, and its latest word is what must end on disk.
 func (cmp7) lastWordWins() bool { return true }
 
-func (cmp7) superseded(newer *Offer) Result {
-	return Result{Status: cmx.Superseded(cmx.IDFromKey(newer.ID)), Code: CodeSuperseded}
+func (cmp7) superseded(newer *store.Offer) Result {
+	return Result{Status: cmx.Superseded(cmx.IDFromKey(newer.ID)), Code: store.CodeSuperseded}
 }
 
 // request observes the configuration, naming the applied one only when a configuration was really
 // applied. Its key must read as a configId: a 3/CMX number id left by a dialect switch does not.
-func (cmp7) request(ep *endpoint, msgID uint64, st EndpointState) (string, []byte) {
+func (cmp7) request(ep *endpoint, msgID uint64, st store.EndpointState) (string, []byte) {
 	applied, ok := cmx.ConfigIDFromKey(st.AppliedID)
 	return cmx.ConfigRequestTopic(ep.prefix, ep.name, msgID), cmx.ConfigRequest(applied, ok)
-}
-
-type noteKind int
-
-const (
-	noteConfig    noteKind = iota // a configuration came
-	noteAnswered                  // a response came that could not be used (it is answered 400)
-	noteUnchanged                 // {}: the endpoint has the current configuration
-	noteNone                      // configId "" and config null: the server has none for the endpoint
-	noteError                     // the server refused the request
-)
-
-// serverNote is what a server's response says about an endpoint besides a configuration.
-type serverNote struct {
-	kind      noteKind
-	rid       uint64 // request id of the response's topic; 0 = unsolicited or none
-	code      int    // noteError: statusCode
-	reason    string // noteError: reasonPhrase
-	malformed string // noteError: what was wrong with the error payload
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // damageState stops the engine, overwrites endpoint key's state record with bytes that do not
@@ -15,11 +17,11 @@ import (
 func (c *core) damageState(key string) {
 	c.t.Helper()
 	c.stop()
-	st, err := OpenStore(filepath.Join(c.dir, "state"), time.Second, 1000)
+	st, err := store.OpenStore(filepath.Join(c.dir, "state"), time.Second, 1000)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if err := st.Update(func(tx *Tx) error { return tx.hot().Put(epKey(key, kindState), []byte(`{"applied_id":`)) }); err != nil {
+	if err := st.Update(func(tx *store.Tx) error { return tx.PutRaw(key, store.RecordState, 0, []byte(`{"applied_id":`)) }); err != nil {
 		c.t.Fatal(err)
 	}
 	st.Close()
@@ -27,9 +29,9 @@ func (c *core) damageState(key string) {
 }
 
 // storedState reads endpoint key's state record as the store holds it.
-func (c *core) storedState(key string) (EndpointState, error) {
-	var st EndpointState
-	err := c.e.store.View(func(tx *Tx) error {
+func (c *core) storedState(key string) (store.EndpointState, error) {
+	var st store.EndpointState
+	err := c.e.store.View(func(tx *store.Tx) error {
 		var err error
 		st, err = tx.State(key)
 		return err
@@ -38,6 +40,7 @@ func (c *core) storedState(key string) (EndpointState, error) {
 }
 
 func TestState_ADamagedStateRecordIsReportedAndTheOtherEndpointsRead(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "gw2"})
 	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`))
 	c.next("/status")
@@ -54,7 +57,7 @@ func TestState_ADamagedStateRecordIsReportedAndTheOtherEndpointsRead(t *testing.
 		t.Errorf("gw damaged %q, want the decode error", gw.Damaged)
 	}
 	// What is in place is still known from the applied bytes stored beside the record.
-	if !gw.Applied || gw.AppliedHash != hashOf([]byte("[1]")) || gw.AppliedID != "" {
+	if !gw.Applied || gw.AppliedHash != store.Hash([]byte("[1]")) || gw.AppliedID != "" {
 		t.Errorf("gw %+v, want applied with the hash of [1] and no id (the record held it)", gw)
 	}
 	if gw2.Damaged != "" || gw2.AppliedID != "7" || !gw2.Applied {
@@ -77,6 +80,7 @@ func TestState_ADamagedStateRecordIsReportedAndTheOtherEndpointsRead(t *testing.
 // state record: found unchanged (no write, no hook), its result is recorded. In cmx3 its id was
 // handled before, and a handled id is otherwise only confirmed again.
 func TestState_ADamagedStateRecordIsRewrittenByTheAnswerWithTheConfigurationInPlace(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		dialect string
 		push    string // where a configuration comes unasked
@@ -106,18 +110,14 @@ func TestState_ADamagedStateRecordIsRewrittenByTheAnswerWithTheConfigurationInPl
 			_, rid := c.nextRequest("gw") // this run's: the request the answer is for
 			waitReceipt(t, c.deliver(fmt.Sprintf(tc.answer, rid), 1, tc.payload))
 			var (
-				st  EndpointState
+				st  store.EndpointState
 				err error
 			)
-			for deadline := time.Now().Add(testWait); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-				if st, err = c.storedState("gw"); err == nil {
-					break
-				}
-			}
-			if err != nil {
-				t.Fatalf("the state record still does not read after the server's answer: %v", err)
-			}
-			if st.AppliedText != tc.id || st.AppliedHash != hashOf([]byte("[1]")) || st.AppliedShape == "" {
+			testkit.Eventually(t, testWait, func() bool {
+				st, err = c.storedState("gw")
+				return err == nil
+			}, "the state record still does not read after the server's answer: %v", func() string { return fmt.Sprint(err) })
+			if st.AppliedText != tc.id || st.AppliedHash != store.Hash([]byte("[1]")) || st.AppliedShape == "" {
 				t.Errorf("state %+v, want %s applied with its hash and shape", st, tc.id)
 			}
 			if n := len(readLines(t, ran)); n != 1 {

@@ -14,6 +14,7 @@ import (
 // runs: no write, no validate, no hook; also after a restart. Ids are typed: the string "9" is
 // another id than the number 9.
 func TestPush_DuplicateIDIsReconfirmedWithTheStoredStatus(t *testing.T) {
+	t.Parallel()
 	// cmd.sh logs each run as <what>:<id>; validate refuses candidates holding "evil", the hook
 	// outputs holding "bad".
 	const cmd = `echo "$1:$CMX_CONFIG_ID" >> "$(dirname "$0")/runs.log"
@@ -72,6 +73,7 @@ if [ "$1" = hook ] && grep -q bad "$CMX_OUTPUT"; then echo "bad" >&2; exit 7; fi
 // A burst to one endpoint while it writes ends on the newest push; each one that waited is
 // answered "superseded by <id>" at its topic and QoS without being applied, and stays so.
 func TestPush_BurstToOneEndpointEndsOnTheNewest(t *testing.T) {
+	t.Parallel()
 	for _, qos := range []byte{0, 1} {
 		t.Run(fmt.Sprintf("QoS %d", qos), func(t *testing.T) {
 			blocked, release := make(chan struct{}), make(chan struct{})

@@ -5,56 +5,24 @@ import (
 	"strings"
 
 	"github.com/cmx-agent/cmx-agent/cmx"
+	"github.com/cmx-agent/cmx-agent/store"
 )
-
-// Code is the outcome of handling a configuration, in the HTTP-like terms 7/CMP reports and both
-// dialects store beside the status text, so that no status is ever parsed back.
-type Code int
-
-// The codes the agent gives.
-const (
-	CodeOK         Code = 200 // applied (or unchanged)
-	CodeInvalid    Code = 400 // the payload was refused: not JSON, a field missing, too large
-	CodeSuperseded Code = 409 // replaced by a newer configuration before it was applied
-	CodeRejected   Code = 422 // refused by the template or validate
-	CodeFailed     Code = 500 // could not be applied: write failed, hook failed, timed out
-)
-
-// Transient reports whether the same configuration may succeed if it is tried again (a full disk,
-// a hook that timed out), as opposed to a refusal that will not change.
-func (c Code) Transient() bool { return c >= 500 }
 
 // Result is the outcome of handling an offer, in terms both dialects can express.
 type Result struct {
 	Status string // human-readable; "ok" when applied
-	Code   Code
+	Code   store.Code
 }
 
 // OK reports whether the offer was applied.
-func (r Result) OK() bool { return r.Code == CodeOK }
+func (r Result) OK() bool { return r.Code == store.CodeOK }
 
-var resultOK = Result{Status: cmx.StatusOK, Code: CodeOK}
-
-// legacyCode gives a code to a handled id stored before codes were; it runs only on such old
-// records.
-func legacyCode(status string) Code {
-	switch {
-	case status == cmx.StatusOK:
-		return CodeOK
-	case strings.HasPrefix(status, "superseded"):
-		return CodeSuperseded
-	case strings.HasPrefix(status, "invalid"):
-		return CodeInvalid
-	case strings.HasPrefix(status, "validate"), strings.HasPrefix(status, "rejected"):
-		return CodeRejected
-	}
-	return CodeFailed
-}
+var resultOK = Result{Status: cmx.StatusOK, Code: store.CodeOK}
 
 // inbound is a configuration message decoded by a dialect.
 type inbound struct {
-	offer  *Offer  // a configuration to apply; nil when the message was refused or carries nothing
-	reject *Result // when set, answer the message with this result at once (offer carries id and route)
+	offer  *store.Offer // a configuration to apply; nil when the message was refused or carries nothing
+	reject *Result      // when set, answer the message with this result at once (offer carries id and route)
 	// note is what a server's answer says besides a configuration (cmp7: unchanged, none assigned, an
 	// error); it is recorded for status before the offer, if any, is handled.
 	note *serverNote
@@ -78,19 +46,19 @@ type dialect interface {
 	// payload's length as sent, larger than len(payload) when the transport kept only its start.
 	decode(ep *endpoint, topic string, qos byte, payload []byte, size int) inbound
 	// answers builds the messages that report r for o; next hands out fresh message ids.
-	answers(ep *endpoint, o *Offer, r Result, next func() uint64) []OutMsg
+	answers(ep *endpoint, o *store.Offer, r Result, next func() uint64) []OutMsg
 	// superseded is the result of an offer replaced by newer before it was applied.
-	superseded(newer *Offer) Result
+	superseded(newer *store.Offer) Result
 	// again reports whether an offer whose id was handled before, with h, is applied again rather
 	// than answered with the stored outcome; otherPending says another offer waits or is being
 	// written.
-	again(h Handled, o *Offer, st EndpointState, otherPending bool) bool
+	again(h store.Handled, o *store.Offer, st store.EndpointState, otherPending bool) bool
 	// lastWordWins reports whether an offer with the id of the one being written, arriving while a
 	// newer one waits, replaces the waiting one (the server's latest word), rather than being taken
 	// for a redelivery of the first.
 	lastWordWins() bool
 	// request builds the message asking for the latest configuration.
-	request(ep *endpoint, msgID uint64, st EndpointState) (topic string, payload []byte)
+	request(ep *endpoint, msgID uint64, st store.EndpointState) (topic string, payload []byte)
 }
 
 // cmx3 is the seed dialect, 3/CMX.
@@ -115,7 +83,7 @@ func (cmx3) filters(eps []*endpoint) []string {
 func (cmx3) isConfig(_ *endpoint, rest []string) bool { return cmx.IsPush(rest) }
 
 func (d cmx3) decode(ep *endpoint, topic string, qos byte, payload []byte, size int) inbound {
-	o := &Offer{Routes: []Route{{Topic: cmx.StatusTopic(topic), QoS: qos}}}
+	o := &store.Offer{Routes: []store.Route{{Topic: cmx.StatusTopic(topic), QoS: qos}}}
 	var (
 		p   cmx.Push
 		err error
@@ -131,7 +99,7 @@ func (d cmx3) decode(ep *endpoint, topic string, qos byte, payload []byte, size 
 			ie = &cmx.InputError{Reason: err.Error()}
 		}
 		o.ID, o.Text = ie.ID.Key(), ie.ID.Text()
-		return inbound{offer: o, reject: &Result{Status: ie.Status(), Code: CodeInvalid}}
+		return inbound{offer: o, reject: &Result{Status: ie.Status(), Code: store.CodeInvalid}}
 	}
 	o.ID, o.Text = p.ID.Key(), p.ID.Text()
 	var refusal *Result
@@ -155,7 +123,7 @@ func pullIDOf(ep *endpoint, topic string) uint64 {
 }
 
 // answers confirms o on every topic it arrived on, each at the QoS it came with.
-func (cmx3) answers(ep *endpoint, o *Offer, r Result, _ func() uint64) []OutMsg {
+func (cmx3) answers(ep *endpoint, o *store.Offer, r Result, _ func() uint64) []OutMsg {
 	out := make([]OutMsg, 0, len(o.Routes))
 	payload := cmx.Confirmation(cmx.IDFromKey(o.ID), r.Status)
 	for _, rt := range o.Routes {
@@ -168,16 +136,16 @@ func (cmx3) answers(ep *endpoint, o *Offer, r Result, _ func() uint64) []OutMsg 
 // one of the agent's own pulls and is not the one in place (machine.reanswer, contract §3). That
 // also heals a damaged state record: the answer at connect is applied again (found unchanged when
 // it is the configuration in place: no write, no hook), and its result rewrites the record.
-func (cmx3) again(Handled, *Offer, EndpointState, bool) bool { return false }
+func (cmx3) again(store.Handled, *store.Offer, store.EndpointState, bool) bool { return false }
 
 // lastWordWins is false: in 3/CMX the same id again is the broker redelivering, and the newer push
 // that waits came after it.
 func (cmx3) lastWordWins() bool { return false }
 
-func (cmx3) superseded(newer *Offer) Result {
-	return Result{Status: cmx.Superseded(cmx.IDFromKey(newer.ID)), Code: CodeSuperseded}
+func (cmx3) superseded(newer *store.Offer) Result {
+	return Result{Status: cmx.Superseded(cmx.IDFromKey(newer.ID)), Code: store.CodeSuperseded}
 }
 
-func (cmx3) request(ep *endpoint, msgID uint64, _ EndpointState) (string, []byte) {
+func (cmx3) request(ep *endpoint, msgID uint64, _ store.EndpointState) (string, []byte) {
 	return cmx.PullTopic(ep.prefix), cmx.PullRequest(msgID)
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // Drift timing: events for one output are gathered for DriftDebounce before a check (an editor
@@ -33,11 +35,11 @@ type driftWatcher struct {
 	mu      sync.Mutex
 	watched map[string]bool // folders with a live watch
 	missing map[string]bool // folders that could not be watched, already checked once
-	timers  map[*endpoint]*time.Timer
+	timers  map[*endpoint]clock.Timer
 }
 
 func newDriftWatcher(e *Engine) *driftWatcher {
-	return &driftWatcher{e: e, kickC: make(chan struct{}, 1), watched: map[string]bool{}, missing: map[string]bool{}, timers: map[*endpoint]*time.Timer{}}
+	return &driftWatcher{e: e, kickC: make(chan struct{}, 1), watched: map[string]bool{}, missing: map[string]bool{}, timers: map[*endpoint]clock.Timer{}}
 }
 
 // kick makes the watcher look for folders to watch now (after a reload, or a write that created a
@@ -81,17 +83,17 @@ func (d *driftWatcher) run(ctx context.Context) {
 	// Folders that could not be watched (nothing applied yet, or removed) are looked for again on a
 	// timer that runs only while there are such folders: an idle agent with all its folders watched
 	// wakes for nothing.
-	var retry *time.Timer
+	var retry clock.Timer
 	var retryC <-chan time.Time
 	resync := func() map[string][]*endpoint {
 		byOut, _ := d.outputs()
 		if d.sync(w) {
 			if retry == nil {
-				retry = time.NewTimer(DriftRetry)
+				retry = d.e.opt.Clock.NewTimer(DriftRetry)
 			} else {
 				retry.Reset(DriftRetry)
 			}
-			retryC = retry.C
+			retryC = retry.C()
 		} else {
 			retryC = nil
 		}
@@ -214,7 +216,7 @@ func (d *driftWatcher) scheduleLocked(ep *endpoint) {
 		t.Reset(DriftDebounce)
 		return
 	}
-	d.timers[ep] = time.AfterFunc(DriftDebounce, func() { ep.post(evDrift{}) })
+	d.timers[ep] = d.e.opt.Clock.AfterFunc(DriftDebounce, func() { ep.post(evDrift{}) })
 }
 
 // checkDrift compares ep's output with what was applied and, per on_drift, reports or repairs it.
@@ -239,7 +241,7 @@ func (e *Engine) checkDrift(m *machine) {
 	var notRegular *apply.NotRegularError
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		what, sum = "deleted", hashOf(nil)
+		what, sum = "deleted", store.Hash(nil)
 	case errors.As(err, &notRegular):
 		// Not the agent's file, whatever it leads to: HashFile followed no link and waited on no
 		// FIFO, and the repair's rename replaces the thing itself.
@@ -298,7 +300,7 @@ func (e *Engine) outputSum(key, output string) (string, error) {
 		have bool
 	)
 	// A sealed configuration's stored bytes are not the output's: their size tells nothing.
-	if err := e.store.View(func(tx *Tx) error { n, have = tx.BodyLen(key); have = have && !tx.BodySealed(key); return nil }); err == nil && have {
+	if err := e.store.View(func(tx *store.Tx) error { n, have = tx.BodyLen(key); have = have && !tx.BodySealed(key); return nil }); err == nil && have {
 		if fi, err := apply.LstatRegular(output); err == nil && fi.Size() != int64(n) {
 			return fmt.Sprintf("size %d", fi.Size()), nil
 		}
@@ -311,7 +313,7 @@ func (e *Engine) scheduleDrift(ep *endpoint) {
 	d := e.drift
 	e.mu.RUnlock()
 	if d == nil {
-		time.AfterFunc(DriftDebounce, func() { ep.post(evDrift{}) })
+		e.opt.Clock.AfterFunc(DriftDebounce, func() { ep.post(evDrift{}) })
 		return
 	}
 	d.schedule(ep)

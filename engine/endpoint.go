@@ -9,6 +9,8 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/internal/backoff"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // endpoint is one configured endpoint: a token, or a token and a configuration name (7/CMP). Its
@@ -133,6 +135,7 @@ type (
 		qos     byte
 		size    int
 		receipt *Receipt
+		results listeners // told the offer's outcome (import.go)
 	}
 	evApplied struct {
 		o   *pending
@@ -142,7 +145,7 @@ type (
 	evHoldBound struct{} // Options.HoldBound has passed since the machine began holding
 	evDrift     struct{}
 	evOptions   struct{ cfg config.Endpoint }
-	evRecovery  struct{ offers []*Offer } // offers a crash left pending, applied at start
+	evRecovery  struct{ offers []*store.Offer } // offers a crash left pending, applied at start
 )
 
 // post queues ev for the machine; it never blocks.
@@ -245,10 +248,10 @@ func (ep *endpoint) run(ctx context.Context) {
 		}
 		var timer, hold <-chan time.Time
 		if m.timer != nil {
-			timer = m.timer.C
+			timer = m.timer.C()
 		}
 		if m.hold != nil {
-			hold = m.hold.C
+			hold = m.hold.C()
 		}
 		// Quitting, the machine waits only for the apply in progress, whose end wakes it: an ended
 		// context, ready at every select, would spin a core for as long as that apply takes.
@@ -297,7 +300,7 @@ func (p phase) String() string {
 
 // pending is an offer the machine holds: in memory, and in the database when stored.
 type pending struct {
-	o *Offer
+	o *store.Offer
 	// ack is how the offer's acknowledgement goes. ackStored: the offer is in the database, or goes
 	// there with the journal's next commit (a receive commit, or left by a crash). ackHeld: the
 	// broker still holds it, unacknowledged, and will deliver it again after a crash: it must not
@@ -309,6 +312,7 @@ type pending struct {
 	// (a repeat's route is stored only by a later commit). A stored offer's own receipt goes with
 	// its receive commit. Any waiter is a held PUBACK, bounded by releaseHolds.
 	waiters []*Receipt
+	results listeners // told the offer's outcome: the arrival's and those of repeats that joined it
 }
 
 // machine is an endpoint's state. Only the endpoint's goroutine touches it.
@@ -322,13 +326,13 @@ type machine struct {
 	result  *outcome // retrying: the outcome whose commit failed
 	// st is the endpoint's committed state, read once and then kept: the machine is its only
 	// writer, so neither an apply nor its result has to read it back from the store.
-	st *EndpointState
+	st *store.EndpointState
 
 	j journal // what waits for the next commit
 
-	timer *time.Timer // the retried result commit's
+	timer clock.Timer // the retried result commit's
 	// hold ends the acknowledgements held back once Options.HoldBound has passed (releaseHolds).
-	hold      *time.Timer
+	hold      clock.Timer
 	backoff   backoff.Backoff  // the result commit's retries
 	cfgDue    *config.Endpoint // options from a reload, taken at the next idle moment
 	driftDue  bool
@@ -341,7 +345,7 @@ type machine struct {
 }
 
 // state returns the endpoint's committed state.
-func (m *machine) state() EndpointState {
+func (m *machine) state() store.EndpointState {
 	if m.st == nil {
 		st := m.ep.e.stateOf(m.ep)
 		m.st = &st
@@ -351,7 +355,7 @@ func (m *machine) state() EndpointState {
 
 func (m *machine) setTimer(d time.Duration) {
 	m.stopTimer()
-	m.timer = time.NewTimer(d)
+	m.timer = m.ep.e.opt.Clock.NewTimer(d)
 }
 
 // watchHolds starts the hold bound's timer when the machine begins holding acknowledgements back,
@@ -359,7 +363,7 @@ func (m *machine) setTimer(d time.Duration) {
 func (m *machine) watchHolds() {
 	switch holding := m.holding(); {
 	case holding && m.hold == nil:
-		m.hold = time.NewTimer(m.ep.e.opt.HoldBound)
+		m.hold = m.ep.e.opt.Clock.NewTimer(m.ep.e.opt.HoldBound)
 	case !holding:
 		m.stopHold()
 	}
@@ -446,7 +450,7 @@ func (m *machine) start(p *pending) {
 	ep, e := m.ep, m.ep.e
 	cfg, st := ep.config(), m.state()
 	e.applies.Add(1)
-	ep.applying.set(p.o.Text, time.Now())
+	ep.applying.set(p.o.Text, ep.e.opt.Clock.Now())
 	go func() {
 		defer e.applies.Done()
 		out := e.runPipeline(m.ctx, ep, cfg, st, p.o)
@@ -465,7 +469,7 @@ func (m *machine) applied(p *pending, out outcome) {
 		for _, r := range p.waiters {
 			r.release(errEndpointGone) // unacknowledged: the broker sends it again after the restart
 		}
-		p.o.notify(Result{Status: "the agent stopped during the apply; it is applied again after the restart", Code: CodeFailed})
+		p.results.notify(Result{Status: "the agent stopped during the apply; it is applied again after the restart", Code: store.CodeFailed})
 		m.phase, m.running = idle, nil
 		return
 	}
@@ -478,7 +482,7 @@ func (m *machine) applied(p *pending, out outcome) {
 // outcome and the answers, and p leaves the pending offers.
 func (m *machine) recordResult(p *pending, out outcome) {
 	e, ep := m.ep.e, m.ep
-	now := e.opt.Now()
+	now := e.opt.Clock.Now()
 	st := m.state()
 	st.LastText, st.LastStatus, st.LastCode, st.LastAt = p.o.Text, out.r.Status, out.r.Code, now
 	// The history lists configurations as they come into place, not the agent's own re-apply of
@@ -499,7 +503,7 @@ func (m *machine) recordResult(p *pending, out outcome) {
 	}
 	m.j.setState(st)
 	if p.o.ID != "" && !p.o.Internal {
-		m.j.setHandled(p.o.ID, Handled(out.r))
+		m.j.setHandled(p.o.ID, store.Handled(out.r))
 	}
 	m.recordAccepted(p.o, out.r)
 	if !p.o.Internal {
@@ -542,7 +546,7 @@ func (m *machine) commitResult() {
 	}
 	e.opt.Pause(StepCommitted)
 	m.j.committed()
-	p.o.notify(out.r)
+	p.results.notify(out.r)
 	m.phase, m.running, m.result = idle, nil, nil
 	e.changed()
 }
@@ -556,7 +560,7 @@ func (m *machine) retryTick() {
 // recover takes the offers a crash left in the database, oldest first: all but the newest are
 // applied in turn only if one of them was being written (it may have half run its hook); the
 // newest waits behind it.
-func (m *machine) recover(offers []*Offer) {
+func (m *machine) recover(offers []*store.Offer) {
 	if m.quitting && !m.removing {
 		return // the agent stops: the records stay, to be recovered at the next start
 	}
@@ -600,13 +604,13 @@ func (m *machine) reapplyIfReshaped() {
 	if shapeOf(ep.config()) == st.AppliedShape {
 		return
 	}
-	raw, ok, err := e.store.storedBytes(ep.key, (*Tx).Raw)
+	raw, ok, err := e.store.StoredBytes(ep.key, (*store.Tx).Raw)
 	if err != nil || !ok {
 		e.log.Error("cannot read the stored configuration to apply it under the new options", "endpoint", ep.key, "err", err)
 		return
 	}
 	e.log.Info("endpoint options changed: applying the stored configuration again", "endpoint", ep.key, "id", st.AppliedText)
-	o := &Offer{Seq: e.nextSeq(), ID: st.AppliedID, Text: st.AppliedText, Body: raw, Internal: true, Received: e.opt.Now()}
+	o := &store.Offer{Seq: e.nextSeq(), ID: st.AppliedID, Text: st.AppliedText, Body: raw, Internal: true, Received: e.opt.Clock.Now()}
 	m.start(&pending{o: o, ack: ackNone})
 }
 

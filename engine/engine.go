@@ -1,8 +1,8 @@
 // Package engine is cmx-agent's core: the endpoints and their state machines, coalescing and
-// deduplication, the apply pipeline, drift repair, the bbolt store and the outbox. It imports no MQTT
-// library: a transport hands it received messages (Deliver) and is told, through a Receipt, when each
-// may be acknowledged; it reads what to send from the Outbox and reports what the broker
-// acknowledged.
+// deduplication, the apply pipeline, drift repair and the outbox. It imports no MQTT library and no
+// storage library: a transport hands it received messages (Deliver) and is told, through a Receipt,
+// when each may be acknowledged; it reads what to send from the Outbox and reports what the broker
+// acknowledged. What it commits goes through package store, the agent's database.
 //
 // The order of durable steps, and why a crash between any two of them loses nothing, is in
 // docs/durability.md; the code marks each step with the name of its test pause point (Step*).
@@ -21,7 +21,9 @@ import (
 	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
 	"github.com/cmx-agent/cmx-agent/sealed"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // Pause points: the durable steps of one configuration, in order. Options.Pause is called with each.
@@ -44,8 +46,9 @@ type Options struct {
 	// Pause, when set, is called at each durable step (the Step* names); crash tests make it block so
 	// they can kill the process exactly there.
 	Pause func(step string)
-	// Now is the wall clock, used only for timestamps shown to people.
-	Now func() time.Time
+	// Clock is the wall clock, used only for timestamps shown to people, and the source of every
+	// timer (backoffs, debounces, bounds, hook timeouts); default clock.Real.
+	Clock clock.Clock
 	// LockTimeout bounds the wait for the database lock (default 1 s).
 	LockTimeout time.Duration
 	// PullTimeout is how long an unanswered request waits before it is repeated (default 30 s,
@@ -78,7 +81,7 @@ type Engine struct {
 	agent   config.Agent
 	log     *slog.Logger
 	opt     Options
-	store   *Store
+	store   *store.Store
 	dia     dialect
 	out     *Outbox
 	held    atomic.Int64 // receipts held until a result commit
@@ -159,16 +162,16 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 // loadIdentity reads the agent's identity in dir, making it only when the database has never had
 // one (a new state folder, or an upgrade from a version without sealed values): configurations may
 // have been sealed to an identity the database knew, and a new key would silently break them all.
-func loadIdentity(st *Store, dir string) (*sealed.Identity, error) {
+func loadIdentity(st *store.Store, dir string) (*sealed.Identity, error) {
 	var had bool
-	if err := st.View(func(tx *Tx) error { had = tx.HasIdentity(); return nil }); err != nil {
+	if err := st.View(func(tx *store.Tx) error { had = tx.HasIdentity(); return nil }); err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
 	id, err := sealed.Load(dir, !had)
 	if err != nil || had {
 		return id, err
 	}
-	if err := st.Update(func(tx *Tx) error { return tx.SetIdentity() }); err != nil {
+	if err := st.Update(func(tx *store.Tx) error { return tx.SetIdentity() }); err != nil {
 		return nil, fmt.Errorf("identity: record it: %w", err)
 	}
 	return id, nil
@@ -182,9 +185,7 @@ func (opt Options) withDefaults() Options {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
-	if opt.Now == nil {
-		opt.Now = time.Now
-	}
+	opt.Clock = clock.OrReal(opt.Clock)
 	if opt.Pause == nil {
 		opt.Pause = func(string) {}
 	}
@@ -215,8 +216,8 @@ func newDialect(cfg *config.Config) (dialect, error) {
 }
 
 // openStore opens the state database and logs what opening it repaired.
-func openStore(dir string, opt Options) (*Store, error) {
-	st, err := OpenStore(dir, opt.LockTimeout, opt.HandledIDs)
+func openStore(dir string, opt Options) (*store.Store, error) {
+	st, err := store.OpenStore(dir, opt.LockTimeout, opt.HandledIDs)
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +239,7 @@ func (e *Engine) readState(eps []config.Endpoint) error {
 		lastOut uint64
 		dropped []string
 	)
-	err := e.store.Update(func(tx *Tx) error {
+	err := e.store.Update(func(tx *store.Tx) error {
 		var err error
 		if stored, err = tx.Outbox(0); err != nil {
 			return err
@@ -250,7 +251,7 @@ func (e *Engine) readState(eps []config.Endpoint) error {
 			return err
 		}
 		lastOut = tx.LastOutboxSeq()
-		e.seq.Store(tx.lastSeq(pending))
+		e.seq.Store(tx.LastSeqOf(pending))
 		last, err := tx.LeaseIDs(idLease)
 		e.nextMsg, e.leaseEnd = last+1, last+idLease
 		return err
@@ -261,7 +262,7 @@ func (e *Engine) readState(eps []config.Endpoint) error {
 	for _, key := range dropped {
 		e.log.Info("dropped the pending configurations of an endpoint no longer configured", "endpoint", key)
 	}
-	e.out = newOutbox(lastOut, stored)
+	e.out = newOutbox(lastOut, stored, e.opt.Clock)
 	return nil
 }
 
@@ -269,7 +270,7 @@ func (e *Engine) readState(eps []config.Endpoint) error {
 // not among eps and returns their keys. A configuration received for an endpoint that is no longer configured is not
 // applied should the endpoint come back: it then asks for its latest configuration, as after a
 // reload that removed it.
-func dropUnconfigured(tx *Tx, eps []config.Endpoint, pending map[string][]uint64) ([]string, error) {
+func dropUnconfigured(tx *store.Tx, eps []config.Endpoint, pending map[string][]uint64) ([]string, error) {
 	configured := map[string]bool{}
 	for _, ec := range eps {
 		configured[ec.Key()] = true
@@ -337,13 +338,13 @@ func (e *Engine) startEndpoint(ctx context.Context, ep *endpoint) {
 	} else if n > 0 {
 		e.log.Info("removed temporary files left by a crash", "endpoint", ep.key, "count", n)
 	}
-	var offers []*Offer
+	var offers []*store.Offer
 	forgotten := e.forgotten(ep.key)
 	read := e.store.View
 	if len(forgotten) > 0 {
 		read = e.store.Update
 	}
-	if err := read(func(tx *Tx) error {
+	if err := read(func(tx *store.Tx) error {
 		for _, seq := range forgotten {
 			if err := tx.DeletePending(ep.key, seq); err != nil {
 				return err
@@ -356,9 +357,9 @@ func (e *Engine) startEndpoint(ctx context.Context, ep *endpoint) {
 		e.log.Error("cannot read pending configurations", "endpoint", ep.key, "err", err)
 		// The offers that read are still applied (the pull at connect brings the newest anyway);
 		// nothing can apply the others, and left in place they would read as waiting forever.
-		var bad *UnreadablePendingError
+		var bad *store.UnreadablePendingError
 		if errors.As(err, &bad) {
-			if err := e.store.Update(func(tx *Tx) error {
+			if err := e.store.Update(func(tx *store.Tx) error {
 				for _, seq := range bad.Seqs {
 					if err := tx.DeletePending(ep.key, seq); err != nil {
 						return err
@@ -483,7 +484,7 @@ func (e *Engine) commit(ep *endpoint, j *journal) error {
 	}
 	acked := e.out.takeAcked()
 	forget := e.takeForgotten()
-	err := e.store.Batch(func(tx *Tx) error {
+	err := e.store.Batch(func(tx *store.Tx) error {
 		for key, seqs := range forget {
 			for _, seq := range seqs {
 				if err := tx.DeletePending(key, seq); err != nil {
@@ -491,12 +492,11 @@ func (e *Engine) commit(ep *endpoint, j *journal) error {
 				}
 			}
 		}
-		tx.ep = ep.key
 		for _, op := range j.ops {
 			if op == nil { // a record deleted before it was stored (journal.deletePending)
 				continue
 			}
-			if err := op(tx); err != nil {
+			if err := op(tx, ep.key); err != nil {
 				return err
 			}
 		}
@@ -560,7 +560,7 @@ func (e *Engine) flushAcked() {
 	if len(acked) == 0 {
 		return
 	}
-	if err := e.store.Batch(func(tx *Tx) error { return tx.DeleteOutbox(acked...) }); err != nil {
+	if err := e.store.Batch(func(tx *store.Tx) error { return tx.DeleteOutbox(acked...) }); err != nil {
 		e.log.Warn("cannot delete sent answers from the outbox; they may be sent again", "err", err)
 		e.out.giveBack(acked)
 	}
@@ -574,7 +574,7 @@ func (e *Engine) nextID() uint64 {
 	e.idMu.Lock()
 	defer e.idMu.Unlock()
 	if e.nextMsg > e.leaseEnd {
-		err := e.store.Update(func(tx *Tx) error {
+		err := e.store.Update(func(tx *store.Tx) error {
 			last, err := tx.LeaseIDs(idLease)
 			if err == nil {
 				e.nextMsg, e.leaseEnd = max(e.nextMsg, last+1), last+idLease
@@ -593,18 +593,18 @@ func (e *Engine) nextID() uint64 {
 }
 
 // stateOf returns ep's committed state; a damaged record gives the state rebuilt from what else is
-// stored (Tx.stateOrRebuilt), which the endpoint's next result replaces.
-func (e *Engine) stateOf(ep *endpoint) EndpointState {
-	var st EndpointState
-	if err := e.store.View(func(tx *Tx) error {
-		st = tx.stateOrRebuilt(ep.key)
+// stored (Tx.StateOrRebuilt), which the endpoint's next result replaces.
+func (e *Engine) stateOf(ep *endpoint) store.EndpointState {
+	var st store.EndpointState
+	if err := e.store.View(func(tx *store.Tx) error {
+		st = tx.StateOrRebuilt(ep.key)
 		return nil
 	}); err != nil {
 		e.log.Error("cannot read endpoint state", "endpoint", ep.key, "err", err)
 	}
-	if st.damaged != "" {
+	if st.Damaged != "" {
 		e.log.Error("cannot read endpoint state; going on with the applied bytes' hash until the next result rewrites it",
-			"endpoint", ep.key, "err", st.damaged)
+			"endpoint", ep.key, "err", st.Damaged)
 	}
 	return st
 }
@@ -619,7 +619,7 @@ func (e *Engine) changed() {
 // Healthy reports whether the engine can still do its work: the store answers within ctx.
 func (e *Engine) Healthy(ctx context.Context) error {
 	done := make(chan error, 1)
-	go func() { done <- e.store.View(func(*Tx) error { return nil }) }()
+	go func() { done <- e.store.View(func(*store.Tx) error { return nil }) }()
 	select {
 	case err := <-done:
 		if err != nil {

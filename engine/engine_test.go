@@ -13,12 +13,15 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
+	"github.com/cmx-agent/cmx-agent/internal/clock/clocktest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 const testWait = 10 * time.Second
@@ -35,7 +38,7 @@ type core struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	// logs holds what the engine logged (debug level and up), across restarts.
-	logs *logBuffer
+	logs *testkit.Buffer
 	cfg  *config.Config
 	opt  coreOptions
 	// reconnects counts the connections after the first of this run (reconnect).
@@ -53,6 +56,26 @@ type coreOptions struct {
 	// Unsent: no transport runs, so the answers stay in the outbox for the test to read.
 	Unsent bool
 	Trust  config.Trust // [trust]; none by default
+	// Clock is Options.Clock; default the real one. A test that waits out backoffs or debounces
+	// passes a clocktest.Clock and advances it.
+	Clock clock.Clock
+}
+
+// warp returns a clock that runs 50 times faster than real time for as long as the test lasts, for
+// a test that would otherwise wait out backoffs, debounces or timeouts one after another. Call it
+// before startCoreWith, so that the engine stops before the clock does.
+func warp(t testing.TB) *clocktest.Clock {
+	clk := clocktest.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	clk.Drive(t, 50*time.Millisecond)
+	return clk
+}
+
+// pass waits until d has passed on the engine's clock.
+func (c *core) pass(d time.Duration) {
+	c.t.Helper()
+	clk := clock.OrReal(c.opt.Clock)
+	until := clk.Now().Add(d)
+	testkit.Eventually(c.t, testWait, func() bool { return !clk.Now().Before(until) }, "%v did not pass on the engine's clock", d)
 }
 
 func startCore(t testing.TB, dialect string, pause func(string), eps ...config.Endpoint) *core {
@@ -87,7 +110,7 @@ func startCoreWith(t testing.TB, o coreOptions, eps ...config.Endpoint) *core {
 		Trust:     o.Trust,
 		Endpoints: eps,
 	}
-	c := &core{t: t, dir: dir, sent: make(chan OutMsg, 1000), logs: &logBuffer{}, cfg: cfg, opt: o}
+	c := &core{t: t, dir: dir, sent: make(chan OutMsg, 1000), logs: &testkit.Buffer{}, cfg: cfg, opt: o}
 	c.run()
 	t.Cleanup(func() {
 		c.stop()
@@ -102,7 +125,7 @@ func startCoreWith(t testing.TB, o coreOptions, eps ...config.Endpoint) *core {
 func (c *core) run() {
 	c.t.Helper()
 	logger := slog.New(slog.NewTextHandler(c.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	e, err := New(c.cfg, Options{Pause: c.opt.Pause, Logger: logger, PullTimeout: c.opt.PullTimeout, HoldBound: c.opt.HoldBound})
+	e, err := New(c.cfg, Options{Pause: c.opt.Pause, Logger: logger, PullTimeout: c.opt.PullTimeout, HoldBound: c.opt.HoldBound, Clock: c.opt.Clock})
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -203,17 +226,7 @@ func (c *core) deliver(topic string, qos byte, payload string) *Receipt {
 
 func (c *core) waitFile(path, want string) {
 	c.t.Helper()
-	deadline := time.Now().Add(testWait)
-	for {
-		b, err := os.ReadFile(path)
-		if err == nil && string(b) == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("%s = %q (%v), want %q", path, b, err, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFile(c.t, path, []byte(want), testWait)
 }
 
 func waitReceipt(t *testing.T, r *Receipt) {
@@ -307,19 +320,11 @@ func (c *core) output(key string) string {
 }
 
 // waitLog waits until the engine's log holds s at least n times and returns the count then.
+// waitLog waits until n lines of the engine's log hold s, and returns how many do.
 func (c *core) waitLog(s string, n int) int {
 	c.t.Helper()
-	deadline := time.Now().Add(testWait)
-	for {
-		got := strings.Count(c.logs.String(), s)
-		if got >= n {
-			return got
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("log holds %q %d times, want %d", s, got, n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	c.logs.WaitN(c.t, s, n, testWait)
+	return c.logs.Count(s)
 }
 
 // script writes an executable shell script into dir and returns its path.
@@ -363,6 +368,7 @@ func holdFirst(step string) (blocked chan struct{}, release chan struct{}, pause
 }
 
 func TestPush_SameIDOnAnotherTopicIsConfirmedOnEach(t *testing.T) {
+	t.Parallel()
 	blocked, release, pause := holdFirstWrite()
 	c := startCore(t, config.DialectCMX3, pause, config.Endpoint{Token: "gw"})
 	r1 := c.deliver(p+"/json", 1, `{"id": 7, "entries": [1]}`)
@@ -385,6 +391,7 @@ func TestPush_SameIDOnAnotherTopicIsConfirmedOnEach(t *testing.T) {
 }
 
 func TestReceipt_HeldUntilTheResultIsCommitted(t *testing.T) {
+	t.Parallel()
 	release := make(chan struct{})
 	c := startCore(t, config.DialectCMX3, func(step string) {
 		if step == StepRenamed {
@@ -400,12 +407,13 @@ func TestReceipt_HeldUntilTheResultIsCommitted(t *testing.T) {
 	close(release)
 	waitReceipt(t, r)
 	st := c.e.stateOf(c.e.endpointList()[0])
-	if st.AppliedText != "1" || st.LastCode != CodeOK {
+	if st.AppliedText != "1" || st.LastCode != store.CodeOK {
 		t.Errorf("state after release = %+v, want 1 applied", st)
 	}
 }
 
 func TestReload_ChangedOutputAppliesTheStoredConfigurationAtOnce(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"})
 	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 1, "entries": [{"k": 1}]}`))
 	c.next("/json/status")
@@ -420,6 +428,7 @@ func TestReload_ChangedOutputAppliesTheStoredConfigurationAtOnce(t *testing.T) {
 }
 
 func TestCMP7_ServerGoingBackToTheOneBeingWrittenEndsOnIt(t *testing.T) {
+	t.Parallel()
 	blocked, release, pause := holdFirstWrite()
 	c := startCore(t, config.DialectCMP7, pause, config.Endpoint{Token: "gw"})
 	out := c.e.endpointList()[0].config().Output
@@ -437,6 +446,7 @@ func TestCMP7_ServerGoingBackToTheOneBeingWrittenEndsOnIt(t *testing.T) {
 }
 
 func TestCMP7_TransientFailureIsRetriedAndARefusalIsNot(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	blocker := filepath.Join(dir, "file")
 	if err := os.WriteFile(blocker, nil, 0o644); err != nil {
@@ -461,6 +471,7 @@ func TestCMP7_TransientFailureIsRetriedAndARefusalIsNot(t *testing.T) {
 }
 
 func TestReload_RemovingAnEndpointBeforeRunDoesNotWait(t *testing.T) {
+	t.Parallel()
 	e := newTestEngine(t, config.DialectCMX3, config.Endpoint{Token: "a"}, config.Endpoint{Token: "b"})
 	done := make(chan struct{})
 	go func() {
@@ -474,25 +485,9 @@ func TestReload_RemovingAnEndpointBeforeRunDoesNotWait(t *testing.T) {
 	}
 }
 
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestResultCommitFailure_RetriesTheCommitAndNoDriftRepairFightsIt(t *testing.T) {
-	logs := &logBuffer{}
+	t.Parallel()
+	logs := &testkit.Buffer{}
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out", "gw.json")
 	cfg := &config.Config{
@@ -500,7 +495,7 @@ func TestResultCommitFailure_RetriesTheCommitAndNoDriftRepairFightsIt(t *testing
 		Agent:     config.Agent{StateDir: filepath.Join(dir, "state"), MaxPayload: 1 << 16},
 		Endpoints: []config.Endpoint{{Token: "gw", Output: out, OnDrift: config.OnDriftRepair}},
 	}
-	e, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	e, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, nil)), Clock: warp(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -529,8 +524,8 @@ func TestResultCommitFailure_RetriesTheCommitAndNoDriftRepairFightsIt(t *testing
 	e.endpointList()[0].post(evDrift{})
 	waitReceipt(t, r)
 	c.waitFile(out, `[2]`)
-	if strings.Contains(logs.String(), "repaired") {
-		t.Errorf("a drift repair ran against the uncommitted result:\n%s", logs.String())
+	if n := e.endpointList()[0].stats.driftRepairs.Load(); n != 0 {
+		t.Errorf("%d drift repairs ran against the uncommitted result:\n%s", n, logs.String())
 	}
 	if n := strings.Count(logs.String(), "cannot record the result; retrying"); n != 2 {
 		t.Errorf("commit retried after %d failures, want 2", n)
@@ -541,6 +536,7 @@ func TestResultCommitFailure_RetriesTheCommitAndNoDriftRepairFightsIt(t *testing
 }
 
 func TestClientID_TheFirstOneUsedIsKept(t *testing.T) {
+	t.Parallel()
 	e := newTestEngine(t, config.DialectCMX3, config.Endpoint{Token: "a"})
 	first, err := e.ClientID("cmx-agent-a")
 	if err != nil {
@@ -554,6 +550,7 @@ func TestClientID_TheFirstOneUsedIsKept(t *testing.T) {
 }
 
 func TestReload_RemovedEndpointReleasesWhatItWillNotApply(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		at   string // where push 1 is when the endpoint is removed
@@ -591,11 +588,7 @@ func TestReload_RemovedEndpointReleasesWhatItWillNotApply(t *testing.T) {
 				close(done)
 			}()
 			// The removal must come while 1 is still in hand: then 1 is the apply in progress.
-			for deadline := time.Now().Add(testWait); !gw.removed(); time.Sleep(time.Millisecond) {
-				if time.Now().After(deadline) {
-					t.Fatal("Reload did not stop the endpoint")
-				}
-			}
+			testkit.Eventually(t, testWait, gw.removed, "Reload did not stop the endpoint")
 			close(release)
 			select {
 			case <-done:
@@ -611,8 +604,8 @@ func TestReload_RemovedEndpointReleasesWhatItWillNotApply(t *testing.T) {
 				t.Errorf("output %q, want [1]: a push that comes after the removal is not applied", out)
 			}
 			// Nor is it kept to be applied should the endpoint be added again.
-			var left []*Offer
-			if err := c.e.store.View(func(tx *Tx) error {
+			var left []*store.Offer
+			if err := c.e.store.View(func(tx *store.Tx) error {
 				var err error
 				left, err = tx.Pending("gw")
 				return err
@@ -624,16 +617,17 @@ func TestReload_RemovedEndpointReleasesWhatItWillNotApply(t *testing.T) {
 }
 
 func TestState_ACorruptStateRecordIsReplacedByTheNextResult(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"})
 	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`))
 	c.next("/status")
 	// bbolt's pages check out at open; the record inside one does not decode.
 	c.stop()
-	st, err := OpenStore(filepath.Join(c.dir, "state"), time.Second, 1000)
+	st, err := store.OpenStore(filepath.Join(c.dir, "state"), time.Second, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Update(func(tx *Tx) error { return tx.hot().Put(epKey("gw", kindState), []byte(`{"applied_id":`)) }); err != nil {
+	if err := st.Update(func(tx *store.Tx) error { return tx.PutRaw("gw", store.RecordState, 0, []byte(`{"applied_id":`)) }); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()
@@ -658,6 +652,7 @@ func TestState_ACorruptStateRecordIsReplacedByTheNextResult(t *testing.T) {
 }
 
 func TestPush_CommittedPathReleasesTheReceiptOnceStoredNotOnceApplied(t *testing.T) {
+	t.Parallel()
 	gate := filepath.Join(t.TempDir(), "go")
 	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw",
 		Hook: []string{"sh", "-c", `while [ ! -e "$0" ]; do sleep 0.01; done`, gate}})
@@ -689,16 +684,16 @@ func (f *failingCommits) fail() error {
 }
 
 // pendingOf lists the pending offers the database holds for endpoint key.
-func (c *core) pendingOf(key string) []*Offer {
+func (c *core) pendingOf(key string) []*store.Offer {
 	c.t.Helper()
-	return readStore(c, func(tx *Tx) ([]*Offer, error) { return tx.Pending(key) })
+	return readStore(c, func(tx *store.Tx) ([]*store.Offer, error) { return tx.Pending(key) })
 }
 
 // readStore returns what read finds in the engine's database, failing the test on an error.
-func readStore[T any](c *core, read func(*Tx) (T, error)) T {
+func readStore[T any](c *core, read func(*store.Tx) (T, error)) T {
 	c.t.Helper()
 	var out T
-	if err := c.e.store.View(func(tx *Tx) error {
+	if err := c.e.store.View(func(tx *store.Tx) error {
 		var err error
 		out, err = read(tx)
 		return err
@@ -720,10 +715,11 @@ func (c *core) confirmations(n int) map[string]string {
 }
 
 func TestResultCommitFailure_ARepeatMeanwhileIsAnsweredWithTheResult(t *testing.T) {
+	t.Parallel()
 	for _, qos := range []byte{1, 0} { // the repeat on the held path, then on the committed one
 		t.Run(fmt.Sprintf("repeat at QoS %d", qos), func(t *testing.T) {
 			var f failingCommits
-			c := startCoreWith(t, coreOptions{FailCommit: f.fail}, config.Endpoint{Token: "gw"})
+			c := startCoreWith(t, coreOptions{FailCommit: f.fail, Clock: warp(t)}, config.Endpoint{Token: "gw"})
 			f.n.Store(1) // the result commit of push 1 (held: it has no receive commit)
 			r1 := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
 			c.waitLog("cannot record the result; retrying", 1)
@@ -743,6 +739,7 @@ func TestResultCommitFailure_ARepeatMeanwhileIsAnsweredWithTheResult(t *testing.
 }
 
 func TestReceiveCommitFailure_TheNewerOfferIsNotLostAndTheOlderNotRevived(t *testing.T) {
+	t.Parallel()
 	var f failingCommits
 	blocked, release, pause := holdFirst(StepSynced)
 	c := startCoreWith(t, coreOptions{FailCommit: f.fail, Pause: pause}, config.Endpoint{Token: "gw"})
@@ -785,6 +782,7 @@ func TestReceiveCommitFailure_TheNewerOfferIsNotLostAndTheOlderNotRevived(t *tes
 }
 
 func TestReceiveCommitFailure_APushToAnIdleEndpointIsNotAppliedLater(t *testing.T) {
+	t.Parallel()
 	var f failingCommits
 	c := startCoreWith(t, coreOptions{FailCommit: f.fail}, config.Endpoint{Token: "gw"})
 	f.n.Store(1)
@@ -811,10 +809,11 @@ func TestReceiveCommitFailure_APushToAnIdleEndpointIsNotAppliedLater(t *testing.
 }
 
 func TestResultCommitFailure_ACMP7RepeatOfATransientFailureIsAppliedAgain(t *testing.T) {
+	t.Parallel()
 	marker := filepath.Join(t.TempDir(), "ran")
 	var f failingCommits
 	// The hook fails once (500, rolled back); the result commit fails too.
-	c := startCoreWith(t, coreOptions{Dialect: config.DialectCMP7, FailCommit: f.fail}, config.Endpoint{Token: "gw",
+	c := startCoreWith(t, coreOptions{Dialect: config.DialectCMP7, FailCommit: f.fail, Clock: warp(t)}, config.Endpoint{Token: "gw",
 		Hook: []string{"sh", "-c", `if [ -e "$0" ]; then exit 0; fi; touch "$0"; exit 1`, marker}})
 	f.skip.Store(1) // the receive commit
 	f.n.Store(1)    // the result commit
@@ -848,6 +847,7 @@ func TestResultCommitFailure_ACMP7RepeatOfATransientFailureIsAppliedAgain(t *tes
 }
 
 func TestReload_APushWithTheAppliedIDDuringAReapplyIsConfirmedWithItsOutcome(t *testing.T) {
+	t.Parallel()
 	counter := filepath.Join(t.TempDir(), "runs")
 	// The hook passes on its first run; the second (the re-apply the reload causes) waits for a gate.
 	hook := []string{"sh", "-c", `n=$(cat "$0" 2>/dev/null || echo 0); echo $((n+1)) > "$0"; [ "$n" = 0 ] || while [ ! -e "$0.go" ]; do sleep 0.01; done`, counter}
@@ -859,14 +859,10 @@ func TestReload_APushWithTheAppliedIDDuringAReapplyIsConfirmedWithItsOutcome(t *
 	ep := c.e.endpointList()[0].config()
 	ep.Mode = 0o600 // a new shape: the stored configuration is applied again, by the agent itself
 	c.e.Reload([]config.Endpoint{ep})
-	for deadline := time.Now().Add(testWait); ; time.Sleep(5 * time.Millisecond) {
-		if b, _ := os.ReadFile(counter); strings.TrimSpace(string(b)) == "2" {
-			break // the re-apply's hook is running
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the reload did not apply the configuration again")
-		}
-	}
+	testkit.Eventually(t, testWait, func() bool { // the re-apply's hook is running
+		b, _ := os.ReadFile(counter)
+		return strings.TrimSpace(string(b)) == "2"
+	}, "the reload did not apply the configuration again")
 	// The server sends 1 again: it is the handled id, confirmed with its outcome, not a repeat of
 	// the agent's own re-apply (which answers nobody).
 	r := c.deliver(p+"/json/7", 1, `{"id": 1, "entries": [1]}`)
@@ -880,21 +876,22 @@ func TestReload_APushWithTheAppliedIDDuringAReapplyIsConfirmedWithItsOutcome(t *
 }
 
 func TestState_ADamagedPendingRecordDoesNotCostTheOthers(t *testing.T) {
+	t.Parallel()
 	gate := filepath.Join(t.TempDir(), "go")
 	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw",
 		Hook: []string{"sh", "-c", `while [ ! -e "$0" ]; do sleep 0.01; done`, gate}})
 	// Push 1 is stored (committed path) and being applied when the agent stops: it stays pending.
 	waitReceipt(t, c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`))
 	c.stop()
-	st, err := OpenStore(filepath.Join(c.dir, "state"), time.Second, 1000)
+	st, err := store.OpenStore(filepath.Join(c.dir, "state"), time.Second, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Update(func(tx *Tx) error {
+	if err := st.Update(func(tx *store.Tx) error {
 		if left, err := tx.Pending("gw"); err != nil || len(left) != 1 {
 			return fmt.Errorf("%d pending offers after the stop (%v), want 1", len(left), err)
 		}
-		return tx.hot().Put(pendingKey("gw", 1<<40), []byte(`{"seq":`))
+		return tx.PutRaw("gw", store.RecordPending, 1<<40, []byte(`{"seq":`))
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -919,6 +916,7 @@ func TestState_ADamagedPendingRecordDoesNotCostTheOthers(t *testing.T) {
 }
 
 func TestReceiveCommitFailure_WhatTheServerSaidIsNotRecordedOutOfTurn(t *testing.T) {
+	t.Parallel()
 	var f failingCommits
 	c := startCoreWith(t, coreOptions{Dialect: config.DialectCMP7, FailCommit: f.fail}, config.Endpoint{Token: "gw"})
 	server := func() ServerState {
@@ -963,6 +961,7 @@ func TestReceiveCommitFailure_WhatTheServerSaidIsNotRecordedOutOfTurn(t *testing
 // apply in progress must not pile up in memory: a superseded offer's uncommitted record is dropped
 // from the journal with its body, so what the journal holds stays about one offer whatever the
 // number of pushes (40 of 256 KiB here, 10 MiB in all).
+// Not parallel: it measures the process's heap.
 func TestReceiveCommitFailure_SupersededOffersDoNotPileUpInMemory(t *testing.T) {
 	var f failingCommits
 	blocked, release, pause := holdFirst(StepSynced)

@@ -5,10 +5,11 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
+	"github.com/cmx-agent/cmx-agent/store"
 	"github.com/cmx-agent/cmx-agent/trust"
 )
 
@@ -41,7 +42,7 @@ func FuzzInbound(f *testing.F) {
 
 	cfg := &config.Config{Kaa: config.Kaa{AppVersion: "app-v1", Extension: "cmx", Dialect: config.DialectCMX3}}
 	d := cmx3{limits: cmx.Limits{MaxPayload: 4096, MaxDepth: 8, MaxIDLen: 32, MaxEntries: 16}}
-	e := &Engine{sig: newSigning(trustOf(k).Loaded, 4096), opt: Options{Now: time.Now}}
+	e := &Engine{sig: newSigning(trustOf(k).Loaded, 4096), opt: Options{Clock: clock.Real{}}}
 	ep := &endpoint{key: "gw-001", token: "gw-001", cfg: config.Endpoint{Token: "gw-001"}, prefix: cmx.Prefix("app-v1", "cmx", "gw-001"), e: e}
 	f.Fuzz(func(t *testing.T, topic string, payload []byte, qos byte) {
 		tp, ok := cmx.SplitTopic(topic, cfg.Kaa.AppVersion, cfg.Kaa.Extension)
@@ -55,7 +56,7 @@ func FuzzInbound(f *testing.F) {
 		if in.offer == nil {
 			t.Fatalf("decode(%q) gave neither an offer nor a refusal", payload)
 		}
-		if want := []Route{{Topic: topic + "/status", QoS: qos}}; len(in.offer.Routes) != 1 || in.offer.Routes[0] != want[0] {
+		if want := []store.Route{{Topic: topic + "/status", QoS: qos}}; len(in.offer.Routes) != 1 || in.offer.Routes[0] != want[0] {
 			t.Fatalf("reply to %+v, want %+v", in.offer.Routes, want)
 		}
 		if in.reject != nil {
@@ -66,7 +67,7 @@ func FuzzInbound(f *testing.F) {
 				t.Fatalf("refused push carries a body")
 			}
 		} else if in.offer.Signed != nil {
-			if !json.Valid(in.offer.Body) || in.offer.Signed.Hash != hashOf(in.offer.Body) || !bytes.HasPrefix(in.offer.Body, []byte("[")) {
+			if !json.Valid(in.offer.Body) || in.offer.Signed.Hash != store.Hash(in.offer.Body) || !bytes.HasPrefix(in.offer.Body, []byte("[")) {
 				t.Fatalf("accepted signed body %q of %q", in.offer.Body, payload)
 			}
 		} else if !json.Valid(in.offer.Body) || !bytes.Contains(payload, in.offer.Body) {
@@ -75,7 +76,7 @@ func FuzzInbound(f *testing.F) {
 		if len(in.offer.ID) > d.limits.MaxIDLen {
 			t.Fatalf("id of %d bytes passed a limit of %d", len(in.offer.ID), d.limits.MaxIDLen)
 		}
-		ms := d.answers(ep, in.offer, Result{Status: "ok", Code: CodeOK}, func() uint64 { return 1 })
+		ms := d.answers(ep, in.offer, Result{Status: "ok", Code: store.CodeOK}, func() uint64 { return 1 })
 		if len(ms) != 1 || ms[0].Topic != in.offer.Routes[0].Topic || !json.Valid(ms[0].Payload) {
 			t.Fatalf("answers %+v", ms)
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // historyOf returns endpoint key's history as Engine.History reports it, as "id origin" lines,
@@ -21,7 +22,7 @@ func (c *core) historyOf(key string, body map[string]string) []string {
 	}
 	var out []string
 	for _, h := range hs[0].Entries {
-		if want := hashOf([]byte(body[h.ID])); h.SHA256 != want {
+		if want := store.Hash([]byte(body[h.ID])); h.SHA256 != want {
 			c.t.Errorf("entry %s: sha256 %s, want %s (of %s)", h.ID, h.SHA256, want, body[h.ID])
 		}
 		if h.At.IsZero() {
@@ -37,6 +38,7 @@ func (c *core) historyOf(key string, body map[string]string) []string {
 // duplicate) adds nothing, nor does the same configuration applied again while in place; the same
 // bytes under a new id do. It is kept across restarts.
 func TestHistory_ListsAppliedConfigurationsNewestFirstWithHowTheyCame(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"})
 	pull := c.pullID()
 	body := map[string]string{"1": `["one"]`, "2": `["two"]`, "4": `["two"]`}
@@ -70,6 +72,7 @@ func TestHistory_ListsAppliedConfigurationsNewestFirstWithHowTheyCame(t *testing
 // In 7/CMP a configuration at the request's /status topic answers the agent's request; one at
 // the bare /status topic is the server's push.
 func TestHistory_CMP7AnswersToRequestsArePulls(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMP7, nil, config.Endpoint{Token: "gw"})
 	_, rid := c.nextRequest("gw")
 	waitReceipt(t, c.deliver(fmt.Sprintf("%s/config/json/%d/status", p, rid), 1, `{"configId":"a","config":["a"]}`))
@@ -86,6 +89,7 @@ func TestHistory_CMP7AnswersToRequestsArePulls(t *testing.T) {
 // History with no key lists every endpoint, sorted by key; an unknown key is an error naming it
 // (and the first ten endpoints); a damaged record is named on its endpoint, the others read.
 func TestHistory_AllEndpointsOrAnUnknownOne(t *testing.T) {
+	t.Parallel()
 	c := startCore(t, config.DialectCMX3, nil, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "dev"})
 	wantStatus(t, c.push(`1`, `["one"]`), "ok")
 	hs, err := c.e.History("")
@@ -97,11 +101,11 @@ func TestHistory_AllEndpointsOrAnUnknownOne(t *testing.T) {
 	}
 
 	c.stop()
-	st, err := OpenStore(filepath.Join(c.dir, "state"), time.Second, 0)
+	st, err := store.OpenStore(filepath.Join(c.dir, "state"), time.Second, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Update(func(tx *Tx) error { return tx.hot().Put(epKey("gw", kindHistory), []byte{1, 0x80}) }); err != nil {
+	if err := st.Update(func(tx *store.Tx) error { return tx.PutRaw("gw", store.RecordHistory, 0, []byte{1, 0x80}) }); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()
@@ -118,6 +122,7 @@ func TestHistory_AllEndpointsOrAnUnknownOne(t *testing.T) {
 }
 
 func TestHistory_AnUnknownEndpointsErrorNamesTenEndpointsAtMost(t *testing.T) {
+	t.Parallel()
 	var eps []config.Endpoint
 	for i := range 12 {
 		eps = append(eps, config.Endpoint{Token: fmt.Sprintf("d%02d", i)})

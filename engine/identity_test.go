@@ -9,14 +9,16 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/sealed"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // A database from a version without sealed values has no identity: the upgrade makes one. Once
 // made, the identity is the same at every start, and its loss is an error at start.
 func TestNew_MakesTheIdentityOnUpgradeAndRefusesToStartWhenItIsLostLater(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
-	st, err := OpenStore(state, time.Second, 0) // a database as an earlier version left it
+	st, err := store.OpenStore(state, time.Second, 0) // a database as an earlier version left it
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/store"
 	"github.com/cmx-agent/cmx-agent/trust"
 )
 
@@ -40,7 +41,7 @@ func (e *Engine) importOne(ctx context.Context, env []byte) ImportResult {
 		r := e.refused(&trust.Error{Reason: trust.ReasonUnsigned, Detail: "not a signed configuration (import takes only JWS objects)"})
 		return ImportResult{Status: r.Status}
 	}
-	c, err := e.sig.verifier.Load().Verify(env, e.opt.Now())
+	c, err := e.sig.verifier.Load().Verify(env, e.opt.Clock.Now())
 	var te *trust.Error
 	if errors.As(err, &te) {
 		return ImportResult{Status: e.refused(te).Status}
@@ -68,15 +69,14 @@ func (e *Engine) importOne(ctx context.Context, env []byte) ImportResult {
 		res.Status = err.Error()
 		return res
 	}
-	o.Body, o.Signed, o.Origin = body, signed, OriginImport
+	o.Body, o.Signed, o.Origin = body, signed, store.OriginImport
 	done := make(chan Result, 1)
-	o.results = []chan<- Result{done}
 	e.log.Info("configuration imported", "endpoint", ep.key, "id", o.Text, "version", c.Version, "kid", c.KID)
 	// QoS 0 in the arrival: nothing holds an acknowledgement for it, so it is stored on arrival
 	// (never held); its answer goes at its route's QoS, 1.
 	// It came on no connection: a failure to store it marks none.
 	rcpt := newReceipt(nil, 0)
-	ep.post(evArrival{in: inbound{offer: o}, topic: "import", qos: 0, size: len(env), receipt: rcpt})
+	ep.post(evArrival{in: inbound{offer: o}, topic: "import", qos: 0, size: len(env), receipt: rcpt, results: listeners{done}})
 	stored := rcpt.Done()
 	for {
 		select {
@@ -100,7 +100,7 @@ func (e *Engine) importOne(ctx context.Context, env []byte) ImportResult {
 // importOffer makes the offer of a verified imported configuration c for ep: its id is the
 // payload's (cmx3 typed as in a push, cmp7 as configId text), its answer the dialect's report of
 // an applied configuration (cmx3 at P/json/status, QoS 1).
-func importOffer(ep *endpoint, c *trust.Config, entries bool, lim cmx.Limits) (*Offer, error) {
+func importOffer(ep *endpoint, c *trust.Config, entries bool, lim cmx.Limits) (*store.Offer, error) {
 	var id cmx.ID
 	if c.ID != nil {
 		// The id is read as a push's would be, with the same limits and canonical form.
@@ -111,18 +111,22 @@ func importOffer(ep *endpoint, c *trust.Config, entries bool, lim cmx.Limits) (*
 		id = p.ID
 	}
 	if !entries {
-		return &Offer{ID: cmx.ConfigIDKey(id.Text()), Text: id.Text()}, nil
+		return &store.Offer{ID: cmx.ConfigIDKey(id.Text()), Text: id.Text()}, nil
 	}
-	return &Offer{ID: id.Key(), Text: id.Text(), Routes: []Route{{Topic: cmx.StatusTopic(cmx.PushTopic(ep.prefix, 0)), QoS: 1}}}, nil
+	return &store.Offer{ID: id.Key(), Text: id.Text(), Routes: []store.Route{{Topic: cmx.StatusTopic(cmx.PushTopic(ep.prefix, 0)), QoS: 1}}}, nil
 }
 
-// notify tells whoever waits for o's outcome (an import) what it is; it never blocks.
-func (o *Offer) notify(r Result) {
-	for _, ch := range o.results {
+// listeners are told an offer's outcome (an import waits for it), in memory only: after a restart
+// nobody waits any more.
+type listeners []chan<- Result
+
+// notify tells whoever waits for the offer's outcome what it is, once; it never blocks.
+func (l *listeners) notify(r Result) {
+	for _, ch := range *l {
 		select {
 		case ch <- r:
 		default:
 		}
 	}
-	o.results = nil
+	*l = nil
 }

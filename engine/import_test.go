@@ -27,6 +27,7 @@ func (c *core) importAll(envs ...string) []ImportResult {
 }
 
 func TestImport_CMX3AppliesAndConfirmsWithThePayloadsID(t *testing.T) {
+	t.Parallel()
 	k := signer(1)
 	c := startCoreWith(t, coreOptions{Trust: trustOf(k)}, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "other"})
 	got := c.importAll(
@@ -61,6 +62,7 @@ func TestImport_CMX3AppliesAndConfirmsWithThePayloadsID(t *testing.T) {
 }
 
 func TestImport_CMP7ReportsTheConfigurationApplied(t *testing.T) {
+	t.Parallel()
 	k := signer(1)
 	c := startCoreWith(t, coreOptions{Dialect: config.DialectCMP7, Trust: trustOf(k)}, config.Endpoint{Token: "gw", Name: "net"})
 	got := c.importAll(sign(t, k, trust.Payload{Token: "gw", Name: "net", Version: 4, ID: json.RawMessage(`"cfg-4"`), Config: json.RawMessage(`{"mtu":9000}`)}))
@@ -75,6 +77,7 @@ func TestImport_CMP7ReportsTheConfigurationApplied(t *testing.T) {
 
 // An import that cannot be stored is not applied, and says so at once.
 func TestImport_NotStoredIsReportedAtOnce(t *testing.T) {
+	t.Parallel()
 	k := signer(1)
 	c := startCoreWith(t, coreOptions{Trust: trustOf(k), FailCommit: func() error { return errors.New("no space left on device") }}, config.Endpoint{Token: "gw"})
 	start := time.Now()

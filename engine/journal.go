@@ -4,6 +4,8 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // Receipt tells the transport when a received message may be acknowledged to the broker: once Done
@@ -54,12 +56,12 @@ func (r *Receipt) release(err error) {
 // the receipts released once they are durable. Every operation is a plain put or delete, so running
 // it twice (Store.Batch may) is the same as once.
 type journal struct {
-	ops     []func(*Tx) error
+	ops     []journalOp
 	waiters []*Receipt
 	// handled and state shadow the store until the commit, so a decision taken before it sees them.
-	handled  map[string]Handled
-	state    *EndpointState
-	accepted *Accepted // signed.go
+	handled  map[string]store.Handled
+	state    *store.EndpointState
+	accepted *store.Accepted // signed.go
 	// answers are in the outbox already (published early or not); the commit makes them durable.
 	answers []*outEntry
 	// puts are the indexes in ops of each offer's uncommitted record, by seq. A deletion takes
@@ -68,46 +70,49 @@ type journal struct {
 	puts map[uint64][]int
 }
 
-func (j *journal) setHandled(id string, h Handled) {
+// journalOp is one of an endpoint's store operations; the commit passes the endpoint's key.
+type journalOp func(tx *store.Tx, ep string) error
+
+func (j *journal) setHandled(id string, h store.Handled) {
 	if j.handled == nil {
-		j.handled = map[string]Handled{}
+		j.handled = map[string]store.Handled{}
 	}
 	j.handled[id] = h
-	j.ops = append(j.ops, func(tx *Tx) error { return tx.SetHandled(keyOf(tx), id, h) })
+	j.ops = append(j.ops, func(tx *store.Tx, ep string) error { return tx.SetHandled(ep, id, h) })
 }
 
-func (j *journal) setState(st EndpointState) {
-	st.damaged = "" // written, the record is whole again
+func (j *journal) setState(st store.EndpointState) {
+	st.Damaged = "" // written, the record is whole again
 	j.state = &st
-	j.ops = append(j.ops, func(tx *Tx) error { return tx.SetState(keyOf(tx), st) })
+	j.ops = append(j.ops, func(tx *store.Tx, ep string) error { return tx.SetState(ep, st) })
 }
 
 // addHistory records an applied configuration in the endpoint's history, in the result's commit.
 func (j *journal) addHistory(h HistoryEntry) {
-	j.ops = append(j.ops, func(tx *Tx) error { return tx.AddHistory(keyOf(tx), h) })
+	j.ops = append(j.ops, func(tx *store.Tx, ep string) error { return tx.AddHistory(ep, h) })
 }
 
 func (j *journal) setApplied(body, raw []byte, rendered, sealed bool) {
-	j.ops = append(j.ops, func(tx *Tx) error {
-		if err := tx.SetApplied(keyOf(tx), body, raw, rendered); err != nil {
+	j.ops = append(j.ops, func(tx *store.Tx, ep string) error {
+		if err := tx.SetApplied(ep, body, raw, rendered); err != nil {
 			return err
 		}
-		return tx.SetBodySealed(keyOf(tx), sealed)
+		return tx.SetBodySealed(ep, sealed)
 	})
 }
 
 func (j *journal) deletePrior() {
-	j.ops = append(j.ops, func(tx *Tx) error { return tx.DeletePrior(keyOf(tx)) })
+	j.ops = append(j.ops, func(tx *store.Tx, ep string) error { return tx.DeletePrior(ep) })
 }
 
-func (j *journal) putPending(o *Offer) {
+func (j *journal) putPending(o *store.Offer) {
 	c := *o
-	c.Routes = append([]Route(nil), o.Routes...)
+	c.Routes = append([]store.Route(nil), o.Routes...)
 	if j.puts == nil {
 		j.puts = map[uint64][]int{}
 	}
 	j.puts[o.Seq] = append(j.puts[o.Seq], len(j.ops))
-	j.ops = append(j.ops, func(tx *Tx) error { return tx.SetPending(keyOf(tx), &c) })
+	j.ops = append(j.ops, func(tx *store.Tx, ep string) error { return tx.SetPending(ep, &c) })
 }
 
 // deletePending deletes the offer's record: its puts in this journal are dropped, and the deletion
@@ -117,17 +122,17 @@ func (j *journal) deletePending(seq uint64) {
 		j.ops[i] = nil
 	}
 	delete(j.puts, seq)
-	j.ops = append(j.ops, func(tx *Tx) error { return tx.DeletePending(keyOf(tx), seq) })
+	j.ops = append(j.ops, func(tx *store.Tx, ep string) error { return tx.DeletePending(ep, seq) })
 }
 
 func (j *journal) setServerState(st ServerState) {
-	j.ops = append(j.ops, func(tx *Tx) error { return tx.SetServerState(keyOf(tx), st) })
+	j.ops = append(j.ops, func(tx *store.Tx, ep string) error { return tx.SetServerState(ep, st) })
 }
 
 // answer builds the answers for o with r and puts them in the outbox. early: every receipt of o is
 // held until this journal is committed, so the answer may be published before the commit: a crash
 // before it leaves o unacknowledged, the broker delivers it again, and it is answered again.
-func (j *journal) answer(e *Engine, ep *endpoint, o *Offer, r Result, early bool) {
+func (j *journal) answer(e *Engine, ep *endpoint, o *store.Offer, r Result, early bool) {
 	for _, m := range e.dia.answers(ep, o, r, e.nextID) {
 		j.answers = append(j.answers, e.out.add(m, early))
 	}
@@ -136,7 +141,7 @@ func (j *journal) answer(e *Engine, ep *endpoint, o *Offer, r Result, early bool
 // reanswer is answer for an id handled before, answered again. It replaces no newer report still
 // unsent (7/CMP replaces an endpoint's unsent applied report with the next): an old configId sent
 // again must not take the place of the report of the configuration applied since.
-func (j *journal) reanswer(e *Engine, ep *endpoint, o *Offer, r Result, early bool) {
+func (j *journal) reanswer(e *Engine, ep *endpoint, o *store.Offer, r Result, early bool) {
 	for _, m := range e.dia.answers(ep, o, r, e.nextID) {
 		m.Replaces = ""
 		j.answers = append(j.answers, e.out.add(m, early))
@@ -179,6 +184,3 @@ func (j *journal) committed() {
 	}
 	*j = journal{}
 }
-
-// keyOf returns the endpoint key a journal operation is for; commit sets it on the transaction.
-func keyOf(tx *Tx) string { return tx.ep }

@@ -13,6 +13,7 @@ import (
 // id when one can be read) at the push's topic and QoS, and the file stays as it was; at the limit
 // it is applied.
 func TestLimits_EachIsRefusedWithAClearStatusAndChangesNothing(t *testing.T) {
+	t.Parallel()
 	const maxPayload = 1 << 20 // room for 100,001 entries
 	c := startCoreWith(t, coreOptions{MaxPayload: maxPayload}, config.Endpoint{Token: "gw"})
 	good := `["good"]`

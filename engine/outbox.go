@@ -5,6 +5,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/cmx-agent/cmx-agent/internal/clock"
 )
 
 // Outbox is what the agent has to send: answers (confirmations, applied reports) and requests. The
@@ -32,7 +34,7 @@ type Outbox struct {
 	// poisoned are the topics (by poisonKey) whose messages were in flight when the broker ended a
 	// connection, and have not been acknowledged since (see Ended).
 	poisoned map[string]*poison
-	now      func() time.Time
+	clock    clock.Clock
 }
 
 // poison is what Ended knows of a topic.
@@ -67,11 +69,11 @@ type outEntry struct {
 
 }
 
-func newOutbox(last uint64, stored []OutMsg) *Outbox {
+func newOutbox(last uint64, stored []OutMsg, clk clock.Clock) *Outbox {
 	o := &Outbox{last: last, bySeq: map[uint64]*outEntry{}, wake: make(chan struct{}, 1), replaces: map[string]*outEntry{},
-		poisoned: map[string]*poison{}, now: time.Now}
+		poisoned: map[string]*poison{}, clock: clk}
 	for _, m := range stored {
-		en := &outEntry{msg: m, durable: true, visible: true, made: time.Now()}
+		en := &outEntry{msg: m, durable: true, visible: true, made: clk.Now()}
 		o.insert(en)
 		if m.Replaces != "" {
 			o.replaces[m.Replaces] = en
@@ -116,7 +118,7 @@ func (o *Outbox) add(m OutMsg, early bool) *outEntry {
 	defer o.mu.Unlock()
 	o.last++
 	m.Seq = o.last
-	en := &outEntry{ob: o, msg: m, visible: early || m.QoS == 0, made: time.Now()}
+	en := &outEntry{ob: o, msg: m, visible: early || m.QoS == 0, made: o.clock.Now()}
 	if m.Replaces != "" {
 		// Only the newest report of an endpoint is worth sending: an older one not yet sent goes.
 		if old := o.replaces[m.Replaces]; old != nil && !old.sent {
@@ -178,7 +180,7 @@ func (o *Outbox) storable(en *outEntry) bool {
 func (o *Outbox) Next(gen uint64, n int) []OutMsg {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	now := o.now()
+	now := o.clock.Now()
 	var out []OutMsg
 	for _, en := range o.entries {
 		if len(out) == n {
@@ -293,8 +295,8 @@ func (o *Outbox) Ended(msgs []OutMsg) []SetAside {
 			continue
 		}
 		p.wait = min(max(2*p.wait, asideFirst), asideMax)
-		p.until = o.now().Add(p.wait)
-		time.AfterFunc(p.wait, o.poke)
+		p.until = o.clock.Now().Add(p.wait)
+		o.clock.AfterFunc(p.wait, o.poke)
 		out = append(out, SetAside{Topic: key, Endpoint: m.Endpoint, Closes: p.closes, Wait: p.wait})
 	}
 	return out
@@ -304,7 +306,7 @@ func (o *Outbox) Ended(msgs []OutMsg) []SetAside {
 func (o *Outbox) setAside() int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	now, n := o.now(), 0
+	now, n := o.clock.Now(), 0
 	for _, en := range o.entries {
 		if p := o.poisoned[poisonKey(en.msg.Topic)]; p != nil && en.gen == 0 && en.msg.QoS > 0 && now.Before(p.until) {
 			n++

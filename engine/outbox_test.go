@@ -4,6 +4,9 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/cmx-agent/cmx-agent/internal/clock"
+	"github.com/cmx-agent/cmx-agent/internal/clock/clocktest"
 )
 
 func topicsOf(ms []OutMsg) []string {
@@ -15,9 +18,9 @@ func topicsOf(ms []OutMsg) []string {
 }
 
 func TestOutbox_ATopicWhosePublishEndsConnectionsInARowIsSetAsideForHoursThatDouble(t *testing.T) {
-	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	o := newOutbox(0, []OutMsg{{Seq: 1, Endpoint: "a", Topic: "bad", QoS: 1}, {Seq: 2, Endpoint: "b", Topic: "good", QoS: 1}})
-	o.now = func() time.Time { return clock }
+	t.Parallel()
+	clk := clocktest.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	o := newOutbox(0, []OutMsg{{Seq: 1, Endpoint: "a", Topic: "bad", QoS: 1}, {Seq: 2, Endpoint: "b", Topic: "good", QoS: 1}}, clk)
 	gen := uint64(0)
 	next := func() []OutMsg { gen++; return o.Next(gen, 10) }
 
@@ -61,11 +64,11 @@ func TestOutbox_ATopicWhosePublishEndsConnectionsInARowIsSetAsideForHoursThatDou
 	// day.
 	for _, wait := range []time.Duration{2 * time.Hour, 4 * time.Hour, 8 * time.Hour, 16 * time.Hour, 24 * time.Hour, 24 * time.Hour} {
 		prev := o.poisoned["bad"].wait
-		clock = clock.Add(prev - time.Second)
+		clk.Advance(prev - time.Second)
 		if got := next(); len(got) != 0 {
 			t.Fatalf("sent %v a second before its wait of %v was over", topicsOf(got), prev)
 		}
-		clock = clock.Add(time.Second)
+		clk.Advance(time.Second)
 		got := next()
 		if len(got) != 2 {
 			t.Fatalf("after %v: sent %v, want both answers to the topic", prev, topicsOf(got))
@@ -76,7 +79,7 @@ func TestOutbox_ATopicWhosePublishEndsConnectionsInARowIsSetAsideForHoursThatDou
 	}
 
 	// An acknowledgement clears the topic: the answers flow again.
-	clock = clock.Add(24 * time.Hour)
+	clk.Advance(24 * time.Hour)
 	got := next()
 	o.Delivered(got[0])
 	if o.Suspect("bad") {
@@ -91,7 +94,8 @@ func TestOutbox_ATopicWhosePublishEndsConnectionsInARowIsSetAsideForHoursThatDou
 }
 
 func TestOutbox_AnswersToEachNewRequestCountAsOneTopic(t *testing.T) {
-	o := newOutbox(0, nil)
+	t.Parallel()
+	o := newOutbox(0, nil, clock.Real{})
 	// The answer to each pull has the pull's id in its topic; a refusal is of the resource path.
 	for i, topic := range []string{"kp1/a/cmx/t/json/11/status", "kp1/a/cmx/t/json/12/status", "kp1/a/cmx/t/json/13/status"} {
 		o.add(OutMsg{Endpoint: "t", Topic: topic, QoS: 1}, true)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // What sits at an output path is not trusted (CONTRACT.md section 4): these tests plant what anyone
@@ -80,20 +83,18 @@ func secretFile(t *testing.T) (path, content string) {
 // not block on a FIFO either.
 func (c *core) waitRegular(path, want string) {
 	c.t.Helper()
-	deadline := time.Now().Add(testWait)
-	for {
-		b, _, err := apply.ReadRegular(path, int64(len(want)))
-		if err == nil && string(b) == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("%s = %q (%v), want a regular file holding %q", path, b, err, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	var (
+		b   []byte
+		err error
+	)
+	testkit.Eventually(c.t, testWait, func() bool {
+		b, _, err = apply.ReadRegular(path, int64(len(want)))
+		return err == nil && string(b) == want
+	}, "%s = %q (%v), want a regular file holding %q", path, func() string { return string(b) }, func() string { return fmt.Sprint(err) }, want)
 }
 
 func TestFirstApply_LinkAtTheOutputIsNeitherFollowedNorCopied(t *testing.T) {
+	t.Parallel()
 	secret, content := secretFile(t)
 	ep, hookRuns := withHookLog(t)
 	ep.Output = filepath.Join(t.TempDir(), "out", "gw.json")
@@ -114,7 +115,7 @@ func TestFirstApply_LinkAtTheOutputIsNeitherFollowedNorCopied(t *testing.T) {
 	if entries, _ := os.ReadDir(filepath.Dir(ep.Output)); len(entries) != 1 {
 		t.Errorf("output folder holds %d entries, want only the link", len(entries))
 	}
-	db, err := os.ReadFile(filepath.Join(c.cfg.Agent.StateDir, DBName))
+	db, err := os.ReadFile(filepath.Join(c.cfg.Agent.StateDir, store.DBName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,6 +125,7 @@ func TestFirstApply_LinkAtTheOutputIsNeitherFollowedNorCopied(t *testing.T) {
 }
 
 func TestFirstApply_FailedHookPutsTheAppsFileBackWithItsOwnModeAndOwner(t *testing.T) {
+	t.Parallel()
 	if os.Geteuid() != 0 {
 		t.Skip("giving the app's file another owner needs root")
 	}
@@ -169,11 +171,13 @@ func TestFirstApply_FailedHookPutsTheAppsFileBackWithItsOwnModeAndOwner(t *testi
 // A prior file recorded by an earlier version has no mode or owner: the endpoint's are used, as
 // they were then.
 func TestFirstApply_PriorRecordedWithoutModeAndOwnerComesBackWithTheEndpointsMode(t *testing.T) {
+	t.Parallel()
 	ep, _ := withHookLog(t)
 	ep.Mode = 0o640
 	c := startCoreWith(t, coreOptions{}, ep)
-	err := c.e.store.Update(func(tx *Tx) error {
-		return tx.tx.Bucket(bucketCold).Put(priorKey("gw"), []byte(`{"exists":true,"body":"b3BlcmF0b3IncyBmaWxl"}`))
+	err := c.e.store.Update(func(tx *store.Tx) error {
+		// Without Attr, it is stored as an earlier version wrote it: {"exists":true,"body":"…"}.
+		return tx.SetPrior("gw", store.PriorFile{Exists: true, Body: []byte("operator's file")})
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -188,6 +192,7 @@ func TestFirstApply_PriorRecordedWithoutModeAndOwnerComesBackWithTheEndpointsMod
 // A FIFO at one endpoint's output used to block its apply (and the agent's stop) for good; a socket
 // or device is no file to keep either. The other endpoint goes on regardless.
 func TestFirstApply_NonRegularFileAtTheOutputGetsAnErrorStatusAndStallsNothing(t *testing.T) {
+	t.Parallel()
 	for _, kind := range []string{"FIFO", "socket", "device"} {
 		t.Run(kind, func(t *testing.T) {
 			c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw"}, config.Endpoint{Token: "gw2"})
@@ -223,6 +228,7 @@ func TestFirstApply_NonRegularFileAtTheOutputGetsAnErrorStatusAndStallsNothing(t
 // The first apply keeps what it finds at the output in memory and in the database, for a rollback;
 // a file larger than any configuration the agent takes (max_payload) is refused and left alone.
 func TestFirstApply_FileOverMaxPayloadAtTheOutputIsRefusedAndLeftAsItIs(t *testing.T) {
+	t.Parallel()
 	const maxPayload = 1 << 16
 	for _, tc := range []struct {
 		name   string
@@ -253,10 +259,11 @@ func TestFirstApply_FileOverMaxPayloadAtTheOutputIsRefusedAndLeftAsItIs(t *testi
 // Anything but the agent's regular file at the output is drift; the repair renames the applied
 // bytes over it, which never follows a link, and the check never waits on a FIFO.
 func TestDrift_NonRegularFileAtTheOutputIsRepairedWithoutBlocking(t *testing.T) {
+	t.Parallel()
 	for _, kind := range []string{"FIFO", "symbolic link", "socket", "device"} {
 		t.Run(kind, func(t *testing.T) {
 			secret, content := secretFile(t)
-			c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw"})
+			c := startCoreWith(t, coreOptions{Clock: warp(t)}, config.Endpoint{Token: "gw"})
 			wantStatus(t, c.push(`1`, `["applied"]`), "ok")
 			out := c.output("gw")
 			// Made beside the output and renamed over it, as anyone who may write the folder can.
@@ -283,6 +290,7 @@ func TestDrift_NonRegularFileAtTheOutputIsRepairedWithoutBlocking(t *testing.T) 
 // A folder cannot be renamed over: the drift is logged as not repairable, the folder stays, and the
 // endpoint goes on (a push then fails the same way).
 func TestDrift_FolderAtTheOutputIsLoggedAsNotRepairable(t *testing.T) {
+	t.Parallel()
 	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw"})
 	wantStatus(t, c.push(`1`, `["applied"]`), "ok")
 	out := c.output("gw")
@@ -304,6 +312,7 @@ func TestDrift_FolderAtTheOutputIsLoggedAsNotRepairable(t *testing.T) {
 // The file found at the first apply is recorded once; until the agent's first write succeeds the
 // output is still not its own, and what is there then is checked again (without being read).
 func TestFirstApply_AfterAPriorWasRecordedANonRegularFileIsStillRefused(t *testing.T) {
+	t.Parallel()
 	ep, hookRuns := withHookLog(t)
 	ep.Validate = []string{script(t, t.TempDir(), "validate.sh", `grep -q good "$CMX_CANDIDATE"`)}
 	ep.Output = filepath.Join(t.TempDir(), "out", "gw.json")
@@ -332,6 +341,7 @@ func TestFirstApply_AfterAPriorWasRecordedANonRegularFileIsStillRefused(t *testi
 // of a file the app wrote at the output since: a failed hook later puts back what was there at the
 // agent's first write, not an older version of it.
 func TestFirstApply_AFileChangedAfterARefusedAttemptIsWhatARollbackPutsBack(t *testing.T) {
+	t.Parallel()
 	ep, _ := withHookLog(t)
 	ep.Validate = []string{script(t, t.TempDir(), "validate.sh", `! grep -q evil "$CMX_CANDIDATE"`)}
 	ep.Output = filepath.Join(t.TempDir(), "out", "gw.json")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // outcome is what the apply pipeline did with one offer.
@@ -46,9 +47,9 @@ type outcome struct {
 type previous struct {
 	exists bool
 	body   []byte
-	attr   *fileAttr // the found file's own mode and owner; nil: the endpoint's
-	text   string    // the id people read; "" for a file the agent did not write or a push without id
-	ours   bool      // body is a configuration the agent applied (not a file it found)
+	attr   *store.FileAttr // the found file's own mode and owner; nil: the endpoint's
+	text   string          // the id people read; "" for a file the agent did not write or a push without id
+	ours   bool            // body is a configuration the agent applied (not a file it found)
 	// stored: body is the applied body in the database, read only when a rollback needs it (most
 	// applies need none, and a configuration of a few MiB should not be copied for nothing). Only
 	// the endpoint's result commit changes it, and that comes after the pipeline.
@@ -76,40 +77,11 @@ func (p previous) name() string {
 // Until the machine commits the outcome, the offer stays pending (in the database, or unacknowledged
 // at the broker), so a crash anywhere here makes the agent run the whole pipeline again after the
 // restart; that is why hooks must be idempotent.
-func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpoint, st EndpointState, o *Offer) outcome {
-	start := time.Now()
-	defer func() { e.applyTimes.observe(time.Since(start)) }()
-	nSealed, refused := checkSealed(cfg, o.Body)
-	if refused != nil {
-		return outcome{r: *refused}
-	}
-	shape := shapeOf(cfg)
-	if nSealed > 0 {
-		// Decided on the configuration as received: the same sealed one again is neither decrypted
-		// nor written; a new encryption of the same secret is a new configuration.
-		sealedHash := hashOf(o.Body)
-		if sealedHash == st.AppliedSealed && shape == st.AppliedShape {
-			return outcome{r: resultOK, applied: true, unchanged: true, hash: st.AppliedHash, sealedHash: sealedHash,
-				shape: shape, body: o.Body, sealed: true, output: cfg.Output}
-		}
-	}
-	data, refused := e.render(cfg, o.Body)
-	if refused != nil {
-		return outcome{r: *refused}
-	}
-	rendered := cfg.Template != ""
-	hash := hashOf(data)
-	done := outcome{r: resultOK, applied: true, hash: hash, shape: shape, body: data, rendered: rendered, output: cfg.Output}
-	if nSealed > 0 {
-		// The database keeps the sealed form; drift repair and rollback render it again.
-		done.body, done.rendered, done.sealed, done.sealedHash = o.Body, false, true, hashOf(o.Body)
-	}
-	// A state written before shapes were recorded has none: its bytes alone decide, as they did,
-	// so an upgrade does not make every device reload.
-	if nSealed == 0 && hash == st.AppliedHash && (shape == st.AppliedShape || st.AppliedShape == "") {
-		// No write, no validate, no hook: a server that sends the same configuration again (after
-		// every reconnect, for instance) must not make the device reload.
-		done.unchanged = true // logged once committed, as an applied one is
+func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpoint, st store.EndpointState, o *store.Offer) outcome {
+	start := e.opt.Clock.Now()
+	defer func() { e.applyTimes.observe(e.opt.Clock.Now().Sub(start)) }()
+	data, done, decided := e.candidate(cfg, st, o)
+	if decided {
 		return done
 	}
 	own, err := apply.LookupOwner(cfg.Owner, cfg.Group)
@@ -134,19 +106,12 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 	if err != nil {
 		return untouched(writeFailed(err))
 	}
-	if len(cfg.Validate) > 0 {
-		err := e.runProcess(ctx, e.command(cfg, o.Text, "validate", cfg.Validate, "CMX_CANDIDATE="+p.Path()))
-		if err != nil {
-			p.Abort()
-			if ctx.Err() != nil {
-				return outcome{abandoned: true}
-			}
-			// A program that cannot even start is the gateway's fault, not the configuration's.
-			if re := (*apply.RunError)(nil); errors.As(err, &re) && re.Err != nil {
-				return untouched(Result{Status: "validate failed: " + err.Error(), Code: CodeFailed})
-			}
-			return untouched(Result{Status: "rejected by validate: " + err.Error(), Code: CodeRejected})
+	if err := e.validate(ctx, cfg, o, p); err != nil {
+		p.Abort()
+		if ctx.Err() != nil {
+			return outcome{abandoned: true}
 		}
+		return untouched(validateFailed(err))
 	}
 	if err := p.Commit(); err != nil {
 		if p.Renamed() {
@@ -174,9 +139,60 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 	return done
 }
 
-func hashOf(b []byte) string {
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
+// candidate decides what the offer makes of the output: the bytes to write and the outcome once
+// they are in place, or, when decided is true, the outcome already (refused, or unchanged: nothing to
+// write, validate or hook).
+func (e *Engine) candidate(cfg config.Endpoint, st store.EndpointState, o *store.Offer) (data []byte, done outcome, decided bool) {
+	nSealed, refused := checkSealed(cfg, o.Body)
+	if refused != nil {
+		return nil, outcome{r: *refused}, true
+	}
+	shape := shapeOf(cfg)
+	if nSealed > 0 {
+		// Decided on the configuration as received: the same sealed one again is neither decrypted
+		// nor written; a new encryption of the same secret is a new configuration.
+		sealedHash := store.Hash(o.Body)
+		if sealedHash == st.AppliedSealed && shape == st.AppliedShape {
+			return nil, outcome{r: resultOK, applied: true, unchanged: true, hash: st.AppliedHash, sealedHash: sealedHash,
+				shape: shape, body: o.Body, sealed: true, output: cfg.Output}, true
+		}
+	}
+	data, refused = e.render(cfg, o.Body)
+	if refused != nil {
+		return nil, outcome{r: *refused}, true
+	}
+	hash := store.Hash(data)
+	done = outcome{r: resultOK, applied: true, hash: hash, shape: shape, body: data, rendered: cfg.Template != "", output: cfg.Output}
+	if nSealed > 0 {
+		// The database keeps the sealed form; drift repair and rollback render it again.
+		done.body, done.rendered, done.sealed, done.sealedHash = o.Body, false, true, store.Hash(o.Body)
+	}
+	// A state written before shapes were recorded has none: its bytes alone decide, as they did,
+	// so an upgrade does not make every device reload.
+	if nSealed == 0 && hash == st.AppliedHash && (shape == st.AppliedShape || st.AppliedShape == "") {
+		// No write, no validate, no hook: a server that sends the same configuration again (after
+		// every reconnect, for instance) must not make the device reload.
+		done.unchanged = true // logged once committed, as an applied one is
+		return nil, done, true
+	}
+	return data, done, false
+}
+
+// validate runs the endpoint's validate command, if any, on the candidate file.
+func (e *Engine) validate(ctx context.Context, cfg config.Endpoint, o *store.Offer, p *apply.Pending) error {
+	if len(cfg.Validate) == 0 {
+		return nil
+	}
+	return e.runProcess(ctx, e.command(cfg, o.Text, "validate", cfg.Validate, "CMX_CANDIDATE="+p.Path()))
+}
+
+// validateFailed is the result of a validate command that did not pass.
+func validateFailed(err error) Result {
+	// A program that cannot even start is the gateway's fault, not the configuration's.
+	if re := (*apply.RunError)(nil); errors.As(err, &re) && re.Err != nil {
+		return Result{Status: "validate failed: " + err.Error(), Code: store.CodeFailed}
+	}
+	return Result{Status: "rejected by validate: " + err.Error(), Code: store.CodeRejected}
 }
 
 // shapeOf hashes the options besides the body that shape the output file: where it is, its mode and
@@ -193,7 +209,7 @@ func shapeOf(c config.Endpoint) string {
 }
 
 func writeFailed(err error) Result {
-	return Result{Status: "write failed: " + apply.Describe(err), Code: CodeFailed}
+	return Result{Status: "write failed: " + apply.Describe(err), Code: store.CodeFailed}
 }
 
 // command builds a validate or hook command for an endpoint with the contract's environment.
@@ -209,6 +225,7 @@ func (e *Engine) command(cfg config.Endpoint, configID, what string, argv []stri
 		Timeout: hookTimeout(cfg),
 		Log:     e.log.With("endpoint", cfg.Key(), "id", configID),
 		What:    what,
+		Clock:   e.opt.Clock,
 	}
 }
 
@@ -235,12 +252,12 @@ func hookTimeout(c config.Endpoint) time.Duration {
 // previous returns what a rollback of ep would put back: the body last applied, or, before the
 // agent's first successful apply, the file it found at the output. That file is recorded durably
 // before the first write, so a crash after the rename cannot make the new bytes look like the old.
-func (e *Engine) previous(ep *endpoint, cfg config.Endpoint, st EndpointState) (previous, error) {
+func (e *Engine) previous(ep *endpoint, cfg config.Endpoint, st store.EndpointState) (previous, error) {
 	var (
 		p     previous
 		found bool
 	)
-	err := e.store.View(func(tx *Tx) error {
+	err := e.store.View(func(tx *store.Tx) error {
 		if tx.HasBody(ep.key) {
 			p, found = previous{exists: true, stored: true, text: st.AppliedText, ours: true}, true
 			return nil
@@ -271,7 +288,7 @@ func (e *Engine) previous(ep *endpoint, cfg config.Endpoint, st EndpointState) (
 	switch {
 	case err == nil:
 		perm, own := apply.AttrOf(fi)
-		p = previous{exists: true, body: b, attr: &fileAttr{Mode: perm, UID: own.UID, GID: own.GID}, fresh: true}
+		p = previous{exists: true, body: b, attr: &store.FileAttr{Mode: perm, UID: own.UID, GID: own.GID}, fresh: true}
 	case errors.Is(err, fs.ErrNotExist):
 		p = previous{fresh: true}
 	case errors.As(err, &notRegular):
@@ -281,8 +298,8 @@ func (e *Engine) previous(ep *endpoint, cfg config.Endpoint, st EndpointState) (
 	default:
 		return p, fmt.Errorf("read the file in place for rollback: %w", err)
 	}
-	err = e.store.Batch(func(tx *Tx) error {
-		return tx.SetPrior(ep.key, priorFile{Exists: p.exists, Body: p.body, Attr: p.attr})
+	err = e.store.Batch(func(tx *store.Tx) error {
+		return tx.SetPrior(ep.key, store.PriorFile{Exists: p.exists, Body: p.body, Attr: p.attr})
 	})
 	return p, err
 }
@@ -290,10 +307,12 @@ func (e *Engine) previous(ep *endpoint, cfg config.Endpoint, st EndpointState) (
 // rollback puts prev back after the new bytes went in place and something failed; with hookAgain
 // the hook runs once more, for the restored bytes. status is what failed; the result adds what the
 // rollback did.
-func (e *Engine) rollback(ctx context.Context, ep *endpoint, cfg config.Endpoint, o *Offer, prev previous, own apply.Owner, hookAgain bool, status string) outcome {
-	fail := func(s string) outcome { return outcome{r: Result{Status: s, Code: CodeFailed}} }
+func (e *Engine) rollback(ctx context.Context, ep *endpoint, cfg config.Endpoint, o *store.Offer, prev previous, own apply.Owner, hookAgain bool, status string) outcome {
+	fail := func(s string) outcome { return outcome{r: Result{Status: s, Code: store.CodeFailed}} }
 	// The output is as the attempt found it again.
-	restored := func(s string) outcome { return outcome{r: Result{Status: s, Code: CodeFailed}, dropPrior: prev.fresh} }
+	restored := func(s string) outcome {
+		return outcome{r: Result{Status: s, Code: store.CodeFailed}, dropPrior: prev.fresh}
+	}
 	if !prev.exists {
 		if err := apply.Remove(cfg.Output); err != nil {
 			e.log.Error("cannot remove the output after a failure", "endpoint", ep.key, "err", err)

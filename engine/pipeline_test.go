@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/internal/clock/clocktest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // hookLog is a hook that records "<config id>=<output bytes>" per run in hook.log beside itself and
@@ -54,6 +57,7 @@ func wantNoFile(t *testing.T, path string) {
 }
 
 func TestHook_RunsAfterTheFileIsInPlaceWithItsEnvironment(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	hook := script(t, dir, "hook.sh", `echo "$CMX_TOKEN $CMX_CONFIG_ID $CMX_OUTPUT ${CMX_CANDIDATE-none} $(cat "$CMX_OUTPUT")" > "$(dirname "$0")/hook.log"`)
 	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", Hook: []string{hook}})
@@ -87,6 +91,7 @@ grep -q good "$CMX_CANDIDATE" || { echo "no good in $CMX_CONFIG_ID" >&2; exit 4;
 // A failed hook puts back what was there before the push, as a file: the last configuration applied
 // (and runs the hook for it), or the operator's own file, or nothing.
 func TestHook_FailureRollsBack(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name     string
 		operator string // a file in place before the agent's first apply; "" = none
@@ -145,41 +150,47 @@ func TestHook_FailureRollsBack(t *testing.T) {
 }
 
 func TestHook_HangingHookIsKilledAtTheTimeoutWithItsChildren(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	hook := script(t, dir, "hook.sh", `echo "$CMX_CONFIG_ID" >> "$(dirname "$0")/hook.log"
 if grep -q hang "$CMX_OUTPUT"; then echo "waiting for device" >&2; sleep 60 & echo $! > "$(dirname "$0")/child.pid"; wait; fi`)
-	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", Hook: []string{hook},
+	clk := clocktest.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	c := startCoreWith(t, coreOptions{Clock: clk}, config.Endpoint{Token: "gw", Hook: []string{hook},
 		HookTimeout: config.Duration{Duration: time.Second}})
 	wantStatus(t, c.push(`1`, `["fine"]`), "ok")
-	start := time.Now()
-	wantStatus(t, c.push(`2`, `["hang"]`), "hook failed: timed out after 1s: waiting for device; rolled back to 1")
-	// Not a timing assertion: the hook's child sleeps 60 s, so an answer well before that shows the
-	// group was killed at the timeout rather than waited for.
-	if took := time.Since(start); took > 30*time.Second {
-		t.Errorf("confirmation took %v: the hook was waited for, not killed", took)
+	r := c.deliver(p+"/json", 1, `{"id": 2, "entries": ["hang"]}`)
+	// The hook waits for its child, which sleeps 60 s: only a kill at the timeout ends it.
+	pidFile := filepath.Join(dir, "child.pid")
+	var pid int
+	testkit.Eventually(t, testWait, func() bool {
+		b, _ := os.ReadFile(pidFile)
+		var err error
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	}, "the hook did not start its child (%s)", pidFile)
+	clk.Advance(999 * time.Millisecond)
+	if syscall.Kill(pid, 0) != nil {
+		t.Fatal("the hook's child ended before the timeout")
 	}
+	clk.Advance(time.Millisecond)
+	wantStatus(t, c.confirmed(p+"/json/status"), "hook failed: timed out after 1s: waiting for device; rolled back to 1")
+	waitReceipt(t, r)
 	wantFile(t, c.output("gw"), `["fine"]`)
 	if got := strings.Join(readLines(t, filepath.Join(dir, "hook.log")), " "); got != "1 2 1" {
 		t.Errorf("hook runs %q, want 1 2 1", got)
 	}
-	b, _ := os.ReadFile(filepath.Join(dir, "child.pid"))
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatalf("child pid %q", b)
-	}
-	deadline := time.Now().Add(testWait)
-	for syscall.Kill(pid, 0) == nil {
-		if st, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); bytes.Contains(st, []byte(") Z ")) {
-			break // killed, not yet reaped by its (orphaned) parent's reaper
+	testkit.Eventually(t, testWait, func() bool {
+		if syscall.Kill(pid, 0) != nil {
+			return true
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the hook's child %d still runs", pid)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		// Killed, not yet reaped by its (orphaned) parent's reaper.
+		st, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		return bytes.Contains(st, []byte(") Z "))
+	}, "the hook's child %d still runs", pid)
 }
 
 func TestUnchanged_NoWriteNoValidateNoHook(t *testing.T) {
+	t.Parallel()
 	ep, runs := withHookLog(t)
 	ep.Validate = ep.Hook // logs its runs the same way
 	c := startCoreWith(t, coreOptions{}, ep)
@@ -203,6 +214,7 @@ func TestUnchanged_NoWriteNoValidateNoHook(t *testing.T) {
 }
 
 func TestTemplate_RendersTheBodyAndARenderErrorRejects(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	tmpl := filepath.Join(dir, "bridge.ini.tmpl")
 	os.WriteFile(tmpl, []byte("{{range .}}[{{.name}}]\nregister = {{.register}}\nscale = {{.scale}}\n{{end}}"), 0o644)
@@ -219,6 +231,7 @@ func TestTemplate_RendersTheBodyAndARenderErrorRejects(t *testing.T) {
 }
 
 func TestOwnerAndMode_AreSetOnTheOutput(t *testing.T) {
+	t.Parallel()
 	ep := config.Endpoint{Token: "gw", Mode: 0o640}
 	wantUID, wantGID := uint32(os.Geteuid()), uint32(os.Getegid())
 	if os.Geteuid() == 0 {
@@ -238,6 +251,7 @@ func TestOwnerAndMode_AreSetOnTheOutput(t *testing.T) {
 }
 
 func TestOwner_UnknownUserFailsWithNothingChanged(t *testing.T) {
+	t.Parallel()
 	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", Owner: "no-such-user-cmx"})
 	if s := c.push(`1`, `["x"]`).Status; !strings.HasPrefix(s, `write failed: owner "no-such-user-cmx": user: unknown user`) {
 		t.Errorf("status = %q", s)
@@ -261,6 +275,7 @@ func mount(t *testing.T, args ...string) {
 // A write that the file system refuses is reported with its cause, and the file in place stays,
 // with no temporary file beside it.
 func TestWrite_FileSystemRefusalsAreReportedAndLeaveTheOldFile(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name    string
 		setup   func(t *testing.T, out string) // out is the output's folder, holding gw.json = "old"
@@ -312,6 +327,7 @@ func TestWrite_FileSystemRefusalsAreReportedAndLeaveTheOldFile(t *testing.T) {
 // the configuration's: the push fails with a 5xx-kind status, which the server may retry, instead
 // of being rejected as if the configuration were bad.
 func TestValidate_ThatCannotStartIsAFailureNotARejection(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	validate := script(t, dir, "validate.sh", "exit 0\n")
 	ep := config.Endpoint{Token: "gw", Validate: []string{validate}}
@@ -323,14 +339,15 @@ func TestValidate_ThatCannotStartIsAFailureNotARejection(t *testing.T) {
 	if want := "validate failed: cannot start: "; !strings.HasPrefix(got.Status, want) || !strings.Contains(got.Status, validate) {
 		t.Errorf("status %q, want it to begin with %q and name %s", got.Status, want, validate)
 	}
-	if st := c.e.stateOf(c.e.endpointList()[0]); st.LastCode != CodeFailed {
-		t.Errorf("last code %d, want %d (a failure, not a rejection)", st.LastCode, CodeFailed)
+	if st := c.e.stateOf(c.e.endpointList()[0]); st.LastCode != store.CodeFailed {
+		t.Errorf("last code %d, want %d (a failure, not a rejection)", st.LastCode, store.CodeFailed)
 	}
 	wantNoFile(t, c.output("gw"))
 }
 
 // A hook program that is gone is a failure too, with the new file taken back.
 func TestHook_ThatCannotStartIsAFailure(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	hook := script(t, dir, "hook.sh", "exit 0\n")
 	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw", Hook: []string{hook}})
@@ -341,8 +358,8 @@ func TestHook_ThatCannotStartIsAFailure(t *testing.T) {
 	if want := "hook failed: cannot start: "; !strings.HasPrefix(got.Status, want) {
 		t.Errorf("status %q, want it to begin with %q", got.Status, want)
 	}
-	if st := c.e.stateOf(c.e.endpointList()[0]); st.LastCode != CodeFailed {
-		t.Errorf("last code %d, want %d", st.LastCode, CodeFailed)
+	if st := c.e.stateOf(c.e.endpointList()[0]); st.LastCode != store.CodeFailed {
+		t.Errorf("last code %d, want %d", st.LastCode, store.CodeFailed)
 	}
 	wantNoFile(t, c.output("gw"))
 }

@@ -30,6 +30,7 @@ func newTestEngine(t *testing.T, dialect string, eps ...config.Endpoint) *Engine
 }
 
 func TestReload_CMP7FiltersFollowTheEndpoints(t *testing.T) {
+	t.Parallel()
 	def := func(tok string) config.Endpoint { return config.Endpoint{Token: tok} }
 	named := func(tok, name string) config.Endpoint { return config.Endpoint{Token: tok, Name: name} }
 	cases := []struct {

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/internal/backoff"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
 )
 
 // Request asks for the latest configuration of the endpoints with these keys on the live
@@ -58,10 +59,10 @@ func (e *Engine) request(gen uint64, eps []*endpoint) {
 type requester struct {
 	mu      sync.Mutex
 	gen     uint64 // the connection the armed repeat belongs to; 0 = none armed
-	timer   *time.Timer
+	timer   clock.Timer
 	arming  uint64          // counts the arms: a timer armed before the last one does nothing
 	refused bool            // the armed repeat is a refused request's
-	wait    time.Duration   // the interval of the armed unanswered-request repeat
+	repeats int             // the armed unanswered-request repeat is the n-th interval (pullWait)
 	bo      backoff.Backoff // a refused request's
 	// since is when the request now unanswered was first sent: its repeats (and syncs) do not
 	// move it, an answer does (the next request starts a new wait). Zero when none was sent on
@@ -85,8 +86,8 @@ func (r *requester) ask(e *Engine, ep *endpoint, gen uint64) {
 	defer r.mu.Unlock()
 	r.sending(e, ep)
 	e.send(gen, ep)
-	r.wait = e.opt.PullTimeout
-	r.arm(e, ep, gen, r.wait, false)
+	r.repeats = 1
+	r.arm(e, ep, gen, pullWait(e).Ceiling(r.repeats), false)
 }
 
 // arm schedules the repeat; r.mu must be held.
@@ -95,7 +96,7 @@ func (r *requester) arm(e *Engine, ep *endpoint, gen uint64, d time.Duration, re
 	r.arming++
 	r.gen, r.refused = gen, refused
 	arming := r.arming
-	r.timer = time.AfterFunc(d, func() { r.fire(e, ep, arming, d) })
+	r.timer = e.opt.Clock.AfterFunc(d, func() { r.fire(e, ep, arming, d) })
 }
 
 // disarm stops the armed repeat; r.mu must be held.
@@ -122,7 +123,7 @@ func (r *requester) cancel(gen uint64) {
 // an earlier request is still unanswered.
 func (r *requester) sending(e *Engine, ep *endpoint) {
 	if r.since.IsZero() || ep.answered.Load() {
-		r.since = e.opt.Now()
+		r.since = e.opt.Clock.Now()
 	}
 }
 
@@ -154,14 +155,21 @@ func (r *requester) fire(e *Engine, ep *endpoint, arming uint64, waited time.Dur
 	}
 	if refused {
 		e.log.Info("asking again for the configuration after an error", "endpoint", ep.key, "waited", waited.Round(time.Millisecond))
-		r.wait = e.opt.PullTimeout
+		r.repeats = 1
 	} else {
 		e.log.Info("no answer to configuration request; asking again", "endpoint", ep.key, "waited", waited)
-		r.wait = min(2*r.wait, maxPullWait)
+		r.repeats++
 	}
 	r.sending(e, ep)
 	e.send(gen, ep)
-	r.arm(e, ep, gen, r.wait, false)
+	r.arm(e, ep, gen, pullWait(e).Ceiling(r.repeats), false)
+}
+
+// pullWait is the interval of an unanswered request's repeats: the pull timeout, doubling up to
+// maxPullWait. It is not jittered: every endpoint's first request goes at its own moment (the
+// connection's, or a sync's), and its repeats keep that spread.
+func pullWait(e *Engine) backoff.Policy {
+	return backoff.Policy{Min: e.opt.PullTimeout, Max: max(maxPullWait, e.opt.PullTimeout)}
 }
 
 // refuse arms the repeat of a request the server refused, on the current connection, and returns
@@ -204,74 +212,4 @@ func (e *Engine) send(gen uint64, ep *endpoint) {
 	ep.asked.add(id)
 	e.out.request(OutMsg{Endpoint: ep.key, Topic: topic, QoS: 1, Payload: payload, Request: true}, gen)
 	e.log.Debug("requested latest configuration", "endpoint", ep.key, "topic", topic, "msg_id", id)
-}
-
-// noteServer records what the server said in the endpoint's ServerState (for status), logs it, and
-// repeats a refused request with backoff. Any usable response ends the backoff.
-func (e *Engine) noteServer(m *machine, topic string, n serverNote) error {
-	ep := m.ep
-	now := e.opt.Now()
-	var old ServerState
-	if err := e.store.View(func(tx *Tx) error {
-		var err error
-		old, err = tx.ServerState(ep.key)
-		return err
-	}); err != nil {
-		return err
-	}
-	st := old
-	switch n.kind {
-	case noteError:
-		st.ErrorCode, st.ErrorReason, st.ErrorAt = n.code, n.reason, now
-		st.Errors++
-	case noteNone:
-		if !st.NoneAssigned {
-			st.NoneAssigned, st.NoneAssignedAt = true, now
-		}
-	case noteConfig:
-		st.NoneAssigned, st.NoneAssignedAt = false, time.Time{}
-	}
-	if n.kind != noteError {
-		st.ErrorCode, st.ErrorReason, st.ErrorAt, st.Errors = 0, "", time.Time{}, 0
-	}
-	// Only a change is written: an unchanged answer ({}) costs no commit. A note that comes with a
-	// configuration is committed with it.
-	if st != old {
-		mark := len(m.j.ops)
-		m.j.setServerState(st)
-		if n.kind != noteConfig && n.kind != noteAnswered {
-			if m.commitNow() == commitFailed {
-				// Compared with the stored state, the note must not reach it with a later commit,
-				// after what came since.
-				m.j.truncate(mark)
-				return errNotStored
-			}
-		}
-	}
-
-	switch n.kind {
-	case noteError:
-		args := []any{"endpoint", ep.key, "topic", topic, "status_code", n.code, "reason", n.reason, "errors_in_a_row", st.Errors}
-		if n.malformed != "" {
-			args = append(args, "malformed", n.malformed)
-		}
-		if latest := ep.asked.last(); n.rid != 0 && n.rid != latest {
-			// An error for an older request: a newer one is already out.
-			e.log.Warn("server refused an earlier configuration request", args...)
-			return nil
-		}
-		if d, ok := ep.req.refuse(e, ep); ok {
-			args = append(args, "retry_in", d.Round(time.Millisecond))
-		}
-		e.log.Warn("server refused the configuration request", args...)
-	case noteNone:
-		ep.req.reset()
-		e.log.Info("server has no configuration for the endpoint; output left as it is", "endpoint", ep.key, "topic", topic)
-	case noteUnchanged:
-		ep.req.reset()
-		e.log.Debug("configuration unchanged", "endpoint", ep.key, "topic", topic)
-	default:
-		ep.req.reset()
-	}
-	return nil
 }

@@ -7,36 +7,19 @@ import (
 	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/sealed"
+	"github.com/cmx-agent/cmx-agent/store"
 )
-
-// kindSealed (hot/e<ep>z) marks an endpoint whose stored applied bytes (kindBody) are the
-// configuration as received, with its values still sealed, rather than the output: the output
-// holds decrypted values, which the database never does. Drift repair and rollback render the
-// output again from it.
-const kindSealed = 'z'
-
-// BodySealed reports whether the endpoint's stored applied bytes are a sealed configuration to
-// render again rather than the output's bytes.
-func (t *Tx) BodySealed(ep string) bool { return t.hot().Get(epKey(ep, kindSealed)) != nil }
-
-// SetBodySealed records whether the endpoint's stored applied bytes are a sealed configuration.
-func (t *Tx) SetBodySealed(ep string, on bool) error {
-	if !on {
-		return t.hot().Delete(epKey(ep, kindSealed))
-	}
-	return t.hot().Put(epKey(ep, kindSealed), []byte{1})
-}
 
 // checkSealed checks body's sealed values without decrypting them: their count (0: none), or the
 // refusal of a malformed one, or of an output others may read.
 func checkSealed(cfg config.Endpoint, body []byte) (int, *Result) {
 	n, err := sealed.Count(body)
 	if err != nil {
-		return 0, &Result{Status: err.Error(), Code: CodeInvalid}
+		return 0, &Result{Status: err.Error(), Code: store.CodeInvalid}
 	}
 	if n > 0 && fs.FileMode(cfg.Mode)&0o004 != 0 {
 		return n, &Result{Status: fmt.Sprintf("sealed values: the output's mode %04o lets others read it; "+
-			"an output holding decrypted values needs a mode without o+r (e.g. mode = \"0640\")", fs.FileMode(cfg.Mode)), Code: CodeInvalid}
+			"an output holding decrypted values needs a mode without o+r (e.g. mode = \"0640\")", fs.FileMode(cfg.Mode)), Code: store.CodeInvalid}
 	}
 	return n, nil
 }
@@ -49,14 +32,14 @@ func (e *Engine) render(cfg config.Endpoint, body []byte) ([]byte, *Result) {
 	}
 	data, _, err := e.identity.Open(body)
 	if err != nil {
-		return nil, &Result{Status: err.Error(), Code: CodeInvalid}
+		return nil, &Result{Status: err.Error(), Code: store.CodeInvalid}
 	}
 	if cfg.Template == "" {
 		return data, nil
 	}
 	out, err := apply.Render(cfg.Template, data)
 	if err != nil {
-		return nil, &Result{Status: "rejected by template: " + err.Error(), Code: CodeRejected}
+		return nil, &Result{Status: "rejected by template: " + err.Error(), Code: store.CodeRejected}
 	}
 	return out, nil
 }
@@ -66,7 +49,7 @@ func (e *Engine) render(cfg config.Endpoint, body []byte) ([]byte, *Result) {
 // with cfg.
 func (e *Engine) appliedOutput(key string, cfg config.Endpoint) (out []byte, have bool, err error) {
 	var isSealed bool
-	err = e.store.View(func(tx *Tx) error {
+	err = e.store.View(func(tx *store.Tx) error {
 		out, have, err = tx.Body(key)
 		isSealed = tx.BodySealed(key)
 		return err

@@ -70,6 +70,7 @@ func (c *core) noLeak(secret string) {
 }
 
 func TestSealed_TheOutputHoldsTheValueTheStateOnlyTheSealedForm(t *testing.T) {
+	t.Parallel()
 	ep, hookRuns := withHookLog(t)
 	ep.Mode = 0o640
 	c := startCoreWith(t, coreOptions{}, ep)
@@ -95,7 +96,7 @@ func TestSealed_TheOutputHoldsTheValueTheStateOnlyTheSealedForm(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.waitFile(out, want)
-	c.waitLog(repaired, 1)
+	c.waitRepairs("gw", 1)
 
 	// A restart reads the sealed form back; the same configuration is still unchanged.
 	c.restart()
@@ -105,6 +106,7 @@ func TestSealed_TheOutputHoldsTheValueTheStateOnlyTheSealedForm(t *testing.T) {
 }
 
 func TestSealed_RollbackRendersThePreviousSealedConfigurationAgain(t *testing.T) {
+	t.Parallel()
 	ep, _ := withHookLog(t) // the hook fails on an output holding "bad"
 	ep.Mode = 0o600
 	c := startCoreWith(t, coreOptions{}, ep)
@@ -119,6 +121,7 @@ func TestSealed_RollbackRendersThePreviousSealedConfigurationAgain(t *testing.T)
 }
 
 func TestSealed_RefusalsNameThePathAndChangeNothing(t *testing.T) {
+	t.Parallel()
 	other := sealedTo(t, newRecipient(t), `"`+sealedSecret+`"`)
 	cases := []struct {
 		name, body string
@@ -163,6 +166,7 @@ func sealedTo(t testing.TB, rcpt, value string) string {
 
 // Templates see the decrypted values; a signature covers the sealed form (signed after sealing).
 func TestSealed_TemplatesSeeTheValueAndASignatureCoversTheSealedForm(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	tmpl := filepath.Join(dir, "wpa.conf.tmpl")
 	if err := os.WriteFile(tmpl, []byte("{{range .}}ssid={{.ssid}}\npsk={{.psk}}\n{{end}}"), 0o644); err != nil {

@@ -7,20 +7,9 @@ import (
 	"sync/atomic"
 
 	"github.com/cmx-agent/cmx-agent/cmx"
+	"github.com/cmx-agent/cmx-agent/store"
 	"github.com/cmx-agent/cmx-agent/trust"
 )
-
-// CodeForbidden is the code of a signature refusal (CONTRACT section 6): in 7/CMP the statusCode
-// of the applied report, whose reasonPhrase says which rule.
-const CodeForbidden Code = 403
-
-// Signed marks an offer whose body came out of a verified signed configuration: what
-// anti-rollback compares and, once the offer is accepted, records.
-type Signed struct {
-	Version int64  `json:"version"`
-	Hash    string `json:"hash"` // hex sha256 of the payload's config: the offer's body
-	KID     string `json:"kid"`  // thumbprint of the key that signed it
-}
 
 // signing is the engine's trust of the moment: the verifier of the configured keys, swapped
 // whole by a reload, and the refusals counted by reason.
@@ -60,7 +49,7 @@ func (e *Engine) refused(err *trust.Error) Result {
 	if n := e.sig.refusals[err.Reason]; n != nil {
 		n.Add(1)
 	}
-	return Result{Status: err.Error(), Code: CodeForbidden}
+	return Result{Status: err.Error(), Code: store.CodeForbidden}
 }
 
 // mayBeSigned is a cheap first look, so that the common unsigned push pays no JSON decoding: an
@@ -98,7 +87,7 @@ func envelopeOf(body []byte, entries bool) (env []byte, ok bool, err *trust.Erro
 // endpoint, and its payload's config replaces the body; an unsigned one passes unless the endpoint
 // requires signatures. entries says the body is cmx3's entries array, which the payload's config
 // must then be too; the config must keep within lim. A refusal is the result to answer with.
-func (e *Engine) verifyBody(ep *endpoint, body []byte, entries bool, lim cmx.Limits) ([]byte, *Signed, *Result) {
+func (e *Engine) verifyBody(ep *endpoint, body []byte, entries bool, lim cmx.Limits) ([]byte, *store.Signed, *Result) {
 	env, signed, bad := envelopeOf(body, entries)
 	if bad != nil {
 		r := e.refused(bad)
@@ -115,8 +104,8 @@ func (e *Engine) verifyBody(ep *endpoint, body []byte, entries bool, lim cmx.Lim
 }
 
 // verifyEnvelope is verifyBody for the envelope itself.
-func (e *Engine) verifyEnvelope(ep *endpoint, env []byte, entries bool, lim cmx.Limits) ([]byte, *Signed, *Result) {
-	c, err := e.sig.verifier.Load().Verify(env, e.opt.Now())
+func (e *Engine) verifyEnvelope(ep *endpoint, env []byte, entries bool, lim cmx.Limits) ([]byte, *store.Signed, *Result) {
+	c, err := e.sig.verifier.Load().Verify(env, e.opt.Clock.Now())
 	if err == nil {
 		err = c.CheckBinding(ep.token, ep.name)
 	}
@@ -129,13 +118,13 @@ func (e *Engine) verifyEnvelope(ep *endpoint, env []byte, entries bool, lim cmx.
 		return nil, nil, &r
 	}
 	if err != nil { // Verify returns only refusals; this keeps a future error from passing
-		r := Result{Status: "signature: " + err.Error(), Code: CodeForbidden}
+		r := Result{Status: "signature: " + err.Error(), Code: store.CodeForbidden}
 		return nil, nil, &r
 	}
 	if r := checkBodyLimits(c.Body, entries, lim); r != nil {
 		return nil, nil, r
 	}
-	return c.Body, &Signed{Version: c.Version, Hash: hashOf(c.Body), KID: c.KID}, nil
+	return c.Body, &store.Signed{Version: c.Version, Hash: store.Hash(c.Body), KID: c.KID}, nil
 }
 
 // checkBodyLimits applies the dialect's limits to a payload's config, which travelled as base64
@@ -152,16 +141,16 @@ func checkBodyLimits(body []byte, entries bool, lim cmx.Limits) *Result {
 	}
 	var ie *cmx.InputError
 	if errors.As(err, &ie) {
-		return &Result{Status: ie.Status(), Code: CodeInvalid}
+		return &Result{Status: ie.Status(), Code: store.CodeInvalid}
 	}
-	return &Result{Status: "invalid payload: " + err.Error(), Code: CodeInvalid}
+	return &Result{Status: "invalid payload: " + err.Error(), Code: store.CodeInvalid}
 }
 
 // rollback applies anti-rollback to a signed offer about to be applied: its version must not be
 // lower than the highest the endpoint has accepted, nor than that of a signed offer being applied
 // or waiting (which would otherwise be superseded by an older one), and at the same version its
 // body must be the one accepted. It returns the refusal, or nil.
-func (m *machine) rollback(o *Offer) *Result {
+func (m *machine) rollback(o *store.Offer) *Result {
 	if o.Signed == nil {
 		return nil
 	}
@@ -183,13 +172,13 @@ func (m *machine) rollback(o *Offer) *Result {
 
 // accepted is the highest signed configuration the endpoint has accepted: the one a result not
 // yet committed records, or the stored one. A record that does not decode counts as none, as a
-// damaged state record does (Tx.stateOrRebuilt): the next accepted configuration rewrites it.
-func (m *machine) accepted() Accepted {
+// damaged state record does (Tx.StateOrRebuilt): the next accepted configuration rewrites it.
+func (m *machine) accepted() store.Accepted {
 	if m.j.accepted != nil {
 		return *m.j.accepted
 	}
-	var acc Accepted
-	err := m.ep.e.store.View(func(tx *Tx) error {
+	var acc store.Accepted
+	err := m.ep.e.store.View(func(tx *store.Tx) error {
 		var err error
 		acc, err = tx.Accepted(m.ep.key)
 		return err
@@ -202,11 +191,11 @@ func (m *machine) accepted() Accepted {
 
 // recordAccepted puts an accepted signed offer's version in the journal of its result, so that
 // it is durable exactly when the result is.
-func (m *machine) recordAccepted(o *Offer, r Result) {
+func (m *machine) recordAccepted(o *store.Offer, r Result) {
 	if o.Signed == nil || !r.OK() || o.Signed.Version < m.accepted().Version {
 		return
 	}
-	a := Accepted{Version: o.Signed.Version, Hash: o.Signed.Hash, KID: o.Signed.KID, At: m.ep.e.opt.Now()}
+	a := store.Accepted{Version: o.Signed.Version, Hash: o.Signed.Hash, KID: o.Signed.KID, At: m.ep.e.opt.Clock.Now()}
 	m.j.accepted = &a
-	m.j.ops = append(m.j.ops, func(tx *Tx) error { return tx.SetAccepted(keyOf(tx), a) })
+	m.j.ops = append(m.j.ops, func(tx *store.Tx, ep string) error { return tx.SetAccepted(ep, a) })
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/store"
 	"github.com/cmx-agent/cmx-agent/trust"
 )
 
@@ -47,12 +48,13 @@ func (c *core) pushSigned(id string, env string) confirmation {
 	return c.push(id, "["+env+"]")
 }
 
-func (c *core) accepted(key string) Accepted {
+func (c *core) accepted(key string) store.Accepted {
 	c.t.Helper()
-	return readStore(c, func(tx *Tx) (Accepted, error) { return tx.Accepted(key) })
+	return readStore(c, func(tx *store.Tx) (store.Accepted, error) { return tx.Accepted(key) })
 }
 
 func TestSigned_CMX3WritesThePayloadsConfigAndRefusesRollbackAcrossRestarts(t *testing.T) {
+	t.Parallel()
 	k := signer(1)
 	c := startCoreWith(t, coreOptions{Trust: trustOf(k)}, config.Endpoint{Token: "gw"})
 	out := c.output("gw")
@@ -91,6 +93,7 @@ func TestSigned_CMX3WritesThePayloadsConfigAndRefusesRollbackAcrossRestarts(t *t
 }
 
 func TestSigned_CMX3RefusalsWriteNothingAndSayWhichRule(t *testing.T) {
+	t.Parallel()
 	k, stranger := signer(1), signer(2)
 	strangerKID := trust.Thumbprint(stranger.Public().(ed25519.PublicKey))
 	good := func(v int64) string {
@@ -139,6 +142,7 @@ func TestSigned_CMX3RefusalsWriteNothingAndSayWhichRule(t *testing.T) {
 }
 
 func TestSigned_UnsignedPassesWhenNotRequired(t *testing.T) {
+	t.Parallel()
 	c := startCoreWith(t, coreOptions{Trust: trustOf(signer(1))}, config.Endpoint{Token: "gw"})
 	// Entries that merely have members named like a JWS's are not taken for one.
 	for i, entries := range []string{`[{"payload":"x"}]`, `[{"payload":{"a":1},"signature":"sha256"}]`} {
@@ -168,6 +172,7 @@ func (c *core) appliedReport() (int, string, string) {
 }
 
 func TestSigned_CMP7AppliesTheConfigAndRefusesWith403(t *testing.T) {
+	t.Parallel()
 	k, stranger := signer(1), signer(2)
 	c := startCoreWith(t, coreOptions{Dialect: config.DialectCMP7, Trust: trustOf(k)}, config.Endpoint{Token: "gw", Name: "net"})
 	out := c.output("gw/net")
@@ -195,6 +200,7 @@ func TestSigned_CMP7AppliesTheConfigAndRefusesWith403(t *testing.T) {
 }
 
 func TestSigned_AReloadWithTheSignersKeyAcceptsWhatWasRefused(t *testing.T) {
+	t.Parallel()
 	k := signer(1)
 	c := startCoreWith(t, coreOptions{}, config.Endpoint{Token: "gw"})
 	env := sign(t, k, trust.Payload{Token: "gw", Version: 1, Config: json.RawMessage(`[1]`)})
@@ -214,6 +220,7 @@ func TestSigned_AReloadWithTheSignersKeyAcceptsWhatWasRefused(t *testing.T) {
 
 // An older version arriving while a newer one is being applied would supersede it: refused.
 func TestSigned_AnOlderVersionDoesNotSupersedeANewerOneInFlight(t *testing.T) {
+	t.Parallel()
 	k := signer(1)
 	blocked, release, pause := holdFirstWrite()
 	// The refusal's answer waits for the apply in progress, held at most the hold bound.
@@ -238,10 +245,11 @@ func TestSigned_AnOlderVersionDoesNotSupersedeANewerOneInFlight(t *testing.T) {
 // A signed offer stored as pending keeps its version, so that its result records it after a
 // restart.
 func TestSigned_APendingSignedOfferKeepsItsVersionInTheDatabase(t *testing.T) {
+	t.Parallel()
 	k := signer(1)
 	c := startCoreWith(t, coreOptions{Trust: trustOf(k), Unsent: true}, config.Endpoint{Token: "gw"})
-	o := &Offer{Seq: 1, Body: []byte(`[1]`), Signed: &Signed{Version: 3, Hash: hashOf([]byte(`[1]`)), KID: "k"}}
-	if err := c.e.store.Update(func(tx *Tx) error { return tx.SetPending("gw", o) }); err != nil {
+	o := &store.Offer{Seq: 1, Body: []byte(`[1]`), Signed: &store.Signed{Version: 3, Hash: store.Hash([]byte(`[1]`)), KID: "k"}}
+	if err := c.e.store.Update(func(tx *store.Tx) error { return tx.SetPending("gw", o) }); err != nil {
 		t.Fatal(err)
 	}
 	got := c.pendingOf("gw")
@@ -252,6 +260,7 @@ func TestSigned_APendingSignedOfferKeepsItsVersionInTheDatabase(t *testing.T) {
 
 // The history shows each signed configuration's version.
 func TestSigned_TheHistoryShowsTheVersion(t *testing.T) {
+	t.Parallel()
 	k := signer(1)
 	c := startCoreWith(t, coreOptions{Trust: trustOf(k)}, config.Endpoint{Token: "gw"})
 	if conf := c.pushSigned("1", sign(t, k, trust.Payload{Token: "gw", Version: 42, Config: json.RawMessage(`[1]`)})); conf.Status != "ok" {

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // counters are an endpoint's running totals since the agent started.
@@ -17,11 +19,11 @@ type counters struct {
 }
 
 // count adds one outcome with code c.
-func (c *counters) count(code Code) {
+func (c *counters) count(code store.Code) {
 	switch {
-	case code == CodeOK:
+	case code == store.CodeOK:
 		c.applied.Add(1)
-	case code == CodeSuperseded:
+	case code == store.CodeSuperseded:
 		c.superseded.Add(1)
 	case code.Transient():
 		c.failed.Add(1)
@@ -114,14 +116,14 @@ func (e *Engine) Stats() (Stats, error) {
 	var st Stats
 	eps := e.endpointList()
 	waits := requestWaits(eps)
-	err := e.store.View(func(tx *Tx) error {
+	err := e.store.View(func(tx *store.Tx) error {
 		for i, ep := range eps {
-			es := tx.stateOrRebuilt(ep.key)
+			es := tx.StateOrRebuilt(ep.key)
 			st.Endpoints = append(st.Endpoints, EndpointStats{
 				Key: ep.key, AppliedID: es.AppliedText, Applied: es.AppliedHash != "", AppliedAt: es.AppliedAt,
 				Received: ep.stats.received.Load(), Ok: ep.stats.applied.Load(), Superseded: ep.stats.superseded.Load(),
 				Rejected: ep.stats.rejected.Load(), Failed: ep.stats.failed.Load(), DriftRepairs: ep.stats.driftRepairs.Load(),
-				Damaged: es.damaged,
+				Damaged: es.Damaged,
 			})
 			last := &st.Endpoints[len(st.Endpoints)-1]
 			_, last.ApplyingSince = ep.applying.get()

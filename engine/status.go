@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // EndpointStatus is one endpoint's state as the local API shows it.
@@ -51,9 +53,9 @@ func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 	pending := e.out.pendingByEndpoint()
 	waits := requestWaits(eps)
 	out := make([]EndpointStatus, 0, len(eps))
-	err := e.store.View(func(tx *Tx) error {
+	err := e.store.View(func(tx *store.Tx) error {
 		for i, ep := range eps {
-			es := tx.stateOrRebuilt(ep.key)
+			es := tx.StateOrRebuilt(ep.key)
 			waiting, err := tx.HasPending(ep.key)
 			if err != nil {
 				return err
@@ -70,13 +72,13 @@ func (e *Engine) Endpoints() ([]EndpointStatus, error) {
 				AppliedAt:   es.AppliedAt,
 				AppliedHash: es.AppliedHash,
 				LastID:      es.LastText,
-				LastOK:      es.LastCode == CodeOK || es.LastCode == 0 && es.LastStatus == resultOK.Status,
+				LastOK:      es.LastCode == store.CodeOK || es.LastCode == 0 && es.LastStatus == resultOK.Status,
 				LastStatus:  es.LastStatus,
 				LastCode:    int(es.LastCode),
 				LastAt:      es.LastAt,
 				Waiting:     waiting || ep.busy(),
 				Pending:     pending[ep.key],
-				Damaged:     es.damaged,
+				Damaged:     es.Damaged,
 
 				ApplyingSince: since,
 				ApplyingID:    applyingID,
@@ -118,7 +120,7 @@ func (e *Engine) History(key string) ([]EndpointHistory, error) {
 		eps = eps[i : i+1]
 	}
 	out := make([]EndpointHistory, 0, len(eps))
-	err := e.store.View(func(tx *Tx) error {
+	err := e.store.View(func(tx *store.Tx) error {
 		for _, ep := range eps {
 			h := EndpointHistory{Key: ep.key, Token: ep.token, Name: ep.name, Entries: []HistoryEntry{}}
 			ents, err := tx.History(ep.key)
@@ -165,7 +167,7 @@ func requestWaits(eps []*endpoint) []time.Time {
 // ServerStates reports what the server last said about each endpoint besides configurations.
 func (e *Engine) ServerStates() (map[string]ServerState, error) {
 	out := map[string]ServerState{}
-	err := e.store.View(func(tx *Tx) error {
+	err := e.store.View(func(tx *store.Tx) error {
 		for _, ep := range e.endpointList() {
 			st, err := tx.ServerState(ep.key)
 			if err != nil {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // endpointStatus returns the status of the endpoint with key.
@@ -28,6 +29,7 @@ func (c *core) endpointStatus(key string) EndpointStatus {
 // replace the "ok" of the configuration applied before, and the applied one stays named as such;
 // also after a restart (the answer is committed, not only in memory).
 func TestStatus_LastAnswerIsShownForRefusalsAndReconfirmations(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name     string
 		then     func(c *core) confirmation
@@ -38,14 +40,14 @@ func TestStatus_LastAnswerIsShownForRefusalsAndReconfirmations(t *testing.T) {
 	}{
 		{"a refused push", func(c *core) confirmation {
 			return c.send(Message{Topic: p + "/json", QoS: 1, Payload: []byte(`{"id":2,"entries":{"a":1}}`)})
-		}, "2", "invalid payload: entries must be an array, got object", int(CodeInvalid), "1"},
+		}, "2", "invalid payload: entries must be an array, got object", int(store.CodeInvalid), "1"},
 		{"a refused push on the stored path (QoS 0)", func(c *core) confirmation {
 			return c.send(Message{Topic: p + "/json", QoS: 0, Payload: []byte(`not json`)})
-		}, "", "invalid payload", int(CodeInvalid), "1"},
+		}, "", "invalid payload", int(store.CodeInvalid), "1"},
 		{"an old id confirmed again", func(c *core) confirmation {
 			wantStatus(t, c.push(`3`, `["three"]`), "ok")
 			return c.push(`1`, `["one"]`)
-		}, "1", "superseded by 3", int(CodeSuperseded), "3"},
+		}, "1", "superseded by 3", int(store.CodeSuperseded), "3"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -76,6 +78,7 @@ func TestStatus_LastAnswerIsShownForRefusalsAndReconfirmations(t *testing.T) {
 // A request the server does not answer shows as waiting since it was first sent, through its
 // repeats; an answer ends the wait.
 func TestStatus_RequestWaitingSinceShowsAnUnansweredRequest(t *testing.T) {
+	t.Parallel()
 	c := startCoreWith(t, coreOptions{PullTimeout: 30 * time.Millisecond}, config.Endpoint{Token: "gw"})
 	before := time.Now()
 	c.nextRequest("gw")

@@ -12,6 +12,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/cmx-agent/cmx-agent/engine"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
 )
 
 // conn is one connection: its paho client, the inbox that hands messages to the engine in arrival
@@ -377,7 +378,7 @@ func (s *sender) settled(r sendResult) bool {
 		if r.m.QoS > 0 {
 			s.retry = append(s.retry, r.m)
 			if s.retryAt == nil {
-				s.retryAt = time.After(time.Second)
+				s.retryAt = clock.After(s.c.s.opt.Clock, time.Second)
 			}
 		}
 		return true

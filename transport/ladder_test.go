@@ -17,6 +17,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/engine"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
 	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
@@ -359,8 +360,74 @@ type ladderRig struct {
 	clock  time.Time
 	sleeps []time.Duration
 	probes []time.Duration
-	fire   chan time.Time
+	probe  *heldTimer // the armed probe, fired by fireProbe
 	change chan struct{}
+}
+
+// rigClock is the rig's clock: a wait (the session's backoff) moves it at once by its length, after
+// a real millisecond so that a refusing loop does not spin; the probe (the session's AfterFunc)
+// fires when the test calls fireProbe.
+type rigClock struct{ r *ladderRig }
+
+func (c rigClock) Now() time.Time { return c.r.now() }
+
+func (c rigClock) NewTimer(d time.Duration) clock.Timer {
+	c.r.mu.Lock()
+	c.r.clock = c.r.clock.Add(d)
+	c.r.sleeps = append(c.r.sleeps, d)
+	c.r.mu.Unlock()
+	return clock.Real{}.NewTimer(time.Millisecond)
+}
+
+func (c rigClock) AfterFunc(d time.Duration, f func()) clock.Timer {
+	c.r.mu.Lock()
+	defer c.r.mu.Unlock()
+	c.r.probes = append(c.r.probes, d)
+	t := &heldTimer{r: c.r, f: f}
+	c.r.probe = t
+	return t
+}
+
+// heldTimer is the armed probe: it fires only by fireProbe.
+type heldTimer struct {
+	r       *ladderRig
+	f       func()
+	stopped bool // guarded by r.mu
+}
+
+func (t *heldTimer) C() <-chan time.Time { return nil }
+
+func (t *heldTimer) Stop() bool {
+	t.r.mu.Lock()
+	defer t.r.mu.Unlock()
+	was := !t.stopped
+	t.stopped = true
+	if t.r.probe == t {
+		t.r.probe = nil
+	}
+	return was
+}
+
+func (t *heldTimer) Reset(time.Duration) bool {
+	t.r.t.Error("the session reset its probe; the rig does not model that")
+	return false
+}
+
+// fireProbe fires the armed probe, waiting for the session to arm one.
+func (r *ladderRig) fireProbe() {
+	r.t.Helper()
+	var armed *heldTimer
+	testkit.Eventually(r.t, 20*time.Second, func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		armed, r.probe = r.probe, nil
+		if armed == nil {
+			return false
+		}
+		armed.stopped = true
+		return true
+	}, "no probe armed")
+	go armed.f()
 }
 
 func startLadderRig(t *testing.T, refuse int, brokerOpts mqtttest.Options, deny ...string) *ladderRig {
@@ -379,7 +446,7 @@ func newLadderRig(t *testing.T, refuse int, brokerOpts mqtttest.Options, deny ..
 func newLadderRigFor(t *testing.T, tokens []string, refuse int, brokerOpts mqtttest.Options, deny ...string) *ladderRig {
 	b := mqtttest.StartWith(t, brokerOpts)
 	rig := &ladderRig{t: t, broker: b, logs: newSetAsideLog(), prefix: cmx.Prefix("v1", "cmx", "gw-1"), clock: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
-		fire: make(chan time.Time), change: make(chan struct{}, 1)}
+		change: make(chan struct{}, 1)}
 	rig.ref = newRefuser(t, b.URL[len("tcp://"):], refuse, rig.now)
 	rig.ref.denyFilters(deny...)
 	cfg, out := endpointsConfig(t, rig.ref.url(), 0, tokens...)
@@ -395,20 +462,7 @@ func newLadderRigFor(t *testing.T, tokens []string, refuse int, brokerOpts mqttt
 		Logger:   slog.New(rig.logs),
 		ClientID: "cmx-ladder-test",
 		Rand:     seeded(11),
-		Now:      rig.now,
-		Sleep: func(ctx context.Context, d time.Duration) {
-			rig.mu.Lock()
-			rig.clock = rig.clock.Add(d)
-			rig.sleeps = append(rig.sleeps, d)
-			rig.mu.Unlock()
-			sleepCtx(ctx, time.Millisecond) // not a spin
-		},
-		After: func(d time.Duration) <-chan time.Time {
-			rig.mu.Lock()
-			rig.probes = append(rig.probes, d)
-			rig.mu.Unlock()
-			return rig.fire
-		},
+		Clock:    rigClock{rig},
 		OnChange: func() {
 			select {
 			case rig.change <- struct{}{}:
@@ -507,7 +561,7 @@ func TestSession_QoS1SubscribeAnsweredByAClosedConnectionEndsAtQoS0AndProbesBack
 	}
 
 	// A probe the broker still refuses goes straight back to QoS 0, and the next probe waits longer.
-	rig.fire <- time.Now()
+	rig.fireProbe()
 	before := len(got)
 	got = rig.ref.waitFor("back at QoS 0 after a probe", func(as []attempt) bool {
 		return len(as) >= before+3 && as[before+2].Subscribed
@@ -522,7 +576,7 @@ func TestSession_QoS1SubscribeAnsweredByAClosedConnectionEndsAtQoS0AndProbesBack
 
 	// Once the broker grants QoS 1 again, the probe starts a new persistent session at QoS 1.
 	rig.ref.setRefuse(0)
-	rig.fire <- time.Now()
+	rig.fireProbe()
 	before = len(got)
 	got = rig.ref.waitFor("subscribed by the second probe", func(as []attempt) bool {
 		return len(as) >= before+2 && as[before+1].Subscribed

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/engine"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
 )
 
@@ -84,8 +85,10 @@ func TestReconnectPolicy_TheSameSeedGivesTheSameDelays(t *testing.T) {
 	}
 }
 
-// delays records the session's waits instead of waiting them, and ends the run after stopAfter.
+// delays is a clock that records the session's waits instead of waiting them (each takes a real
+// 5 ms, so that a refusing loop does not spin), and ends the run after stopAfter.
 type delays struct {
+	clock.Real
 	mu        sync.Mutex
 	got       []time.Duration
 	stopAfter int
@@ -94,7 +97,7 @@ type delays struct {
 	once      sync.Once
 }
 
-func (d *delays) sleep(ctx context.Context, dur time.Duration) {
+func (d *delays) NewTimer(dur time.Duration) clock.Timer {
 	d.mu.Lock()
 	d.got = append(d.got, dur)
 	n := len(d.got)
@@ -103,8 +106,7 @@ func (d *delays) sleep(ctx context.Context, dur time.Duration) {
 	if n >= d.stopAfter {
 		d.cancel()
 	}
-	// A short real pause keeps a refusing loop from spinning the CPU.
-	sleepCtx(ctx, 5*time.Millisecond)
+	return d.Real.NewTimer(5 * time.Millisecond)
 }
 
 func (d *delays) list() []time.Duration {
@@ -125,7 +127,7 @@ func TestRun_RefusedAttemptsWaitThePolicysBackoff(t *testing.T) {
 	rec := &delays{stopAfter: 5, cancel: cancel, first: make(chan struct{})}
 	cfg := config.Broker{Servers: []string{"tcp://" + addr}, Keepalive: config.Duration{Duration: 5 * time.Second},
 		ReconnectSpread: config.Duration{Duration: 30 * time.Second}}
-	s := New(cfg, nil, Options{Rand: seeded(5), Sleep: rec.sleep})
+	s := New(cfg, nil, Options{Rand: seeded(5), Clock: rec})
 	if err := s.Run(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +157,7 @@ func TestRun_ALostConnectionWaitsARandomPartOfTheSpread(t *testing.T) {
 	defer cancel()
 	rec := &delays{stopAfter: 1, cancel: cancel, first: make(chan struct{})}
 	connected := make(chan struct{}, 1)
-	s := New(cfg.Broker, eng, Options{ClientID: "cmx-agent-test", Rand: seeded(6), Sleep: rec.sleep, OnChange: func() {
+	s := New(cfg.Broker, eng, Options{ClientID: "cmx-agent-test", Rand: seeded(6), Clock: rec, OnChange: func() {
 		select {
 		case connected <- struct{}{}:
 		default:

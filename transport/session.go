@@ -24,6 +24,7 @@ import (
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/internal/backoff"
+	"github.com/cmx-agent/cmx-agent/internal/clock"
 )
 
 // Core is what the session serves: the engine.
@@ -45,19 +46,17 @@ type Options struct {
 	MaxPayload int
 	// Pause is called with engine.StepPublished; see engine.Options.Pause.
 	Pause func(step string)
-	// Now is the wall clock, for the time of a connection error shown to people.
-	Now func() time.Time
+	// Clock is the wall clock, for the time of a connection error shown to people, and the source
+	// of the session's waits: the backoff before a connection attempt, the QoS 1 probe of a QoS 0
+	// connection (an AfterFunc, the one the session arms), the pause before a failed publish is sent
+	// again. Deadlines of network reads and of paho's tokens stay on the system clock, which the
+	// kernel and paho measure them by. Default clock.Real.
+	Clock clock.Clock
 	// OnChange is called when the connection comes up or goes down.
 	OnChange func()
 	// Rand draws the reconnect delays (a test seeds it); nil uses math/rand/v2's global source.
 	// Only Run uses it, from one goroutine.
 	Rand *rand.Rand
-	// Sleep waits d or until ctx ends, before a connection attempt (a test records the delays
-	// instead of waiting them); nil waits on a timer.
-	Sleep func(ctx context.Context, d time.Duration)
-	// After waits for the probe of a QoS 0 connection (see ladder); nil is time.After. A test
-	// fires it at will.
-	After func(d time.Duration) <-chan time.Time
 }
 
 // Session owns the MQTT client. It connects with its own backoff loop (paho's auto-reconnect has no
@@ -105,17 +104,9 @@ func New(cfg config.Broker, core Core, opt Options) *Session {
 	if opt.Pause == nil {
 		opt.Pause = func(string) {}
 	}
-	if opt.Now == nil {
-		opt.Now = time.Now
-	}
+	opt.Clock = clock.OrReal(opt.Clock)
 	if opt.MaxPayload <= 0 {
 		opt.MaxPayload = 1 << 20
-	}
-	if opt.Sleep == nil {
-		opt.Sleep = sleepCtx
-	}
-	if opt.After == nil {
-		opt.After = time.After
 	}
 	s := &Session{cfg: cfg, clientID: opt.ClientID, core: core, log: opt.Logger, opt: opt}
 	s.attempted.Store("")
@@ -203,7 +194,7 @@ type runner struct {
 // backoff waits the policy's delay for one more attempt refused in a row.
 func (r *runner) backoff(ctx context.Context) {
 	r.refused++
-	r.s.opt.Sleep(ctx, r.pol.Delay(r.refused, r.s.opt.Rand))
+	clock.Sleep(ctx, r.s.opt.Clock, r.pol.Delay(r.refused, r.s.opt.Rand))
 }
 
 // attempt is one connection's life: connect, subscribe, serve until it ends. It reports false
@@ -222,7 +213,8 @@ func (r *runner) attempt(ctx context.Context) bool {
 	if err != nil {
 		return r.subscribeFailed(ctx, c, server, err)
 	}
-	probe := r.online(c, server, clean, qos, res)
+	probe, stopProbe := r.online(c, server, clean, qos, res)
+	defer stopProbe()
 	r.refused = 0
 	r.serve(ctx, c, server, probe)
 	return true
@@ -233,7 +225,7 @@ func (r *runner) attempt(ctx context.Context) bool {
 // ctx ended while it waited for the broker.
 func (r *runner) connect(ctx context.Context) (c *conn, clean bool, qos byte, ok bool) {
 	s := r.s
-	discard, clean, qos := r.lad.plan(s.opt.Now())
+	discard, clean, qos := r.lad.plan(s.opt.Clock.Now())
 	if discard {
 		if err := s.discardSession(ctx); err != nil {
 			if ctx.Err() != nil {
@@ -283,7 +275,7 @@ func (r *runner) subscribeFailed(ctx context.Context, c *conn, server string, er
 	s.noteSubscribeError(err)
 	var ref *RefusedError
 	if errors.As(err, &ref) {
-		v := r.lad.refused(ref.Closed, s.opt.Now(), s.opt.Rand)
+		v := r.lad.refused(ref.Closed, s.opt.Clock.Now(), s.opt.Rand)
 		if v.moved {
 			s.log.Error(v.line, "server", server, "err", err)
 		} else {
@@ -302,8 +294,9 @@ func (r *runner) subscribeFailed(ctx context.Context, c *conn, server string, er
 
 // online takes c online once subscribed: it says what the broker granted short of what was
 // asked, tells the engine and status, and lets c publish at the QoS the broker takes. It returns
-// when to try QoS 1 again, on the ladder's QoS 0 rung (nil otherwise).
-func (r *runner) online(c *conn, server string, clean bool, qos byte, res subResult) (probe <-chan time.Time) {
+// a channel closed when it is time to try QoS 1 again, on the ladder's QoS 0 rung (nil otherwise),
+// and the function that disarms it.
+func (r *runner) online(c *conn, server string, clean bool, qos byte, res subResult) (probe <-chan struct{}, stop func()) {
 	s := r.s
 	if line := r.lad.subscribed(); line != "" {
 		s.log.Info(line, "server", server)
@@ -312,8 +305,10 @@ func (r *runner) online(c *conn, server string, clean bool, qos byte, res subRes
 	switch {
 	case r.lad.step == rungQoS0:
 		probeAt = r.lad.probeAt
-		d := max(probeAt.Sub(s.opt.Now()), 0)
-		probe = s.opt.After(d)
+		d := max(probeAt.Sub(s.opt.Clock.Now()), 0)
+		due := make(chan struct{})
+		t := s.opt.Clock.AfterFunc(d, func() { close(due) })
+		probe, stop = due, func() { t.Stop() }
 		s.log.Warn("subscribed at QoS 0: the broker refuses this client id a QoS 1 subscription", "server", server, "qos1_again_in", d.Round(time.Second))
 	case res.granted < qos:
 		s.log.Warn("the broker granted the subscription at QoS 0 only: pushes made while disconnected are not kept, and answers go at QoS 0", "server", server)
@@ -335,13 +330,16 @@ func (r *runner) online(c *conn, server string, clean bool, qos byte, res subRes
 		pubMax = res.granted
 	}
 	c.subscribed(pubMax)
-	return probe
+	if stop == nil {
+		stop = func() {}
+	}
+	return probe, stop
 }
 
 // serve waits until c's life ends: ctx ends, the QoS 1 probe is due (c ends so that the next
 // connection asks for QoS 1), or the connection is lost (the next attempt waits a random part of
 // the spread).
-func (r *runner) serve(ctx context.Context, c *conn, server string, probe <-chan time.Time) {
+func (r *runner) serve(ctx context.Context, c *conn, server string, probe <-chan struct{}) {
 	s := r.s
 	select {
 	case <-ctx.Done():
@@ -363,7 +361,7 @@ func (r *runner) serve(ctx context.Context, c *conn, server string, probe <-chan
 		// spread, so the fleet comes back over it instead of all at once.
 		d := r.pol.Delay(0, s.opt.Rand)
 		s.log.Warn("connection to broker lost", "server", server, "err", err, "reconnect_in", d.Round(time.Millisecond))
-		s.opt.Sleep(ctx, d)
+		clock.Sleep(ctx, s.opt.Clock, d)
 	}
 }
 
@@ -460,7 +458,7 @@ func (s *Session) setLastErr(cause string) bool {
 	if s.lastErr == cause {
 		return false
 	}
-	s.lastErr, s.lastErrAt = cause, s.opt.Now()
+	s.lastErr, s.lastErrAt = cause, s.opt.Clock.Now()
 	return true
 }
 
@@ -503,15 +501,6 @@ func waitToken(ctx context.Context, tok mqtt.Token) bool {
 		return true
 	case <-ctx.Done():
 		return false
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
 	}
 }
 

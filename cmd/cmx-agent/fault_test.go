@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
 	"github.com/cmx-agent/cmx-agent/internal/testkit"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // The fault suite: the real binary against a real mosquitto while the broker restarts, freezes or
@@ -347,7 +347,7 @@ func (e *faultEnv) faultCorruptDB() {
 	// the agent is down, must still be applied and confirmed.
 	e.settle(60 * time.Second)
 	e.kill()
-	db := filepath.Join(e.state, engine.DBName)
+	db := filepath.Join(e.state, store.DBName)
 	fi, err := os.Stat(db)
 	if err != nil {
 		e.t.Fatal(err)
@@ -416,7 +416,7 @@ func TestFault_CorruptDatabaseIsMovedAsideAndStateRebuilt(t *testing.T) {
 	e.burst(3)
 	e.faultCorruptDB()
 	e.settle(60 * time.Second)
-	aside, _ := filepath.Glob(filepath.Join(e.state, engine.DBName+".corrupt-*"))
+	aside, _ := filepath.Glob(filepath.Join(e.state, store.DBName+".corrupt-*"))
 	if len(aside) != 1 {
 		t.Errorf("moved-aside files: %q, want one", aside)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/agent"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/engine"
 )
 
 // Stamped by the packaging build with -ldflags "-X main.version=... -X main.commit=...".
@@ -209,7 +210,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	logWarnings(log, cfg)
-	opts := agent.Options{Logger: log, Build: agent.Build{Version: version, Commit: commitID()}}
+	opts := agent.Options{Options: engine.Options{Logger: log}, Build: agent.Build{Version: version, Commit: commitID()}}
 	changes := make(chan struct{}, 1)
 	opts.OnChange = func() {
 		select {

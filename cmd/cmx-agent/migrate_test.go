@@ -9,7 +9,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/cmx-agent/cmx-agent/engine"
+	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // A database of the earlier nested layout with one damaged record: the agent starts on it, says
@@ -20,7 +20,7 @@ func TestRun_StartsOnAnEarlierLayoutWithADamagedRecord(t *testing.T) {
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	db, err := bolt.Open(filepath.Join(state, engine.DBName), 0o600, nil)
+	db, err := bolt.Open(filepath.Join(state, store.DBName), 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +33,7 @@ func TestRun_StartsOnAnEarlierLayoutWithADamagedRecord(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		offer, _ := json.Marshal(engine.Offer{Seq: 5, ID: "5", Text: "5", Routes: []engine.Route{{Topic: e.prefix + "/json/status", QoS: 1}}})
+		offer, _ := json.Marshal(store.Offer{Seq: 5, ID: "5", Text: "5", Routes: []store.Route{{Topic: e.prefix + "/json/status", QoS: 1}}})
 		seq := bin.BigEndian.AppendUint64(nil, 5)
 		for k, v := range map[string]string{"p" + string(seq): string(offer), "b" + string(seq): "[5]", "next": "{not json"} {
 			if err := b.Put([]byte(k), []byte(v)); err != nil {

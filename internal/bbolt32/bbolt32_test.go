@@ -4,7 +4,7 @@
 // 3G/1G kernel, 3 GiB) address space, capped at 2 GiB by bbolt itself (MaxMapSize 0x7FFFFFFF).
 //
 // Only bbolt is used, with a key layout like the one the agent's store had (state_dir/agent.db,
-// endpoints/<ep>/{state,body,next}, one commit per step; engine/store.go now keeps a flat "hot"
+// endpoints/<ep>/{state,body,next}, one commit per step; store/store.go now keeps a flat "hot"
 // bucket, which holds the same bytes): what it checks is the file size and the mmap, not the keys. CMX_BBOLT32_ENDPOINTS=N sizes the test up to find the limit.
 package bbolt32
 
@@ -25,7 +25,7 @@ import (
 
 const mib = 1 << 20
 
-// open opens the database as the agent does (agent/store_recover.go: only Timeout is set, so
+// open opens the database as the agent does (store/recover.go: only Timeout is set, so
 // InitialMmapSize is 0 and the mmap grows with the file: 32 KiB doubling to 1 GiB, then 1 GiB steps).
 func open(t *testing.T, path string) *bolt.DB {
 	t.Helper()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/agent"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/engine"
 )
 
 // DemoOptions configure Demo.
@@ -202,7 +203,7 @@ output = "out/%s.json"
 	if err != nil {
 		return nil, err
 	}
-	a, err := agent.New(cfg, agent.Options{Logger: log})
+	a, err := agent.New(cfg, agent.Options{Options: engine.Options{Logger: log}})
 	if err != nil {
 		return nil, err
 	}

@@ -1,4 +1,9 @@
-package engine
+// Package store is the agent's state database, state_dir/agent.db (bbolt): the persisted types
+// (offers, endpoint state, outbox messages, handled ids, history, what the server said), their key
+// layout, the migration of the earlier layout, the recovery of an unreadable file, and group commit.
+// A commit is durable (fsynced) when Update or Batch returns. It knows nothing of the engine: every
+// operation names the endpoint it is for.
+package store
 
 import (
 	"bytes"
@@ -31,24 +36,24 @@ const DBName = "agent.db"
 //	hot/m\x00counter       message ids up to here may have been handed out (uint64, big endian)
 //	hot/m\x00client_id     the MQTT client id first used, when the configuration names none
 //	hot/m\x00offer_seq     the offer counter of the layout before this one (see LastSeq)
-//	hot/m\x00identity      set once the agent's identity is made (store_identity.go)
+//	hot/m\x00identity      set once the agent's identity is made (identity.go)
 //	hot/o<seq8>            OutMsg (JSON), in the order it must be sent
 //	hot/e<ep>s             EndpointState (JSON)
-//	hot/e<ep>b             the output's bytes as last applied (store_body.go)
-//	hot/e<ep>r             the configuration as received, when a template rendered it (store_body.go)
-//	hot/e<ep>z             set when e<ep>b is a configuration with sealed values, not the output (sealed.go)
+//	hot/e<ep>b             the output's bytes as last applied (body.go)
+//	hot/e<ep>r             the configuration as received, when a template rendered it (body.go)
+//	hot/e<ep>z             set when e<ep>b is a configuration with sealed values, not the output (body.go)
 //	hot/e<ep>v             ServerState (JSON, serverstate.go)
-//	hot/e<ep>h             the most recent handled ids and their outcomes (store_handled.go)
-//	hot/e<ep>y             the newest applied configurations' metadata (store_history.go)
-//	hot/e<ep>n             the highest signed version accepted (store_signed.go)
+//	hot/e<ep>h             the most recent handled ids and their outcomes (handled.go)
+//	hot/e<ep>y             the newest applied configurations' metadata (history.go)
+//	hot/e<ep>n             the highest signed version accepted (signed.go)
 //	hot/e<ep>p<seq8>       Offer received and not yet applied (JSON, without its body); see Pending
 //	hot/e<ep>q<seq8>       that offer's body, raw bytes
-//	cold/<ep>f             priorFile: the output as found before the agent first wrote it
-//	handled_id/<ep><id>    outcome and sequence of an older handled id (store_handled.go)
+//	cold/<ep>f             PriorFile: the output as found before the agent first wrote it
+//	handled_id/<ep><id>    outcome and sequence of an older handled id (handled.go)
 //	handled_seq/<ep><seq8> that id, to evict the oldest first
 //
 // Databases of the layout before (meta, outbox and endpoints/<ep>/... with sub-buckets per
-// endpoint) are migrated by OpenStore in one transaction (store_migrate.go).
+// endpoint) are migrated by OpenStore in one transaction (migrate.go).
 var (
 	bucketHot     = []byte("hot")
 	bucketCold    = []byte("cold")
@@ -98,7 +103,7 @@ type Offer struct {
 	Seq  uint64 `json:"seq"`            // arrival order, unique per database
 	ID   string `json:"id,omitempty"`   // the dedupe key (typed JSON text in cmx3); "" = none
 	Text string `json:"text,omitempty"` // the id as people and hooks read it
-	Body []byte `json:"body,omitempty"` // the configuration as received; stored apart, see SetSlot
+	Body []byte `json:"body,omitempty"` // the configuration as received; stored apart, see SetPending
 	// Routes are the answers owed: one per topic the offer arrived on (the same id can come on a
 	// push topic and on a pull's answer topic, and each gets its confirmation).
 	Routes    []Route   `json:"routes,omitempty"`
@@ -113,17 +118,14 @@ type Offer struct {
 	// Signed marks a verified signed configuration (Body is its payload's config), for
 	// anti-rollback; nil for an unsigned one.
 	Signed *Signed `json:"signed,omitempty"`
-	// results are told the offer's outcome (import.go), in memory only: after a restart nobody
-	// waits any more.
-	results []chan<- Result
 
 	// Records written before offers had several routes.
 	OldTopic string `json:"reply_topic,omitempty"`
 	OldQoS   byte   `json:"reply_qos,omitempty"`
 }
 
-// addRoute records one more place to answer, once.
-func (o *Offer) addRoute(r Route) {
+// AddRoute records one more place to answer, once.
+func (o *Offer) AddRoute(r Route) {
 	for _, have := range o.Routes {
 		if have == r {
 			return
@@ -149,9 +151,9 @@ type EndpointState struct {
 	LastCode     Code      `json:"last_code,omitempty"`
 	LastAt       time.Time `json:"last_at,omitzero"`
 
-	// damaged, in memory only, says why the record did not decode and the state was rebuilt
-	// (Tx.stateOrRebuilt); the state written next makes the record whole again.
-	damaged string
+	// Damaged, in memory only, says why the record did not decode and the state was rebuilt
+	// (Tx.StateOrRebuilt); the state written next makes the record whole again.
+	Damaged string `json:"-"`
 }
 
 // OutMsg is a message in the outbox: stored before it is sent, deleted once the broker has it.
@@ -361,7 +363,6 @@ func (s *Store) View(fn func(*Tx) error) error {
 type Tx struct {
 	tx  *bolt.Tx
 	max int
-	ep  string // the endpoint a journal's operations are for (engine.commit)
 }
 
 func u64(v uint64) []byte {
@@ -423,13 +424,13 @@ func (t *Tx) State(ep string) (EndpointState, error) {
 	return st, err
 }
 
-// stateOrRebuilt is State for the readers that go on when the record is damaged (status, metrics,
+// StateOrRebuilt is State for the readers that go on when the record is damaged (status, metrics,
 // the endpoint's machine), so that one bad record costs neither the other endpoints nor this one's
 // work. A record that does not decode gives what the records beside it still tell, with damaged
 // saying what is wrong: the hash of the applied bytes, so that what is in place stays known (drift
 // is still repaired, and the same configuration sent again is found unchanged rather than written
 // and hooked again). The id and times it held are lost until the next result rewrites it.
-func (t *Tx) stateOrRebuilt(ep string) EndpointState {
+func (t *Tx) StateOrRebuilt(ep string) EndpointState {
 	st, err := t.State(ep)
 	if err == nil {
 		return st
@@ -438,13 +439,34 @@ func (t *Tx) stateOrRebuilt(ep string) EndpointState {
 	if u := errors.Unwrap(err); u != nil {
 		cause = u // the key is no news to whoever reads this beside the endpoint's name
 	}
-	st = EndpointState{damaged: "state record does not decode: " + cause.Error()}
+	st = EndpointState{Damaged: "state record does not decode: " + cause.Error()}
 	if body := t.hot().Get(epKey(ep, kindBody)); body != nil && t.BodySealed(ep) {
-		st.AppliedSealed = hashOf(body) // the output's hash is unknown without decrypting
+		st.AppliedSealed = Hash(body) // the output's hash is unknown without decrypting
 	} else if body != nil {
-		st.AppliedHash = hashOf(body)
+		st.AppliedHash = Hash(body)
 	}
 	return st
+}
+
+// Record names one of an endpoint's records for PutRaw.
+type Record byte
+
+// The records PutRaw writes.
+const (
+	RecordState   Record = kindState
+	RecordHistory Record = kindHistory
+	RecordPending Record = kindPending // the pending offer seq's record, without its body
+)
+
+// PutRaw stores raw as ep's record r exactly as given, neither encoded nor checked (seq names the
+// pending offer; it is ignored for the others): tests put a record that does not decode in place
+// with it, to show what reading one costs.
+func (t *Tx) PutRaw(ep string, r Record, seq uint64, raw []byte) error {
+	key := epKey(ep, byte(r))
+	if r == RecordPending {
+		key = pendingKey(ep, seq)
+	}
+	return t.hot().Put(key, raw)
 }
 
 // SetState stores an endpoint's state.
@@ -571,10 +593,10 @@ func (t *Tx) eachPendingKey(fn func(ep []byte, seq uint64)) {
 }
 
 // LastSeq is the highest offer sequence number the database has seen.
-func (t *Tx) LastSeq() (uint64, error) { return t.lastSeq(t.PendingSeqs()), nil }
+func (t *Tx) LastSeq() (uint64, error) { return t.LastSeqOf(t.PendingSeqs()), nil }
 
-// lastSeq is LastSeq from the pending offers' seqs already listed (PendingSeqs).
-func (t *Tx) lastSeq(pending map[string][]uint64) uint64 {
+// LastSeqOf is LastSeq from the pending offers' seqs already listed (PendingSeqs).
+func (t *Tx) LastSeqOf(pending map[string][]uint64) uint64 {
 	var last uint64
 	if v := t.hot().Get(keyOfferSeq); len(v) == 8 {
 		last = binary.BigEndian.Uint64(v) // the counter of the layout before

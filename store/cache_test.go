@@ -1,29 +1,22 @@
-package engine
+package store
 
 import (
 	"bytes"
 	"os"
-	"strconv"
-	"strings"
 	"testing"
+
+	"github.com/cmx-agent/cmx-agent/internal/procio"
 )
 
-// procWriteBytes is this process's write_bytes (/proc/self/io): what the kernel accounts as sent to
-// the disk, a whole folio for every one dirtied.
+// procWriteBytes is this process's write_bytes (procio.WriteBytes); the test is skipped where
+// the kernel does not account it.
 func procWriteBytes(t testing.TB) int64 {
 	t.Helper()
-	raw, err := os.ReadFile("/proc/self/io")
-	if err != nil {
-		t.Skip("no /proc/self/io")
+	n, ok := procio.WriteBytes()
+	if !ok {
+		t.Skip("no write_bytes in /proc/self/io")
 	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(line, "write_bytes: "); ok {
-			n, _ := strconv.ParseInt(v, 10, 64)
-			return n
-		}
-	}
-	t.Skip("no write_bytes in /proc/self/io")
-	return 0
+	return n
 }
 
 // The disk pays for the pages a commit writes, not for the folios around them: without dropCache,
@@ -35,7 +28,7 @@ func TestOpenStore_CommitsAreAccountedByThePage(t *testing.T) {
 		// cache had not been dropped. What is measured is the kernel's, not the CPU's.
 		t.Skip("page-cache accounting under qemu-user is not the target's")
 	}
-	st := openTestStore(t)
+	st := mustOpen(t, 0)
 	body := bytes.Repeat([]byte("x"), 256)
 	for i := range 40 {
 		if err := st.Update(func(tx *Tx) error { return pushCommit(tx, i+1, body) }); err != nil {

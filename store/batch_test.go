@@ -1,4 +1,4 @@
-package engine
+package store
 
 import (
 	"errors"
@@ -12,7 +12,7 @@ import (
 )
 
 func TestBatch_ConcurrentCallersAreAllCommittedInFewerTransactions(t *testing.T) {
-	st := openTestStore(t)
+	st := mustOpen(t, 0)
 	const n = 200
 	var (
 		mu  sync.Mutex
@@ -61,7 +61,7 @@ func TestBatch_ConcurrentCallersAreAllCommittedInFewerTransactions(t *testing.T)
 }
 
 func TestBatch_FailingFunctionDoesNotFailOthers(t *testing.T) {
-	st := openTestStore(t)
+	st := mustOpen(t, 0)
 	boom := errors.New("boom")
 	const n = 50
 	var wg sync.WaitGroup
@@ -106,39 +106,23 @@ func TestBatch_FailingFunctionDoesNotFailOthers(t *testing.T) {
 	}
 }
 
-func TestBatch_IsDurableWhenItReturns(t *testing.T) {
-	dir := t.TempDir()
-	st, err := OpenStore(dir, time.Second, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+// What Batch wrote is in the file when the store is opened again, as after a restart (that it is on
+// the disk, not only in the page cache, is TestCommit_IsSyncedToDiskBeforeItReturns's).
+func TestBatch_WriteIsReadBackAfterAReopen(t *testing.T) {
+	st := mustOpen(t, 0)
 	if err := st.Batch(func(tx *Tx) error { return tx.SetState("ep", EndpointState{AppliedID: "42"}) }); err != nil {
 		t.Fatal(err)
 	}
-	// The same file opened again (after Close, as after a restart) holds the write.
-	st.Close()
-	db, err := bolt.Open(dir+"/"+DBName, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	err = db.View(func(btx *bolt.Tx) error {
-		s, err := (&Tx{tx: btx}).State("ep")
-		if err != nil {
-			return err
-		}
-		if s.AppliedID != "42" {
-			return fmt.Errorf("applied id %q after reopen, want 42", s.AppliedID)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	st.mustClose()
+	st.mustReopen()
+	var s EndpointState
+	if err := st.View(func(tx *Tx) (err error) { s, err = tx.State("ep"); return err }); err != nil || s.AppliedID != "42" {
+		t.Errorf("state after a reopen = %+v, %v; want applied id 42", s, err)
 	}
 }
 
 func TestBatch_LoneCallerCommitsWithoutWaitingForCompany(t *testing.T) {
-	st := openTestStore(t)
+	st := mustOpen(t, 0)
 	// bbolt's own db.Batch waits up to MaxBatchDelay (10 ms) for more callers; a lone push must not.
 	// Medians, compared with Update on the same database, so that a slow or busy disk does not fail
 	// the test.

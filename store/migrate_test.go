@@ -1,11 +1,9 @@
-package engine
+package store
 
 import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"log/slog"
-	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -13,8 +11,6 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-
-	"github.com/cmx-agent/cmx-agent/config"
 )
 
 // oldLayoutDB writes a database of the nested layout (meta, outbox, endpoints/<ep>/... with the
@@ -43,10 +39,10 @@ func oldLayoutDB(t *testing.T, dir string) {
 		eps, _ := tx.CreateBucket([]byte("endpoints"))
 		eps.SetSequence(100) // the offer counter of still earlier versions
 		b, _ := eps.CreateBucket([]byte("gw-001"))
-		b.Put([]byte("state"), js(EndpointState{AppliedID: "7", AppliedText: "7", AppliedHash: hashOf([]byte("rendered bytes")), LastStatus: "ok", LastCode: CodeOK}))
+		b.Put([]byte("state"), js(EndpointState{AppliedID: "7", AppliedText: "7", AppliedHash: Hash([]byte("rendered bytes")), LastStatus: "ok", LastCode: CodeOK}))
 		b.Put([]byte("body"), []byte("rendered bytes"))
 		b.Put([]byte("raw"), []byte(`{"as":"received"}`))
-		b.Put([]byte("prior"), js(priorFile{Exists: true, Body: []byte("operator's file")}))
+		b.Put([]byte("prior"), js(PriorFile{Exists: true, Body: []byte("operator's file")}))
 		b.Put([]byte("server"), js(ServerState{ErrorCode: 503, ErrorReason: "busy", Errors: 2}))
 		// A pending offer of the last layout, and one in each legacy slot: "current" with its body
 		// inline and a single reply topic, "next" with its body beside it.
@@ -79,18 +75,13 @@ func oldLayoutDB(t *testing.T, dir string) {
 
 // openOldLayout opens, and so migrates, the database oldLayoutDB writes in dir, with the record at
 // key damaged to value unless key is "" (see damageOldLayout).
-func openOldLayout(t *testing.T, dir, key, value string) *Store {
+func openOldLayout(t *testing.T, dir, key, value string) *testStore {
 	t.Helper()
 	oldLayoutDB(t, dir)
 	if key != "" {
 		damageOldLayout(t, dir, key, value)
 	}
-	st, err := OpenStore(dir, time.Second, 66)
-	if err != nil {
-		t.Fatalf("OpenStore: %v", err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st
+	return mustOpenIn(t, dir, 66)
 }
 
 func TestOpenStore_MigratesTheNestedLayout(t *testing.T) {
@@ -116,7 +107,7 @@ func TestOpenStore_MigratesTheNestedLayout(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		check("state", s, EndpointState{AppliedID: "7", AppliedText: "7", AppliedHash: hashOf([]byte("rendered bytes")), LastStatus: "ok", LastCode: CodeOK})
+		check("state", s, EndpointState{AppliedID: "7", AppliedText: "7", AppliedHash: Hash([]byte("rendered bytes")), LastStatus: "ok", LastCode: CodeOK})
 		s2, _ := tx.State("gw-002/x")
 		check("state of the second endpoint", s2.AppliedID, "9")
 		body, ok, _ := tx.Body("gw-001")
@@ -127,7 +118,7 @@ func TestOpenStore_MigratesTheNestedLayout(t *testing.T) {
 		raw2, ok2, _ := tx.Raw("gw-002/x")
 		check("raw of an endpoint without", raw2 == nil && !ok2, true)
 		pr, ok, _ := tx.Prior("gw-001")
-		check("prior", pr, priorFile{Exists: true, Body: []byte("operator's file")})
+		check("prior", pr, PriorFile{Exists: true, Body: []byte("operator's file")})
 		check("prior ok", ok, true)
 		ss, _ := tx.ServerState("gw-001")
 		check("server state", ss, ServerState{ErrorCode: 503, ErrorReason: "busy", Errors: 2})
@@ -212,11 +203,8 @@ func TestOpenStore_MigratesTheNestedLayout(t *testing.T) {
 	})
 
 	// The migrated database opens again as it is.
-	st.Close()
-	st, err = OpenStore(dir, time.Second, 66)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st.mustClose()
+	st.mustReopen()
 	st.View(func(tx *Tx) error {
 		offers, _ := tx.Pending("gw-001")
 		if len(offers) != 3 {
@@ -253,30 +241,6 @@ func damageOldLayout(t *testing.T, dir, key, value string) {
 	}
 }
 
-func TestNew_OnADamagedRecordOfTheNestedLayoutLogsItAndStarts(t *testing.T) {
-	dir := t.TempDir()
-	state := filepath.Join(dir, "state")
-	if err := os.MkdirAll(state, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	oldLayoutDB(t, state)
-	damageOldLayout(t, state, "next", "{not json")
-	logs := &logBuffer{}
-	cfg := &config.Config{
-		Kaa:       config.Kaa{AppVersion: "app", Extension: "cmx", Dialect: config.DialectCMX3},
-		Agent:     config.Agent{StateDir: state, MaxPayload: 1 << 16},
-		Endpoints: []config.Endpoint{{Token: "gw-001", Output: filepath.Join(dir, "gw-001.json")}},
-	}
-	e, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
-	if err != nil {
-		t.Fatalf("New: %v; want the agent to start without the damaged record", err)
-	}
-	defer e.Close()
-	if want := `level=WARN msg="state database of an earlier layout: a damaged record was left out of its migration" record="endpoint gw-001: pending offer next: decode \"next\": invalid character`; !strings.Contains(logs.String(), want) {
-		t.Errorf("log:\n%s\nwant a line with\n%s", logs.String(), want)
-	}
-}
-
 // migrated is what a test reads back of the database oldLayoutDB writes, once migrated.
 type migrated struct {
 	State, Server, Prior, Body string // "" when none
@@ -286,7 +250,7 @@ type migrated struct {
 	NextID                     uint64
 }
 
-func readMigrated(t *testing.T, st *Store) migrated {
+func readMigrated(t *testing.T, st *testStore) migrated {
 	t.Helper()
 	var m migrated
 	err := st.Update(func(tx *Tx) error {
@@ -394,7 +358,7 @@ func TestOpenStore_DropsADamagedRecordOfTheNestedLayoutAndKeepsTheOthers(t *test
 }
 
 // handledKeys counts an endpoint's ids in the archive.
-func handledKeys(t *testing.T, st *Store, ep string) (ids, seqs int) {
+func handledKeys(t *testing.T, st *testStore, ep string) (ids, seqs int) {
 	t.Helper()
 	prefix := epPrefix(ep)
 	st.View(func(tx *Tx) error {
@@ -416,11 +380,7 @@ func handledKeys(t *testing.T, st *Store, ep string) (ids, seqs int) {
 func TestHandled_RecentSetArchiveAndLimit(t *testing.T) {
 	for _, limit := range []int{3, 100, 1000} {
 		t.Run(fmt.Sprint(limit), func(t *testing.T) {
-			st, err := OpenStore(t.TempDir(), time.Second, limit)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
+			st := mustOpen(t, limit)
 			const n = 1100
 			status := func(i int) Handled {
 				switch i % 3 {
@@ -519,7 +479,7 @@ func pushCommit(tx *Tx, i int, body []byte) error {
 // A push's commit writes the meta page, the root page and one leaf of hot; the archive's pages
 // only once every recentMax/2 pushes.
 func TestStore_PushCommitWritesFourPages(t *testing.T) {
-	st := openTestStore(t)
+	st := mustOpen(t, 0)
 	body := bytes.Repeat([]byte("x"), 256)
 	for i := range 100 { // the handled set fills, the archive gets its pages
 		if err := st.Update(func(tx *Tx) error { return pushCommit(tx, i+1, body) }); err != nil {

@@ -1,4 +1,4 @@
-package engine
+package store
 
 import (
 	"bytes"
@@ -14,11 +14,8 @@ import (
 func damagedStore(t *testing.T, damage func(t *testing.T, path string)) (dir string, before []byte) {
 	t.Helper()
 	dir = t.TempDir()
-	st, err := OpenStore(dir, time.Second, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = st.Update(func(tx *Tx) error {
+	st := mustOpenIn(t, dir, 0)
+	err := st.Update(func(tx *Tx) error {
 		if _, err := tx.NextIDs(10); err != nil {
 			return err
 		}
@@ -32,9 +29,7 @@ func damagedStore(t *testing.T, damage func(t *testing.T, path string)) (dir str
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Close(); err != nil {
-		t.Fatal(err)
-	}
+	st.mustClose()
 	path := filepath.Join(dir, DBName)
 	damage(t, path)
 	before, err = os.ReadFile(path)

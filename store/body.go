@@ -1,31 +1,45 @@
-package engine
+package store
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io/fs"
 )
+
+const kindSealed = 'z'
+
+// Hash is the hex sha256 the records hold of a body (EndpointState.AppliedHash and AppliedSealed,
+// HistoryEntry.SHA256, Signed.Hash).
+func Hash(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
 
 // Copies kept for rollback and drift repair, per endpoint (see store.go for the rest of the layout):
 //
 //	hot/e<ep>b   the bytes of the output as last applied (what rollback and repair put back)
 //	hot/e<ep>r   the configuration as received, when a template made the output differ from it
-//	cold/<ep>f   priorFile: what was at the output before the agent first wrote it (written once,
+//	hot/e<ep>z   set when e<ep>b is the configuration as received with its values still sealed,
+//	             rather than the output (which holds decrypted values, which the database never
+//	             does): drift repair and rollback render the output again from it
+//	cold/<ep>f   PriorFile: what was at the output before the agent first wrote it (written once,
 //	             so it stays out of the pages a push rewrites)
 
-// priorFile is the output as the agent found it before its first write, so that a failing hook on
+// PriorFile is the output as the agent found it before its first write, so that a failing hook on
 // the very first configuration puts back the operator's own file (or removes the output when there
 // was none).
-type priorFile struct {
+type PriorFile struct {
 	Exists bool   `json:"exists"`
 	Body   []byte `json:"body,omitempty"`
 	// Attr is the file's own mode and owner, which it gets back with its bytes: an app's 0600 file
 	// must not come back readable by everyone. Records of earlier versions have none; the
 	// endpoint's mode and owner are used for them, as they were then.
-	Attr *fileAttr `json:"attr,omitempty"`
+	Attr *FileAttr `json:"attr,omitempty"`
 }
 
-// fileAttr is a file's mode and owner as apply sets them.
-type fileAttr struct {
+// FileAttr is a file's mode and owner as apply sets them.
+type FileAttr struct {
 	Mode fs.FileMode `json:"mode"` // permission bits with setuid, setgid and sticky, as io/fs has them
 	UID  int         `json:"uid"`
 	GID  int         `json:"gid"`
@@ -42,9 +56,9 @@ func (t *Tx) Body(ep string) (body []byte, ok bool, err error) {
 	return append([]byte{}, v...), true, nil
 }
 
-// storedBytes reads one of an endpoint's stored copies (Tx.Body, Tx.Raw) in a read transaction of
+// StoredBytes reads one of an endpoint's stored copies (Tx.Body, Tx.Raw) in a read transaction of
 // its own.
-func (s *Store) storedBytes(ep string, read func(*Tx, string) ([]byte, bool, error)) (b []byte, ok bool, err error) {
+func (s *Store) StoredBytes(ep string, read func(*Tx, string) ([]byte, bool, error)) (b []byte, ok bool, err error) {
 	err = s.View(func(tx *Tx) error {
 		b, ok, err = read(tx, ep)
 		return err
@@ -76,13 +90,13 @@ func (t *Tx) SetBody(ep string, body []byte) error {
 }
 
 // Prior returns what was at the output before the agent first wrote it; ok false when not recorded.
-func (t *Tx) Prior(ep string) (p priorFile, ok bool, err error) {
+func (t *Tx) Prior(ep string) (p PriorFile, ok bool, err error) {
 	ok, err = getJSON(t.tx.Bucket(bucketCold), priorKey(ep), &p)
 	return p, ok, err
 }
 
 // SetPrior records what was at the output before the agent first wrote it.
-func (t *Tx) SetPrior(ep string, p priorFile) error {
+func (t *Tx) SetPrior(ep string, p PriorFile) error {
 	return putJSON(t.tx.Bucket(bucketCold), priorKey(ep), p)
 }
 
@@ -120,4 +134,16 @@ func (t *Tx) SetApplied(ep string, body, raw []byte, rendered bool) error {
 		return fmt.Errorf("endpoint %s configuration: %w", ep, err)
 	}
 	return nil
+}
+
+// BodySealed reports whether the endpoint's stored applied bytes are a sealed configuration to
+// render again rather than the output's bytes.
+func (t *Tx) BodySealed(ep string) bool { return t.hot().Get(epKey(ep, kindSealed)) != nil }
+
+// SetBodySealed records whether the endpoint's stored applied bytes are a sealed configuration.
+func (t *Tx) SetBodySealed(ep string, on bool) error {
+	if !on {
+		return t.hot().Delete(epKey(ep, kindSealed))
+	}
+	return t.hot().Put(epKey(ep, kindSealed), []byte{1})
 }

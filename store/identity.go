@@ -1,4 +1,4 @@
-package engine
+package store
 
 // keyIdentity marks that the agent made its identity for this database (hot/m\x00identity). A
 // database without it is new, or from a version before sealed values: the identity may be made.

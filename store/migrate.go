@@ -1,4 +1,4 @@
-package engine
+package store
 
 import (
 	"bytes"
@@ -44,9 +44,9 @@ type oldHandledRec struct {
 // transaction, so that a crash leaves either layout whole), and deletes the old buckets. A
 // database without them is left as it is.
 //
-// A record that does not decode is left out and described in dropped, as the current layout
-// treats an unreadable pending offer (startEndpoint): failing the migration would fail every
-// start, and the agent would never run again on that database. What is left out is what a damaged
+// A record that does not decode is left out and described in dropped, as the engine treats an
+// unreadable pending offer of the current layout at an endpoint's start: failing the migration
+// would fail every start, and the agent would never run again on that database. What is left out is what a damaged
 // record would have meant anyway: an offer the broker or the pull at connect brings again, an
 // answer, an id whose push would be applied once more.
 func migrate(tx *bolt.Tx) (dropped []string, err error) {
@@ -186,7 +186,7 @@ func migrateRecords(t *Tx, ep string, b *bolt.Bucket, drop dropFunc) error {
 	}{
 		{"state", haveState, hot, epKey(ep, kindState)},
 		{"server", decoded("server", []byte("server"), &ServerState{}), hot, epKey(ep, kindServer)},
-		{"prior", decoded("prior", []byte("prior"), &priorFile{}), t.tx.Bucket(bucketCold), priorKey(ep)},
+		{"prior", decoded("prior", []byte("prior"), &PriorFile{}), t.tx.Bucket(bucketCold), priorKey(ep)},
 	} {
 		if !r.ok {
 			continue
@@ -198,7 +198,7 @@ func migrateRecords(t *Tx, ep string, b *bolt.Bucket, drop dropFunc) error {
 	if v := b.Get([]byte("body")); v != nil {
 		// The state holds the sha256 of the applied bytes: bytes that no longer match it would be
 		// put back over the output by a drift repair or a rollback.
-		if haveState && state.AppliedHash != "" && hashOf(v) != state.AppliedHash {
+		if haveState && state.AppliedHash != "" && Hash(v) != state.AppliedHash {
 			drop("body: the applied bytes (%d) do not match the state's hash", len(v))
 		} else if err := hot.Put(epKey(ep, kindBody), bytes.Clone(v)); err != nil {
 			return err

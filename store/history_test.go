@@ -1,4 +1,4 @@
-package engine
+package store
 
 import (
 	"encoding/binary"
@@ -11,7 +11,7 @@ import (
 // The history keeps the newest historyMax applied configurations per endpoint, newest first, each
 // endpoint its own (keys that share a prefix included), whatever is added.
 func TestHistory_KeepsTheNewestWithinTheBudgetNewestFirst(t *testing.T) {
-	st := openTestStore(t)
+	st := mustOpen(t, 0)
 	t0 := time.Date(2026, 12, 7, 6, 0, 0, 0, time.UTC)
 	entry := func(i int) HistoryEntry {
 		return HistoryEntry{At: t0.Add(time.Duration(i) * time.Second), ID: fmt.Sprint("cfg-", i),
@@ -87,7 +87,7 @@ func TestHistory_KeepsTheNewestWithinTheBudgetNewestFirst(t *testing.T) {
 // A history record that does not decode is reported by History, and the next entry starts it
 // afresh: it never stops a result from being committed.
 func TestHistory_ADamagedRecordIsReportedAndReplacedByTheNextEntry(t *testing.T) {
-	st := openTestStore(t)
+	st := mustOpen(t, 0)
 	if err := st.Update(func(tx *Tx) error { return tx.hot().Put(epKey("gw", kindHistory), []byte{9, 9, 9}) }); err != nil {
 		t.Fatal(err)
 	}

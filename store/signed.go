@@ -1,4 +1,4 @@
-package engine
+package store
 
 import (
 	"fmt"
@@ -11,6 +11,14 @@ import (
 //
 // It lives apart from the state record, which a damaged read rebuilds without it.
 const kindAccepted = 'n'
+
+// Signed marks an offer whose body came out of a verified signed configuration: what
+// anti-rollback compares and, once the offer is accepted, records.
+type Signed struct {
+	Version int64  `json:"version"`
+	Hash    string `json:"hash"` // hex sha256 of the payload's config: the offer's body
+	KID     string `json:"kid"`  // thumbprint of the key that signed it
+}
 
 // Accepted is the highest signed configuration an endpoint has accepted (anti-rollback, CONTRACT
 // section 6). Version 0: none.

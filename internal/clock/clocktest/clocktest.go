@@ -1,0 +1,225 @@
+// Package clocktest is a clock.Clock for tests: its time moves only when the test advances it, and
+// its timers fire then, in the order of their deadlines.
+package clocktest
+
+import (
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cmx-agent/cmx-agent/internal/clock"
+)
+
+// Clock is a manual clock. Its zero value is not usable; call New.
+type Clock struct {
+	mu     sync.Mutex
+	now    time.Time
+	timers []*timer // armed, in no particular order
+	seq    uint64   // arming order, to fire timers of the same deadline in the order they were armed
+}
+
+// New returns a clock reading start.
+func New(start time.Time) *Clock { return &Clock{now: start} }
+
+// Now returns the clock's time.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// NewTimer returns a timer that fires when the clock has been advanced by d.
+func (c *Clock) NewTimer(d time.Duration) clock.Timer {
+	t := &timer{c: c, ch: make(chan time.Time, 1)}
+	t.Reset(d)
+	return t
+}
+
+// AfterFunc returns a timer that calls f in its own goroutine when the clock has been advanced by d.
+func (c *Clock) AfterFunc(d time.Duration, f func()) clock.Timer {
+	t := &timer{c: c, f: f}
+	t.Reset(d)
+	return t
+}
+
+// Advance moves the clock by d, firing every timer due on the way, earliest first; the clock reads
+// each timer's deadline while it fires.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	end := c.now.Add(d)
+	c.mu.Unlock()
+	for c.fireNext(end) {
+	}
+	c.mu.Lock()
+	if end.After(c.now) {
+		c.now = end
+	}
+	c.mu.Unlock()
+}
+
+// AdvanceNext moves the clock to the earliest armed timer's deadline and fires it (and any other of
+// the same deadline). It returns how far the clock moved, and false when no timer is armed.
+func (c *Clock) AdvanceNext() (time.Duration, bool) {
+	c.mu.Lock()
+	t := c.earliest()
+	if t == nil {
+		c.mu.Unlock()
+		return 0, false
+	}
+	d := max(t.when.Sub(c.now), 0)
+	c.mu.Unlock()
+	c.Advance(d)
+	return d, true
+}
+
+// Armed returns the time left on each armed timer, shortest first.
+func (c *Clock) Armed() []time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var ds []time.Duration
+	for _, t := range c.timers {
+		ds = append(ds, t.when.Sub(c.now))
+	}
+	slices.Sort(ds)
+	return ds
+}
+
+// AdvanceUntil advances the clock by step at a time, letting the code under test run between
+// steps, until cond holds; it fails the test when cond does not hold within timeout of real time.
+// It is the test's stand-in for "wait until", where what is awaited needs time to pass.
+func (c *Clock) AdvanceUntil(tb testing.TB, timeout, step time.Duration, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("condition not met within %v of real time (clock advanced to %v)", timeout, c.Now())
+		}
+		c.Advance(step)
+		<-tick.C
+	}
+}
+
+// Drive advances the clock by step every millisecond of real time until the test ends: the code
+// under test sees time run step/1ms times faster, its timers firing in the order real time would
+// give, while the test waits for outcomes as it would in real time. It suits a test whose waits
+// come one after another from code it does not step through (backoffs while files are written,
+// debounces after file-system events); a test that knows which timer is next uses Advance.
+func (c *Clock) Drive(tb testing.TB, step time.Duration) {
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				c.Advance(step)
+			}
+		}
+	}()
+	tb.Cleanup(func() { close(stop); <-done })
+}
+
+// earliest returns the armed timer due first; c.mu must be held.
+func (c *Clock) earliest() *timer {
+	var first *timer
+	for _, t := range c.timers {
+		if first == nil || t.when.Before(first.when) || t.when.Equal(first.when) && t.seq < first.seq {
+			first = t
+		}
+	}
+	return first
+}
+
+// fireNext fires the earliest timer due by end; it reports whether there was one.
+func (c *Clock) fireNext(end time.Time) bool {
+	c.mu.Lock()
+	t := c.earliest()
+	if t == nil || t.when.After(end) {
+		c.mu.Unlock()
+		return false
+	}
+	if t.when.After(c.now) {
+		c.now = t.when
+	}
+	c.remove(t)
+	now := c.now
+	c.mu.Unlock()
+	t.fire(now)
+	return true
+}
+
+// remove disarms t; c.mu must be held. It reports whether t was armed.
+func (c *Clock) remove(t *timer) bool {
+	i := slices.Index(c.timers, t)
+	if i < 0 {
+		return false
+	}
+	c.timers = slices.Delete(c.timers, i, i+1)
+	return true
+}
+
+type timer struct {
+	c    *Clock
+	ch   chan time.Time // nil for AfterFunc
+	f    func()
+	when time.Time
+	seq  uint64
+}
+
+func (t *timer) C() <-chan time.Time { return t.ch }
+
+func (t *timer) fire(now time.Time) {
+	if t.f != nil {
+		go t.f()
+		return
+	}
+	select {
+	case t.ch <- now:
+	default:
+	}
+}
+
+// Stop disarms the timer and drops a time fired but not received, as time.Timer does since Go 1.23.
+func (t *timer) Stop() bool {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	t.drain()
+	return t.c.remove(t)
+}
+
+// Reset arms the timer to fire d from the clock's now; a timer due now fires at once.
+func (t *timer) Reset(d time.Duration) bool {
+	t.c.mu.Lock()
+	was := t.c.remove(t)
+	t.drain()
+	t.when = t.c.now.Add(d)
+	t.c.seq++
+	t.seq = t.c.seq
+	t.c.timers = append(t.c.timers, t)
+	now := t.c.now
+	due := d <= 0
+	if due {
+		t.c.remove(t)
+	}
+	t.c.mu.Unlock()
+	if due {
+		t.fire(now)
+	}
+	return was
+}
+
+func (t *timer) drain() {
+	if t.ch == nil {
+		return
+	}
+	select {
+	case <-t.ch:
+	default:
+	}
+}
