@@ -16,6 +16,7 @@ import (
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
 
 const (
@@ -44,24 +45,7 @@ type harness struct {
 	agent  *Agent
 	cancel context.CancelFunc
 	done   chan error
-	logs   *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs   *testkit.Buffer
 }
 
 func newHarness(t *testing.T, tokens ...string) *harness {
@@ -111,7 +95,7 @@ func (h *harness) prefix(token string) string { return "kp1/" + app + "/cmx/" + 
 
 func (h *harness) start() {
 	h.t.Helper()
-	h.logs = &syncBuffer{}
+	h.logs = &testkit.Buffer{}
 	a, err := New(h.cfg, Options{Options: engine.Options{
 		Logger:      slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Pause:       h.pause,
@@ -178,31 +162,39 @@ func (h *harness) confirmed(topic string) (mqtttest.Message, map[string]json.Raw
 
 func (h *harness) waitFile(path string, want []byte) {
 	h.t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for {
-		got, err := os.ReadFile(path)
-		if err == nil && bytes.Equal(got, want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("%s = %q (err %v), want %q", path, got, err, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFile(h.t, path, want, waitFor)
 }
 
-// logCount returns how often the agent's log holds substr, once it holds it at least n times or
-// waitFor has passed. An outcome is logged after its commit, and the sender may publish the answer
-// from that commit before the line is written, so a count taken right after the answer can be short.
-func (h *harness) logCount(substr string, n int) int {
-	deadline := time.Now().Add(waitFor)
-	for {
-		got := strings.Count(h.logs.String(), substr)
-		if got >= n || time.Now().After(deadline) {
-			return got
+// waitLog waits until n lines of the agent's log hold substr. An outcome is logged after its
+// commit, and the sender may publish the answer from that commit before the line is written, so
+// a line is waited for even after its answer came.
+func (h *harness) waitLog(substr string, n int) {
+	h.t.Helper()
+	h.logs.WaitN(h.t, substr, n, 20*time.Second)
+}
+
+// waitCounters waits until the engine's counters of endpoint key satisfy ok, and returns them.
+// The counters follow an outcome's commit, which may come after its answer was published.
+func (h *harness) waitCounters(key string, ok func(engine.EndpointStats) bool) engine.EndpointStats {
+	h.t.Helper()
+	var (
+		ep  engine.EndpointStats
+		err error
+	)
+	testkit.Eventually(h.t, waitFor, func() bool {
+		var st engine.Stats
+		if st, err = h.agent.eng.Stats(); err != nil {
+			return false
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		for _, e := range st.Endpoints {
+			if e.Key == key {
+				ep = e
+				return ok(e)
+			}
+		}
+		return false
+	}, "counters of %s never as wanted: last %s", key, func() string { return fmt.Sprintf("%+v (err %v)", ep, err) })
+	return ep
 }
 
 func status(t *testing.T, c map[string]json.RawMessage) string {
@@ -316,8 +308,10 @@ func TestPush_BadInputGetsErrorStatusAndChangesNothing(t *testing.T) {
 			}
 		})
 	}
-	if n := h.logCount("configuration refused", len(cases)); n != len(cases) {
-		t.Errorf("%d log lines say a configuration was refused, want one per bad push (%d)", n, len(cases))
+	// One refusal counted per bad push, and nothing else.
+	ep := h.waitCounters("gw-001", func(e engine.EndpointStats) bool { return e.Rejected >= uint64(len(cases)) })
+	if ep.Ok != 1 || ep.Rejected != uint64(len(cases)) || ep.Superseded+ep.Failed != 0 {
+		t.Errorf("counters %+v, want 1 applied and %d rejected (one per bad push), nothing else", ep, len(cases))
 	}
 }
 

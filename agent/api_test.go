@@ -17,7 +17,9 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
+	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 	"github.com/cmx-agent/cmx-agent/store"
 	"github.com/cmx-agent/cmx-agent/transport"
 )
@@ -27,21 +29,16 @@ func (h *harness) api() *APIClient { return NewAPIClient(h.cfg.Agent.Socket) }
 // waitStatus polls GET /v1/status until ok accepts it.
 func (h *harness) waitStatus(ok func(Status) bool) Status {
 	h.t.Helper()
-	deadline := time.Now().Add(waitFor)
 	var (
 		st  Status
 		err error
 	)
-	for time.Now().Before(deadline) {
+	testkit.Eventually(h.t, waitFor, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
 		st, err = h.api().Status(ctx)
-		cancel()
-		if err == nil && ok(st) {
-			return st
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	h.t.Fatalf("status never as wanted: last %+v (err %v)", st, err)
+		return err == nil && ok(st)
+	}, "status never as wanted: last %s", func() string { return fmt.Sprintf("%+v (err %v)", st, err) })
 	return st
 }
 
@@ -136,12 +133,12 @@ func TestAPI_SyncWhileOfflineIsRefused(t *testing.T) {
 	h := newHarness(t)
 	h.broker.Stop(t)
 	h.start()
-	_, err := h.api().Sync(context.Background())
-	for i := 0; err != nil && !isAPIError(err, 503) && i < 1000; i++ {
-		// The socket appears shortly after Run starts.
-		time.Sleep(5 * time.Millisecond)
+	// The socket appears shortly after Run starts.
+	var err error
+	testkit.Eventually(t, waitFor, func() bool {
 		_, err = h.api().Sync(context.Background())
-	}
+		return err == nil || isAPIError(err, 503)
+	}, "Sync offline: %s, want an answer", func() string { return fmt.Sprint(err) })
 	if !isAPIError(err, 503) || !strings.Contains(err.Error(), "not connected") {
 		t.Fatalf("Sync offline: %v, want 503 not connected", err)
 	}
@@ -223,9 +220,7 @@ func TestAPI_SocketPathHoldingOtherThanASocketIsLeftAlone(t *testing.T) {
 			}
 			h.start()
 			h.pulled("gw-001") // the agent goes on without its API
-			if h.logCount("not a socket", 1) != 1 {
-				t.Errorf("no log line saying the socket's path is not a socket")
-			}
+			h.waitLog("not a socket", 1)
 			h.stop()
 			after, err := os.Lstat(path)
 			if err != nil || !os.SameFile(before, after) || after.Mode() != before.Mode() {
@@ -254,13 +249,7 @@ func TestOnChange_CalledOnConnectAndApply(t *testing.T) {
 	topic := h.prefix("gw-001") + "/json"
 	h.server.Publish(t, topic, 1, []byte(`{"id":1,"entries":[]}`))
 	h.confirmed(topic + "/status")
-	deadline := time.Now().Add(waitFor)
-	for calls.Load() <= afterConnect {
-		if time.Now().After(deadline) {
-			t.Fatalf("OnChange not called after apply")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(t, waitFor, func() bool { return calls.Load() > afterConnect }, "OnChange not called after apply")
 }
 
 func TestStatus_DegradedSaysWhatTheBrokerDidNotGrant(t *testing.T) {
@@ -362,7 +351,7 @@ func TestAPI_HistoryListsAppliedConfigurationsPerEndpoint(t *testing.T) {
 	answer := fmt.Sprintf("%s/%d", topic, pull)
 	h.server.Publish(t, answer, 1, []byte(`{"id":"b","entries":[2]}`))
 	h.confirmed(answer + "/status")
-	h.logCount("configuration applied", 2)
+	h.waitCounters("gw-001", func(e engine.EndpointStats) bool { return e.Ok == 2 })
 
 	ctx := context.Background()
 	all, err := h.api().History(ctx, "")

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
 
 // The test plays the Kaa server: it reads the agent's requests and applied reports from kp1/# and
@@ -173,18 +175,15 @@ func (h *harness) requestedAll(eps ...cmp7Ep) (map[cmp7Ep]uint64, map[cmp7Ep]str
 	return rids, payloads
 }
 
-// waitServerState waits until e's server state satisfies ok, and returns it (the last one read when
-// the deadline passed).
+// waitServerState waits until e's server state satisfies ok, and returns it.
 func (h *harness) waitServerState(e cmp7Ep, ok func(engine.ServerState) bool) engine.ServerState {
 	h.t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for {
-		st := h.serverState(e)
-		if ok(st) || time.Now().After(deadline) {
-			return st
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	var st engine.ServerState
+	testkit.Eventually(h.t, waitFor, func() bool {
+		st = h.serverState(e)
+		return ok(st)
+	}, "server state of %v never as wanted: last %s", e, func() string { return fmt.Sprintf("%+v", st) })
+	return st
 }
 
 func (h *harness) serverState(e cmp7Ep) engine.ServerState {
@@ -248,9 +247,10 @@ func TestCMP7_GatewaySubscribesThenRequestsEachConfiguration(t *testing.T) {
 		}
 		h.waitFile(h.out7(e), []byte(body))
 	}
-	h.waitLog("configuration applied", 3)
-	if n := strings.Count(h.logs.String(), "configuration applied"); n != 3 {
-		t.Errorf("applied %d times, want 3 (once per configuration)", n)
+	for e := range bodies {
+		if ep := h.waitCounters(h.key7(e), func(s engine.EndpointStats) bool { return s.Ok >= 1 }); ep.Ok != 1 {
+			t.Errorf("%v: applied %d times, want once", e, ep.Ok)
+		}
 	}
 }
 
@@ -337,10 +337,10 @@ func TestCMP7_NoneAssignedLeavesTheFileAndIsRecorded(t *testing.T) {
 	h.waitFile(h.out7(gwModbus), []byte(`{"v":1}`))
 
 	h.respond(gwModbus, 0, `{"configId":"","config":null}`)
-	h.waitLog("server has no configuration for the endpoint", 1)
+	st := h.waitServerState(gwModbus, func(st engine.ServerState) bool { return st.NoneAssigned })
 	h.quiet("reports", func() int { return h.appliedSoFar(gwModbus) }, 1)
 	h.waitFile(h.out7(gwModbus), []byte(`{"v":1}`))
-	if st := h.serverState(gwModbus); !st.NoneAssigned || st.NoneAssignedAt.IsZero() {
+	if !st.NoneAssigned || st.NoneAssignedAt.IsZero() {
 		t.Errorf("server state = %+v, want none assigned", st)
 	}
 	if st := h.serverState(gwDefault); st.NoneAssigned {
@@ -432,9 +432,6 @@ func TestCMP7_ErrorIsRecordedAndTheRequestRepeatedWithBackoff(t *testing.T) {
 			t.Errorf("server state = %+v", st)
 		}
 	}
-	if n := strings.Count(h.logs.String(), `msg="server refused the configuration request" endpoint=dev-002`); n != 2 {
-		t.Errorf("%d log lines for 2 refusals", n)
-	}
 	// Other endpoints were not disturbed.
 	if st := h.serverState(gwDefault); st.ErrorCode != 0 {
 		t.Errorf("gw-001 server state = %+v", st)
@@ -514,19 +511,13 @@ func TestCMP7_UnsentAppliedReportIsSentAfterRestart(t *testing.T) {
 	// cannot leave before the agent stops.
 	h.broker.Stop(t)
 	close(release)
-	deadline := time.Now().Add(waitFor)
-	for {
-		out := h.agent.eng.Outbox().Waiting()
-		if len(out) == 1 {
-			if out[0].QoS != 1 || string(out[0].Payload) != `{"configId":"r1","statusCode":200}` {
-				t.Fatalf("outbox = %+v", out[0])
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("outbox = %v, want the applied report", out)
-		}
-		time.Sleep(5 * time.Millisecond)
+	var out []engine.OutMsg
+	testkit.Eventually(t, waitFor, func() bool {
+		out = h.agent.eng.Outbox().Waiting()
+		return len(out) == 1
+	}, "outbox = %s, want the applied report", func() string { return fmt.Sprint(out) })
+	if out[0].QoS != 1 || string(out[0].Payload) != `{"configId":"r1","statusCode":200}` {
+		t.Fatalf("outbox = %+v", out[0])
 	}
 	h.stop()
 	h.pause = nil
@@ -545,14 +536,9 @@ func TestCMP7_UnsentAppliedReportIsSentAfterRestart(t *testing.T) {
 			return ok && r.Kind == cmx.TopicRequest && string(m.Payload) == `{"observe":true,"configId":"r1"}`
 		})
 	}
-	deadline = time.Now().Add(waitFor)
-	for named() == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if named() == 0 {
-		t.Errorf("no request after restart names r1")
-	}
-	h.waitLog("answer delivered", 1)
+	testkit.Eventually(t, waitFor, func() bool { return named() > 0 }, "no request after restart names r1")
+	testkit.Eventually(t, waitFor, func() bool { return len(h.agent.eng.Outbox().Waiting()) == 0 },
+		"the report is still in the outbox: %s", func() string { return fmt.Sprint(h.agent.eng.Outbox().Waiting()) })
 }
 
 // TestGateway_SameConfigInBothDialects runs one gateway configuration (two tokens) in each dialect:
@@ -649,9 +635,9 @@ func TestCMP7_SupersededConfigIDSentAgainIsApplied(t *testing.T) {
 	h.respond(gwDefault, rids[gwDefault], `{"configId":"z","config":["z"]}`)
 	<-blocked // z is being written
 	h.respond(gwDefault, 0, `{"configId":"a","config":["a"]}`)
-	h.waitLog(`id=a`, 1)
-	h.respond(gwDefault, 0, `{"configId":"b","config":["b"]}`) // a is superseded, never applied
-	h.waitLog(`superseded=a`, 1)
+	h.waitCounters(h.key7(gwDefault), func(s engine.EndpointStats) bool { return s.Received >= 2 }) // z, a
+	h.respond(gwDefault, 0, `{"configId":"b","config":["b"]}`)                                      // a is superseded, never applied
+	h.waitCounters(h.key7(gwDefault), func(s engine.EndpointStats) bool { return s.Superseded >= 1 })
 	close(release)
 	h.waitFile(h.out7(gwDefault), []byte(`["b"]`))
 	// The operator goes back to a: it was never applied, so it is applied now.
@@ -670,7 +656,7 @@ func TestCMP7_AppliedConfigIDSentAgainWhileAnotherIsPendingWins(t *testing.T) {
 	<-blocked // b is being written
 	// The server went back to a.
 	h.respond(gwDefault, 0, `{"configId":"a","config":["a"]}`)
-	h.waitLog(`id=a`, 2)
+	h.waitCounters(h.key7(gwDefault), func(s engine.EndpointStats) bool { return s.Received >= 3 }) // a, b, a
 	close(release)
 	// The newest message said a: the file ends on a, not on b.
 	h.waitLog(`msg="configuration applied" endpoint=gw-001 id=a`, 2)

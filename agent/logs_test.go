@@ -3,7 +3,6 @@ package agent
 import (
 	"strings"
 	"testing"
-	"time"
 )
 
 // A push whose bytes are already in place writes nothing and runs no hook; its log says so once,
@@ -15,13 +14,8 @@ func TestLog_AnUnchangedPushIsLoggedOnceAsUnchanged(t *testing.T) {
 	h.pushAndConfirm("gw-001", "first", `[{"same":1}]`)
 	h.pushAndConfirm("gw-001", "again", `[{"same":1}]`)
 	// The confirmation may go out before the result's commit; the counters follow the commit.
-	for deadline := time.Now().Add(waitFor); ; {
-		if value(t, h.scrape(), "cmx_agent_configurations_total", map[string]string{"endpoint": "gw-001", "result": "applied"}) == 2 ||
-			time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	h.waitMetric("cmx_agent_configurations_total", map[string]string{"endpoint": "gw-001", "result": "applied"},
+		func(v float64) bool { return v == 2 })
 	logs := h.logs.String()
 	for _, c := range []struct {
 		line string

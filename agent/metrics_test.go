@@ -20,6 +20,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 	"github.com/cmx-agent/cmx-agent/metrics"
 )
 
@@ -27,7 +28,9 @@ import (
 // parser.
 func (h *harness) scrape() map[string]*dto.MetricFamily {
 	h.t.Helper()
-	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	// One connection per scrape, closed after it: a test that polls the metrics must not hold
+	// idle connections up to the API's cap of open ones.
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", h.cfg.Agent.Socket)
 	}}}
@@ -48,6 +51,22 @@ func (h *harness) scrape() map[string]*dto.MetricFamily {
 }
 
 // value returns the value of family's sample whose labels include want.
+// waitMetric scrapes /metrics until the sample of family with labels satisfies ok, and returns
+// that scrape.
+func (h *harness) waitMetric(family string, labels map[string]string, ok func(float64) bool) map[string]*dto.MetricFamily {
+	h.t.Helper()
+	var (
+		fams map[string]*dto.MetricFamily
+		v    float64
+	)
+	testkit.Eventually(h.t, waitFor, func() bool {
+		fams = h.scrape()
+		v = value(h.t, fams, family, labels)
+		return ok(v)
+	}, "%s %v never as wanted: last %s", family, labels, func() string { return fmt.Sprint(v) })
+	return fams
+}
+
 func value(t *testing.T, fams map[string]*dto.MetricFamily, family string, want map[string]string) float64 {
 	t.Helper()
 	f, ok := fams[family]
@@ -92,14 +111,8 @@ func TestMetrics_ParseAndCarryEveryFamily(t *testing.T) {
 	h.confirmed(topic + "/status")
 	// A confirmation may be published before its result is committed (the push is unacknowledged
 	// until then); the counters follow the commit.
-	var fams map[string]*dto.MetricFamily
-	for deadline := time.Now().Add(waitFor); ; {
-		fams = h.scrape()
-		if value(t, fams, "cmx_agent_configurations_total", map[string]string{"endpoint": "gw-001", "result": "applied"}) == 1 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	fams := h.waitMetric("cmx_agent_configurations_total", map[string]string{"endpoint": "gw-001", "result": "applied"},
+		func(v float64) bool { return v == 1 })
 	for _, name := range []string{
 		"cmx_agent_build_info", "cmx_agent_connected", "cmx_agent_subscription_degraded", "cmx_agent_reconnects_total",
 		"cmx_agent_endpoint_applied_info", "cmx_agent_endpoint_last_apply_timestamp_seconds",
@@ -258,14 +271,8 @@ func TestMetrics_ConnectFailuresAreCountedByCause(t *testing.T) {
 			h.start()
 			h.waitStatus(func(s Status) bool { return s.LastError != "" }) // the API is up
 			// The first attempt goes at once, the second after the backoff's first step (≤ 1 s).
-			var fams map[string]*dto.MetricFamily
-			for deadline := time.Now().Add(waitFor); ; {
-				fams = h.scrape()
-				if value(t, fams, "cmx_agent_connect_failures_total", map[string]string{"cause": c.want}) >= 2 || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
+			fams := h.waitMetric("cmx_agent_connect_failures_total", map[string]string{"cause": c.want},
+				func(v float64) bool { return v >= 2 })
 			if n := len(fams["cmx_agent_connect_failures_total"].GetMetric()); n != 6 {
 				t.Errorf("%d series of cmx_agent_connect_failures_total, want 6 (one per cause)", n)
 			}
@@ -344,8 +351,9 @@ func TestLocalServers_CapConnectionsAndCutIdleAndSlowClients(t *testing.T) {
 			if got, closed := readUntilClosed(over, 3*timeout); !closed || len(got) > 0 {
 				t.Errorf("connection over the cap: read %.60q, closed %v; want it closed without an answer", got, closed)
 			}
-			if h.logCount("local connections closed: too many open at once", 1) != 1 {
-				t.Errorf("connection closed over the cap: want one warning in the log")
+			h.waitLog("local connections closed: too many open at once", 1)
+			if n := h.logs.Count("local connections closed: too many open at once"); n != 1 {
+				t.Errorf("connection closed over the cap: %d warnings in the log, want one", n)
 			}
 
 			start := time.Now()
@@ -386,17 +394,12 @@ func TestLocalServers_CapConnectionsAndCutIdleAndSlowClients(t *testing.T) {
 // waitListening waits until the API socket is in place and the metrics listener has its address.
 func (h *harness) waitListening() {
 	h.t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for {
-		fi, err := os.Lstat(h.cfg.Agent.Socket)
-		if err == nil && fi.Mode().Type() == os.ModeSocket && h.agent.MetricsAddr() != "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("the agent is not listening within %v (socket: %v)", waitFor, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	var err error
+	testkit.Eventually(h.t, waitFor, func() bool {
+		var fi os.FileInfo
+		fi, err = os.Lstat(h.cfg.Agent.Socket)
+		return err == nil && fi.Mode().Type() == os.ModeSocket && h.agent.MetricsAddr() != ""
+	}, "the agent is not listening (socket: %s)", func() string { return fmt.Sprint(err) })
 }
 
 // readUntilClosed reads conn until the agent closes it or within passes; closed is false when

@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
 
 // `cmx-agent sync` asked 20 times of an agent whose server stays silent: each asks once, and the
@@ -46,12 +48,7 @@ func TestAPI_ManySyncsAgainstASilentServerAddNoRepeats(t *testing.T) {
 	}
 	// The one loop is alive: the server's silence is still answered by a repeat.
 	for _, tok := range tokens {
-		deadline := time.Now().Add(waitFor)
-		for pulls(tok)-before[tok] <= syncs && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if n := pulls(tok) - before[tok]; n <= syncs {
-			t.Errorf("%s: %d pulls after %d syncs, want a repeat besides them", tok, n, syncs)
-		}
+		testkit.Eventually(t, waitFor, func() bool { return pulls(tok)-before[tok] > syncs },
+			"%s: %s pulls after %d syncs, want a repeat besides them", tok, func() string { return fmt.Sprint(pulls(tok) - before[tok]) }, syncs)
 	}
 }

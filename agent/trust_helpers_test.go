@@ -7,10 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
 
 // newHarnessOn is newHarness for a broker the test started itself (TLS or password listeners), with
@@ -35,18 +35,6 @@ func newHarnessOn(t *testing.T, b *mqtttest.Broker, brokerTOML string, tokens ..
 	h.all = h.server.Subscribe(t, "kp1/#", 2)
 	t.Cleanup(h.stop)
 	return h
-}
-
-// waitLog waits until the agent's log holds substr at least n times.
-func (h *harness) waitLog(substr string, n int) {
-	h.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for strings.Count(h.logs.String(), substr) < n {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("agent log has %q %d times, want %d within 20s:\n%s", substr, strings.Count(h.logs.String(), substr), n, h.logs.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // logLines returns the agent's log lines that contain substr.
@@ -81,7 +69,7 @@ func (h *harness) pushAndConfirm(token, id, body string) {
 // startWith is start with options of the test's choosing (the logger and pause are the harness's).
 func (h *harness) startWith(opt Options) {
 	h.t.Helper()
-	h.logs = &syncBuffer{}
+	h.logs = &testkit.Buffer{}
 	opt.Logger = slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	opt.Pause = h.pause
 	a, err := New(h.cfg, opt)

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
 
 func sh(script string) []string { return []string{"/bin/sh", "-c", script} }
@@ -85,17 +87,14 @@ func TestRun_TimeoutKillsTheProcessGroup(t *testing.T) {
 	if perr != nil {
 		t.Fatalf("child pid %q", b)
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
-		// A killed child stays a zombie until its parent (the killed shell, reaped by init) is gone.
-		if st, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); bytes.Contains(st, []byte(") Z ")) {
-			break
+	// A killed child stays a zombie until its parent (the killed shell, reaped by init) is gone.
+	testkit.Eventually(t, 2*time.Second, func() bool {
+		if syscall.Kill(pid, 0) != nil {
+			return true
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("child %d of the timed-out command still runs", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		st, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		return bytes.Contains(st, []byte(") Z "))
+	}, "child %d of the timed-out command still runs", pid)
 }
 
 // A command that exits 0 but leaves a child holding its output must not hold the caller.

@@ -17,6 +17,7 @@ import (
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
 
 // gatedCore is the real engine with two gates a test holds: the delivery of one message waits at
@@ -208,8 +209,8 @@ func TestInbox_AfterAQoS1MessageIsDroppedNothingLaterIsDeliveredOrAcknowledgedOn
 	waitOnline(2)
 	sent := regexp.MustCompile(`Sending PUBLISH to ` + clientID + ` \(d(\d), q1, r0, m(\d+), '` + regexp.QuoteMeta(topic) + `', \.\.\. \((\d+) bytes\)\)`)
 	var again []string // sizes of the pushes sent again on the second connection, in order
-	deadline := time.After(30 * time.Second)
-	for {
+	// The broker's log is a file: poll it.
+	testkit.Eventually(t, 30*time.Second, func() bool {
 		conns := brokerConns(b.Log(), clientID)
 		again = again[:0]
 		acked := 0
@@ -221,15 +222,8 @@ func TestInbox_AfterAQoS1MessageIsDroppedNothingLaterIsDeliveredOrAcknowledgedOn
 				acked++
 			}
 		}
-		if len(conns) >= 2 && len(again) > 0 && acked == len(again) {
-			break
-		}
-		select {
-		case <-time.After(20 * time.Millisecond): // the broker's log is a file: poll it
-		case <-deadline:
-			t.Fatalf("the pushes sent again after reconnecting were not all acknowledged:\n%s", b.Log())
-		}
-	}
+		return len(conns) >= 2 && len(again) > 0 && acked == len(again)
+	}, "the pushes sent again after reconnecting were not all acknowledged:\n%s", b.Log)
 	if want := []string{fmt.Sprint(len(older)), fmt.Sprint(len(newer))}; !slices.Equal(again, want) {
 		t.Errorf("sent again after reconnecting: pushes of %v bytes, want %v (the dropped one, then the newer one)", again, want)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/internal/clock"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
 
 // refuser stands between the agent and a real mosquitto and refuses SUBSCRIBEs on demand, which
@@ -415,24 +416,18 @@ func (t *heldTimer) Reset(time.Duration) bool {
 // fireProbe fires the armed probe, waiting for the session to arm one.
 func (r *ladderRig) fireProbe() {
 	r.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	var armed *heldTimer
+	testkit.Eventually(r.t, 20*time.Second, func() bool {
 		r.mu.Lock()
-		t := r.probe
-		r.probe = nil
-		if t != nil {
-			t.stopped = true
+		defer r.mu.Unlock()
+		armed, r.probe = r.probe, nil
+		if armed == nil {
+			return false
 		}
-		r.mu.Unlock()
-		if t != nil {
-			go t.f()
-			return
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatal("no probe armed")
-		}
-		time.Sleep(time.Millisecond)
-	}
+		armed.stopped = true
+		return true
+	}, "no probe armed")
+	go armed.f()
 }
 
 func startLadderRig(t *testing.T, refuse int, brokerOpts mqtttest.Options, deny ...string) *ladderRig {
@@ -833,15 +828,13 @@ func TestSession_AnAnswerWhosePublishEndsTheConnectionIsSetAsideAndTheOthersFlow
 	}
 	// The push's PUBACK waited for its commit (held path): cut off before it, the push came again
 	// and may have been answered twice, with the same answer.
+	// g2's PUBACK reaches the agent after the server has the confirmation; no event tells an
+	// acknowledgement: poll.
 	var waiting []engine.OutMsg
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		// g2's PUBACK reaches the agent after the server has the confirmation.
+	testkit.Eventually(t, 10*time.Second, func() bool {
 		waiting = rig.eng.Outbox().Waiting()
-		if !slices.ContainsFunc(waiting, func(m engine.OutMsg) bool { return m.Topic != badAnswer }) || time.Now().After(deadline) {
-			break
-		}
-		clock.Sleep(context.Background(), clock.Real{}, 10*time.Millisecond) // no event tells an acknowledgement: poll
-	}
+		return !slices.ContainsFunc(waiting, func(m engine.OutMsg) bool { return m.Topic != badAnswer })
+	}, "the outbox holds more than gw-1's confirmation: %s", func() string { return fmt.Sprint(waiting) })
 	for _, m := range waiting {
 		if m.Topic != badAnswer || string(m.Payload) != `{"id":"b1","status":"ok"}` {
 			t.Errorf("outbox holds %s %s, want only gw-1's confirmation", m.Topic, m.Payload)

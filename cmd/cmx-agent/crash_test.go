@@ -16,6 +16,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/agent"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
 
 // The crash tests run the real binary, stop it at each durable step with the test pause, kill it with
@@ -305,17 +306,7 @@ func TestCrash_WithNewerPushWaitingAppliesBothInOrder(t *testing.T) {
 	if got["1"] != "ok" || got["2"] != "ok" {
 		t.Errorf("confirmations = %v, want 1 and 2 ok", got)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, _ := os.ReadFile(e.output)
-		if string(b) == `["two"]` {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("output = %q, want the newer push", b)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFile(t, e.output, []byte(`["two"]`), 10*time.Second) // the newer push
 }
 
 func TestRun_SIGTERMStopsWithinFiveSeconds(t *testing.T) {
@@ -358,19 +349,14 @@ if [ -e "$(dirname "$0")/block" ]; then echo $$ > "$(dirname "$0")/hook.pid"; ex
 	e.waitPull(t)
 	e.server.Publish(t, e.prefix+"/json", 1, []byte(`{"id":"h1","entries":[1]}`))
 	pidFile := filepath.Join(e.dir, "hook.pid")
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if b, err := os.ReadFile(pidFile); err == nil && len(b) > 0 {
-			var pid int
-			fmt.Sscan(string(b), &pid)
-			t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("hook did not start")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	var pidText []byte
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		pidText, _ = os.ReadFile(pidFile)
+		return len(pidText) > 0
+	}, "hook did not start")
+	var pid int
+	fmt.Sscan(string(pidText), &pid)
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
 	p.kill(t) // in the middle of the hook
 	os.Remove(block)
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 	"github.com/cmx-agent/cmx-agent/store"
 )
 
@@ -196,19 +198,19 @@ func (e *faultEnv) losses() []string {
 func (e *faultEnv) settle(within time.Duration) {
 	e.t.Helper()
 	want := fmt.Sprintf("[%d]", e.last)
-	deadline := time.Now().Add(within)
-	for {
-		lost := e.losses()
-		body, err := os.ReadFile(e.output)
-		if len(lost) == 0 && (e.last == 0 || err == nil && string(body) == want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("after %v: output = %q (%v), want %q; %d of %d pushes not confirmed: %s",
-				within, body, err, want, len(lost), len(e.pushed), strings.Join(first(lost, 20), " "))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var (
+		lost []string
+		body []byte
+		err  error
+	)
+	testkit.Eventually(e.t, within, func() bool {
+		lost = e.losses()
+		body, err = os.ReadFile(e.output)
+		return len(lost) == 0 && (e.last == 0 || err == nil && string(body) == want)
+	}, "settled: %s", func() string {
+		return fmt.Sprintf("output = %q (%v), want %q; %d of %d pushes not confirmed: %s",
+			body, err, want, len(lost), len(e.pushed), strings.Join(first(lost, 20), " "))
+	})
 }
 
 func first(s []string, n int) []string { return s[:min(n, len(s))] }
@@ -328,16 +330,9 @@ func (e *faultEnv) faultDiskFull() {
 // waitStatus waits for a confirmation of id whose status starts with prefix.
 func (e *faultEnv) waitStatus(id int, prefix string) {
 	e.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, s := range e.confirmations()[id] {
-			if strings.HasPrefix(s, prefix) {
-				return
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	e.t.Fatalf("no confirmation of %d starting %q; got %q", id, prefix, e.confirmations()[id])
+	testkit.Eventually(e.t, 30*time.Second, func() bool {
+		return slices.ContainsFunc(e.confirmations()[id], func(s string) bool { return strings.HasPrefix(s, prefix) })
+	}, "no confirmation of %d starting %q; got %s", id, prefix, func() string { return fmt.Sprintf("%q", e.confirmations()[id]) })
 }
 
 type zeros struct{}

@@ -15,6 +15,7 @@ import (
 	"github.com/cmx-agent/cmx-agent/agent"
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
 
 // history and status as processes against the real agent and mosquitto: the applied
@@ -86,16 +87,13 @@ func TestHistory_TheCommandListsWhatTheRunningAgentApplied(t *testing.T) {
 		return m.Topic == e.prefix+"/json/status" && strings.Contains(string(m.Payload), "not JSON")
 	})
 	var st agent.Status
-	for deadline := time.Now().Add(20 * time.Second); ; {
+	testkit.Eventually(t, 20*time.Second, func() bool {
 		out, stderr, code = runCLI(t, "status", "--json", "--config", e.config)
 		if code != 0 || json.Unmarshal([]byte(out), &st) != nil {
 			t.Fatalf("status --json: exit %d, %q, %q", code, out, stderr)
 		}
-		if st.Endpoints[0].LastCode == 400 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return st.Endpoints[0].LastCode == 400
+	}, "status --json never shows the refusal: %s", func() string { return out })
 	full := st.Endpoints[0].LastStatus
 	if !strings.HasPrefix(full, "invalid payload: not JSON: ") || len(full) <= maxCell || st.Endpoints[0].AppliedID != "v2" {
 		t.Fatalf("status --json: last %q (code %d), applied %q; want the whole refusal, v2 still applied",

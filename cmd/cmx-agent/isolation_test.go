@@ -13,6 +13,7 @@ import (
 	"github.com/cmx-agent/cmx-agent/agent"
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
 
 // The isolation tests show from the outside, on the real binary and mosquitto, that one endpoint's
@@ -58,17 +59,11 @@ func wantFile(t *testing.T, path, want string) {
 // waitEntries waits until the folder dir holds at least n entries.
 func waitEntries(t *testing.T, dir string, n int) {
 	t.Helper()
-	deadline := time.Now().Add(isolationWait)
-	for {
-		entries, _ := os.ReadDir(dir)
-		if len(entries) >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s holds %d entries after %v, want %d", dir, len(entries), isolationWait, n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	var entries []os.DirEntry
+	testkit.Eventually(t, isolationWait, func() bool {
+		entries, _ = os.ReadDir(dir)
+		return len(entries) >= n
+	}, "%s holds %s entries, want %d", dir, func() string { return fmt.Sprint(len(entries)) }, n)
 }
 
 // The 16 process slots bound the validate and hook commands running at once; an endpoint without

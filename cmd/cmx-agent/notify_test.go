@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/agent"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
 
 // fakeSystemd is the service manager's end of the notify protocol: a unixgram socket whose path
@@ -172,8 +174,7 @@ func TestStatusAndSync_TalkToTheRunningAgent(t *testing.T) {
 
 	// The database stays locked by the agent; status answers all the same, from the socket.
 	var st agent.Status
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testkit.Eventually(t, 20*time.Second, func() bool {
 		out, stderr, code := runCLI(t, "status", "--json", "--config", e.config)
 		if code != 0 {
 			t.Fatalf("status --json: exit %d: %s", code, stderr)
@@ -181,11 +182,8 @@ func TestStatusAndSync_TalkToTheRunningAgent(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &st); err != nil {
 			t.Fatalf("status --json output %q: %v", out, err)
 		}
-		if len(st.Endpoints) == 1 && st.Endpoints[0].Pending == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return len(st.Endpoints) == 1 && st.Endpoints[0].Pending == 0
+	}, "status = %s, want one endpoint, nothing pending", func() string { return fmt.Sprintf("%+v", st) })
 	ep := st.Endpoints[0]
 	if !st.Connected || st.Server != e.broker.URL || ep.Key != "gw-001" || ep.AppliedID != "v7" || ep.LastStatus != "ok" || ep.Pending != 0 {
 		t.Errorf("status = %+v, want connected, gw-001 applied v7 ok, nothing pending", st)
@@ -211,13 +209,10 @@ func TestSync_OfflineAgentExits1(t *testing.T) {
 	p.waitLine(t, "cmx-agent started")
 	var stderr string
 	code := -1
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+	testkit.Eventually(t, 20*time.Second, func() bool {
 		_, stderr, code = runCLI(t, "sync", "--config", e.config)
-		if strings.Contains(stderr, "the agent answered") {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return strings.Contains(stderr, "the agent answered")
+	}, "sync never reached the agent: exit %s", func() string { return fmt.Sprintf("%d, stderr %q", code, stderr) })
 	if code != 1 || !strings.Contains(stderr, "not connected to the broker") {
 		t.Errorf("sync offline: exit %d, stderr %q; want 1 and 'not connected to the broker'", code, stderr)
 	}

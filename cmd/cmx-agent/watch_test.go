@@ -10,46 +10,24 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
 
 type watcher struct {
 	lines  chan string
 	cmd    *exec.Cmd
-	stderr lockedBuffer
-}
-
-// lockedBuffer is stderr as the process writes it, readable while it runs.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	stderr testkit.Buffer // as the process writes it, readable while it runs
 }
 
 // waitStderr waits until watch has written s to stderr.
 func (w *watcher) waitStderr(t *testing.T, s string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(w.stderr.String(), s) {
-		if time.Now().After(deadline) {
-			t.Fatalf("watch did not write %q to stderr within 10s", s)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return strings.Contains(w.stderr.String(), s) },
+		"watch did not write %q to stderr", s)
 }
 
 func startWatch(t *testing.T, args ...string) *watcher {
@@ -173,18 +151,12 @@ func TestWatch_BurstNeverShowsAPartialFileAndEndsOnTheLast(t *testing.T) {
 		}
 	}
 	// The command ran after the last version with its size and hash.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		b, _ := os.ReadFile(log)
+	var b []byte
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		b, _ = os.ReadFile(log)
 		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-		if lines[len(lines)-1] == final {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("command log %q, want it to end with %q", b, final)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return lines[len(lines)-1] == final
+	}, "command log %s, want it to end with %q", func() string { return fmt.Sprintf("%q", b) }, final)
 }
 
 func TestWatch_SurvivesAbsenceOfTheFileAndItsFolder(t *testing.T) {
@@ -237,18 +209,11 @@ func TestWatch_FileAbsentAtStartRunsTheCommandForItsFirstVersion(t *testing.T) {
 // waitFileLines waits until the file at path holds exactly the lines want.
 func waitFileLines(t *testing.T, path string, want []string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		b, _ := os.ReadFile(path)
-		got := strings.Split(strings.TrimSpace(string(b)), "\n")
-		if slices.Equal(got, want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s holds %q, want the lines %q", path, b, want)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	var b []byte
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		b, _ = os.ReadFile(path)
+		return slices.Equal(strings.Split(strings.TrimSpace(string(b)), "\n"), want)
+	}, "%s holds %s, want the lines %q", path, func() string { return fmt.Sprintf("%q", b) }, want)
 }
 
 // A FIFO put at the watched path is said to be no regular file and stalls nothing: the regular

@@ -1,14 +1,12 @@
 package cloud
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,29 +14,13 @@ import (
 	"github.com/cmx-agent/cmx-agent/cmx"
 	"github.com/cmx-agent/cmx-agent/config"
 	"github.com/cmx-agent/cmx-agent/internal/mqtttest"
+	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
 
 const (
 	testApp = "cloud-v1"
 	waitFor = 10 * time.Second
 )
-
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // startAgent runs a real agent in-process for token against brokerURL; it returns the output path.
 func startAgent(t *testing.T, brokerURL, token string) string {
@@ -80,27 +62,17 @@ output = "out/%s.json"
 
 func waitFile(t *testing.T, path, want string) {
 	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for {
-		got, err := os.ReadFile(path)
-		if err == nil && string(got) == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s = %q (%v), want %q", path, got, err, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFile(t, path, []byte(want), waitFor)
 }
 
 type served struct {
-	out   *lockedBuf
+	out   *testkit.Buffer
 	confs chan Confirmation
 }
 
 func startServe(t *testing.T, o ServeOptions) *served {
 	t.Helper()
-	s := &served{out: &lockedBuf{}, confs: make(chan Confirmation, 64)}
+	s := &served{out: &testkit.Buffer{}, confs: make(chan Confirmation, 64)}
 	o.Out = s.out
 	o.OnConfirmation = func(c Confirmation) { s.confs <- c }
 	o.Debounce = 50 * time.Millisecond
@@ -220,7 +192,7 @@ func TestServe_ShareSplitsWorkOnTheEmbeddedBrokerAndSaysRabbitMQDoesNotSupportIt
 	dev := mqtttest.Dial(t, b.URL())
 	answers := dev.Subscribe(t, "kp1/"+testApp+"/cmx/gw-001/json/+", 1)
 	for i, share := range []string{"servers", ""} {
-		var log lockedBuf
+		var log testkit.Buffer
 		startServe(t, ServeOptions{
 			Options: Options{Broker: b.URL(), AppVersion: testApp, Logger: slog.New(slog.NewTextHandler(&log, nil))},
 			Configs: configs, Share: share,
@@ -303,19 +275,32 @@ var demoWalkThrough = []string{
 }
 
 func TestDemo_ShowsFileConfirmationAndWhatToTryWhileItRuns(t *testing.T) {
-	var out lockedBuf
+	var out testkit.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	dir := t.TempDir()
+	done, stopped := make(chan error, 1), make(chan struct{})
 	go func() {
-		done <- Demo(ctx, DemoOptions{Out: &out, Dir: t.TempDir(), Addr: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler)})
+		defer close(stopped)
+		done <- Demo(ctx, DemoOptions{Out: &out, Dir: dir, Addr: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler)})
 	}()
-	deadline := time.Now().Add(waitFor)
-	for !strings.Contains(out.String(), "The demo keeps running") {
-		if time.Now().After(deadline) {
-			cancel()
-			t.Fatalf("the demo never said it keeps running (%v):\n%s", <-done, out.String())
+	t.Cleanup(func() {
+		cancel()
+		<-stopped // before dir goes
+	})
+	var (
+		returned bool
+		err      error
+	)
+	testkit.Eventually(t, waitFor, func() bool {
+		select {
+		case err = <-done:
+			returned = true
+		default:
 		}
-		time.Sleep(10 * time.Millisecond)
+		return returned || strings.Contains(out.String(), "The demo keeps running")
+	}, "the demo never said it keeps running:\n%s", out.String)
+	if returned {
+		t.Fatalf("the demo returned (%v) before it said it keeps running:\n%s", err, out.String())
 	}
 	cancel()
 	if err := <-done; err != nil {
@@ -331,7 +316,7 @@ func TestDemo_ShowsFileConfirmationAndWhatToTryWhileItRuns(t *testing.T) {
 // With --exit the broker, server and agent are gone when the demo returns (and a temporary folder
 // with them): steps that need them would fail.
 func TestDemo_WithExitOffersNoStepsThatNeedWhatItStopped(t *testing.T) {
-	var out lockedBuf
+	var out testkit.Buffer
 	err := Demo(context.Background(), DemoOptions{Out: &out, Addr: "127.0.0.1:0", Exit: true, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatalf("Demo: %v\n%s", err, out.String())
