@@ -1,37 +1,28 @@
 package agent
 
 import (
-	"encoding/binary"
-	"errors"
-	"path/filepath"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/cmx-agent/cmx-agent/store"
 )
 
 // damageState overwrites endpoint key's state record in the stopped agent's database with bytes
-// that do not decode. The key is as store/store.go lays it out: in bucket hot, 'e', the endpoint
-// key's length (uvarint) and the key, then 's'; a record not found there fails the test rather than
-// damaging nothing.
+// that do not decode; a record not found there fails the test rather than damaging nothing.
 func (h *harness) damageState(key string) {
 	h.t.Helper()
-	db, err := bolt.Open(filepath.Join(h.cfg.Agent.StateDir, store.DBName), 0o600, &bolt.Options{Timeout: time.Second})
+	st, err := store.OpenStore(h.cfg.Agent.StateDir, time.Second, 1000)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	defer db.Close()
-	k := append(binary.AppendUvarint([]byte{'e'}, uint64(len(key))), key...)
-	k = append(k, 's')
-	if err := db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte("hot"))
-		if b == nil || b.Get(k) == nil {
-			return errors.New("no state record where store/store.go keeps it")
+	defer st.Close()
+	if err := st.Update(func(tx *store.Tx) error {
+		if st, err := tx.State(key); err != nil || st.AppliedID == "" {
+			return fmt.Errorf("no state record of %s to damage (%v)", key, err)
 		}
-		return b.Put(k, []byte(`{"applied_id":`))
+		return tx.PutRaw(key, store.RecordState, 0, []byte(`{"applied_id":`))
 	}); err != nil {
 		h.t.Fatal(err)
 	}
