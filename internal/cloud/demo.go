@@ -97,7 +97,8 @@ type demo struct {
 	broker    *Broker
 	co        Options           // the server's and the pushes' options
 	confs     chan Confirmation // what the server hears from the agent
-	agentDone chan error        // the agent's Run result; put back by whoever takes it
+	agentDone chan struct{}     // closed when the agent's Run has returned agentErr
+	agentErr  error
 }
 
 func (d *demo) configs() string  { return filepath.Join(d.dir, "configs") }
@@ -207,13 +208,21 @@ output = "out/%s.json"
 	if err != nil {
 		return nil, err
 	}
-	d.agentDone = make(chan error, 1)
-	go func() { d.agentDone <- a.Run(ctx) }()
+	stop = d.runAgent(func() error { return a.Run(ctx) }, func() { a.Close() })
 	fmt.Fprintf(d.out, "== cmx-agent running on %s (endpoint %s, output out/%s.json)\n\n", d.confPath(), demoToken, demoToken)
+	return stop, nil
+}
+
+// runAgent runs the agent (run) and returns what waits for it to end, then closes it (closeAgent).
+func (d *demo) runAgent(run func() error, closeAgent func()) (stop func()) {
+	// Closed, not sent on: the walk-through, the loop and the clean-up may each see the agent end,
+	// and none takes the news from another.
+	d.agentDone = make(chan struct{})
+	go func() { d.agentErr = run(); close(d.agentDone) }()
 	return func() {
 		<-d.agentDone
-		a.Close()
-	}, nil
+		closeAgent()
+	}
 }
 
 // walkThrough shows the three steps: the answer to the agent's request at start, a push, and a
@@ -251,8 +260,8 @@ func (d *demo) waitConfirmation(ctx context.Context) (Confirmation, error) {
 	select {
 	case c := <-d.confs:
 		return c, nil
-	case err := <-d.agentDone:
-		return Confirmation{}, fmt.Errorf("agent stopped: %v", err)
+	case <-d.agentDone:
+		return Confirmation{}, fmt.Errorf("agent stopped: %v", d.agentErr)
 	case <-timer.C:
 		return Confirmation{}, errors.New("no confirmation within 30s (see " + filepath.Join(d.dir, "demo.log") + ")")
 	case <-ctx.Done():
@@ -281,9 +290,8 @@ Files: %[6]s (agent.toml, configs/, out/, state/, demo.log)
 		select {
 		case <-ctx.Done():
 			return nil
-		case err := <-d.agentDone:
-			d.agentDone <- err
-			return fmt.Errorf("demo: agent stopped: %v", err)
+		case <-d.agentDone:
+			return fmt.Errorf("demo: agent stopped: %v", d.agentErr)
 		case c := <-d.confs:
 			body, _ := os.ReadFile(d.output())
 			fmt.Fprintf(d.out, "%s -> %s\n", c, strings.TrimSpace(string(body)))
