@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,6 +33,9 @@ type Command struct {
 // OutputLimit bounds how much of a command's stdout and stderr (each) is kept and logged: a chatty
 // or looping command must not fill the journal or the agent's memory.
 const OutputLimit = 16 << 10
+
+// errTimedOut is the cause of a command's context ended by its timeout.
+var errTimedOut = errors.New("command timed out")
 
 // killGrace is how long Wait keeps reading the output pipes after the command has ended: a
 // background child that inherited them must not hold the agent.
@@ -82,11 +84,12 @@ func Run(ctx context.Context, c Command) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	clk := clock.OrReal(c.Clock)
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var expired atomic.Bool
+	// The timeout cancels runCtx with errTimedOut as its cause; a stop by the caller that came first
+	// stays the cause, as with a context deadline.
+	runCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	if c.Timeout > 0 {
-		t := clk.AfterFunc(c.Timeout, func() { expired.Store(true); cancel() })
+		t := clk.AfterFunc(c.Timeout, func() { cancel(errTimedOut) })
 		defer t.Stop()
 	}
 
@@ -104,7 +107,7 @@ func Run(ctx context.Context, c Command) error {
 
 	start := clk.Now()
 	err := cmd.Run()
-	timedOut := expired.Load()
+	timedOut := errors.Is(context.Cause(runCtx), errTimedOut)
 	if timedOut || ctx.Err() != nil {
 		// The command may have exited before the group was killed; its children may not have.
 		if cmd.Process != nil {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cmx-agent/cmx-agent/internal/clock/clocktest"
 	"github.com/cmx-agent/cmx-agent/internal/testkit"
 )
 
@@ -125,5 +126,32 @@ func TestRun_OutputIsLoggedAndBounded(t *testing.T) {
 	}
 	if len(s) > 2*OutputLimit {
 		t.Errorf("log is %d bytes, want about %d at most", len(s), OutputLimit)
+	}
+}
+
+// A command stopped by its caller is reported as stopped, even when its timeout passes while the
+// agent still reaps it (a child in another session holds its output for up to killGrace): the
+// first cause wins, as with a context deadline.
+func TestRun_AStopIsNotReportedAsATimeoutThatPassesWhileReaping(t *testing.T) {
+	dir := t.TempDir()
+	started := filepath.Join(dir, "started")
+	clk := clocktest.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Command{
+			Argv:    sh("setsid sleep 3 & touch " + started + "; sleep 60"),
+			Timeout: time.Second,
+			Clock:   clk,
+		})
+	}()
+	testkit.Eventually(t, 10*time.Second, func() bool { _, err := os.Stat(started); return err == nil }, "the command did not start")
+	cancel()
+	// Run now waits up to killGrace for the output held by the setsid child; the timeout passes.
+	clk.Advance(time.Second)
+	err := <-done
+	var re *RunError
+	if !errors.As(err, &re) || re.TimedOut != 0 || !errors.Is(err, context.Canceled) {
+		t.Errorf("err = %v (timed out: %v), want a stop by the caller", err, re != nil && re.TimedOut != 0)
 	}
 }
