@@ -43,8 +43,10 @@ func (c *Clock) AfterFunc(d time.Duration, f func()) clock.Timer {
 	return t
 }
 
-// Advance moves the clock by d, firing every timer due on the way, earliest first; the clock reads
-// each timer's deadline while it fires.
+// Advance moves the clock by d, firing every timer due on the way, earliest first: a channel timer
+// receives its deadline; an AfterFunc's function starts in its own goroutine, as time.AfterFunc's
+// does, so the functions of timers due in one Advance may run in any order and read a later time.
+// A test that needs them apart advances to one deadline at a time (AdvanceNext, Drive).
 func (c *Clock) Advance(d time.Duration) {
 	c.mu.Lock()
 	end := c.now.Add(d)
@@ -102,11 +104,12 @@ func (c *Clock) AdvanceUntil(tb testing.TB, timeout, step time.Duration, cond fu
 	}
 }
 
-// Drive advances the clock by step every millisecond of real time until the test ends: the code
-// under test sees time run step/1ms times faster, its timers firing in the order real time would
-// give, while the test waits for outcomes as it would in real time. It suits a test whose waits
-// come one after another from code it does not step through (backoffs while files are written,
-// debounces after file-system events); a test that knows which timer is next uses Advance.
+// Drive advances the clock every millisecond of real time until the test ends, by step or to the
+// next timer's deadline if that comes first: the code under test sees time run up to step/1ms
+// times faster, and timers of different deadlines fire in their order, a real millisecond apart
+// (the clock reads each one's deadline for that millisecond). It suits a test whose waits come one
+// after another from code it does not step through (backoffs while files are written, debounces
+// after file-system events); a test that knows which timer is next uses Advance or AdvanceNext.
 func (c *Clock) Drive(tb testing.TB, step time.Duration) {
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -118,11 +121,22 @@ func (c *Clock) Drive(tb testing.TB, step time.Duration) {
 			case <-stop:
 				return
 			case <-tick.C:
-				c.Advance(step)
+				c.Advance(c.untilNext(step))
 			}
 		}
 	}()
 	tb.Cleanup(func() { close(stop); <-done })
+}
+
+// untilNext is how far the clock may move in one step of at most step: to the next deadline if it
+// comes sooner.
+func (c *Clock) untilNext(step time.Duration) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t := c.earliest(); t != nil {
+		return min(step, max(t.when.Sub(c.now), 0))
+	}
+	return step
 }
 
 // earliest returns the armed timer due first; c.mu must be held.
@@ -148,9 +162,10 @@ func (c *Clock) fireNext(end time.Time) bool {
 		c.now = t.when
 	}
 	c.remove(t)
-	now := c.now
+	// Fired under the lock (a send that never blocks, or a new goroutine), so that a Stop or Reset
+	// that returns after it finds the fire and drains it, as time.Timer promises.
+	t.fire(c.now)
 	c.mu.Unlock()
-	t.fire(now)
 	return true
 }
 
@@ -201,16 +216,12 @@ func (t *timer) Reset(d time.Duration) bool {
 	t.when = t.c.now.Add(d)
 	t.c.seq++
 	t.seq = t.c.seq
-	t.c.timers = append(t.c.timers, t)
-	now := t.c.now
-	due := d <= 0
-	if due {
-		t.c.remove(t)
+	if d <= 0 {
+		t.fire(t.c.now)
+	} else {
+		t.c.timers = append(t.c.timers, t)
 	}
 	t.c.mu.Unlock()
-	if due {
-		t.fire(now)
-	}
 	return was
 }
 

@@ -141,3 +141,21 @@ func TestClock_DriveMovesTheClockUntilTheTestEnds(t *testing.T) {
 		t.Errorf("clock moved from %v to %v after the driving test ended", at, c.Now())
 	}
 }
+
+// Driven, functions due at different deadlines run in their order, however large the step: the
+// driver stops at every deadline for a real millisecond.
+func TestClock_DriveRunsEachDeadlineOnItsOwnAndInOrder(t *testing.T) {
+	c := New(epoch)
+	type fire struct {
+		n  int
+		at time.Duration
+	}
+	got := make(chan fire, 2)
+	c.AfterFunc(20*time.Millisecond, func() { got <- fire{2, c.Now().Sub(epoch)} })
+	c.AfterFunc(10*time.Millisecond, func() { got <- fire{1, c.Now().Sub(epoch)} })
+	c.Drive(t, time.Hour)
+	first, second := <-got, <-got
+	if first.n != 1 || second.n != 2 || first.at < 10*time.Millisecond || second.at < 20*time.Millisecond {
+		t.Errorf("fired %+v then %+v, want 1 (at 10ms or later) then 2 (at 20ms or later)", first, second)
+	}
+}
