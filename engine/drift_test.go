@@ -77,7 +77,7 @@ func (c *core) waitRepairs(key string, n uint64) {
 	c.t.Helper()
 	ep := c.e.eps[key]
 	testkit.Eventually(c.t, testWait, func() bool { return ep.stats.driftRepairs.Load() >= n },
-		"%s: %d drift repairs, want %d", key, func() string { return fmt.Sprint(ep.stats.driftRepairs.Load()) }, n)
+		"%s: %s drift repairs, want %d", key, func() string { return fmt.Sprint(ep.stats.driftRepairs.Load()) }, n)
 }
 
 // waitRepair reports whether path holds want within d on the engine's clock.

@@ -46,8 +46,9 @@ type Options struct {
 	// Pause, when set, is called at each durable step (the Step* names); crash tests make it block so
 	// they can kill the process exactly there.
 	Pause func(step string)
-	// Clock is the wall clock, used only for timestamps shown to people, and the source of every
-	// timer (backoffs, debounces, bounds, hook timeouts); default clock.Real.
+	// Clock is the wall clock, for timestamps shown to people and the durations the metrics show,
+	// and the source of every timer (backoffs, debounces, bounds, hook timeouts); default
+	// clock.Real.
 	Clock clock.Clock
 	// LockTimeout bounds the wait for the database lock (default 1 s).
 	LockTimeout time.Duration

@@ -229,6 +229,16 @@ func (c *core) waitFile(path, want string) {
 	testkit.WaitFile(c.t, path, []byte(want), testWait)
 }
 
+// released reports whether r has been released.
+func released(r *Receipt) bool {
+	select {
+	case <-r.Done():
+		return true
+	default:
+		return false
+	}
+}
+
 func waitReceipt(t *testing.T, r *Receipt) {
 	t.Helper()
 	select {
@@ -719,14 +729,22 @@ func TestResultCommitFailure_ARepeatMeanwhileIsAnsweredWithTheResult(t *testing.
 	for _, qos := range []byte{1, 0} { // the repeat on the held path, then on the committed one
 		t.Run(fmt.Sprintf("repeat at QoS %d", qos), func(t *testing.T) {
 			var f failingCommits
-			c := startCoreWith(t, coreOptions{FailCommit: f.fail, Clock: warp(t)}, config.Endpoint{Token: "gw"})
+			// A manual clock: the commit is retried only once the repeat has arrived.
+			clk := clocktest.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+			c := startCoreWith(t, coreOptions{FailCommit: f.fail, Clock: clk}, config.Endpoint{Token: "gw"})
 			f.n.Store(1) // the result commit of push 1 (held: it has no receive commit)
 			r1 := c.deliver(p+"/json", 1, `{"id": 1, "entries": [1]}`)
 			c.waitLog("cannot record the result; retrying", 1)
 			// The same push again, as the answer to a pull, while the result waits for its commit.
 			r2 := c.deliver(p+"/json/42", qos, `{"id": 1, "entries": [1]}`)
+			gw := c.e.eps["gw"]
+			testkit.Eventually(t, testWait, func() bool { return gw.stats.received.Load() == 2 }, "the repeat did not arrive")
+			clk.AdvanceUntil(t, testWait, 100*time.Millisecond, func() bool { return released(r1) && released(r2) })
 			waitReceipt(t, r1)
 			waitReceipt(t, r2)
+			if n := c.logs.Count("duplicate id confirmed again"); n != 0 {
+				t.Errorf("the repeat was answered as a handled id after the commit, not as a repeat of the result waiting for it")
+			}
 			want := map[string]string{p + "/json/status": `{"id":1,"status":"ok"}`, p + "/json/42/status": `{"id":1,"status":"ok"}`}
 			if got := c.confirmations(2); !maps.Equal(got, want) {
 				t.Errorf("confirmations %v, want %v", got, want)

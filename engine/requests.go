@@ -87,7 +87,7 @@ func (r *requester) ask(e *Engine, ep *endpoint, gen uint64) {
 	r.sending(e, ep)
 	e.send(gen, ep)
 	r.repeats = 1
-	r.arm(e, ep, gen, pullWait(e).Ceiling(r.repeats), false)
+	r.arm(e, ep, gen, pullWait(e, r.repeats), false)
 }
 
 // arm schedules the repeat; r.mu must be held.
@@ -162,14 +162,18 @@ func (r *requester) fire(e *Engine, ep *endpoint, arming uint64, waited time.Dur
 	}
 	r.sending(e, ep)
 	e.send(gen, ep)
-	r.arm(e, ep, gen, pullWait(e).Ceiling(r.repeats), false)
+	r.arm(e, ep, gen, pullWait(e, r.repeats), false)
 }
 
-// pullWait is the interval of an unanswered request's repeats: the pull timeout, doubling up to
-// maxPullWait. It is not jittered: every endpoint's first request goes at its own moment (the
-// connection's, or a sync's), and its repeats keep that spread.
-func pullWait(e *Engine) backoff.Policy {
-	return backoff.Policy{Min: e.opt.PullTimeout, Max: max(maxPullWait, e.opt.PullTimeout)}
+// pullWait is the n-th interval of an unanswered request's repeats: the pull timeout, then doubling
+// up to maxPullWait (a pull timeout beyond it is waited once). It is not jittered: every endpoint's
+// first request goes at its own moment (the connection's, or a sync's), and its repeats keep that
+// spread.
+func pullWait(e *Engine, n int) time.Duration {
+	if n <= 1 {
+		return e.opt.PullTimeout
+	}
+	return backoff.Policy{Min: e.opt.PullTimeout, Max: maxPullWait}.Ceiling(n)
 }
 
 // refuse arms the repeat of a request the server refused, on the current connection, and returns
