@@ -171,12 +171,19 @@ func writeChangelog(path, version, commit string, when time.Time) error {
 	return writeGzip(path, []byte(text))
 }
 
-// installedDocs are the documents the packages carry, side by side in /usr/share/doc/cmx-agent:
-// the operator's guide and every document it links to, directly or through another, so that no
-// link is dead on a gateway without network.
+// installedDocs are the documents the packages carry in /usr/share/doc/cmx-agent: the operator's
+// guide and every document it links to, directly or through another, so that no link is dead on a
+// gateway without network.
+// docDir is the packages' documentation folder.
+const docDir = "/usr/share/doc/cmx-agent/"
+
+// docPath is where the packages install the document at src in the repository: in the same layout,
+// so that README.md's links into docs/ and the documents' links to each other all work.
+func docPath(src string) string { return docDir + src }
+
 func installedDocs() []string {
 	return []string{"README.md", "docs/operations.md", "docs/durability.md", "docs/brokers.md", "docs/apply.md",
-		"docs/security.md", "docs/benchmarks.md"}
+		"docs/security.md", "docs/benchmarks.md", "docs/protocol.md"}
 }
 
 // pack writes one package and returns its path.
@@ -195,7 +202,7 @@ func pack(format string, t target, version string, mtime time.Time, bin, changel
 		{Source: "examples/agent.toml", Destination: "/usr/share/doc/cmx-agent/agent.toml.example", FileInfo: doc()},
 	}
 	for _, src := range installedDocs() {
-		contents = append(contents, &files.Content{Source: src, Destination: "/usr/share/doc/cmx-agent/" + filepath.Base(src), FileInfo: doc()})
+		contents = append(contents, &files.Content{Source: src, Destination: docPath(src), FileInfo: doc()})
 	}
 	// The configuration may name credentials: 0640 root:cmx-agent. Debian policy wants 0644 in the
 	// archive, so there postinst narrows it once the group exists; rpm creates the user in %pre

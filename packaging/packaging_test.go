@@ -147,8 +147,9 @@ func TestPackages_ContentsFlagsAndScripts(t *testing.T) {
 		"-rw-r--r-- root/root .* ./usr/lib/sysusers.d/cmx-agent.conf\n",
 		"-rw-r--r-- root/root .* ./etc/cmx-agent/agent.toml\n",
 		"./usr/share/doc/cmx-agent/agent.toml.example\n",
-		"./usr/share/doc/cmx-agent/operations.md\n",
-		"./usr/share/doc/cmx-agent/brokers.md\n", // operations.md links to it
+		"./usr/share/doc/cmx-agent/README.md\n",
+		"./usr/share/doc/cmx-agent/docs/operations.md\n", // README.md links to it as docs/operations.md
+		"./usr/share/doc/cmx-agent/docs/brokers.md\n",    // operations.md links to it
 		"./usr/share/doc/cmx-agent/copyright\n",
 		"-rw-r--r-- root/root .* ./usr/share/doc/cmx-agent/THIRD-PARTY-NOTICES\n",
 		"./usr/share/doc/cmx-agent/changelog.gz\n",
