@@ -8,6 +8,7 @@ import (
 
 	"github.com/cmx-agent/cmx-agent/engine"
 	"github.com/cmx-agent/cmx-agent/metrics"
+	"github.com/cmx-agent/cmx-agent/sealed"
 	"github.com/cmx-agent/cmx-agent/transport"
 	"github.com/cmx-agent/cmx-agent/trust"
 )
@@ -23,7 +24,8 @@ type Build struct {
 // damaged, apply running), so 1,000 endpoints make 10,000 series; the apply duration histogram is
 // one for the whole agent (17 series), the connection failures 6 (one per cause), the process
 // families 6 and the Go ones 19 (GC pauses: 5 quantiles, sum and count), and the rest are single
-// series: signature refusals one per rule (10), and the rest single ones (67 besides the endpoints' in all).
+// series: signature refusals one per rule (10), sealed refusals one per kind (6), and the rest single
+// ones (73 besides the endpoints' in all).
 func (a *Agent) writeMetrics(w *metrics.Writer) error {
 	st, err := a.eng.Stats()
 	if err != nil {
@@ -114,6 +116,11 @@ func (a *Agent) writeMetrics(w *metrics.Writer) error {
 	refusals := a.eng.SignatureRefusals()
 	for _, r := range trust.Reasons() {
 		w.Sample("cmx_agent_signature_refusals_total", float64(refusals[r]), l("reason", string(r)))
+	}
+	w.Family("cmx_agent_sealed_refusals_total", "Configurations refused for their sealed values, by kind: recipient (sealed to another gateway), damaged, plaintext (not JSON, or nested), malformed, body, mode (an output others may read).", "counter")
+	sealedRefusals := a.eng.SealedRefusals()
+	for _, k := range sealed.Kinds {
+		w.Sample("cmx_agent_sealed_refusals_total", float64(sealedRefusals[k]), l("reason", string(k)))
 	}
 	if err := metrics.Process(w); err != nil {
 		// The families that could be read are written; the scrape shows which are missing.

@@ -124,7 +124,7 @@ func TestMetrics_ParseAndCarryEveryFamily(t *testing.T) {
 		"process_start_time_seconds", "process_cpu_seconds_total", "process_resident_memory_bytes",
 		"process_virtual_memory_bytes", "process_open_fds", "process_max_fds",
 		"go_goroutines", "go_threads", "go_info", "go_memstats_alloc_bytes", "go_gc_duration_seconds",
-		"cmx_agent_signature_refusals_total",
+		"cmx_agent_signature_refusals_total", "cmx_agent_sealed_refusals_total",
 	} {
 		if _, ok := fams[name]; !ok {
 			t.Errorf("family %s missing", name)
@@ -223,8 +223,8 @@ func TestMetrics_SeriesAreBoundedByTheEndpointList(t *testing.T) {
 			series++
 		}
 	}
-	if series != 10*1000+67 {
-		t.Errorf("%d series for 1,000 endpoints, want 10,067 (10 per endpoint and 67 besides)", series)
+	if series != 10*1000+73 {
+		t.Errorf("%d series for 1,000 endpoints, want 10,073 (10 per endpoint and 73 besides)", series)
 	}
 }
 

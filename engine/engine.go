@@ -106,7 +106,8 @@ type Engine struct {
 	conn connState // the transport's connection as the engine sees it (conn.go)
 	sig  *signing  // trusted keys and signature refusals (signed.go)
 
-	identity *sealed.Identity // decrypts sealed values; kept across reloads
+	identity       *sealed.Identity // decrypts sealed values; kept across reloads
+	sealedRefusals sealedRefusals   // configurations refused for their sealed values (sealed.go)
 
 	applyTimes histogram // durations of the pipeline, for metrics
 
@@ -136,17 +137,18 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{
-		identity: id,
-		kaa:      cfg.Kaa,
-		agent:    cfg.Agent,
-		log:      opt.Logger,
-		opt:      opt,
-		store:    st,
-		dia:      d,
-		procs:    make(chan struct{}, maxProcesses),
-		eps:      map[string]*endpoint{},
-		byToken:  map[string][]*endpoint{},
-		sig:      newSigning(cfg.Trust.Loaded, int(cfg.Agent.MaxPayload)),
+		identity:       id,
+		kaa:            cfg.Kaa,
+		agent:          cfg.Agent,
+		log:            opt.Logger,
+		opt:            opt,
+		store:          st,
+		dia:            d,
+		procs:          make(chan struct{}, maxProcesses),
+		eps:            map[string]*endpoint{},
+		byToken:        map[string][]*endpoint{},
+		sig:            newSigning(cfg.Trust.Loaded, int(cfg.Agent.MaxPayload)),
+		sealedRefusals: newSealedRefusals(),
 	}
 	if err := e.readState(cfg.Endpoints); err != nil {
 		st.Close()

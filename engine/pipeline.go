@@ -143,8 +143,9 @@ func (e *Engine) runPipeline(ctx context.Context, ep *endpoint, cfg config.Endpo
 // they are in place, or, when decided is true, the outcome already (refused, or unchanged: nothing to
 // write, validate or hook).
 func (e *Engine) candidate(cfg config.Endpoint, st store.EndpointState, o *store.Offer) (data []byte, done outcome, decided bool) {
-	nSealed, refused := checkSealed(cfg, o.Body)
+	nSealed, refused, kind := checkSealed(cfg, o.Body)
 	if refused != nil {
+		e.sealedRefusals.count(kind)
 		return nil, outcome{r: *refused}, true
 	}
 	shape := shapeOf(cfg)
@@ -157,8 +158,9 @@ func (e *Engine) candidate(cfg config.Endpoint, st store.EndpointState, o *store
 				shape: shape, body: o.Body, sealed: true, output: cfg.Output}, true
 		}
 	}
-	data, refused = e.render(cfg, o.Body)
+	data, refused, kind = e.render(cfg, o.Body)
 	if refused != nil {
+		e.sealedRefusals.count(kind)
 		return nil, outcome{r: *refused}, true
 	}
 	hash := store.Hash(data)

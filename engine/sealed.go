@@ -1,8 +1,10 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
+	"sync/atomic"
 
 	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/config"
@@ -10,38 +12,76 @@ import (
 	"github.com/cmx-agent/cmx-agent/store"
 )
 
+// sealedRefusals counts the configurations refused for their sealed values, by kind: one counter
+// per sealed.Kinds, made by New and never changed.
+type sealedRefusals map[sealed.Kind]*atomic.Uint64
+
+func newSealedRefusals() sealedRefusals {
+	c := sealedRefusals{}
+	for _, k := range sealed.Kinds {
+		c[k] = new(atomic.Uint64)
+	}
+	return c
+}
+
+// count adds a refusal of kind k ("": not a sealed refusal, nothing counted).
+func (c sealedRefusals) count(k sealed.Kind) {
+	if n := c[k]; n != nil {
+		n.Add(1)
+	}
+}
+
+// SealedRefusals counts the configurations refused for their sealed values since the agent
+// started, by kind (every kind present, zeros included).
+func (e *Engine) SealedRefusals() map[sealed.Kind]uint64 {
+	out := map[sealed.Kind]uint64{}
+	for k, n := range e.sealedRefusals {
+		out[k] = n.Load()
+	}
+	return out
+}
+
 // checkSealed checks body's sealed values without decrypting them: their count (0: none), or the
-// refusal of a malformed one, or of an output others may read.
-func checkSealed(cfg config.Endpoint, body []byte) (int, *Result) {
+// refusal of a malformed one, or of an output others may read, with its kind.
+func checkSealed(cfg config.Endpoint, body []byte) (int, *Result, sealed.Kind) {
 	n, err := sealed.Count(body)
 	if err != nil {
-		return 0, &Result{Status: err.Error(), Code: store.CodeInvalid}
+		return 0, &Result{Status: err.Error(), Code: store.CodeInvalid}, kindOf(err)
 	}
 	if n > 0 && fs.FileMode(cfg.Mode)&0o004 != 0 {
 		return n, &Result{Status: fmt.Sprintf("sealed values: the output's mode %04o lets others read it; "+
-			"an output holding decrypted values needs a mode without o+r (e.g. mode = \"0640\")", fs.FileMode(cfg.Mode)), Code: store.CodeInvalid}
+			"an output holding decrypted values needs a mode without o+r (e.g. mode = \"0640\")", fs.FileMode(cfg.Mode)), Code: store.CodeInvalid}, sealed.KindMode
 	}
-	return n, nil
+	return n, nil, ""
+}
+
+// kindOf is the kind of a sealed refusal err.
+func kindOf(err error) sealed.Kind {
+	if se := (*sealed.Error)(nil); errors.As(err, &se) {
+		return se.Kind
+	}
+	return ""
 }
 
 // render makes the output's bytes from a configuration body: its sealed values opened, then the
-// endpoint's template applied. The result may hold secrets: it goes to the output file only.
-func (e *Engine) render(cfg config.Endpoint, body []byte) ([]byte, *Result) {
-	if _, r := checkSealed(cfg, body); r != nil {
-		return nil, r
+// endpoint's template applied. The result may hold secrets: it goes to the output file only. A
+// refusal for the sealed values says its kind.
+func (e *Engine) render(cfg config.Endpoint, body []byte) ([]byte, *Result, sealed.Kind) {
+	if _, r, kind := checkSealed(cfg, body); r != nil {
+		return nil, r, kind
 	}
 	data, _, err := e.identity.Open(body)
 	if err != nil {
-		return nil, &Result{Status: err.Error(), Code: store.CodeInvalid}
+		return nil, &Result{Status: err.Error(), Code: store.CodeInvalid}, kindOf(err)
 	}
 	if cfg.Template == "" {
-		return data, nil
+		return data, nil, ""
 	}
 	out, err := apply.Render(cfg.Template, data)
 	if err != nil {
-		return nil, &Result{Status: "rejected by template: " + err.Error(), Code: store.CodeRejected}
+		return nil, &Result{Status: "rejected by template: " + err.Error(), Code: store.CodeRejected}, ""
 	}
-	return out, nil
+	return out, nil, ""
 }
 
 // appliedOutput returns the output's bytes as last applied for endpoint key (have false: none
@@ -57,7 +97,7 @@ func (e *Engine) appliedOutput(key string, cfg config.Endpoint) (out []byte, hav
 	if err != nil || !have || !isSealed {
 		return out, have, err
 	}
-	out, r := e.render(cfg, out)
+	out, r, _ := e.render(cfg, out)
 	if r != nil {
 		return nil, true, fmt.Errorf("render the sealed configuration again: %s", r.Status)
 	}

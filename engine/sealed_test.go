@@ -127,13 +127,14 @@ func TestSealed_RefusalsNameThePathAndChangeNothing(t *testing.T) {
 		name, body string
 		mode       config.FileMode
 		status     string
+		kind       sealed.Kind // the refusal counted
 	}{
 		{"another gateway's recipient", `{"wifi":{"password":` + other + `}}`, 0o600,
-			"sealed value at $.wifi.password: does not decrypt with this gateway's identity (sealed to another recipient?)"},
+			"sealed value at $.wifi.password: does not decrypt with this gateway's identity (sealed to another recipient?)", sealed.KindRecipient},
 		{"not armored", `{"k":[{"$sealed":"hello"}]}`, 0o600,
-			"sealed value at $.k[0]: not an ASCII-armored age file (-----BEGIN AGE ENCRYPTED FILE-----)"},
+			"sealed value at $.k[0]: not an ASCII-armored age file (-----BEGIN AGE ENCRYPTED FILE-----)", sealed.KindMalformed},
 		{"an output others may read", `{"wifi":{"password":` + other + `}}`, 0o644,
-			`sealed values: the output's mode 0644 lets others read it; an output holding decrypted values needs a mode without o+r (e.g. mode = "0640")`},
+			`sealed values: the output's mode 0644 lets others read it; an output holding decrypted values needs a mode without o+r (e.g. mode = "0640")`, sealed.KindMode},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -144,6 +145,16 @@ func TestSealed_RefusalsNameThePathAndChangeNothing(t *testing.T) {
 			}
 			wantNoFile(t, c.output("gw"))
 			c.noLeak(sealedSecret)
+			got := c.e.SealedRefusals()
+			for _, k := range sealed.Kinds {
+				want := uint64(0)
+				if k == tc.kind {
+					want = 1
+				}
+				if got[k] != want {
+					t.Errorf("sealed refusals of kind %s: %d, want %d", k, got[k], want)
+				}
+			}
 		})
 	}
 }

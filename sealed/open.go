@@ -26,12 +26,29 @@ const (
 
 const armorHeader = "-----BEGIN AGE ENCRYPTED FILE-----"
 
-// Error is a sealed value refused: where it is in the body (a JSON path, `$.wifi.password`) and
-// why. It never holds the value's content.
+// Error is a sealed value refused: where it is in the body (a JSON path, `$.wifi.password`), why,
+// and the kind of refusal, for counting. It never holds the value's content.
 type Error struct {
 	Path   string
 	Reason string
+	Kind   Kind
 }
+
+// Kind names what is wrong with a configuration's sealed values.
+type Kind string
+
+// The kinds of refusal, the label values of the agent's sealed refusals metric.
+const (
+	KindRecipient Kind = "recipient" // sealed to another recipient: no key of this gateway opens it
+	KindDamaged   Kind = "damaged"   // the armor or the age file is damaged
+	KindPlaintext Kind = "plaintext" // it opens, but to something that is not JSON, or holds a sealed value itself
+	KindMalformed Kind = "malformed" // a "$sealed" object that is not one armored age file, too large, or too many
+	KindBody      Kind = "body"      // the body around the sealed values is not one JSON value
+	KindMode      Kind = "mode"      // the output would let others read the decrypted values (the agent checks it)
+)
+
+// Kinds lists every Kind, in a fixed order.
+var Kinds = []Kind{KindRecipient, KindDamaged, KindPlaintext, KindMalformed, KindBody, KindMode}
 
 func (e *Error) Error() string {
 	if e.Path == "" {
@@ -88,23 +105,23 @@ func (id *Identity) open(path, text string) ([]byte, error) {
 	)
 	switch {
 	case errors.As(err, &noMatch):
-		return nil, &Error{path, "does not decrypt with this gateway's identity (sealed to another recipient?)"}
+		return nil, &Error{path, "does not decrypt with this gateway's identity (sealed to another recipient?)", KindRecipient}
 	case errors.As(err, &armErr):
-		return nil, &Error{path, "damaged armor"}
+		return nil, &Error{path, "damaged armor", KindDamaged}
 	case err != nil:
 		// age's own message may quote the file; the status says only what went wrong.
-		return nil, &Error{path, "damaged: not a valid age file"}
+		return nil, &Error{path, "damaged: not a valid age file", KindDamaged}
 	case len(plain) > MaxArmor:
-		return nil, &Error{path, "plaintext larger than its armor (damaged)"}
+		return nil, &Error{path, "plaintext larger than its armor (damaged)", KindDamaged}
 	case !json.Valid(plain):
-		return nil, &Error{path, "the decrypted value is not JSON"}
+		return nil, &Error{path, "the decrypted value is not JSON", KindPlaintext}
 	}
 	if n, err := Count(plain); err != nil || n > 0 {
-		return nil, &Error{path, "the decrypted value holds a sealed value itself (nesting is refused)"}
+		return nil, &Error{path, "the decrypted value holds a sealed value itself (nesting is refused)", KindPlaintext}
 	}
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, plain); err != nil {
-		return nil, &Error{path, "the decrypted value is not JSON"}
+		return nil, &Error{path, "the decrypted value is not JSON", KindPlaintext}
 	}
 	return buf.Bytes(), nil
 }
@@ -119,7 +136,7 @@ func rewrite(body []byte, open func(path, armor string) ([]byte, error)) ([]byte
 		return nil, w.n, err
 	}
 	if _, err := w.dec.Token(); err != io.EOF {
-		return nil, w.n, &Error{"", "the body is not one JSON value"}
+		return nil, w.n, &Error{"", "the body is not one JSON value", KindBody}
 	}
 	return w.out.Bytes(), w.n, nil
 }
@@ -131,7 +148,7 @@ type walker struct {
 	n    int
 }
 
-var errNotJSON = &Error{"", "the body is not valid JSON"}
+var errNotJSON = &Error{"", "the body is not valid JSON", KindBody}
 
 func (w *walker) value(path string) error {
 	tok, err := w.dec.Token()
@@ -185,7 +202,7 @@ func (w *walker) object(path string) error {
 		case key == Key && i == 0:
 			return w.sealed(path)
 		case key == Key:
-			return &Error{path, `an object with "$sealed" may have no other key`}
+			return &Error{path, `an object with "$sealed" may have no other key`, KindMalformed}
 		case opened:
 			w.out.WriteByte(',')
 		default:
@@ -217,10 +234,10 @@ func (w *walker) sealed(path string) error {
 	}
 	text, ok := tok.(string)
 	if !ok {
-		return &Error{path, `"$sealed" must be a string, an ASCII-armored age file`}
+		return &Error{path, `"$sealed" must be a string, an ASCII-armored age file`, KindMalformed}
 	}
 	if w.dec.More() {
-		return &Error{path, `an object with "$sealed" may have no other key`}
+		return &Error{path, `an object with "$sealed" may have no other key`, KindMalformed}
 	}
 	if _, err := w.dec.Token(); err != nil {
 		return errNotJSON
@@ -228,11 +245,11 @@ func (w *walker) sealed(path string) error {
 	w.n++
 	switch {
 	case w.n > MaxValues:
-		return &Error{"", fmt.Sprintf("more than %d sealed values in one configuration", MaxValues)}
+		return &Error{"", fmt.Sprintf("more than %d sealed values in one configuration", MaxValues), KindMalformed}
 	case len(text) > MaxArmor:
-		return &Error{path, fmt.Sprintf("armor of %d bytes, more than %d", len(text), MaxArmor)}
+		return &Error{path, fmt.Sprintf("armor of %d bytes, more than %d", len(text), MaxArmor), KindMalformed}
 	case !strings.HasPrefix(strings.TrimSpace(text), armorHeader):
-		return &Error{path, "not an ASCII-armored age file (" + armorHeader + ")"}
+		return &Error{path, "not an ASCII-armored age file (" + armorHeader + ")", KindMalformed}
 	case w.open == nil:
 		w.out.WriteString("null")
 		return nil

@@ -102,24 +102,26 @@ func TestOpen_RefusesBadSealedValuesNamingThePathNeverTheContent(t *testing.T) {
 	many := "[" + strings.Repeat(`{"$sealed": "-----BEGIN AGE ENCRYPTED FILE-----"},`, MaxValues) + good + "]"
 	cases := []struct {
 		name, body, path, want string
+		kind                   Kind
 	}{
-		{"another gateway's recipient", `{"wifi":{"password":` + seal(t, other.Recipient(), `"`+secret+`"`) + `}}`, "$.wifi.password", "does not decrypt with this gateway's identity"},
-		{"damaged armor", `{"wifi":{"password":{"$sealed":` + mustJSON(damaged) + `}}}`, "$.wifi.password", "damaged"},
-		{"plaintext not JSON", `{"k":[` + seal(t, id.Recipient(), secret) + `]}`, "$.k[0]", "is not JSON"},
-		{"nested", `{"k":` + seal(t, id.Recipient(), good) + `}`, "$.k", "nesting is refused"},
-		{"too many", many, "", "more than 64 sealed values"},
-		{"too large", `{"k":{"$sealed":` + mustJSON("-----BEGIN AGE ENCRYPTED FILE-----"+strings.Repeat("A", MaxArmor)) + `}}`, "$.k", "more than 65536"},
-		{"other keys after", `{"k":{"$sealed":"x","y":1}}`, "$.k", "no other key"},
-		{"other keys before", `{"k":{"y":1,"$sealed":"x"}}`, "$.k", "no other key"},
-		{"not a string", `{"k":{"$sealed":{"a":1}}}`, "$.k", "must be a string"},
-		{"not armored", `{"odd key":{"$sealed":"YWdl"}}`, `$["odd key"]`, "not an ASCII-armored age file"},
+		{"another gateway's recipient", `{"wifi":{"password":` + seal(t, other.Recipient(), `"`+secret+`"`) + `}}`, "$.wifi.password", "does not decrypt with this gateway's identity", KindRecipient},
+		{"damaged armor", `{"wifi":{"password":{"$sealed":` + mustJSON(damaged) + `}}}`, "$.wifi.password", "damaged", KindDamaged},
+		{"plaintext not JSON", `{"k":[` + seal(t, id.Recipient(), secret) + `]}`, "$.k[0]", "is not JSON", KindPlaintext},
+		{"nested", `{"k":` + seal(t, id.Recipient(), good) + `}`, "$.k", "nesting is refused", KindPlaintext},
+		{"too many", many, "", "more than 64 sealed values", KindMalformed},
+		{"too large", `{"k":{"$sealed":` + mustJSON("-----BEGIN AGE ENCRYPTED FILE-----"+strings.Repeat("A", MaxArmor)) + `}}`, "$.k", "more than 65536", KindMalformed},
+		{"other keys after", `{"k":{"$sealed":"x","y":1}}`, "$.k", "no other key", KindMalformed},
+		{"other keys before", `{"k":{"y":1,"$sealed":"x"}}`, "$.k", "no other key", KindMalformed},
+		{"not a string", `{"k":{"$sealed":{"a":1}}}`, "$.k", "must be a string", KindMalformed},
+		{"not armored", `{"odd key":{"$sealed":"YWdl"}}`, `$["odd key"]`, "not an ASCII-armored age file", KindMalformed},
+		{"body not JSON", `{"k":{"$sealed":` + mustJSON(armored(good)) + `}`, "", "not", KindBody},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			out, _, err := id.Open([]byte(c.body))
 			var se *Error
-			if !errors.As(err, &se) || se.Path != c.path || !strings.Contains(se.Reason, c.want) {
-				t.Fatalf("Open: %v; want a refusal at %q saying %q", err, c.path, c.want)
+			if !errors.As(err, &se) || se.Path != c.path || !strings.Contains(se.Reason, c.want) || se.Kind != c.kind {
+				t.Fatalf("Open: %v (kind %q); want a refusal at %q saying %q, kind %q", err, kindOf(se), c.path, c.want, c.kind)
 			}
 			if strings.Contains(err.Error(), secret) || strings.Contains(string(out), secret) {
 				t.Fatalf("the refusal leaks the secret: %v, %q", err, out)
@@ -160,4 +162,11 @@ func TestCount_ABodyWithoutSealedValuesIsNotWalked(t *testing.T) {
 	if n, err := Count([]byte(`{"k":{"\u0024sealed":"-----BEGIN AGE ENCRYPTED FILE-----"}}`)); n != 1 || err != nil {
 		t.Errorf("Count with an escaped key = %d, %v; want 1", n, err)
 	}
+}
+
+func kindOf(e *Error) Kind {
+	if e == nil {
+		return ""
+	}
+	return e.Kind
 }
