@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"path/filepath"
-	"time"
 
 	"github.com/cmx-agent/cmx-agent/sealed"
 )
@@ -27,25 +26,13 @@ func (r *runner) sealedLatency(tok string) error {
 	if err != nil {
 		return err
 	}
-	push := func() (time.Duration, error) {
-		r.seq++
+	return r.payloadLatency(a, app, tok, "sealed", func(seq int) ([]byte, error) {
 		// Sealed anew for every push (a new encryption is a new configuration), before the clock
 		// starts: the server seals, not the agent.
-		payload, err := sealedPush(id.Recipient(), r.seq)
-		if err != nil {
-			return 0, err
-		}
-		return r.timedPush(app, tok, "sealed", payload)
-	}
-	agentLat, floorLat, err := r.againstFloor(tok, push)
-	if err != nil {
-		return fmt.Errorf("sealed latency: %w\n%s", err, a.logTail())
-	}
-	sample, _ := sealedPush(id.Recipient(), 1)
-	note := fmt.Sprintf("%d pushes with one sealed value (held path, %d B; the floor's %d B)", len(agentLat), len(sample), pushBodyBytes)
-	r.rep.ratio("sealed push → confirmation p50", "ms", ms(quantile(agentLat, .5)), ms(quantile(floorLat, .5)), targetP50, note)
-	r.logf("sealed latency p50 agent %.2f ms floor %.2f ms", ms(quantile(agentLat, .5)), ms(quantile(floorLat, .5)))
-	return nil
+		return sealedPush(id.Recipient(), seq)
+	}, func(pushes, sample int) string {
+		return fmt.Sprintf("%d pushes with one sealed value (held path, %d B; the floor's %d B)", pushes, sample, pushBodyBytes)
+	})
 }
 
 // sealedPush is a push with id seq whose one entry holds a password sealed to recipient.

@@ -36,23 +36,33 @@ func (r *runner) signedLatency(tok string) error {
 		return err
 	}
 	defer a.stop()
+	return r.payloadLatency(a, app, tok, "signed", func(seq int) ([]byte, error) {
+		return signedPush(priv, tok, seq)
+	}, func(pushes, sample int) string {
+		return fmt.Sprintf("%d signed pushes (held path, %d B with the envelope; the floor's %d B unsigned)", pushes, sample, pushBodyBytes)
+	})
+}
+
+// payloadLatency measures push → confirmation of pushes whose payloads payload makes (the server's
+// work: done before the clock starts) against the floor, and reports the ratio row "<what> push →
+// confirmation p50" with the note describe gives for the number of pushes and a payload's size;
+// a failure carries the tail of a's log.
+func (r *runner) payloadLatency(a *agentProc, app, tok, what string, payload func(seq int) ([]byte, error), describe func(pushes, sample int) string) error {
 	push := func() (time.Duration, error) {
 		r.seq++
-		payload, err := signedPush(priv, tok, r.seq)
+		p, err := payload(r.seq)
 		if err != nil {
 			return 0, err
 		}
-		// The server signs before it sends (timedPush starts the clock after): not the agent's time.
-		return r.timedPush(app, tok, "signed", payload)
+		return r.timedPush(app, tok, what, p)
 	}
 	agentLat, floorLat, err := r.againstFloor(tok, push)
 	if err != nil {
-		return fmt.Errorf("signed latency: %w\n%s", err, a.logTail())
+		return fmt.Errorf("%s latency: %w\n%s", what, err, a.logTail())
 	}
-	sample, _ := signedPush(priv, tok, 1)
-	note := fmt.Sprintf("%d signed pushes (held path, %d B with the envelope; the floor's %d B unsigned)", len(agentLat), len(sample), pushBodyBytes)
-	r.rep.ratio("signed push → confirmation p50", "ms", ms(quantile(agentLat, .5)), ms(quantile(floorLat, .5)), targetP50, note)
-	r.logf("signed latency p50 agent %.2f ms floor %.2f ms", ms(quantile(agentLat, .5)), ms(quantile(floorLat, .5)))
+	sample, _ := payload(1)
+	r.rep.ratio(what+" push → confirmation p50", "ms", ms(quantile(agentLat, .5)), ms(quantile(floorLat, .5)), targetP50, describe(len(agentLat), len(sample)))
+	r.logf("%s latency p50 agent %.2f ms floor %.2f ms", what, ms(quantile(agentLat, .5)), ms(quantile(floorLat, .5)))
 	return nil
 }
 
