@@ -63,28 +63,22 @@ func (c *Clock) Advance(d time.Duration) {
 // AdvanceNext moves the clock to the earliest armed timer's deadline and fires it (and any other of
 // the same deadline). It returns how far the clock moved, and false when no timer is armed.
 func (c *Clock) AdvanceNext() (time.Duration, bool) {
-	c.mu.Lock()
-	t := c.earliest()
-	if t == nil {
-		c.mu.Unlock()
-		return 0, false
+	d, ok := c.next()
+	if ok {
+		c.Advance(d)
 	}
-	d := max(t.when.Sub(c.now), 0)
-	c.mu.Unlock()
-	c.Advance(d)
-	return d, true
+	return d, ok
 }
 
-// Armed returns the time left on each armed timer, shortest first.
-func (c *Clock) Armed() []time.Duration {
+// next returns the time left on the earliest armed timer, and false when none is armed.
+func (c *Clock) next() (time.Duration, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var ds []time.Duration
-	for _, t := range c.timers {
-		ds = append(ds, t.when.Sub(c.now))
+	t := c.earliest()
+	if t == nil {
+		return 0, false
 	}
-	slices.Sort(ds)
-	return ds
+	return max(t.when.Sub(c.now), 0), true
 }
 
 // AdvanceUntil advances the clock by step at a time, letting the code under test run between
@@ -121,22 +115,15 @@ func (c *Clock) Drive(tb testing.TB, step time.Duration) {
 			case <-stop:
 				return
 			case <-tick.C:
-				c.Advance(c.untilNext(step))
+				d, ok := c.next()
+				if !ok || d > step {
+					d = step
+				}
+				c.Advance(d)
 			}
 		}
 	}()
 	tb.Cleanup(func() { close(stop); <-done })
-}
-
-// untilNext is how far the clock may move in one step of at most step: to the next deadline if it
-// comes sooner.
-func (c *Clock) untilNext(step time.Duration) time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if t := c.earliest(); t != nil {
-		return min(step, max(t.when.Sub(c.now), 0))
-	}
-	return step
 }
 
 // earliest returns the armed timer due first; c.mu must be held.
