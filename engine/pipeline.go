@@ -158,7 +158,7 @@ func (e *Engine) candidate(cfg config.Endpoint, st store.EndpointState, o *store
 				shape: shape, body: o.Body, sealed: true, output: cfg.Output}, true
 		}
 	}
-	data, refused, kind = e.render(cfg, o.Body)
+	data, refused, kind = e.renderChecked(cfg, o.Body, nSealed)
 	if refused != nil {
 		e.sealedRefusals.count(kind)
 		return nil, outcome{r: *refused}, true

@@ -67,10 +67,17 @@ func kindOf(err error) sealed.Kind {
 // endpoint's template applied. The result may hold secrets: it goes to the output file only. A
 // refusal for the sealed values says its kind.
 func (e *Engine) render(cfg config.Endpoint, body []byte) ([]byte, *Result, sealed.Kind) {
-	if _, r, kind := checkSealed(cfg, body); r != nil {
+	n, r, kind := checkSealed(cfg, body)
+	if r != nil {
 		return nil, r, kind
 	}
-	data, _, err := e.identity.Open(body)
+	return e.renderChecked(cfg, body, n)
+}
+
+// renderChecked is render for a body checkSealed has accepted with n sealed values: the pipeline
+// checks a body once, before it decides anything, and does not walk it again here.
+func (e *Engine) renderChecked(cfg config.Endpoint, body []byte, n int) ([]byte, *Result, sealed.Kind) {
+	data, err := e.identity.OpenCounted(body, n)
 	if err != nil {
 		return nil, &Result{Status: err.Error(), Code: store.CodeInvalid}, kindOf(err)
 	}

@@ -82,13 +82,22 @@ func (id *Identity) Open(body []byte) ([]byte, int, error) {
 	// Checked whole first, so that a body with too many values or a malformed one costs no
 	// decryption at all.
 	n, err := Count(body)
-	switch {
-	case err != nil:
+	if err != nil {
 		return nil, n, err
-	case n == 0:
-		return body, 0, nil
 	}
-	return rewrite(body, id.open)
+	out, err := id.OpenCounted(body, n)
+	return out, n, err
+}
+
+// OpenCounted is Open for a body Count has accepted with n sealed values: a caller that has
+// counted them already (to refuse a malformed body before anything else) does not walk the body
+// again to check it, and a body without any is not walked at all.
+func (id *Identity) OpenCounted(body []byte, n int) ([]byte, error) {
+	if n == 0 {
+		return body, nil
+	}
+	out, _, err := rewrite(body, id.open)
+	return out, err
 }
 
 // open decrypts one armored value to compact JSON.
