@@ -12,10 +12,10 @@ import (
 	"syscall"
 )
 
-// userHZ is the unit of the CPU and start times in /proc/<pid>/stat. The kernel reports them in
+// UserHZ is the unit of the CPU and start times in /proc/<pid>/stat. The kernel reports them in
 // USER_HZ, which is 100 on every architecture Linux has (the Prometheus client libraries assume
-// the same), whatever the kernel's own tick rate.
-const userHZ = 100
+// the same), whatever the kernel's own tick rate; sysconf(_SC_CLK_TCK) would need cgo.
+const UserHZ = 100
 
 // Process writes the process_* families the Prometheus client libraries export, with the same
 // names and meanings: start time, CPU time, resident and virtual memory, open and maximum file
@@ -38,7 +38,7 @@ func writeProcess(w *Writer, proc string, pid int, cpu func() (float64, error)) 
 		var boot uint64
 		if boot, err = readBootTime(filepath.Join(proc, "stat")); err == nil {
 			w.Family("process_start_time_seconds", "Start time of the process since the Unix epoch in seconds.", "gauge")
-			w.Sample("process_start_time_seconds", float64(boot)+float64(start)/userHZ)
+			w.Sample("process_start_time_seconds", float64(boot)+float64(start)/UserHZ)
 		}
 	}
 	errs = append(errs, err)
@@ -107,31 +107,31 @@ func readStartTicks(path string) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("process metrics: %w", err)
 	}
-	n, err := parseStartTicks(b)
+	n, err := StatField(b, 22)
 	if err != nil {
 		return 0, fmt.Errorf("process metrics: %s: %w", path, err)
 	}
 	return n, nil
 }
 
-// parseStartTicks reads field 22 of a stat line. The command name (field 2) is in parentheses and
-// may itself hold spaces and parentheses, so the fields are counted from the last ')'.
-func parseStartTicks(b []byte) (uint64, error) {
+// StatField reads numeric field n (numbered as in proc_pid_stat(5), n ≥ 3) of a /proc/<pid>/stat
+// line. The command name (field 2) is in parentheses and may itself hold spaces and parentheses,
+// so the fields are counted from the last ')'.
+func StatField(b []byte, n int) (uint64, error) {
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
 		return 0, errors.New("no command name in parentheses")
 	}
-	// fields[0] is field 3 (state) of proc_pid_stat(5).
+	// fields[0] is field 3 (state).
 	fields := strings.Fields(string(b[i+1:]))
-	const starttime = 22 - 3
-	if len(fields) <= starttime {
-		return 0, fmt.Errorf("%d fields after the command name, want at least %d", len(fields), starttime+1)
+	if len(fields) <= n-3 {
+		return 0, fmt.Errorf("%d fields after the command name, want at least %d", len(fields), n-2)
 	}
-	n, err := strconv.ParseUint(fields[starttime], 10, 64)
+	v, err := strconv.ParseUint(fields[n-3], 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("field 22: %w", err)
+		return 0, fmt.Errorf("field %d: %w", n, err)
 	}
-	return n, nil
+	return v, nil
 }
 
 // readBootTime returns the boot time (Unix seconds) from /proc/stat's btime line.

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cmx-agent/cmx-agent/metrics"
 )
 
 // What a process costs the disk and the CPU, read from /proc and counted with strace.
@@ -58,10 +60,6 @@ func parseProcIO(data []byte) (write, cancelled int64, err error) {
 	return write, cancelled, nil
 }
 
-// userHZ is the unit of utime and stime in /proc/<pid>/stat: USER_HZ, 100 on every Linux
-// architecture Go supports (sysconf(_SC_CLK_TCK) needs cgo).
-const userHZ = 100
-
 // procCPU returns the CPU time (user + system, all threads) the process has used so far.
 func procCPU(pid int) (time.Duration, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -71,26 +69,17 @@ func procCPU(pid int) (time.Duration, error) {
 	return parseProcStat(data)
 }
 
+// parseProcStat returns utime + stime (fields 14 and 15) of a stat line.
 func parseProcStat(data []byte) (time.Duration, error) {
-	// The command name (field 2) is in parentheses and may hold spaces and parentheses: the fields
-	// after the last ')' start with field 3, the state; utime and stime are fields 14 and 15.
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, errors.New("/proc/PID/stat: no command name")
-	}
-	f := strings.Fields(string(data[i+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/PID/stat: %d fields after the name, want at least 13", len(f))
-	}
-	var ticks int64
-	for _, s := range f[11:13] {
-		n, err := strconv.ParseInt(s, 10, 64)
+	var ticks uint64
+	for _, n := range []int{14, 15} {
+		v, err := metrics.StatField(data, n)
 		if err != nil {
-			return 0, fmt.Errorf("/proc/PID/stat: utime/stime: %w", err)
+			return 0, fmt.Errorf("/proc/PID/stat: %w", err)
 		}
-		ticks += n
+		ticks += v
 	}
-	return time.Duration(ticks) * time.Second / userHZ, nil
+	return time.Duration(ticks) * time.Second / metrics.UserHZ, nil
 }
 
 // syncTrace is strace attached to a running process (all its threads, and children it starts),
