@@ -81,8 +81,14 @@ func checkOnline(ctx context.Context, cfg *config.Config, w io.Writer) int {
 		checkSubscriptions(ctx, r, client, cfg)
 		client.Disconnect(100)
 	}
+	// What is the same for every endpoint is read once: the unit's sandbox (a systemctl call) and
+	// the service's user.
+	host := hostChecks{allowed: unitWritable(cfg)}
+	if os.Geteuid() == 0 { // root can write anywhere; the service runs as its own user
+		host.service, _ = user.Lookup(agentUser)
+	}
 	for _, ep := range cfg.Endpoints {
-		checkEndpointFiles(r, cfg, ep)
+		checkEndpointFiles(r, host, ep)
 	}
 	if r.failed > 0 {
 		return 1
@@ -160,12 +166,19 @@ func checkSubscriptions(ctx context.Context, r *onlineReport, c mqtt.Client, cfg
 	}
 }
 
+// hostChecks is what the endpoints' checks share: the folders the unit's sandbox lets the service
+// write (nil: no sandbox known) and, when check runs as root, the service's user.
+type hostChecks struct {
+	allowed []string
+	service *user.User
+}
+
 // checkEndpointFiles checks ep's output folder, owner, group and programs.
-func checkEndpointFiles(r *onlineReport, cfg *config.Config, ep config.Endpoint) {
+func checkEndpointFiles(r *onlineReport, host hostChecks, ep config.Endpoint) {
 	dir := filepath.Dir(ep.Output)
-	if err := checkFolderWritable(dir); err != nil {
+	if err := checkFolderWritable(dir, host.service); err != nil {
 		r.fail("output folder %s (endpoint %s): %v", dir, ep.Key(), err)
-	} else if missing := sandboxPath(cfg, dir); missing != "" {
+	} else if missing := sandboxPath(host.allowed, dir); missing != "" {
 		r.fail("output folder %s (endpoint %s): %s", dir, ep.Key(), missing)
 	} else {
 		r.ok("output folder %s (endpoint %s): writable", dir, ep.Key())
@@ -193,8 +206,8 @@ func checkEndpointFiles(r *onlineReport, cfg *config.Config, ep config.Endpoint)
 
 // checkFolderWritable checks that a file can be made in dir, as the agent makes its temporary
 // file there. A folder that is missing is made by the agent: its nearest existing parent must then
-// take it. Nothing is left behind.
-func checkFolderWritable(dir string) error {
+// take it. Nothing is left behind. With service set, the folder must be writable by that user too.
+func checkFolderWritable(dir string, service *user.User) error {
 	at := dir
 	for {
 		fi, err := os.Stat(at)
@@ -222,11 +235,8 @@ func checkFolderWritable(dir string) error {
 	if err := os.Remove(name); err != nil {
 		return fmt.Errorf("remove %s: %w", name, err)
 	}
-	// Root can write anywhere; the service runs as its own user.
-	if os.Geteuid() == 0 {
-		if u, err := user.Lookup(agentUser); err == nil && !writableBy(u, at) {
-			return fmt.Errorf("%s is not writable by user %s, as which the service runs: chown or chmod it", at, agentUser)
-		}
+	if service != nil && !writableBy(service, at) {
+		return fmt.Errorf("%s is not writable by user %s, as which the service runs: chown or chmod it", at, agentUser)
 	}
 	return nil
 }
@@ -252,18 +262,18 @@ func writableBy(u *user.User, dir string) bool {
 	return perm&0o003 == 0o003
 }
 
-// sandboxPath says what the unit's sandbox lacks for dir, when systemd runs the unit: under
-// ProtectSystem=strict only the state folder and the ReadWritePaths= of the unit and its drop-ins
-// are writable. "" when nothing is missing or nothing can be known.
-func sandboxPath(cfg *config.Config, dir string) string {
+// unitWritable returns the folders the unit's sandbox lets the service write, when systemd runs the
+// unit: under ProtectSystem=strict only the state folder and the ReadWritePaths= of the unit and
+// its drop-ins are. nil when nothing can be known.
+func unitWritable(cfg *config.Config) []string {
 	if _, err := os.Stat("/run/systemd/system"); err != nil {
-		return ""
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), onlineTimeout)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "systemctl", "show", "--property=LoadState,ReadWritePaths,StateDirectory", "cmx-agent").Output()
 	if err != nil || !strings.Contains(string(out), "LoadState=loaded") {
-		return ""
+		return nil
 	}
 	allowed := []string{cfg.Agent.StateDir}
 	for line := range strings.Lines(string(out)) {
@@ -278,6 +288,15 @@ func sandboxPath(cfg *config.Config, dir string) string {
 				allowed = append(allowed, filepath.Join("/var/lib", p))
 			}
 		}
+	}
+	return allowed
+}
+
+// sandboxPath says what the sandbox that allows writing only the allowed folders lacks for dir; ""
+// when nothing is missing or no sandbox is known (allowed nil).
+func sandboxPath(allowed []string, dir string) string {
+	if allowed == nil {
+		return ""
 	}
 	for _, a := range allowed {
 		if a != "" && (dir == a || strings.HasPrefix(dir, strings.TrimSuffix(a, "/")+"/")) {
