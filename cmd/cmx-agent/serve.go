@@ -86,7 +86,7 @@ func (m *mainLoop) runUntilRestart(ctx context.Context, cfg *config.Config, firs
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- a.Run(runCtx) }()
-	r := &agentRun{m: m, a: a, cfg: cfg, reloadIn: m.reload, reloaded: make(chan reloadResult, 1)}
+	r := &agentRun{m: m, a: a, path: cfg.Path, reloadIn: m.reload, reloaded: make(chan reloadResult, 1)}
 	defer r.reloads.Wait() // before a.Close: a reload in progress still uses the agent
 	stopping := ctx.Done()
 	if m.stopped {
@@ -156,9 +156,9 @@ func (m *mainLoop) watchdogTicker() (tick <-chan time.Time, interval time.Durati
 
 // agentRun is the state of the main loop around one agent.
 type agentRun struct {
-	m   *mainLoop
-	a   *agent.Agent
-	cfg *config.Config // the configuration the agent runs on, as last reloaded
+	m    *mainLoop
+	a    *agent.Agent
+	path string // the configuration file, read again at each reload
 
 	statusDue  <-chan time.Time // when STATUS= is sent next; nil when nothing changed
 	lastStatus time.Time
@@ -205,14 +205,20 @@ func (r *agentRun) feedWatchdog(ctx context.Context, interval time.Duration) {
 // loop, so the watchdog is still fed meanwhile. One reload at a time.
 func (r *agentRun) startReload(why string) {
 	m := r.m
-	data, err := os.ReadFile(r.cfg.Path)
+	data, err := os.ReadFile(r.path)
 	if why != "SIGHUP" && err == nil && bytes.Equal(data, m.current) {
 		return // touched, not changed
 	}
 	m.n.reloading()
-	nc, err := config.Load(r.cfg.Path)
+	// The bytes compared are the bytes parsed: a file changing again meanwhile is the next reload.
+	var nc *config.Config
+	if err == nil {
+		nc, err = config.Parse(r.path, data)
+	} else {
+		nc, err = config.Load(r.path) // says why the file cannot be read, as at start
+	}
 	if err != nil {
-		logProblems(m.log, r.cfg.Path, err)
+		logProblems(m.log, r.path, err)
 		m.n.send(daemon.SdNotifyReady)
 		return
 	}
@@ -233,7 +239,6 @@ func (r *agentRun) reloadDone(res reloadResult) {
 	if res.err != nil {
 		r.m.log.Error("cannot reload the configuration; keeping the running one", "trigger", res.why, "err", res.err)
 	} else {
-		r.cfg = res.cfg
 		r.m.log.Info("configuration reloaded", "trigger", res.why, "endpoints", len(res.cfg.Endpoints))
 	}
 	r.m.n.send(daemon.SdNotifyReady)
