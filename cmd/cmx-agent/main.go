@@ -51,7 +51,7 @@ commands:
          print time, size and sha256 of each version of PATH; run CMD after each new one
   bundle [--config PATH] [--socket PATH] [-o FILE] [--with-outputs] [--journal-lines N]
          write a support bundle (.tar.gz, mode 0600) without secrets, for a ticket
-  import [--config PATH] [--socket PATH] FILE...
+  import [--config PATH | --socket PATH] FILE...
          apply signed configurations from files through the running agent (exit 0: all ok)
   identity [--config PATH]
          print the agent's age recipient, to which configurations seal values
