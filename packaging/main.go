@@ -171,9 +171,6 @@ func writeChangelog(path, version, commit string, when time.Time) error {
 	return writeGzip(path, []byte(text))
 }
 
-// installedDocs are the documents the packages carry in /usr/share/doc/cmx-agent: the operator's
-// guide and every document it links to, directly or through another, so that no link is dead on a
-// gateway without network.
 // docDir is the packages' documentation folder.
 const docDir = "/usr/share/doc/cmx-agent/"
 
@@ -181,6 +178,9 @@ const docDir = "/usr/share/doc/cmx-agent/"
 // so that README.md's links into docs/ and the documents' links to each other all work.
 func docPath(src string) string { return docDir + src }
 
+// installedDocs are the documents the packages carry in docDir: the operator's guide and every
+// document it links to, directly or through another, so that no link is dead on a gateway without
+// network.
 func installedDocs() []string {
 	return []string{"README.md", "docs/operations.md", "docs/durability.md", "docs/brokers.md", "docs/apply.md",
 		"docs/security.md", "docs/benchmarks.md", "docs/protocol.md"}
@@ -199,7 +199,7 @@ func pack(format string, t target, version string, mtime time.Time, bin, changel
 		{Source: filepath.Join(bin, "cmxctl"), Destination: "/usr/bin/cmxctl", FileInfo: exec},
 		{Source: "systemd/cmx-agent.service", Destination: unitDir + "cmx-agent.service", FileInfo: doc()},
 		{Source: "systemd/cmx-agent.sysusers", Destination: "/usr/lib/sysusers.d/cmx-agent.conf", FileInfo: doc()},
-		{Source: "examples/agent.toml", Destination: "/usr/share/doc/cmx-agent/agent.toml.example", FileInfo: doc()},
+		{Source: "examples/agent.toml", Destination: docDir + "agent.toml.example", FileInfo: doc()},
 	}
 	for _, src := range installedDocs() {
 		contents = append(contents, &files.Content{Source: src, Destination: docPath(src), FileInfo: doc()})

@@ -103,21 +103,21 @@ func printStatus(w io.Writer, st agent.Status) {
 		}
 		last := "-"
 		if e.LastStatus != "" {
-			last = cell(idOrDash(e.LastID, "(no id)"), maxCell) + ": " + cell(e.LastStatus, maxCell)
+			last = cell(idOrDash(e.LastID, "(no id)")) + ": " + cell(e.LastStatus)
 		}
 		if e.Damaged != "" {
 			// The id and times were in the record; only what was applied is known (its hash).
-			applied, at, last = "?", "?", "damaged: "+cell(e.Damaged, maxCell)
+			applied, at, last = "?", "?", "damaged: "+cell(e.Damaged)
 		}
 		if !e.ApplyingSince.IsZero() {
-			last += fmt.Sprintf(" (applying %s for %s)", cell(idOrDash(e.ApplyingID, "(no id)"), maxCell), time.Since(e.ApplyingSince).Round(time.Second))
+			last += fmt.Sprintf(" (applying %s for %s)", cell(idOrDash(e.ApplyingID, "(no id)")), time.Since(e.ApplyingSince).Round(time.Second))
 		} else if e.Waiting {
 			last += " (newer one waiting)"
 		}
 		if !e.RequestWaitingSince.IsZero() {
 			last += " (request unanswered since " + e.RequestWaitingSince.Local().Format(time.DateTime) + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", e.Key, cell(applied, maxCell), at, last, e.Pending, e.Output)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", e.Key, cell(applied), at, last, e.Pending, e.Output)
 	}
 	tw.Flush()
 	printSigned(w, st.Endpoints)
@@ -144,18 +144,18 @@ func printSigned(w io.Writer, eps []agent.EndpointStatus) {
 const maxCell = 60
 
 // cell makes s fit a table cell: control characters (a tab or newline in a server's id) become
-// spaces, so they cannot break the columns, and past max characters s is cut and ends with "…".
-func cell(s string, max int) string {
+// spaces, so they cannot break the columns, and past maxCell characters s is cut and ends with "…".
+func cell(s string) string {
 	s = strings.Map(func(r rune) rune {
 		if unicode.IsControl(r) {
 			return ' '
 		}
 		return r
 	}, s)
-	if utf8.RuneCountInString(s) <= max {
+	if utf8.RuneCountInString(s) <= maxCell {
 		return s
 	}
-	return string([]rune(s)[:max]) + "…"
+	return string([]rune(s)[:maxCell]) + "…"
 }
 
 func idOrDash(id, none string) string {

@@ -60,7 +60,7 @@ func printHistory(w io.Writer, h agent.History) {
 	for _, ep := range h.Endpoints {
 		switch {
 		case ep.Damaged != "":
-			fmt.Fprintf(tw, "%s\t?\t?\t?\t?\tdamaged: %s\n", ep.Key, cell(ep.Damaged, maxCell))
+			fmt.Fprintf(tw, "%s\t?\t?\t?\t?\tdamaged: %s\n", ep.Key, cell(ep.Damaged))
 		case len(ep.Entries) == 0:
 			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\n", ep.Key)
 		}
@@ -70,7 +70,7 @@ func printHistory(w io.Writer, h agent.History) {
 				version = strconv.FormatInt(e.Version, 10)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ep.Key, e.At.Local().Format(time.DateTime),
-				cell(idOrDash(e.ID, "(no id)"), maxCell), e.Origin, version, e.SHA256)
+				cell(idOrDash(e.ID, "(no id)")), e.Origin, version, e.SHA256)
 		}
 	}
 	tw.Flush()

@@ -59,7 +59,10 @@ func writeKeyPair(name string) (string, error) {
 		return "", err
 	}
 	if err := writeNew(name+".pub", pubPEM, 0o644); err != nil {
-		os.Remove(name + ".key") // half a pair is no use, and a private key left behind is a risk
+		// Half a pair is no use, and a private key left behind is a risk: say so if it stays.
+		if rerr := os.Remove(name + ".key"); rerr != nil {
+			return "", fmt.Errorf("%w; and the private key %s.key could not be removed: %v", err, name, rerr)
+		}
 		return "", err
 	}
 	return trust.Thumbprint(pub), nil
