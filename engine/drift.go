@@ -288,8 +288,6 @@ func (e *Engine) checkDrift(m *machine) {
 	}
 }
 
-// scheduleDrift checks ep a debounce from now, on the watcher's timer for ep, so that this check
-// and one the watcher schedules for the same events are one.
 // outputSum is the hash of the file at output, or, when its size is not that of the applied bytes,
 // that size ("size N"): a change found without reading the file. The check runs on the endpoint's
 // goroutine, where its pushes wait, and a huge file put at the output (a misdirected log, a copied
@@ -308,6 +306,8 @@ func (e *Engine) outputSum(key, output string) (string, error) {
 	return apply.HashFile(output)
 }
 
+// scheduleDrift checks ep a debounce from now, on the watcher's timer for ep, so that this check
+// and one the watcher schedules for the same events are one.
 func (e *Engine) scheduleDrift(ep *endpoint) {
 	e.mu.RLock()
 	d := e.drift

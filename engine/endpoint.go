@@ -61,6 +61,7 @@ func (e *Engine) newEndpoint(ec config.Endpoint) *endpoint {
 	}
 	ep.m.ep = ep
 	ep.m.backoff = resultRetry()
+	ep.req.bo = backoff.Backoff{Policy: backoff.Policy{Min: errRetryMin, Max: errRetryMax}}
 	return ep
 }
 
@@ -604,7 +605,15 @@ func (m *machine) reapplyIfReshaped() {
 	if shapeOf(ep.config()) == st.AppliedShape {
 		return
 	}
-	raw, ok, err := e.store.StoredBytes(ep.key, (*store.Tx).Raw)
+	var (
+		raw []byte
+		ok  bool
+	)
+	err := e.store.View(func(tx *store.Tx) error {
+		var err error
+		raw, ok, err = tx.Raw(ep.key)
+		return err
+	})
 	if err != nil || !ok {
 		e.log.Error("cannot read the stored configuration to apply it under the new options", "endpoint", ep.key, "err", err)
 		return

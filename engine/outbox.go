@@ -189,7 +189,7 @@ func (o *Outbox) Next(gen uint64, n int) []OutMsg {
 		if !en.visible || en.sentGen == gen || en.gen != 0 && en.gen != gen {
 			continue
 		}
-		if p := o.poisoned[poisonKey(en.msg.Topic)]; p != nil && now.Before(p.until) {
+		if p := o.poisonOf(en.msg.Topic); p != nil && now.Before(p.until) {
 			continue
 		}
 		en.sentGen = gen
@@ -233,8 +233,19 @@ func (o *Outbox) Acked(seq uint64) {
 func (o *Outbox) Delivered(m OutMsg) {
 	o.Acked(m.Seq)
 	o.mu.Lock()
-	delete(o.poisoned, poisonKey(m.Topic))
+	if len(o.poisoned) > 0 {
+		delete(o.poisoned, poisonKey(m.Topic))
+	}
 	o.mu.Unlock()
+}
+
+// poisonOf is the record of topic's closes; nil when none. Every answer sent asks: when no topic
+// has any (nearly always), the key is not even computed. o.mu must be held.
+func (o *Outbox) poisonOf(topic string) *poison {
+	if len(o.poisoned) == 0 {
+		return nil
+	}
+	return o.poisoned[poisonKey(topic)]
 }
 
 // poisonKey is topic with every level that is a request id (all digits, 1/KP) as "+": an ACL
@@ -255,7 +266,7 @@ func poisonKey(topic string) string {
 func (o *Outbox) Suspect(topic string) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.poisoned[poisonKey(topic)] != nil
+	return o.poisonOf(topic) != nil
 }
 
 // SetAside is a topic Ended set aside.
@@ -308,7 +319,7 @@ func (o *Outbox) setAside() int {
 	defer o.mu.Unlock()
 	now, n := o.clock.Now(), 0
 	for _, en := range o.entries {
-		if p := o.poisoned[poisonKey(en.msg.Topic)]; p != nil && en.gen == 0 && en.msg.QoS > 0 && now.Before(p.until) {
+		if p := o.poisonOf(en.msg.Topic); p != nil && en.gen == 0 && en.msg.QoS > 0 && now.Before(p.until) {
 			n++
 		}
 	}

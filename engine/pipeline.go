@@ -149,10 +149,11 @@ func (e *Engine) candidate(cfg config.Endpoint, st store.EndpointState, o *store
 		return nil, outcome{r: *refused}, true
 	}
 	shape := shapeOf(cfg)
+	var sealedHash string
 	if nSealed > 0 {
 		// Decided on the configuration as received: the same sealed one again is neither decrypted
 		// nor written; a new encryption of the same secret is a new configuration.
-		sealedHash := store.Hash(o.Body)
+		sealedHash = store.Hash(o.Body)
 		if sealedHash == st.AppliedSealed && shape == st.AppliedShape {
 			return nil, outcome{r: resultOK, applied: true, unchanged: true, hash: st.AppliedHash, sealedHash: sealedHash,
 				shape: shape, body: o.Body, sealed: true, output: cfg.Output}, true
@@ -167,7 +168,7 @@ func (e *Engine) candidate(cfg config.Endpoint, st store.EndpointState, o *store
 	done = outcome{r: resultOK, applied: true, hash: hash, shape: shape, body: data, rendered: cfg.Template != "", output: cfg.Output}
 	if nSealed > 0 {
 		// The database keeps the sealed form; drift repair and rollback render it again.
-		done.body, done.rendered, done.sealed, done.sealedHash = o.Body, false, true, store.Hash(o.Body)
+		done.body, done.rendered, done.sealed, done.sealedHash = o.Body, false, true, sealedHash
 	}
 	// A state written before shapes were recorded has none: its bytes alone decide, as they did,
 	// so an upgrade does not make every device reload.

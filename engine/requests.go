@@ -189,9 +189,6 @@ func (r *requester) refuse(e *Engine, ep *endpoint) (d time.Duration, ok bool) {
 	if gen == 0 {
 		return 0, false
 	}
-	if r.bo.Min == 0 {
-		r.bo = backoff.Backoff{Policy: backoff.Policy{Min: errRetryMin, Max: errRetryMax}}
-	}
 	d = r.bo.Next()
 	r.arm(e, ep, gen, d, true)
 	return d, true

@@ -56,16 +56,6 @@ func (t *Tx) Body(ep string) (body []byte, ok bool, err error) {
 	return append([]byte{}, v...), true, nil
 }
 
-// StoredBytes reads one of an endpoint's stored copies (Tx.Body, Tx.Raw) in a read transaction of
-// its own.
-func (s *Store) StoredBytes(ep string, read func(*Tx, string) ([]byte, bool, error)) (b []byte, ok bool, err error) {
-	err = s.View(func(tx *Tx) error {
-		b, ok, err = read(tx, ep)
-		return err
-	})
-	return b, ok, err
-}
-
 // HasBody reports whether applied output bytes are stored for an endpoint, without copying them.
 func (t *Tx) HasBody(ep string) bool { return t.hot().Get(epKey(ep, kindBody)) != nil }
 

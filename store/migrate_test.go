@@ -140,11 +140,7 @@ func TestOpenStore_MigratesTheNestedLayout(t *testing.T) {
 		check("has pending", has, true)
 		has2, _ := tx.HasPending("gw-002/x")
 		check("has pending (second endpoint)", has2, false)
-		last, err := tx.LastSeq()
-		if err != nil {
-			t.Fatalf("LastSeq: %v", err)
-		}
-		check("last seq", last, uint64(100))
+		check("last seq", tx.LastSeqOf(tx.PendingSeqs()), uint64(100))
 
 		for id, want := range map[string]Handled{
 			"1": {"ok", CodeOK}, "2": {"superseded by 3", CodeSuperseded}, "3": {"hook failed: exit 1", CodeFailed},

@@ -592,10 +592,8 @@ func (t *Tx) eachPendingKey(fn func(ep []byte, seq uint64)) {
 	}
 }
 
-// LastSeq is the highest offer sequence number the database has seen.
-func (t *Tx) LastSeq() (uint64, error) { return t.LastSeqOf(t.PendingSeqs()), nil }
-
-// LastSeqOf is LastSeq from the pending offers' seqs already listed (PendingSeqs).
+// LastSeqOf is the highest offer sequence number the database has seen, from the pending offers'
+// seqs already listed (PendingSeqs).
 func (t *Tx) LastSeqOf(pending map[string][]uint64) uint64 {
 	var last uint64
 	if v := t.hot().Get(keyOfferSeq); len(v) == 8 {
