@@ -106,8 +106,8 @@ type Engine struct {
 	conn connState // the transport's connection as the engine sees it (conn.go)
 	sig  *signing  // trusted keys and signature refusals (signed.go)
 
-	identity       *sealed.Identity // decrypts sealed values; kept across reloads
-	sealedRefusals sealedRefusals   // configurations refused for their sealed values (sealed.go)
+	identity       *sealed.Identity      // decrypts sealed values; kept across reloads
+	sealedRefusals refusals[sealed.Kind] // configurations refused for their sealed values (sealed.go)
 
 	applyTimes histogram // durations of the pipeline, for metrics
 
@@ -148,7 +148,7 @@ func New(cfg *config.Config, opt Options) (*Engine, error) {
 		eps:            map[string]*endpoint{},
 		byToken:        map[string][]*endpoint{},
 		sig:            newSigning(cfg.Trust.Loaded, int(cfg.Agent.MaxPayload)),
-		sealedRefusals: newSealedRefusals(),
+		sealedRefusals: newRefusals(sealed.Kinds),
 	}
 	if err := e.readState(cfg.Endpoints); err != nil {
 		st.Close()

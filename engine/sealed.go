@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"sync/atomic"
 
 	"github.com/cmx-agent/cmx-agent/apply"
 	"github.com/cmx-agent/cmx-agent/config"
@@ -12,34 +11,9 @@ import (
 	"github.com/cmx-agent/cmx-agent/store"
 )
 
-// sealedRefusals counts the configurations refused for their sealed values, by kind: one counter
-// per sealed.Kinds, made by New and never changed.
-type sealedRefusals map[sealed.Kind]*atomic.Uint64
-
-func newSealedRefusals() sealedRefusals {
-	c := sealedRefusals{}
-	for _, k := range sealed.Kinds {
-		c[k] = new(atomic.Uint64)
-	}
-	return c
-}
-
-// count adds a refusal of kind k ("": not a sealed refusal, nothing counted).
-func (c sealedRefusals) count(k sealed.Kind) {
-	if n := c[k]; n != nil {
-		n.Add(1)
-	}
-}
-
 // SealedRefusals counts the configurations refused for their sealed values since the agent
 // started, by kind (every kind present, zeros included).
-func (e *Engine) SealedRefusals() map[sealed.Kind]uint64 {
-	out := map[sealed.Kind]uint64{}
-	for k, n := range e.sealedRefusals {
-		out[k] = n.Load()
-	}
-	return out
-}
+func (e *Engine) SealedRefusals() map[sealed.Kind]uint64 { return e.sealedRefusals.snapshot() }
 
 // checkSealed checks body's sealed values without decrypting them: their count (0: none), or the
 // refusal of a malformed one, or of an output others may read, with its kind.

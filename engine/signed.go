@@ -15,14 +15,11 @@ import (
 // whole by a reload, and the refusals counted by reason.
 type signing struct {
 	verifier atomic.Pointer[trust.Verifier]
-	refusals map[trust.Reason]*atomic.Uint64 // one per reason, made by newSigning, never changed
+	refusals refusals[trust.Reason]
 }
 
 func newSigning(keys []trust.Key, maxSize int) *signing {
-	s := &signing{refusals: map[trust.Reason]*atomic.Uint64{}}
-	for _, r := range trust.Reasons() {
-		s.refusals[r] = new(atomic.Uint64)
-	}
+	s := &signing{refusals: newRefusals(trust.Reasons())}
 	s.verifier.Store(trust.NewVerifier(keys, maxSize))
 	return s
 }
@@ -35,20 +32,12 @@ func (e *Engine) SetTrust(keys []trust.Key) {
 
 // SignatureRefusals counts the signature refusals since the agent started, by reason (every
 // reason present, zeros included).
-func (e *Engine) SignatureRefusals() map[trust.Reason]uint64 {
-	out := map[trust.Reason]uint64{}
-	for _, r := range trust.Reasons() {
-		out[r] = e.sig.refusals[r].Load()
-	}
-	return out
-}
+func (e *Engine) SignatureRefusals() map[trust.Reason]uint64 { return e.sig.refusals.snapshot() }
 
 // refused counts a refusal and turns it into the result the dialects answer with (the machine
 // logs it with the message's id and topic).
 func (e *Engine) refused(err *trust.Error) Result {
-	if n := e.sig.refusals[err.Reason]; n != nil {
-		n.Add(1)
-	}
+	e.sig.refusals.count(err.Reason)
 	return Result{Status: err.Error(), Code: store.CodeForbidden}
 }
 

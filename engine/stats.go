@@ -10,6 +10,34 @@ import (
 	"github.com/cmx-agent/cmx-agent/store"
 )
 
+// refusals count refused configurations by reason: one counter per reason, made up front and
+// never changed, so counting takes no lock.
+type refusals[K comparable] map[K]*atomic.Uint64
+
+func newRefusals[K comparable](reasons []K) refusals[K] {
+	c := refusals[K]{}
+	for _, k := range reasons {
+		c[k] = new(atomic.Uint64)
+	}
+	return c
+}
+
+// count adds a refusal for reason k; one that is not among the reasons is not counted.
+func (c refusals[K]) count(k K) {
+	if n := c[k]; n != nil {
+		n.Add(1)
+	}
+}
+
+// snapshot returns every reason's count, zeros included.
+func (c refusals[K]) snapshot() map[K]uint64 {
+	out := make(map[K]uint64, len(c))
+	for k, n := range c {
+		out[k] = n.Load()
+	}
+	return out
+}
+
 // counters are an endpoint's running totals since the agent started.
 type counters struct {
 	received, applied, superseded, rejected, failed, driftRepairs atomic.Uint64
