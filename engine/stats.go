@@ -118,9 +118,6 @@ type EndpointStats struct {
 	Damaged string
 	// ApplyingSince is when the apply in progress started; zero when none runs.
 	ApplyingSince time.Time
-	// RequestWaitingSince is when the endpoint's unanswered request was sent; zero when none waits
-	// (EndpointStatus.RequestWaitingSince).
-	RequestWaitingSince time.Time
 }
 
 // Stats is what the engine reports for metrics.
@@ -143,9 +140,8 @@ type Stats struct {
 func (e *Engine) Stats() (Stats, error) {
 	var st Stats
 	eps := e.endpointList()
-	waits := requestWaits(eps)
 	err := e.store.View(func(tx *store.Tx) error {
-		for i, ep := range eps {
+		for _, ep := range eps {
 			es := tx.StateOrRebuilt(ep.key)
 			st.Endpoints = append(st.Endpoints, EndpointStats{
 				Key: ep.key, AppliedID: es.AppliedText, Applied: es.AppliedHash != "", AppliedAt: es.AppliedAt,
@@ -155,7 +151,6 @@ func (e *Engine) Stats() (Stats, error) {
 			})
 			last := &st.Endpoints[len(st.Endpoints)-1]
 			_, last.ApplyingSince = ep.applying.get()
-			last.RequestWaitingSince = waits[i]
 			st.HeldReleased += ep.stats.holdsReleased.Load()
 		}
 		return nil
