@@ -179,8 +179,7 @@ func (m *machine) onRefused(x arrival) {
 // the endpoint's last answer, in the commit that makes the answer durable: status shows what the
 // server was told last, not the "ok" of an earlier configuration. The applied configuration stays
 // as it is. A damaged state record is left for the next result to rewrite (status keeps saying
-// why). The machine's copy of the committed state (m.st) may lag in these fields only: nothing reads
-// them from it, and the next result overwrites them.
+// why).
 func (m *machine) noteAnswer(o *store.Offer, r Result) {
 	st := m.current()
 	if st.Damaged != "" {
@@ -417,7 +416,7 @@ func (m *machine) releaseHolds() {
 			m.j.putPending(p.o)
 		}
 	}
-	if err := e.commit(m.ep, &m.j); err != nil {
+	if err := m.commit(); err != nil {
 		m.j.truncate(mark)
 		for _, w := range stored {
 			w.p.ack = w.ack
@@ -454,7 +453,7 @@ func (m *machine) commitAt(step string) commitOutcome {
 		// when it succeeds; a failure here must not drop the result with it.
 		return deferred
 	}
-	if err := m.ep.e.commit(m.ep, &m.j); err != nil {
+	if err := m.commit(); err != nil {
 		m.ep.e.log.Error("cannot store received configuration; it stays unacknowledged", "endpoint", m.ep.key, "err", err)
 		m.j.fail(err)
 		return commitFailed

@@ -328,6 +328,8 @@ type machine struct {
 	// st is the endpoint's committed state, read once and then kept: the machine is its only
 	// writer, so neither an apply nor its result has to read it back from the store.
 	st *store.EndpointState
+	// acc is the endpoint's committed Accepted record (signed.go), read once and then kept, as st.
+	acc *store.Accepted
 
 	j journal // what waits for the next commit
 
@@ -343,6 +345,23 @@ type machine struct {
 	// lastDrift is the hash of the drifted output last reported, so a report is logged once per
 	// change.
 	lastDrift string
+}
+
+// commit commits the journal, and takes what it recorded into the machine's copies of the
+// committed records (m.st, m.acc), whichever path commits it: the machine is their only writer, so
+// it never reads them back. The receipts and answers wait for journal.committed.
+func (m *machine) commit() error {
+	st, acc := m.j.state, m.j.accepted
+	if err := m.ep.e.commit(m.ep, &m.j); err != nil {
+		return err
+	}
+	if st != nil {
+		m.st = st
+	}
+	if acc != nil {
+		m.acc = acc
+	}
+	return nil
 }
 
 // state returns the endpoint's committed state.
@@ -524,8 +543,7 @@ func (m *machine) commitResult() {
 	p, out := m.running, *m.result
 	// Status must not show the result committed while the endpoint still reads as busy.
 	ep.busyFlag.Store(m.next != nil)
-	committedState := m.j.state
-	if err := e.commit(ep, &m.j); err != nil {
+	if err := m.commit(); err != nil {
 		ep.busyFlag.Store(true)
 		d := m.backoff.Next()
 		e.log.Error("cannot record the result; retrying", "endpoint", ep.key, "id", p.o.Text, "in", d.Round(time.Millisecond), "err", err)
@@ -534,7 +552,6 @@ func (m *machine) commitResult() {
 		return
 	}
 	m.backoff.Reset()
-	m.st = committedState
 	if !p.o.Internal {
 		ep.stats.count(out.r.Code)
 	}

@@ -160,11 +160,14 @@ func (m *machine) rollback(o *store.Offer) *Result {
 }
 
 // accepted is the highest signed configuration the endpoint has accepted: the one a result not
-// yet committed records, or the stored one. A record that does not decode counts as none, as a
+// yet committed records, or the committed one (read from the store once). A record that does not decode counts as none, as a
 // damaged state record does (Tx.StateOrRebuilt): the next accepted configuration rewrites it.
 func (m *machine) accepted() store.Accepted {
 	if m.j.accepted != nil {
 		return *m.j.accepted
+	}
+	if m.acc != nil {
+		return *m.acc
 	}
 	var acc store.Accepted
 	err := m.ep.e.store.View(func(tx *store.Tx) error {
@@ -175,6 +178,7 @@ func (m *machine) accepted() store.Accepted {
 	if err != nil {
 		m.ep.e.log.Error("the highest accepted signed version does not read; taken as none", "endpoint", m.ep.key, "err", err)
 	}
+	m.acc = &acc
 	return acc
 }
 
