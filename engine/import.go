@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 
 	"github.com/cmx-agent/cmx-agent/cmx"
@@ -42,12 +41,8 @@ func (e *Engine) importOne(ctx context.Context, env []byte) ImportResult {
 		return ImportResult{Status: r.Status}
 	}
 	c, err := e.sig.verifier.Load().Verify(env, e.opt.Clock.Now())
-	var te *trust.Error
-	if errors.As(err, &te) {
-		return ImportResult{Status: e.refused(te).Status}
-	}
 	if err != nil {
-		return ImportResult{Status: "signature: " + err.Error()}
+		return ImportResult{Status: e.refusal(err).Status}
 	}
 	res := ImportResult{Endpoint: c.Label(), Version: c.Version}
 	e.mu.RLock()
@@ -59,7 +54,8 @@ func (e *Engine) importOne(ctx context.Context, env []byte) ImportResult {
 	}
 	entries := e.kaa.Dialect == config.DialectCMX3
 	lim := cmx.DefaultLimits(int(e.agent.MaxPayload))
-	body, signed, refusal := e.verifyEnvelope(ep, env, entries, lim)
+	// Verified once, above: what is left is the checks that need the endpoint.
+	body, signed, refusal := e.checkVerified(ep, c, entries, lim)
 	if refusal != nil {
 		res.Status = refusal.Status
 		return res

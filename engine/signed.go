@@ -95,20 +95,33 @@ func (e *Engine) verifyBody(ep *endpoint, body []byte, entries bool, lim cmx.Lim
 // verifyEnvelope is verifyBody for the envelope itself.
 func (e *Engine) verifyEnvelope(ep *endpoint, env []byte, entries bool, lim cmx.Limits) ([]byte, *store.Signed, *Result) {
 	c, err := e.sig.verifier.Load().Verify(env, e.opt.Clock.Now())
-	if err == nil {
-		err = c.CheckBinding(ep.token, ep.name)
+	if err != nil {
+		return nil, nil, e.refusal(err)
 	}
-	if err == nil && entries && !bytes.HasPrefix(bytes.TrimSpace(c.Body), []byte("[")) {
-		err = &trust.Error{Reason: trust.ReasonPayload, Detail: "payload: config must be an array (the entries written to the output)"}
-	}
+	return e.checkVerified(ep, c, entries, lim)
+}
+
+// refusal is the answer to a configuration refused by the signature checks, counted by reason.
+func (e *Engine) refusal(err error) *Result {
 	var te *trust.Error
 	if errors.As(err, &te) {
 		r := e.refused(te)
-		return nil, nil, &r
+		return &r
 	}
-	if err != nil { // Verify returns only refusals; this keeps a future error from passing
-		r := Result{Status: "signature: " + err.Error(), Code: store.CodeForbidden}
-		return nil, nil, &r
+	// Verify returns only refusals; this keeps a future error from passing.
+	return &Result{Status: "signature: " + err.Error(), Code: store.CodeForbidden}
+}
+
+// checkVerified checks a verified configuration c for ep: bound to it, an array of entries where
+// the dialect writes entries, within the dialect's limits. It returns the body to apply and what
+// anti-rollback needs of the signature, or the refusal.
+func (e *Engine) checkVerified(ep *endpoint, c *trust.Config, entries bool, lim cmx.Limits) ([]byte, *store.Signed, *Result) {
+	err := c.CheckBinding(ep.token, ep.name)
+	if err == nil && entries && !bytes.HasPrefix(bytes.TrimSpace(c.Body), []byte("[")) {
+		err = &trust.Error{Reason: trust.ReasonPayload, Detail: "payload: config must be an array (the entries written to the output)"}
+	}
+	if err != nil {
+		return nil, nil, e.refusal(err)
 	}
 	if r := checkBodyLimits(c.Body, entries, lim); r != nil {
 		return nil, nil, r
