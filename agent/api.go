@@ -189,8 +189,6 @@ func idOrNone(id string) string {
 	return id
 }
 
-// serveAPI listens on the configured socket until ctx ends. A socket that cannot be created is
-// logged and the agent goes on without its API: applying configurations matters more.
 // listenAPI binds the local API's socket; ok is false when there is none to serve (not configured,
 // or it cannot be bound: logged, and the agent goes on without it). Run binds it before it connects,
 // so that the API answers once the agent says it is connected.

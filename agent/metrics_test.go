@@ -50,7 +50,6 @@ func (h *harness) scrape() map[string]*dto.MetricFamily {
 	return fams
 }
 
-// value returns the value of family's sample whose labels include want.
 // waitMetric scrapes /metrics until the sample of family with labels satisfies ok, and returns
 // that scrape.
 func (h *harness) waitMetric(family string, labels map[string]string, ok func(float64) bool) map[string]*dto.MetricFamily {
@@ -67,6 +66,7 @@ func (h *harness) waitMetric(family string, labels map[string]string, ok func(fl
 	return fams
 }
 
+// value returns the value of family's sample whose labels include want.
 func value(t *testing.T, fams map[string]*dto.MetricFamily, family string, want map[string]string) float64 {
 	t.Helper()
 	f, ok := fams[family]
