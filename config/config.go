@@ -202,3 +202,17 @@ func Parse(path string, data []byte) (*Config, error) {
 	cfg.Warnings = d.warns
 	return cfg, nil
 }
+
+// CheckLine is what cmx-agent check prints of a valid configuration after its path: "ok (N
+// endpoints, dialect D)". The support bundle writes the same line.
+func (c *Config) CheckLine() string {
+	return fmt.Sprintf("ok (%s, dialect %s)", CountEndpoints(len(c.Endpoints)), c.Kaa.Dialect)
+}
+
+// CountEndpoints is "1 endpoint" or "N endpoints", for lines people read.
+func CountEndpoints(n int) string {
+	if n == 1 {
+		return "1 endpoint"
+	}
+	return fmt.Sprintf("%d endpoints", n)
+}

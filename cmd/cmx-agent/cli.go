@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/cmx-agent/cmx-agent/agent"
+	"github.com/cmx-agent/cmx-agent/config"
 )
 
 // apiTimeout bounds a CLI call to the local API, so a wedged agent cannot hang a script.
@@ -188,6 +189,6 @@ func cmdSync(args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
-	fmt.Fprintf(stdout, "latest configuration requested for %s\n", countEndpoints(res.Requested))
+	fmt.Fprintf(stdout, "latest configuration requested for %s\n", config.CountEndpoints(res.Requested))
 	return 0
 }

@@ -167,7 +167,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	for _, w := range cfg.Warnings {
 		fmt.Fprintln(stderr, w.String())
 	}
-	fmt.Fprintf(stdout, "%s: ok (%s, dialect %s)\n", *path, countEndpoints(len(cfg.Endpoints)), cfg.Kaa.Dialect)
+	fmt.Fprintf(stdout, "%s: %s\n", *path, cfg.CheckLine())
 	if *online {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		defer stop()

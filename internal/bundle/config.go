@@ -146,11 +146,7 @@ func (b *builder) addConfig(c *configFile) {
 			fmt.Fprintf(&check, "%s: %v\n", c.path, c.loadErr)
 		}
 	default:
-		noun := "endpoints" // as cmx-agent check says it
-		if len(c.cfg.Endpoints) == 1 {
-			noun = "endpoint"
-		}
-		fmt.Fprintf(&check, "%s: ok (%d %s, dialect %s)\n", c.path, len(c.cfg.Endpoints), noun, c.cfg.Kaa.Dialect)
+		fmt.Fprintf(&check, "%s: %s\n", c.path, c.cfg.CheckLine())
 	}
 	if c.readErr == nil {
 		b.addRedactedConfig(c)
