@@ -598,6 +598,20 @@ func (d *decoder) brokerCertKeyPair(t table) {
 	}
 }
 
+// UsesTLS reports whether the broker URL server connects with TLS: ssl://, tls://, mqtts:// and
+// wss://. tcp:// and ws:// stay plain whatever the TLS settings.
+func UsesTLS(server string) bool {
+	u, err := url.Parse(server)
+	if err != nil {
+		return false
+	}
+	switch u.Scheme {
+	case "ssl", "tls", "mqtts", "wss":
+		return true
+	}
+	return false
+}
+
 func checkServer(s string) error {
 	u, err := url.Parse(s)
 	if err != nil {

@@ -62,7 +62,8 @@ func checkOnline(ctx context.Context, cfg *config.Config, w io.Writer) int {
 			continue
 		}
 		how := "connected"
-		if u, err := url.Parse(server); err == nil && (u.Scheme == "tls" || u.Scheme == "ssl" || u.Scheme == "mqtts" || u.Scheme == "wss") {
+		if config.UsesTLS(server) {
+			u, _ := url.Parse(server) // parsed by UsesTLS
 			how += ", TLS certificate verified for " + u.Hostname()
 		}
 		if cfg.Broker.Username != "" {

@@ -14,11 +14,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"os/signal"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -159,7 +157,7 @@ func (c *common) tlsConfig() (*tls.Config, error) {
 	}
 	// paho keeps tcp:// and ws:// plain whatever the TLS settings: say so instead of connecting
 	// in the clear.
-	if u, err := url.Parse(c.o.Broker); err != nil || !slices.Contains([]string{"tls", "ssl", "mqtts", "wss"}, u.Scheme) {
+	if !config.UsesTLS(c.o.Broker) {
 		return nil, fmt.Errorf("%s needs a tls://, ssl://, mqtts:// or wss:// --broker URL: %s stays plain", given, c.o.Broker)
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
