@@ -454,15 +454,19 @@ func pushBody(seq int) []byte {
 // pushWait pushes a new id of pushBodyBytes to app/token and waits for its "ok".
 func (r *runner) pushWait(app, token string) (time.Duration, error) {
 	r.seq++
-	id := strconv.Itoa(r.seq)
+	return r.timedPush(app, token, app+"/"+token+":", pushBody(r.seq))
+}
+
+// timedPush pushes payload, id r.seq, to app/tok and returns the time to its "ok" confirmation.
+func (r *runner) timedPush(app, tok, what string, payload []byte) (time.Duration, error) {
 	t0 := time.Now()
-	r.srv.push(app, token, pushBody(r.seq))
-	ev, err := r.srv.waitStatus(app, token, id, 30*time.Second)
+	r.srv.push(app, tok, payload)
+	ev, err := r.srv.waitStatus(app, tok, strconv.Itoa(r.seq), 30*time.Second)
 	if err != nil {
 		return 0, err
 	}
 	if ev.status != "ok" {
-		return 0, fmt.Errorf("%s/%s: push %s confirmed %q", app, token, id, ev.status)
+		return 0, fmt.Errorf("%s push %d confirmed %q", what, r.seq, ev.status)
 	}
 	return ev.at.Sub(t0), nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/cmx-agent/cmx-agent/trust"
@@ -64,20 +63,6 @@ func (r *runner) payloadLatency(a *agentProc, app, tok, what string, payload fun
 	r.rep.ratio(what+" push → confirmation p50", "ms", ms(quantile(agentLat, .5)), ms(quantile(floorLat, .5)), targetP50, describe(len(agentLat), len(sample)))
 	r.logf("%s latency p50 agent %.2f ms floor %.2f ms", what, ms(quantile(agentLat, .5)), ms(quantile(floorLat, .5)))
 	return nil
-}
-
-// timedPush pushes payload, id r.seq, to app/tok and returns the time to its "ok" confirmation.
-func (r *runner) timedPush(app, tok, what string, payload []byte) (time.Duration, error) {
-	t0 := time.Now()
-	r.srv.push(app, tok, payload)
-	ev, err := r.srv.waitStatus(app, tok, strconv.Itoa(r.seq), 30*time.Second)
-	if err != nil {
-		return 0, err
-	}
-	if ev.status != "ok" {
-		return 0, fmt.Errorf("%s push %d confirmed %q", what, r.seq, ev.status)
-	}
-	return ev.at.Sub(t0), nil
 }
 
 // signedPush is pushBody's configuration signed for tok at version seq, as a push with id seq.
