@@ -68,17 +68,28 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	if sock == "" {
 		return code
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
-	defer cancel()
-	st, err := agent.NewAPIClient(sock).Status(ctx)
+	st, err := askAgent(sock, apiTimeout, (*agent.APIClient).Status)
 	if err != nil {
 		fmt.Fprintln(stderr, "cmx-agent status:", apiFailure(sock, err))
 		return 1
 	}
-	if *asJSON {
-		return printJSON(stdout, stderr, "status", st)
+	return show(stdout, stderr, "status", *asJSON, st, printStatus)
+}
+
+// askAgent calls the running agent's local API at sock with call, within timeout.
+func askAgent[T any](sock string, timeout time.Duration, call func(*agent.APIClient, context.Context) (T, error)) (T, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return call(agent.NewAPIClient(sock), ctx)
+}
+
+// show prints the agent's answer v: as JSON with --json (for scripts), else as print writes it
+// for people.
+func show[T any](stdout, stderr io.Writer, command string, asJSON bool, v T, print func(io.Writer, T)) int {
+	if asJSON {
+		return printJSON(stdout, stderr, command, v)
 	}
-	printStatus(stdout, st)
+	print(stdout, v)
 	return 0
 }
 
@@ -177,9 +188,7 @@ func cmdSync(args []string, stdout, stderr io.Writer) int {
 	if sock == "" {
 		return code
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
-	defer cancel()
-	res, err := agent.NewAPIClient(sock).Sync(ctx)
+	res, err := askAgent(sock, apiTimeout, (*agent.APIClient).Sync)
 	if err != nil {
 		var ae *agent.APIError
 		if errors.As(err, &ae) {

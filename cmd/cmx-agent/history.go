@@ -34,9 +34,9 @@ func cmdHistory(args []string, stdout, stderr io.Writer) int {
 	if sock == "" {
 		return code
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
-	defer cancel()
-	h, err := agent.NewAPIClient(sock).History(ctx, key)
+	h, err := askAgent(sock, apiTimeout, func(c *agent.APIClient, ctx context.Context) (agent.History, error) {
+		return c.History(ctx, key)
+	})
 	if err != nil {
 		var ae *agent.APIError
 		if errors.As(err, &ae) && ae.Code == http.StatusNotFound {
@@ -46,11 +46,7 @@ func cmdHistory(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "cmx-agent history:", apiFailure(sock, err))
 		return 1
 	}
-	if *asJSON {
-		return printJSON(stdout, stderr, "history", h)
-	}
-	printHistory(stdout, h)
-	return 0
+	return show(stdout, stderr, "history", *asJSON, h, printHistory)
 }
 
 // printHistory writes one line per applied configuration, each endpoint's newest first.

@@ -49,9 +49,9 @@ func cmdImport(args []string, stdout, stderr io.Writer) int {
 	if sock == "" {
 		return code
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), importTimeout)
-	defer cancel()
-	res, err := agent.NewAPIClient(sock).Import(ctx, envs)
+	res, err := askAgent(sock, importTimeout, func(c *agent.APIClient, ctx context.Context) (agent.ImportResult, error) {
+		return c.Import(ctx, envs)
+	})
 	if err != nil {
 		fmt.Fprintln(stderr, "cmx-agent import:", apiFailure(sock, err))
 		return 1
