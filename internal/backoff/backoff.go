@@ -24,10 +24,10 @@ func (p Policy) Ceiling(n int) time.Duration {
 
 // Nth draws the n-th delay (n ≥ 1) from [Ceiling(n)/2, Ceiling(n)] with r (nil: math/rand/v2's
 // global source).
-func (p Policy) Nth(n int, r *rand.Rand) time.Duration { return Jitter(p.Ceiling(n), r) }
+func (p Policy) Nth(n int, r *rand.Rand) time.Duration { return jitter(p.Ceiling(n), r) }
 
-// Jitter draws a delay from [d/2, d] with r (nil: math/rand/v2's global source).
-func Jitter(d time.Duration, r *rand.Rand) time.Duration {
+// jitter draws a delay from [d/2, d] with r (nil: math/rand/v2's global source).
+func jitter(d time.Duration, r *rand.Rand) time.Duration {
 	half := d / 2
 	return half + time.Duration(Int64N(r, int64(d-half)+1))
 }

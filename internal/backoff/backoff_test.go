@@ -39,8 +39,8 @@ func TestBackoff_DoublesWithinTheUpperHalfUpToMaxAndResets(t *testing.T) {
 func TestJitter_StaysInTheUpperHalf(t *testing.T) {
 	for _, d := range []time.Duration{0, 1, 3, time.Second, time.Hour} {
 		for range 100 {
-			if got := Jitter(d, nil); got < d/2 || got > d {
-				t.Fatalf("Jitter(%v) = %v, want within [%v, %v]", d, got, d/2, d)
+			if got := jitter(d, nil); got < d/2 || got > d {
+				t.Fatalf("jitter(%v) = %v, want within [%v, %v]", d, got, d/2, d)
 			}
 		}
 	}

@@ -46,7 +46,7 @@ func (c *Clock) AfterFunc(d time.Duration, f func()) clock.Timer {
 // Advance moves the clock by d, firing every timer due on the way, earliest first: a channel timer
 // receives its deadline; an AfterFunc's function starts in its own goroutine, as time.AfterFunc's
 // does, so the functions of timers due in one Advance may run in any order and read a later time.
-// A test that needs them apart advances to one deadline at a time (AdvanceNext, Drive).
+// A test that needs them apart advances to one deadline at a time (Drive does).
 func (c *Clock) Advance(d time.Duration) {
 	c.mu.Lock()
 	end := c.now.Add(d)
@@ -58,16 +58,6 @@ func (c *Clock) Advance(d time.Duration) {
 		c.now = end
 	}
 	c.mu.Unlock()
-}
-
-// AdvanceNext moves the clock to the earliest armed timer's deadline and fires it (and any other of
-// the same deadline). It returns how far the clock moved, and false when no timer is armed.
-func (c *Clock) AdvanceNext() (time.Duration, bool) {
-	d, ok := c.next()
-	if ok {
-		c.Advance(d)
-	}
-	return d, ok
 }
 
 // next returns the time left on the earliest armed timer, and false when none is armed.
@@ -103,7 +93,7 @@ func (c *Clock) AdvanceUntil(tb testing.TB, timeout, step time.Duration, cond fu
 // times faster, and timers of different deadlines fire in their order, a real millisecond apart
 // (the clock reads each one's deadline for that millisecond). It suits a test whose waits come one
 // after another from code it does not step through (backoffs while files are written, debounces
-// after file-system events); a test that knows which timer is next uses Advance or AdvanceNext.
+// after file-system events); a test that knows which timer is next uses Advance.
 func (c *Clock) Drive(tb testing.TB, step time.Duration) {
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {

@@ -43,15 +43,17 @@ func TestClock_AdvanceFiresInDeadlineOrderAndTheClockReadsEachDeadline(t *testin
 	}
 	var got []time.Duration
 	for range 3 {
-		if _, ok := c.AdvanceNext(); !ok {
+		d, ok := c.next()
+		if !ok {
 			t.Fatal("no timer armed")
 		}
+		c.Advance(d)
 		got = append(got, <-fired)
 	}
 	if want := []time.Duration{time.Second, 2 * time.Second, 3 * time.Second}; !slices.Equal(got, want) {
 		t.Errorf("fired at %v, want %v", got, want)
 	}
-	if _, ok := c.AdvanceNext(); ok {
+	if _, ok := c.next(); ok {
 		t.Error("a timer is still armed")
 	}
 }
